@@ -1,0 +1,70 @@
+"""The ``featurefield`` command: thin, parses arguments with tyro and calls the library.
+
+Each subcommand is a typed function somewhere in the library; only the one asked for is imported,
+so ``featurefield --help`` is instant. A :class:`~featurefield.errors.FeatureFieldError` is printed
+on one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from featurefield.errors import FeatureFieldError
+
+#: subcommand -> ("module:function", one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("featurefield.demo:demo_command", "run the whole pipeline on the built-in demo scene and write an HTML report"),
+    "process-images": ("featurefield.data.sfm:process_images_command", "recover camera poses of plain photos with COLMAP (pycolmap)"),
+    "inspect": ("featurefield.data.inspect:inspect_command", "load a scene folder and summarise it (format, views, split, points)"),
+    "teachers": ("featurefield.teachers.commands:teachers_command", "list teachers and whether their weights are present"),
+    "weights": ("featurefield.teachers.commands:weights_command", "put a teacher's weights in the per-user cache"),
+    "features": ("featurefield.teachers.commands:features_command", "extract and cache teacher features of a scene; write PCA pictures"),
+    "train": ("featurefield.train:train_command", "train a feature field (splat or nerf) on a scene"),
+    "render": ("featurefield.render:render_command", "render test views or a camera path of a trained run to PNGs and MP4"),
+    "export": ("featurefield.export:export_command", "export a trained run (3DGS PLY with embeddings, or a point cloud)"),
+    "query": ("featurefield.query.commands:query_command", "text or prompt queries on a trained run; extract objects in 3D"),
+    "eval": ("featurefield.evaluate:eval_command", "evaluate a trained run: PSNR/SSIM/LPIPS, feature fidelity, mask IoU, PCK, mIoU"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: featurefield COMMAND [OPTIONS]", "", "Distill 2D foundation-model features into 3D scenes.", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run `featurefield COMMAND --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from featurefield import __version__
+
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"featurefield: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    target, help_ = COMMANDS[name]
+    try:
+        module, func = target.split(":")
+        fn = getattr(importlib.import_module(module), func)
+        import tyro
+
+        result = tyro.cli(fn, args=rest, prog=f"featurefield {name}", description=help_)
+        return int(result) if isinstance(result, int) else 0
+    except FeatureFieldError as err:
+        print(f"featurefield {name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"featurefield {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Helpers the scene loaders share: image look-up, size checks, downscaling, splits, options.
+
+Every check here raises :class:`~featurefield.errors.FeatureFieldError` with a one-line message that
+names the offending file, so each loader reports bad input the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from featurefield.cameras import Cameras
+from featurefield.data.images import image_size
+from featurefield.errors import FeatureFieldError
+
+#: Extensions tried, in order, when a referenced image file lacks one (or is stored re-encoded).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".JPG", ".JPEG", ".PNG")
+#: Files counted as photos when a loader lists a folder.
+PHOTO_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def read_json(path: Path) -> dict:
+    """Parse a JSON object from ``path``, with a one-line error for a missing or broken file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError as err:
+        raise FeatureFieldError(f"{path}: file not found") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise FeatureFieldError(f"{path}: not valid JSON ({err}); fix or regenerate the file") from err
+    if not isinstance(data, dict):
+        raise FeatureFieldError(f"{path}: expected a JSON object at the top level")
+    return data
+
+
+def resolve_image(base: Path, relative: str, source: Path, what: str = "image") -> Path:
+    """Find the file a transforms file refers to.
+
+    The path is tried as given, then with each of :data:`IMAGE_SUFFIXES` appended (Blender frames
+    omit the extension) and in place of its own suffix (a scene re-encoded to another format).
+
+    Raises:
+        FeatureFieldError: no candidate exists.
+    """
+    given = (base / relative) if not Path(relative).is_absolute() else Path(relative)
+    candidates = [given]
+    candidates += [given.with_name(given.name + s) for s in IMAGE_SUFFIXES]
+    if given.suffix:
+        candidates += [given.with_suffix(s) for s in IMAGE_SUFFIXES]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise FeatureFieldError(f"{source}: {what} {relative!r} is referenced but {given} does not exist")
+
+
+def list_photos(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+
+
+def check_sizes(paths: Sequence[Path], widths: Sequence[int] | Tensor, heights: Sequence[int] | Tensor,
+                source: Path | str) -> None:
+    """Check each image's size (header only, no decoding) against the declared camera size.
+
+    Raises:
+        FeatureFieldError: an image is missing, unreadable, or of another size than declared.
+    """
+    for path, w, h in zip(paths, widths, heights):
+        actual = image_size(path)
+        if actual != (int(w), int(h)):
+            raise FeatureFieldError(
+                f"{path}: image is {actual[0]}x{actual[1]} but {source} declares a {int(w)}x{int(h)} camera; "
+                "resize the image or give it its own intrinsics"
+            )
+
+
+def uniform_size(paths: Sequence[Path], source: Path | str) -> tuple[int, int]:
+    """The common ``(width, height)`` of images that share one declared camera.
+
+    Raises:
+        FeatureFieldError: the images differ in size.
+    """
+    first = image_size(paths[0])
+    check_sizes(paths[1:], [first[0]] * (len(paths) - 1), [first[1]] * (len(paths) - 1), source)
+    return first
+
+
+def downscaled_size(width: int, height: int, downscale: float) -> tuple[int, int]:
+    """The size :func:`featurefield.data.images.read_image` gives an image resized by ``downscale``."""
+    if downscale == 1.0:
+        return width, height
+    return int(width // downscale), int(height // downscale)
+
+
+def resize_cameras(cameras: Cameras, width: Tensor, height: Tensor) -> Cameras:
+    """Cameras for the same views at another image size ``width``/``height`` (``[N]`` int).
+
+    Intrinsics scale about the image corner (pixel-centre convention stays exact).
+    """
+    width = torch.as_tensor(width, dtype=torch.int64).reshape(-1).expand(len(cameras)).clone()
+    height = torch.as_tensor(height, dtype=torch.int64).reshape(-1).expand(len(cameras)).clone()
+    sx = width.to(torch.float64) / cameras.width.to(torch.float64)
+    sy = height.to(torch.float64) / cameras.height.to(torch.float64)
+    return replace(
+        cameras, fx=(cameras.fx * sx).float(), fy=(cameras.fy * sy).float(), cx=(cameras.cx * sx).float(),
+        cy=(cameras.cy * sy).float(), width=width, height=height, c2w=cameras.c2w.clone(),
+        distortion=cameras.distortion.clone(),
+    )
+
+
+def downscale_cameras(cameras: Cameras, downscale: float) -> Cameras:
+    """Cameras matching images resized by ``1/downscale`` with :class:`~featurefield.data.images.ImageFiles`."""
+    if downscale == 1.0:
+        return cameras
+    sizes = [downscaled_size(int(w), int(h), downscale) for w, h in zip(cameras.width, cameras.height)]
+    return resize_cameras(cameras, torch.tensor([s[0] for s in sizes]), torch.tensor([s[1] for s in sizes]))
+
+
+def check_downscale(downscale: float) -> None:
+    if not np.isfinite(downscale) or downscale < 1.0:
+        raise FeatureFieldError(f"downscale must be a number >= 1 (got {downscale}); 2 halves the resolution")
+
+
+def prescaled_folder(folder: Path, downscale: float) -> Path | None:
+    """``folder_N`` (e.g. ``images_4``) next to ``folder`` when ``downscale`` is the integer N and it exists."""
+    if downscale == 1.0 or float(downscale) != int(downscale):
+        return None
+    candidate = folder.with_name(f"{folder.name}_{int(downscale)}")
+    return candidate if candidate.is_dir() else None
+
+
+def holdout_split(n: int, every: int = 8) -> dict[str, list[int]]:
+    """The usual hold-out: views ``i % every == 0`` are test, the rest train."""
+    test = [i for i in range(n) if i % every == 0]
+    train = [i for i in range(n) if i % every != 0]
+    return {"train": train, "test": test}
+
+
+def take_options(options: dict[str, Any], allowed: dict[str, Any], fmt: str) -> dict[str, Any]:
+    """Merge ``options`` over ``allowed`` defaults; an unknown option is a user error."""
+    unknown = set(options) - set(allowed)
+    if unknown:
+        raise FeatureFieldError(
+            f"unknown option(s) {', '.join(sorted(unknown))} for the {fmt} format; "
+            f"known: {', '.join(sorted(allowed)) or 'none'}"
+        )
+    return {**allowed, **options}
+
+
+def finite_matrix(value: Any, shape: tuple[int, ...], source: Path | str, what: str) -> np.ndarray:
+    """``value`` as a float64 array of ``shape``, or a one-line error naming ``what`` in ``source``."""
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise FeatureFieldError(f"{source}: {what} is not a numeric matrix") from err
+    if arr.shape != shape:
+        raise FeatureFieldError(f"{source}: {what} has shape {arr.shape}, expected {shape}")
+    if not np.isfinite(arr).all():
+        raise FeatureFieldError(f"{source}: {what} contains NaN or inf; fix or remove that view")
+    return arr

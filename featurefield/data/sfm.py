@@ -1,0 +1,243 @@
+"""Structure-from-motion on plain photos with ``pycolmap``: ``featurefield process-images``.
+
+Pipeline: SIFT feature extraction (``max_image_size`` caps the size SIFT sees; keypoints are in
+full-resolution pixels), exhaustive or sequential matching with geometric verification, and
+incremental mapping. The largest reconstruction is written as ``OUTPUT/sparse/0`` next to copies
+of the photos in ``OUTPUT/images`` — a COLMAP scene that :mod:`featurefield.data.colmap` loads.
+
+Nothing half-done is left behind: all work happens in a temporary folder inside ``OUTPUT`` and
+the results are moved into place only when mapping succeeded.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated, Callable, Literal
+
+import torch
+import tyro
+from torch import Tensor
+
+from featurefield.data.images import image_size
+from featurefield.data.loading import list_photos
+from featurefield.errors import FeatureFieldError
+
+#: Photo types COLMAP's image reader decodes.
+SFM_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+
+
+def _photos(photos: Path) -> list[Path]:
+    if not photos.exists():
+        raise FeatureFieldError(f"{photos}: no such folder; give a folder of photos")
+    if not photos.is_dir():
+        raise FeatureFieldError(f"{photos}: not a folder; give a folder of photos")
+    files = [p for p in list_photos(photos) if p.suffix.lower() in SFM_SUFFIXES]
+    if not files:
+        raise FeatureFieldError(f"{photos}: the folder holds no photos (.jpg, .png, .tif, .bmp)")
+    if len(files) < 2:
+        raise FeatureFieldError(f"{photos}: needs at least two photos for structure-from-motion, found {len(files)}")
+    for f in files:
+        image_size(f)  # one-line error for an unreadable photo before any work starts
+    return files
+
+
+def run_sfm(
+    photos: Path,
+    output: Path,
+    matcher: Literal["exhaustive", "sequential"] = "exhaustive",
+    max_image_size: int = 1600,
+    camera_model: str = "SIMPLE_RADIAL",
+    single_camera: bool | None = None,
+    overwrite: bool = False,
+    num_threads: int = -1,
+    on_stage: Callable[[str, int, int], None] | None = None,
+) -> dict:
+    """Recover camera poses of the photos in ``photos`` and write a COLMAP scene to ``output``.
+
+    Args:
+        photos: folder of photos (jpg/png/tif/bmp).
+        output: folder to write ``images/`` and ``sparse/0`` into.
+        matcher: ``"exhaustive"`` (all pairs; small sets) or ``"sequential"`` (video frames).
+        max_image_size: longest side SIFT works on.
+        camera_model: COLMAP camera model to estimate (e.g. SIMPLE_RADIAL, OPENCV, PINHOLE).
+        single_camera: share one camera between all photos; ``None``: when all have one size.
+        overwrite: replace an existing ``output/images`` and ``output/sparse``.
+        num_threads: worker threads (-1: all cores).
+        on_stage: progress callback ``(stage, done, total)``.
+
+    Returns:
+        ``{"registered", "total", "points", "model", "images", "registered_names"}``.
+
+    Raises:
+        FeatureFieldError: missing/empty folder, fewer than two photos, unreadable photos, an
+            existing output, or no image registered.
+    """
+    import pycolmap
+
+    photos, output = Path(photos), Path(output)
+    files = _photos(photos)
+    notify = on_stage or (lambda stage, done, total: None)
+    for name in ("images", "sparse"):
+        if (output / name).exists() and not overwrite:
+            raise FeatureFieldError(f"{output / name}: already exists; choose a new OUTPUT folder or pass --overwrite")
+    created = not output.exists()
+    output.mkdir(parents=True, exist_ok=True)
+    if single_camera is None:
+        single_camera = len({image_size(f) for f in files}) == 1
+
+    work = Path(tempfile.mkdtemp(prefix=".featurefield-sfm-", dir=output))
+    ok = False
+    try:
+        image_dir = work / "images"
+        image_dir.mkdir()
+        for k, f in enumerate(files):
+            shutil.copy2(f, image_dir / f.name)
+            notify("copy", k + 1, len(files))
+        database = work / "database.db"
+
+        reader = pycolmap.ImageReaderOptions()
+        reader.camera_model = camera_model
+        extraction = pycolmap.FeatureExtractionOptions()
+        extraction.max_image_size = int(max_image_size)
+        extraction.num_threads = num_threads
+        extraction.use_gpu = False
+        notify("extract", 0, 1)
+        try:
+            pycolmap.extract_features(
+                database, image_dir, camera_mode=pycolmap.CameraMode.SINGLE if single_camera else pycolmap.CameraMode.PER_IMAGE,
+                reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu,
+            )
+        except (ValueError, RuntimeError) as err:
+            raise FeatureFieldError(f"{photos}: feature extraction failed ({' '.join(str(err).split())[:200]}); "
+                                    f"check the camera model {camera_model!r}") from err
+        notify("extract", 1, 1)
+
+        matching = pycolmap.FeatureMatchingOptions()
+        matching.num_threads = num_threads
+        matching.use_gpu = False
+        notify("match", 0, 1)
+        if matcher == "sequential":
+            pycolmap.match_sequential(database, matching_options=matching, device=pycolmap.Device.cpu)
+        elif matcher == "exhaustive":
+            pycolmap.match_exhaustive(database, matching_options=matching, device=pycolmap.Device.cpu)
+        else:
+            raise FeatureFieldError(f"unknown matcher {matcher!r}; use exhaustive or sequential")
+        notify("match", 1, 1)
+
+        options = pycolmap.IncrementalPipelineOptions()
+        options.num_threads = num_threads
+        options.random_seed = 0  # repeatable runs
+        sparse_tmp = work / "sparse"
+        sparse_tmp.mkdir()
+        registered = [0]
+
+        def next_image() -> None:
+            registered[0] += 1
+            notify("map", min(registered[0], len(files)), len(files))
+
+        notify("map", 0, len(files))
+        recs = pycolmap.incremental_mapping(database, image_dir, sparse_tmp, options=options,
+                                            next_image_callback=next_image)
+        if not recs:
+            raise FeatureFieldError(
+                f"{photos}: structure-from-motion registered no images; the photos need more overlap and texture "
+                "(try --matcher exhaustive, more photos, or a larger --max-image-size)"
+            )
+        best = max(recs.values(), key=lambda r: r.num_reg_images())
+        model_tmp = work / "model"
+        model_tmp.mkdir()
+        best.write(str(model_tmp))
+        names = sorted(im.name for im in best.images.values() if im.has_pose)
+        if not names:
+            raise FeatureFieldError(f"{photos}: structure-from-motion registered no images")
+        notify("map", len(names), len(files))
+
+        # Move into place only now, so a failure leaves no half-written scene.
+        if overwrite:
+            for name in ("images", "sparse"):
+                if (output / name).is_dir():
+                    shutil.rmtree(output / name)
+        (work / "sparse_final").mkdir()
+        os.replace(model_tmp, work / "sparse_final" / "0")
+        os.replace(image_dir, output / "images")
+        os.replace(work / "sparse_final", output / "sparse")
+        ok = True
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if not ok and created and output.is_dir() and not any(output.iterdir()):
+            output.rmdir()  # leave no trace of a failed run
+    return {
+        "registered": len(names), "total": len(files), "points": best.num_points3D(),
+        "model": output / "sparse" / "0", "images": output / "images", "registered_names": names,
+    }
+
+
+def align_similarity(src: Tensor, dst: Tensor) -> tuple[float, Tensor, Tensor, Tensor]:
+    """Least-squares similarity ``dst ~ s * R @ src + t`` (Umeyama), e.g. to compare camera centres.
+
+    Args:
+        src, dst: ``[N, 3]`` corresponding points (N >= 3, not all collinear).
+
+    Returns:
+        ``(s, R [3, 3], t [3], residuals [N])`` with residuals the distances after alignment.
+    """
+    src64, dst64 = src.to(torch.float64), dst.to(torch.float64)
+    mu_s, mu_d = src64.mean(0), dst64.mean(0)
+    xs, xd = src64 - mu_s, dst64 - mu_d
+    cov = xd.T @ xs / len(src64)
+    U, S, Vt = torch.linalg.svd(cov)
+    D = torch.eye(3, dtype=torch.float64)
+    if torch.det(U) * torch.det(Vt) < 0:
+        D[2, 2] = -1
+    R = U @ D @ Vt
+    var_s = (xs * xs).sum() / len(src64)
+    s = float((S * D.diagonal()).sum() / var_s)
+    t = mu_d - s * R @ mu_s
+    residuals = (s * src64 @ R.T + t - dst64).norm(dim=-1)
+    return s, R, t, residuals
+
+
+def process_images_command(
+    photos: Annotated[Path, tyro.conf.arg(metavar="PHOTOS")],
+    output: Annotated[Path, tyro.conf.arg(metavar="OUTPUT")],
+    /,
+    matcher: Literal["exhaustive", "sequential"] = "exhaustive",
+    max_image_size: int = 1600,
+    camera_model: str = "SIMPLE_RADIAL",
+    overwrite: bool = False,
+) -> int:
+    """Recover camera poses of plain photos with COLMAP (pycolmap) and write a scene folder.
+
+    Args:
+        photos: folder of photos of one scene.
+        output: folder to write (``images/`` and the COLMAP model ``sparse/0``).
+        matcher: exhaustive (all pairs, up to a few hundred photos) or sequential (video frames).
+        max_image_size: longest side, in pixels, used for feature extraction.
+        camera_model: COLMAP camera model (SIMPLE_RADIAL, OPENCV, PINHOLE, ...).
+        overwrite: replace an existing OUTPUT/images and OUTPUT/sparse.
+    """
+    import pycolmap
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    pycolmap.logging.minloglevel = 2  # keep COLMAP's own log quiet; rich shows progress
+    labels = {"copy": "copy photos", "extract": "extract features", "match": f"match ({matcher})",
+              "map": "incremental mapping (images registered)"}
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        tasks: dict[str, int] = {}
+
+        def on_stage(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(labels.get(stage, stage), total=total)
+            progress.update(tasks[stage], completed=done, total=total)
+
+        result = run_sfm(photos, output, matcher=matcher, max_image_size=max_image_size,
+                         camera_model=camera_model, overwrite=overwrite, on_stage=on_stage)
+    print(f"registered {result['registered']} of {result['total']} images, {result['points']} points; "
+          f"scene written to {output} (load it with `featurefield inspect {output}`)")
+    return 0

@@ -1,0 +1,309 @@
+"""Evaluate a trained run: ``featurefield eval RUN`` writes ``RUN/eval/metrics.json`` and prints a table.
+
+Protocol (all on the held-out test views, at the scene's image size):
+
+* **Image quality.** PSNR, SSIM (torchmetrics) and LPIPS (AlexNet; reported as
+  ``"unavailable (reason)"`` when its ImageNet backbone weights are not on disk; never downloaded)
+  between the render and the ground-truth image composited on the scene's background.
+* **Feature fidelity**, per teacher: mean per-position cosine similarity and relative L2
+  (``||rendered - teacher|| / ||teacher||``) between the field's features decoded on the teacher's
+  grid and the teacher's features of the real test image.
+* **SAM masks** (runs with the ``sam`` teacher and its prompt decoder present): the same box prompts
+  go to the SAM decoder twice, once with the field's rendered features and once with the teacher's
+  features of the real image; we report the IoU between the two masks, and each mask's IoU with the
+  ground truth the box came from. Boxes come from the alpha mask (one per view, e.g. lego) or, on
+  scenes with instance labels (the demo scene), from every instance except background and ground
+  covering at least 0.5% of the image.
+* **Correspondence PCK**: keypoint transfer from each test view to the next one (nearest neighbour
+  of rendered features, :mod:`featurefield.query.correspondence`), truth from depth and poses: the
+  scene's depth maps when it has them, else the field's rendered depth. PCK at 1%, 2%, 5% of the
+  longest image side.
+* **Semantic mIoU** (scenes with semantic labels): segmentation by nearest class prototype.
+  Prototypes are the mean L2-normalized *teacher* feature of each class over the train views (labels
+  resampled to the feature grid by nearest neighbour). The field's segmentation labels each position
+  of its rendered test-view features (decoded on the teacher's grid) with the prototype of highest
+  cosine; the 2D teacher's segmentation does the same with the teacher's own features of the real
+  test images. Both label maps are upsampled (nearest) to the image size and scored against the
+  ground truth with one confusion matrix over all test views, so both are judged at the same
+  resolution with the same prototypes: the only difference is 3D-consistent rendered features vs
+  per-image 2D features.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from featurefield.errors import FeatureFieldError
+from featurefield.metrics import Lpips, confusion_matrix, feature_fidelity, mask_iou, miou, psnr, ssim
+from featurefield.run import Run, atomic_write_json, load_run
+
+
+def _spread(views: list[int], max_views: int | None) -> list[int]:
+    if not max_views or len(views) <= max_views:
+        return list(views)
+    return [views[int(i)] for i in np.linspace(0, len(views) - 1, max_views).round()]
+
+
+def _labels_to_grid(labels: Tensor, grid: tuple[int, int]) -> Tensor:
+    return F.interpolate(labels[None, None].float(), size=tuple(grid), mode="nearest")[0, 0].long()
+
+
+def _upsample_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
+    return F.interpolate(labels[None, None].float(), size=tuple(size), mode="nearest")[0, 0].long()
+
+
+def _nearest_prototype(feats: Tensor, protos: Tensor, present: Tensor) -> Tensor:
+    """``[h, w]`` class index of the most similar prototype for ``[D, h, w]`` features."""
+    f = F.normalize(feats.float().flatten(1), dim=0)
+    s = protos.to(f) @ f  # [C, h*w]
+    s[~present.to(s.device)] = -3.0
+    return s.argmax(0).reshape(feats.shape[-2:])
+
+
+def class_prototypes(run: Run, teacher: str, num_classes: int, max_views: int = 8) -> tuple[Tensor, Tensor]:
+    """Mean normalized teacher feature per class over train views: ``[C, D]`` and ``[C]`` bool present."""
+    scene = run.scene()
+    views = _spread(run.view_indices("train"), max_views)
+    sums, counts = None, torch.zeros(num_classes)
+    for v in views:
+        f = run.features(teacher, [v])[0].float()
+        labels = _labels_to_grid(scene.semantic(v), f.shape[-2:]).flatten().cpu()
+        fn = F.normalize(f.flatten(1), dim=0).T.cpu()  # [h*w, D]
+        if sums is None:
+            sums = torch.zeros(num_classes, fn.shape[1])
+        keep = (labels >= 0) & (labels < num_classes)
+        sums.index_add_(0, labels[keep], fn[keep])
+        counts += torch.bincount(labels[keep], minlength=num_classes).float()
+    present = counts > 0
+    return F.normalize(sums / counts.clamp_min(1)[:, None], dim=-1), present
+
+
+def _sam_boxes(scene, view: int, min_area: float = 0.005, max_boxes: int = 6) -> tuple[list[Tensor], list[Tensor], str]:
+    """Box prompts and their ground-truth masks for one view (alpha, else instances)."""
+    from featurefield.query.prompts import box_from_mask
+
+    alpha = scene.alpha(view)
+    if alpha is not None:
+        m = alpha > 0.5
+        box = box_from_mask(m)
+        return ([box], [m], "alpha") if box is not None else ([], [], "alpha")
+    inst = scene.instance(view)
+    if inst is None:
+        return [], [], "none"
+    boxes, masks = [], []
+    ids, counts = torch.unique(inst, return_counts=True)
+    for i, c in sorted(zip(ids.tolist(), counts.tolist()), key=lambda x: -x[1]):
+        if i <= 1 or c < min_area * inst.numel():  # 0 background, 1 ground (demo scene convention)
+            continue
+        m = inst == i
+        boxes.append(box_from_mask(m))
+        masks.append(m)
+        if len(boxes) >= max_boxes:
+            break
+    return boxes, masks, "instances"
+
+
+def _mean(xs: list[float]) -> float:
+    xs = [x for x in xs if not math.isnan(x)]
+    return float(np.mean(xs)) if xs else float("nan")
+
+
+@torch.no_grad()
+def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | None = None, *, lpips: bool = True,
+                 pck_pairs: int = 4, pck_points: int = 256, match_side: int = 128, sam_decoder=None,
+                 semantic_train_views: int = 8, progress: bool = True, device: str = "auto") -> dict:
+    """All metrics of a run (see module docstring); a JSON-able dict."""
+    from rich.progress import track
+
+    from featurefield.query.correspondence import evaluate_pair
+    from featurefield.query.prompts import prompt_mask
+    from featurefield.query.selection import surface_depth
+    from featurefield.teachers.sam import valid_grid
+
+    if not isinstance(run, Run):
+        run = load_run(run, device=device)
+    scene = run.scene()
+    views = _spread(run.view_indices(splits), max_views)
+    if not views:
+        raise FeatureFieldError(f"{run.path}: the {splits!r} split has no views to evaluate")
+    cams = run.normalization.cameras_to_canonical(scene.cameras[views]).to(run.device)
+    fld, teachers = run.field, run.teacher_names
+    out: dict = {"run": str(run.path), "step": run.step, "split": splits, "views": len(views), "device": str(run.device)}
+
+    lp = Lpips("alex", run.device) if lpips else None
+    img = {"psnr": [], "ssim": [], "lpips": []}
+    fid = {t: {"cosine": [], "rel_l2": []} for t in teachers}
+    depths: list[Tensor] = []
+    depth_source = "scene" if scene.depths is not None else "rendered"
+
+    # SAM prompt decoder (optional)
+    sam: dict | None = None
+    if "sam" in teachers:
+        if sam_decoder is None:
+            try:
+                from featurefield.teachers.sam_decoder import SamPromptDecoder
+
+                spec = next(t for t in run.config["teachers"] if t["name"] == "sam")
+                sam_decoder = SamPromptDecoder.from_weights(spec.get("options", {}).get("weights"), device=run.device)
+            except (FeatureFieldError, ImportError) as err:
+                sam = {"unavailable": f"unavailable ({err})"}
+        if sam is None:
+            sam = {"rendered_vs_teacher": [], "rendered_vs_gt": [], "teacher_vs_gt": [], "gt": None}
+
+    # semantic segmentation (optional)
+    sem = {}
+    ncls = len(scene.class_names) if scene.class_names else 0
+    if scene.semantics is not None and ncls and teachers:
+        for t in teachers:
+            protos, present = class_prototypes(run, t, ncls, semantic_train_views)
+            sem[t] = {"protos": protos, "present": present, "field": torch.zeros(ncls, ncls, dtype=torch.int64),
+                      "teacher": torch.zeros(ncls, ncls, dtype=torch.int64)}
+
+    it = track(range(len(views)), description="evaluate", transient=True) if progress else range(len(views))
+    for k in it:
+        v, cam = views[k], cams[k]
+        r = fld.render(cam, background=run.background, features=bool(teachers))
+        gt = scene.image(v).to(run.device)
+        img["psnr"].append(psnr(r.rgb, gt))
+        img["ssim"].append(ssim(r.rgb, gt))
+        if lp is not None and lp.available:
+            img["lpips"].append(lp(r.rgb, gt))
+        H, W = gt.shape[:2]
+        if depth_source == "scene":
+            d = scene.depth(v).float() * run.normalization.scale
+            depths.append(torch.where(d > 0, d, torch.full_like(d, float("inf"))).to(run.device))
+        else:
+            depths.append(surface_depth(r))
+        for t in teachers:
+            target = run.features(t, [v])[0].to(run.device, torch.float32)
+            pred = fld.decode(r, t, tuple(target.shape[-2:])).float()
+            for key, val in feature_fidelity(pred, target).items():
+                fid[t][key].append(val)
+            if t == "sam" and sam is not None and "unavailable" not in sam:
+                boxes, gts, kind = _sam_boxes(scene, v)
+                sam["gt"] = kind
+                rendered = fld.decode(r, "sam", valid_grid(H, W)).float() if boxes else None
+                for box, m in zip(boxes, gts):
+                    mr, _ = prompt_mask(sam_decoder, rendered, (H, W), box=box)
+                    mt, _ = prompt_mask(sam_decoder, target, (H, W), box=box)
+                    sam["rendered_vs_teacher"].append(mask_iou(mr, mt))
+                    sam["rendered_vs_gt"].append(mask_iou(mr, m))
+                    sam["teacher_vs_gt"].append(mask_iou(mt, m))
+            if t in sem:
+                s = sem[t]
+                gt_labels = scene.semantic(v)
+                pred_f = _nearest_prototype(pred, s["protos"], s["present"])
+                pred_t = _nearest_prototype(target, s["protos"], s["present"])
+                s["field"] += confusion_matrix(_upsample_labels(pred_f, (H, W)), gt_labels, ncls)
+                s["teacher"] += confusion_matrix(_upsample_labels(pred_t, (H, W)), gt_labels, ncls)
+
+    out["image"] = {"psnr": _mean(img["psnr"]), "ssim": _mean(img["ssim"]),
+                    "lpips": _mean(img["lpips"]) if img["lpips"] else (lp.describe() if lp else "not computed")}
+    out["features"] = {t: {k: _mean(v) for k, v in d.items()} for t, d in fid.items()}
+    if sam is not None:
+        if "unavailable" in sam:
+            out["sam"] = sam
+        else:
+            out["sam"] = {"prompts": len(sam["rendered_vs_teacher"]), "gt": sam["gt"],
+                          "mask_iou_rendered_vs_teacher": _mean(sam["rendered_vs_teacher"]),
+                          "iou_rendered_vs_gt": _mean(sam["rendered_vs_gt"]),
+                          "iou_teacher_vs_gt": _mean(sam["teacher_vs_gt"])}
+
+    # correspondence PCK between consecutive evaluated views
+    if teachers and len(views) > 1:
+        gen = torch.Generator().manual_seed(0)
+        pairs = list(range(min(pck_pairs, len(views) - 1)))
+        out["pck"] = {}
+        for t in teachers:
+            scores: dict[str, list[tuple[float, int]]] = {}
+            total = 0
+            for k in pairs:
+                res, n = evaluate_pair(fld, cams[k], cams[k + 1], t, depths[k], depths[k + 1], pck_points, match_side,
+                                       run.background, gen)
+                total += n
+                for key, val in res.items():
+                    scores.setdefault(key, []).append((val, n))
+            entry = {key: (sum(v * n for v, n in vals if n) / total if total else float("nan")) for key, vals in scores.items()}
+            out["pck"][t] = {**entry, "pairs": len(pairs), "points": total, "depth": depth_source}
+    if sem:
+        out["semantic"] = {}
+        for t, s in sem.items():
+            fm, fper = miou(s["field"])
+            tm, tper = miou(s["teacher"])
+            out["semantic"][t] = {"field_miou": fm, "teacher_miou": tm, "classes": list(scene.class_names),
+                                  "field_per_class": fper, "teacher_per_class": tper,
+                                  "train_views": min(semantic_train_views, len(run.view_indices("train")))}
+    return out
+
+
+def jsonable(obj):
+    """``nan``/``inf`` floats become ``None`` (strict JSON), recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    return obj
+
+
+def metrics_table(metrics: dict):
+    """A rich Table of the headline numbers."""
+    from rich.table import Table
+
+    def fmt(x):
+        if isinstance(x, float):
+            return "n/a" if math.isnan(x) else f"{x:.4f}"
+        return str(x)
+
+    table = Table(title=f"{metrics['run']} · step {metrics['step']} · {metrics['views']} {metrics['split']} views")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics["image"].items():
+        table.add_row(k.upper(), fmt(v))
+    for t, d in metrics.get("features", {}).items():
+        table.add_row(f"{t} feature cosine", fmt(d["cosine"]))
+        table.add_row(f"{t} feature rel. L2", fmt(d["rel_l2"]))
+    sam = metrics.get("sam")
+    if sam:
+        if "unavailable" in sam:
+            table.add_row("sam mask IoU", sam["unavailable"])
+        else:
+            table.add_row(f"sam mask IoU rendered vs teacher ({sam['prompts']} boxes)", fmt(sam["mask_iou_rendered_vs_teacher"]))
+            table.add_row(f"sam IoU rendered vs {sam['gt']}", fmt(sam["iou_rendered_vs_gt"]))
+            table.add_row(f"sam IoU teacher vs {sam['gt']}", fmt(sam["iou_teacher_vs_gt"]))
+    for t, d in metrics.get("pck", {}).items():
+        table.add_row(f"{t} PCK@1/2/5% ({d['points']} pts, {d['depth']} depth)",
+                      " / ".join(fmt(d[k]) for k in ("pck@0.01", "pck@0.02", "pck@0.05")))
+    for t, d in metrics.get("semantic", {}).items():
+        table.add_row(f"{t} semantic mIoU field", fmt(d["field_miou"]))
+        table.add_row(f"{t} semantic mIoU 2D teacher", fmt(d["teacher_miou"]))
+    return table
+
+
+def eval_command(run: Path, /, output: Path | None = None, max_views: int | None = None, device: str = "auto",
+                 split: str = "test", no_lpips: bool = False) -> int:
+    """Evaluate a trained RUN: PSNR/SSIM/LPIPS, feature fidelity, SAM mask IoU, PCK, semantic mIoU.
+
+    Args:
+        run: run folder written by `featurefield train`.
+        output: JSON file to write (default RUN/eval/metrics.json).
+        max_views: evaluate at most this many views (evenly spaced).
+        split: which views (test, train or all).
+        no_lpips: skip LPIPS.
+    """
+    from rich.console import Console
+
+    metrics = evaluate_run(run, split, max_views, lpips=not no_lpips, device=device)
+    path = output or Path(run) / "eval" / "metrics.json"
+    atomic_write_json(path, jsonable(metrics))
+    console = Console()
+    console.print(metrics_table(metrics))
+    console.print(f"wrote {path}")
+    return 0

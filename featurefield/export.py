@@ -1,0 +1,91 @@
+"""Export a trained run in the scene's original world frame.
+
+* Gaussian runs: a standard 3DGS PLY (opens in common splat viewers) with the embeddings as extra
+  per-vertex properties, and the decoders in a side file (see :mod:`featurefield.fields.splat.ply`).
+* NeRF runs: a coloured point cloud sampled where density is high, with features per point.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from featurefield.errors import FeatureFieldError
+from featurefield.run import Run, load_run
+
+
+def write_point_cloud(path: Path, xyz: Tensor, rgb: Tensor | None = None, features: Tensor | None = None,
+                      extra: dict[str, Tensor] | None = None) -> Path:
+    """Write a binary PLY point cloud atomically.
+
+    Args:
+        xyz: ``[P, 3]`` positions. rgb: ``[P, 3]`` in [0, 1]. features: ``[P, D]`` stored as ``f_0..``
+            float32 properties. extra: more per-point scalar properties ``{name: [P]}``.
+    """
+    from plyfile import PlyData, PlyElement
+
+    path = Path(path)
+    n = xyz.shape[0]
+    cols: list[tuple[str, np.ndarray]] = [(c, xyz[:, k].detach().cpu().numpy().astype(np.float32)) for k, c in enumerate("xyz")]
+    if rgb is not None:
+        rgb8 = (rgb.detach().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        cols += [(c, rgb8[:, k]) for k, c in enumerate(("red", "green", "blue"))]
+    if features is not None:
+        f = features.detach().float().cpu().numpy()
+        cols += [(f"f_{k}", f[:, k]) for k in range(f.shape[1])]
+    for name, values in (extra or {}).items():
+        cols.append((name, values.detach().cpu().numpy().reshape(n)))
+    vertex = np.empty(n, dtype=[(name, arr.dtype) for name, arr in cols])
+    for name, arr in cols:
+        vertex[name] = arr
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        PlyData([PlyElement.describe(vertex, "vertex")]).write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def export_run(run: Run, output: Path, teacher: str | None = None, max_points: int = 1_000_000) -> list[Path]:
+    """Write the run's 3D content to ``output`` in world coordinates; returns the files written."""
+    output = Path(output)
+    if run.kind == "splat":
+        from featurefield.fields.splat.ply import export_splat
+
+        return list(export_splat(run.field, run.normalization, output))
+    teacher = teacher or (run.teacher_names[0] if run.teacher_names else None)
+    with torch.no_grad():
+        pts = run.field.points_with_features(teacher, max_points=max_points)
+    xyz = run.normalization.to_world(pts["xyz"].float())
+    path = write_point_cloud(output / "points.ply", xyz, pts.get("rgb"), pts.get("features"),
+                             {"opacity": pts["opacity"].float()} if "opacity" in pts else None)
+    return [path]
+
+
+def export_command(run: Path, /, output: Path | None = None, teacher: str | None = None,
+                   max_points: int = 1_000_000, device: str = "auto") -> int:
+    """Export a trained RUN (3DGS PLY + embeddings + decoders, or a NeRF point cloud) in world coordinates.
+
+    Args:
+        run: run folder written by `featurefield train`.
+        output: folder to write (default RUN/export).
+        teacher: for NeRF runs, whose features to attach to the points (default: the first).
+        max_points: NeRF point-cloud size.
+    """
+    loaded = load_run(run, device=device)
+    if teacher is not None and teacher not in loaded.teacher_names:
+        raise FeatureFieldError(f"{run}: no teacher {teacher!r} in this run (has {', '.join(loaded.teacher_names) or 'none'})")
+    files = export_run(loaded, output or loaded.path / "export", teacher, max_points)
+    for f in files:
+        print(f"wrote {f}")
+    return 0

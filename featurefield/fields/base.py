@@ -1,0 +1,180 @@
+"""The protocol every 3D backend implements, so the trainer, queries, eval and export work on all.
+
+A field lives in the scene's canonical frame (see :class:`~featurefield.data.scene.Normalization`)
+and is given canonical cameras. It renders colour, depth, alpha and, per teacher, features; the
+trainer drives it through :meth:`FeatureField.sample_batch`, :meth:`FeatureField.training_loss`,
+its optimizers and :meth:`FeatureField.after_step`.
+
+Backends register by name in :data:`FIELDS` (``"splat"``, ``"nerf"``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from featurefield.cameras import Cameras
+from featurefield.errors import FeatureFieldError
+
+
+@dataclass
+class TeacherTarget:
+    """What a field needs to know about one teacher it distills.
+
+    Attributes:
+        name: teacher name (key in every per-teacher dict).
+        dim: feature dimension ``D``.
+        grid: ``(h, w)`` of the teacher's feature map for the training images.
+        weight: loss weight.
+    """
+
+    name: str
+    dim: int
+    grid: tuple[int, int]
+    weight: float = 1.0
+
+
+@dataclass
+class TrainData:
+    """Everything a field samples training batches from (all on the training device).
+
+    Attributes:
+        cameras: the ``N`` training cameras, canonical frame.
+        images: ``[N, H, W, 3]`` uint8 RGB (composited on ``background``).
+        alphas: ``[N, H, W]`` uint8 alpha or ``None``.
+        features: per teacher, ``[N, D, h, w]`` fp16 teacher features (may be a memory-mapped CPU
+            tensor; index it, then move the slice to the device).
+        background: ``[3]`` float background colour, or ``None`` for opaque scenes.
+    """
+
+    cameras: Cameras
+    images: Tensor
+    alphas: Tensor | None
+    features: dict[str, Tensor]
+    background: Tensor | None
+
+
+@dataclass
+class Render:
+    """A rendered view. Shapes use the rendered camera's ``H x W``.
+
+    Attributes:
+        rgb: ``[H, W, 3]`` in [0, 1].
+        depth: ``[H, W, 1]`` expected z-depth of the surface in canonical units, NORMALIZED by
+            alpha: ``sum_i w_i z_i / alpha`` (0 where alpha < 1e-6), as gsplat's "ED" mode.
+        alpha: ``[H, W, 1]`` accumulated opacity.
+        embedding: ``[H, W, E]`` the rendered low-dimensional embedding (splat) or ``None``.
+        features: per teacher ``[H, W, D]`` features rendered directly (nerf), else empty.
+        projected: ``[H, W, K]`` when ``render(..., projection=...)`` asked for projected channels.
+        extras: backend-specific outputs (e.g. ``"means2d"`` for densification, ``"normals"``).
+    """
+
+    rgb: Tensor
+    depth: Tensor
+    alpha: Tensor
+    embedding: Tensor | None = None
+    features: dict[str, Tensor] = field(default_factory=dict)
+    projected: Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class FeatureField(nn.Module, ABC):
+    """A 3D field that renders colour, depth and teacher features from any camera."""
+
+    kind: ClassVar[str] = "field"
+
+    # --------------------------------------------------------------- rendering
+    @abstractmethod
+    def render(self, camera: Cameras, *, background: Tensor | None = None, features: bool = True,
+               projection: tuple[str, Tensor, Tensor] | None = None) -> Render:
+        """Render one camera (``len(camera) == 1``, canonical frame).
+
+        Args:
+            background: ``[3]`` colour behind the content (default: the field's training background).
+            features: also render embeddings/features (off for colour-only evaluation).
+            projection: ``(teacher, P [D, K], b [K])``: additionally return ``Render.projected``
+                ``[H, W, K]`` = decoded features of ``teacher`` at each pixel ``@ P + b``. A field whose
+                decoder is linear folds ``P`` into the embedding space and renders only ``K``
+                channels (text queries, PCA pictures); others project rendered features.
+        """
+
+    @abstractmethod
+    def decode(self, render: Render, teacher: str, grid: tuple[int, int] | None = None) -> Tensor:
+        """Teacher-space features of a render.
+
+        Returns:
+            ``[D, h, w]`` features for ``teacher`` resampled to ``grid`` (default: the render's
+            ``H x W``), not normalized.
+        """
+
+    def linear_decoder(self, teacher: str) -> tuple[Tensor, Tensor] | None:
+        """``(W [E, D], b [D])`` when decoding is per-pixel linear (features = emb @ W + b), else None."""
+        return None
+
+    @abstractmethod
+    def points_with_features(self, teacher: str | None = None, max_points: int = 1_000_000) -> dict[str, Tensor]:
+        """3D samples of the scene content, canonical frame, for 3D selection and export.
+
+        Returns:
+            ``{"xyz": [P, 3], "rgb": [P, 3], "opacity": [P], "features": [P, D] (when teacher given),
+            "ids": [P] int64}``: for splats, one entry per Gaussian (``ids`` index Gaussians); for a
+            NeRF, points sampled where density is high.
+        """
+
+    # --------------------------------------------------------------- training
+    @abstractmethod
+    def sample_batch(self, data: TrainData, step: int, generator: torch.Generator) -> Any:
+        """Draw one training batch (a view for splats, a ray batch for NeRF)."""
+
+    @abstractmethod
+    def training_loss(self, batch: Any, data: TrainData, step: int) -> dict[str, Tensor]:
+        """Losses for a batch: ``"loss"`` (the total, to backprop) plus named parts and metrics
+        (e.g. ``"rgb"``, ``"feature/sam"``, ``"psnr"``) as 0-d tensors."""
+
+    @abstractmethod
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Named optimizers (the trainer steps and zeroes them, and checkpoints their state)."""
+
+    def schedulers(self) -> dict[str, Any]:
+        """Named LR schedulers stepped once per training step (checkpointed)."""
+        return {}
+
+    def after_step(self, step: int, batch: Any, losses: dict[str, Tensor]) -> None:
+        """Called after backward, before optimizer steps (densification statistics live here)."""
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Called after optimizer steps (densify/prune, proposal annealing...)."""
+
+    def stats(self) -> dict[str, float]:
+        """Numbers for the progress line (e.g. ``{"gaussians": 1.2e5}``)."""
+        return {}
+
+    # --------------------------------------------------------------- persistence
+    @abstractmethod
+    def config_dict(self) -> dict:
+        """JSON-able constructor arguments; ``FIELD.from_checkpoint`` rebuilds from it + state."""
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config: dict, state: dict[str, Tensor]) -> "FeatureField":
+        """Rebuild a field from :meth:`config_dict` and ``state_dict()`` (sizes may have changed)."""
+
+
+#: backend name -> "module:Class" (and its ``create`` factory).
+FIELDS: dict[str, str] = {
+    "splat": "featurefield.fields.splat.model:GaussianField",
+    "nerf": "featurefield.fields.nerf.model:NerfField",
+}
+
+
+def field_class(kind: str) -> type[FeatureField]:
+    """The field class registered as ``kind``."""
+    if kind not in FIELDS:
+        raise FeatureFieldError(f"unknown field {kind!r}; expected one of {', '.join(FIELDS)}")
+    module, cls = FIELDS[kind].split(":")
+    return getattr(importlib.import_module(module), cls)

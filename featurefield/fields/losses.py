@@ -1,0 +1,76 @@
+"""Image losses shared by the field backends: L1, SSIM / D-SSIM (Gaussian window), PSNR, feature losses."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def l1(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean absolute error over all elements."""
+    return (pred - target).abs().mean()
+
+
+@functools.lru_cache(maxsize=8)
+def _gaussian_1d(size: int, sigma: float, device: str, dtype: torch.dtype) -> Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return (g / g.sum()).to(device=device, dtype=dtype)
+
+
+def ssim(pred: Tensor, target: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
+    """Mean structural similarity with a Gaussian window ("valid" borders, as torchmetrics/pytorch-msssim).
+
+    Args:
+        pred, target: ``[H, W, C]`` or ``[B, C, H, W]`` images in [0, 1].
+    Returns:
+        0-d tensor, 1 for identical images.
+    """
+    if pred.dim() == 3:
+        pred, target = pred.permute(2, 0, 1)[None], target.permute(2, 0, 1)[None]
+    C = pred.shape[1]
+    g = _gaussian_1d(window, sigma, str(pred.device), pred.dtype)
+    gx = g.view(1, 1, 1, -1).expand(C, 1, 1, window)
+    gy = g.view(1, 1, -1, 1).expand(C, 1, window, 1)
+
+    def blur(x: Tensor) -> Tensor:
+        return F.conv2d(F.conv2d(x, gx, groups=C), gy, groups=C)
+
+    c1, c2 = 0.01**2, 0.03**2
+    mu_x, mu_y = blur(pred), blur(target)
+    sxx = blur(pred * pred) - mu_x**2
+    syy = blur(target * target) - mu_y**2
+    sxy = blur(pred * target) - mu_x * mu_y
+    num = (2 * mu_x * mu_y + c1) * (2 * sxy + c2)
+    den = (mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2)
+    return (num / den).mean()
+
+
+def dssim(pred: Tensor, target: Tensor) -> Tensor:
+    """Structural dissimilarity ``1 - SSIM`` (the 3DGS loss term)."""
+    return 1.0 - ssim(pred, target)
+
+
+def psnr(pred: Tensor, target: Tensor) -> Tensor:
+    """Peak signal-to-noise ratio in dB for images in [0, 1]."""
+    mse = F.mse_loss(pred.detach().float(), target.float())
+    return -10.0 * torch.log10(mse.clamp_min(1e-10))
+
+
+def feature_loss(pred: Tensor, target: Tensor, kind: str = "l1", dim: int = 0) -> Tensor:
+    """Distillation loss between feature maps.
+
+    Args:
+        pred, target: features with the channel axis at ``dim`` (e.g. ``[D, h, w]``).
+        kind: ``"l1"`` (Feature 3DGS), ``"l1+cos"`` (L1 plus ``1 - cosine``), ``"mse"`` (F3RM).
+    """
+    if kind == "l1":
+        return l1(pred, target)
+    if kind == "mse":
+        return F.mse_loss(pred, target)
+    if kind == "l1+cos":
+        return l1(pred, target) + (1 - F.cosine_similarity(pred, target, dim=dim, eps=1e-6)).mean()
+    raise ValueError(f"unknown feature loss {kind!r}; expected 'l1', 'l1+cos' or 'mse'")

@@ -1,0 +1,97 @@
+"""Configuration of the Gaussian feature field (``--field splat``; exposed on the CLI as ``--splat.xxx``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Literal
+
+
+@dataclass
+class SplatConfig:
+    """Gaussian feature field settings. Step counts are for ``schedule_steps`` and scale with the run length.
+
+    Attributes:
+        sh_degree: max spherical-harmonic degree of colours (0..3).
+        sh_degree_interval: raise the active SH degree by one every this many (scaled) steps.
+        embed_dim: per-Gaussian embedding size ``E`` (any value; decoders map it to each teacher).
+        init: ``"auto"`` (scene points when present, else random), ``"points"`` or ``"random"``.
+        init_points_random: Gaussians for random init (capped on CPU, see ``cpu_max_init``).
+        cpu_max_init: cap on random init when training on CPU (small scenes).
+        max_gaussians: stop growing (clone/split) above this count; 0 = no cap.
+        cpu_max_gaussians: the same cap when training on CPU (the torch rasterizer is slow).
+        init_opacity, init_scale: initial opacity, and a factor on the nearest-neighbour scale.
+        strategy: densification: ``"default"`` (3DGS clone/split/prune) or ``"mcmc"``.
+        schedule_steps: the run length the step numbers below are written for (30k as in 3DGS).
+        refine_start, refine_stop, refine_every, reset_every: densification schedule (scaled).
+        grow_grad2d, prune_opacity: DefaultStrategy thresholds.
+        mcmc_cap_max, mcmc_noise_lr, mcmc_opacity_reg, mcmc_scale_reg: MCMC settings.
+        lr_means, lr_means_final: means LR (times scene scale), exponentially decayed over the run.
+        lr_scales, lr_quats, lr_opacities, lr_sh0, lr_shN, lr_embedding, lr_decoder: Adam LRs.
+        decoder: ``"linear"`` (1x1 conv; folds queries) or ``"mlp"`` (small non-linear head).
+        decoder_hidden: hidden width of the MLP decoder.
+        feature_loss: ``"l1"`` or ``"l1+cos"``.
+        feature_weight: weight of the feature losses (times each teacher's weight).
+        ssim_lambda: D-SSIM weight in the colour loss.
+        random_background: composite targets on a random colour each step (scenes with alpha).
+        rasterizer: ``"auto"`` (gsplat on CUDA, else torch), ``"torch"`` or ``"gsplat"``.
+        packed, absgrad, antialiased: gsplat options (absgrad also switches the densify gradient).
+        near_plane, far_plane: depth culling in canonical units.
+    """
+
+    sh_degree: int = 3
+    sh_degree_interval: int = 1000
+    embed_dim: int = 16
+    init: Literal["auto", "points", "random"] = "auto"
+    init_points_random: int = 100_000
+    cpu_max_init: int = 4_000
+    max_gaussians: int = 0
+    cpu_max_gaussians: int = 6_000
+    init_opacity: float = 0.1
+    init_scale: float = 1.0
+    strategy: Literal["default", "mcmc"] = "default"
+    schedule_steps: int = 30_000
+    refine_start: int = 500
+    refine_stop: int = 15_000
+    refine_every: int = 100
+    reset_every: int = 3_000
+    grow_grad2d: float = 0.0002
+    prune_opacity: float = 0.005
+    mcmc_cap_max: int = 1_000_000
+    mcmc_noise_lr: float = 5e5
+    mcmc_opacity_reg: float = 0.01
+    mcmc_scale_reg: float = 0.01
+    lr_means: float = 1.6e-4
+    lr_means_final: float = 1.6e-6
+    lr_scales: float = 5e-3
+    lr_quats: float = 1e-3
+    lr_opacities: float = 5e-2
+    lr_sh0: float = 2.5e-3
+    lr_shN: float = 2.5e-3 / 20
+    lr_embedding: float = 2.5e-3
+    lr_decoder: float = 1e-3
+    decoder: Literal["linear", "mlp"] = "linear"
+    decoder_hidden: int = 64
+    feature_loss: Literal["l1", "l1+cos"] = "l1"
+    feature_weight: float = 1.0
+    ssim_lambda: float = 0.2
+    random_background: bool = False
+    rasterizer: Literal["auto", "torch", "gsplat"] = "auto"
+    packed: bool = False
+    absgrad: bool = False
+    antialiased: bool = False
+    near_plane: float = 0.01
+    far_plane: float = 1e10
+
+    def scaled(self, step: int, max_steps: int) -> int:
+        """A schedule step written for ``schedule_steps`` mapped onto a run of ``max_steps``."""
+        if max_steps >= self.schedule_steps:
+            return step
+        return max(1, round(step * max_steps / self.schedule_steps))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> "SplatConfig":
+        known = {f.name for f in fields(SplatConfig)}
+        return SplatConfig(**{k: v for k, v in d.items() if k in known})

@@ -1,0 +1,475 @@
+"""The Gaussian feature field: 3D Gaussians with SH colours and a learnable per-Gaussian embedding.
+
+Per teacher, a decoder maps the rasterized ``E``-channel embedding map to the teacher's ``D``
+channels. Decoding happens late: the embedding map is first resampled to the teacher's grid
+``h x w``, then decoded (a 1x1 convolution, i.e. a linear map, or a small MLP behind a flag). With
+the linear decoder, a query ``P [D, K]`` folds into the embedding space (``W @ P``) so text queries
+and PCA pictures rasterize as ``K`` channels.
+
+Colour, expected depth and the embedding come from one rasterization pass (channels
+``[rgb, embedding, depth]``); densification uses gsplat's strategies (pure PyTorch for
+``"default"``; ``"mcmc"`` needs gsplat's CUDA relocation kernel).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from featurefield.cameras import Cameras
+from featurefield.errors import FeatureFieldError
+from featurefield.fields import losses
+from featurefield.fields.base import FeatureField, Render, TeacherTarget, TrainData
+from featurefield.fields.splat import rasterize_gsplat, rasterize_torch
+from featurefield.fields.splat.config import SplatConfig
+from featurefield.fields.splat.sh import num_sh_bases, rgb_to_sh, sh_to_colors, sh_to_rgb
+
+GAUSSIAN_PARAMS = ("means", "scales", "quats", "opacities", "sh0", "shN", "embedding")
+
+
+def _make_decoder(embed_dim: int, dim: int, config: SplatConfig) -> nn.Module:
+    if config.decoder == "linear":
+        return nn.Linear(embed_dim, dim)
+    if config.decoder == "mlp":
+        return nn.Sequential(nn.Linear(embed_dim, config.decoder_hidden), nn.ReLU(), nn.Linear(config.decoder_hidden, dim))
+    raise FeatureFieldError(f"unknown splat decoder {config.decoder!r}; use --splat.decoder linear or mlp")
+
+
+def resample(maps: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Bilinear resampling of ``[C, H, W]`` maps to ``grid`` (anti-aliased when shrinking)."""
+    if tuple(maps.shape[-2:]) == tuple(grid):
+        return maps
+    shrink = grid[0] < maps.shape[-2] or grid[1] < maps.shape[-1]
+    return F.interpolate(maps[None], size=tuple(grid), mode="bilinear", align_corners=False, antialias=shrink)[0]
+
+
+def knn_scale(points: Tensor, k: int = 3, chunk: int = 4096) -> Tensor:
+    """RMS distance of each point to its ``k`` nearest neighbours: ``[N, 3] -> [N]`` (chunked)."""
+    n = len(points)
+    if n <= 1:
+        return torch.full((n,), 0.01, device=points.device)
+    k = min(k, n - 1)
+    out = []
+    for s in range(0, n, chunk):
+        d = torch.cdist(points[s:s + chunk], points)
+        out.append(d.topk(k + 1, largest=False).values[:, 1:].pow(2).mean(-1).sqrt())
+    return torch.cat(out).clamp_min(1e-7)
+
+
+class GaussianField(FeatureField):
+    """3D Gaussians carrying a learnable embedding, with one decoder per teacher.
+
+    Parameters (``self.params``): ``means [P, 3]``, ``scales [P, 3]`` (log), ``quats [P, 4]``
+    (w, x, y, z), ``opacities [P]`` (logit), ``sh0 [P, 1, 3]``, ``shN [P, K-1, 3]``,
+    ``embedding [P, E]``.
+    """
+
+    kind = "splat"
+
+    def __init__(self, config: SplatConfig, targets: list[TeacherTarget], num_gaussians: int, *,
+                 scene_scale: float = 1.0, max_steps: int = 30_000, background: list[float] | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.targets = list(targets)
+        self.scene_scale = float(scene_scale)
+        self.max_steps = int(max_steps)
+        self.background_list = None if background is None else [float(x) for x in background]
+        n, E, K = num_gaussians, config.embed_dim, num_sh_bases(config.sh_degree)
+        quats = torch.zeros(n, 4)
+        quats[:, 0] = 1
+        self.params = nn.ParameterDict({
+            "means": nn.Parameter(torch.zeros(n, 3)),
+            "scales": nn.Parameter(torch.zeros(n, 3)),
+            "quats": nn.Parameter(quats),
+            "opacities": nn.Parameter(torch.zeros(n)),
+            "sh0": nn.Parameter(torch.zeros(n, 1, 3)),
+            "shN": nn.Parameter(torch.zeros(n, K - 1, 3)),
+            "embedding": nn.Parameter(torch.zeros(n, E)),
+        })
+        self.decoders = nn.ModuleDict({t.name: _make_decoder(E, t.dim, config) for t in self.targets})
+        self._optimizers: dict[str, torch.optim.Optimizer] | None = None
+        self._schedulers: dict[str, Any] | None = None
+        self._strategy, self._strategy_state = self._build_strategy()
+        self._perm: Tensor | None = None
+        self._cursor = 0
+        self._info: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def create(cls, scene, targets: list[TeacherTarget], config: SplatConfig | None = None, max_steps: int = 30_000,
+               device: str | torch.device = "cpu") -> "GaussianField":
+        """Initialise Gaussians for a scene (canonical frame).
+
+        From the scene's sparse points when present (``init`` "auto"/"points"), else uniformly at
+        random inside the scene's bounds (or, for ``init="random"`` without bounds, a ball holding the
+        cameras' look-at region).
+        """
+        config = config or SplatConfig()
+        device = torch.device(device)
+        if config.strategy == "mcmc" and device.type != "cuda":
+            raise FeatureFieldError("--splat.strategy mcmc needs gsplat's CUDA relocation kernel; "
+                                    "train on a CUDA device or use --splat.strategy default")
+        if not 0 <= config.sh_degree <= 3:
+            raise FeatureFieldError(f"--splat.sh-degree must be within 0..3, got {config.sh_degree}")
+        cams = scene.canonical_cameras()
+        centers = cams.centers
+        scene_scale = float((centers - centers.mean(0)).norm(dim=-1).max()) * 1.1 or 1.0
+        points = scene.canonical_points()
+        name = getattr(scene, "source", None) or getattr(scene, "name", "scene")
+        if config.init in ("auto", "points") and points is not None and len(points.xyz) > 0:
+            xyz, rgb = points.xyz.float(), points.rgb.float().clamp(0, 1)
+        elif config.init == "points":
+            raise FeatureFieldError(f"{name}: --splat.init points but the scene has no sparse points; "
+                                    "use --splat.init random or a scene with an SfM model")
+        else:
+            n = config.init_points_random
+            if device.type != "cuda":
+                n = min(n, config.cpu_max_init)
+            bounds = scene.canonical_bounds()
+            if bounds is not None:
+                lo, hi = bounds[0].float(), bounds[1].float()
+                xyz = lo + (hi - lo) * torch.rand(n, 3)
+            elif config.init == "random":
+                d = torch.randn(n, 3)
+                xyz = d / d.norm(dim=-1, keepdim=True) * torch.rand(n, 1).pow(1 / 3) * 0.5 * scene_scale
+            else:
+                raise FeatureFieldError(f"{name}: the scene has no sparse points and no bounds to place Gaussians in; "
+                                        "run SfM first or pass --splat.init random (a ball around the centre)")
+            rgb = torch.rand(n, 3)
+        field = cls(config, targets, len(xyz), scene_scale=scene_scale, max_steps=max_steps,
+                    background=None if scene.background is None else list(scene.background))
+        init_opacity, init_scale = config.init_opacity, config.init_scale
+        if config.strategy == "mcmc":  # MCMC starts denser-looking and smaller (as gsplat's MCMC recipe)
+            init_opacity, init_scale = 0.5, 0.1 * config.init_scale
+        with torch.no_grad():
+            p = field.params
+            p["means"].copy_(xyz)
+            p["scales"].copy_(torch.log(knn_scale(xyz.to(device)).cpu() * init_scale)[:, None].expand(-1, 3))
+            p["quats"].copy_(F.normalize(torch.rand(len(xyz), 4), dim=-1))
+            p["opacities"].fill_(math.log(init_opacity / (1 - init_opacity)))
+            p["sh0"].copy_(rgb_to_sh(rgb)[:, None, :])
+        return field.to(device)
+
+    def _build_strategy(self):
+        cfg, steps = self.config, self.max_steps
+        from gsplat.strategy import DefaultStrategy, MCMCStrategy
+
+        start, stop = cfg.scaled(cfg.refine_start, steps), cfg.scaled(cfg.refine_stop, steps)
+        every = max(cfg.scaled(cfg.refine_every, steps), min(cfg.refine_every, 10))
+        if cfg.strategy == "mcmc":
+            strategy = MCMCStrategy(cap_max=cfg.mcmc_cap_max, noise_lr=cfg.mcmc_noise_lr, refine_start_iter=start,
+                                    refine_stop_iter=cfg.scaled(25_000, steps), refine_every=every,
+                                    min_opacity=cfg.prune_opacity)
+            return strategy, strategy.initialize_state()
+        strategy = DefaultStrategy(prune_opa=cfg.prune_opacity, grow_grad2d=cfg.grow_grad2d, refine_start_iter=start,
+                                   refine_stop_iter=stop, refine_every=every,
+                                   reset_every=cfg.scaled(cfg.reset_every, steps), absgrad=cfg.absgrad)
+        return strategy, strategy.initialize_state(scene_scale=self.scene_scale)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_gaussians(self) -> int:
+        return self.params["means"].shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.params["means"].device
+
+    def default_background(self) -> Tensor:
+        bg = self.background_list if self.background_list is not None else [0.0, 0.0, 0.0]
+        return torch.tensor(bg, dtype=torch.float32, device=self.device)
+
+    def _use_gsplat(self) -> bool:
+        r = self.config.rasterizer
+        if r == "torch":
+            return False
+        if r == "gsplat":
+            if self.device.type != "cuda":
+                raise FeatureFieldError("--splat.rasterizer gsplat needs a CUDA device; use auto or torch on CPU")
+            return True
+        return self.device.type == "cuda" and rasterize_gsplat.available()
+
+    # ------------------------------------------------------------------ rasterization
+    def _rgb(self, camera: Cameras, sh_degree: int, gsplat: bool) -> Tensor:
+        p = self.params
+        coeffs = torch.cat([p["sh0"], p["shN"]], 1)
+        campos = camera.c2w[0, :3, 3]
+        if gsplat:
+            from gsplat import spherical_harmonics
+
+            return torch.clamp_min(spherical_harmonics(sh_degree, p["means"] - campos, coeffs) + 0.5, 0.0)
+        return sh_to_colors(sh_degree, p["means"], campos, coeffs)
+
+    def rasterize(self, camera: Cameras, extra: Tensor | None = None, background: Tensor | None = None,
+                  sh_degree: int | None = None, rgb: bool = True) -> tuple[Tensor, Tensor | None, Tensor, Tensor, dict]:
+        """One rasterization pass of ``[rgb, extra, depth]`` channels.
+
+        Args:
+            camera: one canonical camera.
+            extra: ``[P, X]`` per-Gaussian channels rendered with the colour (embeddings, projections).
+            background: ``[3]`` colour (extra channels get 0 behind the content).
+            sh_degree: SH degree to evaluate (default: all).
+            rgb: render colour (False renders only ``extra`` and depth).
+        Returns:
+            rgb ``[H, W, 3]`` (or None), extra ``[H, W, X]`` (or None), depth ``[H, W, 1]``,
+            alpha ``[H, W, 1]``, and the rasterizer's info dict (``means2d``, ``radii``...).
+        """
+        if len(camera) != 1:
+            raise ValueError("render takes one camera")
+        cam = camera.to(self.device)
+        use_gsplat = self._use_gsplat()
+        p = self.params
+        deg = self.config.sh_degree if sh_degree is None else sh_degree
+        chans, bgs = [], []
+        if rgb:
+            chans.append(self._rgb(cam, deg, use_gsplat))
+            bgs.append(self.default_background() if background is None else background.to(self.device, torch.float32))
+        if extra is not None:
+            chans.append(extra)
+            bgs.append(extra.new_zeros(extra.shape[-1]))
+        if not chans:
+            raise ValueError("nothing to render")
+        colors = torch.cat(chans, -1) if len(chans) > 1 else chans[0]
+        bg = torch.cat(bgs)
+        W, H = int(cam.width[0]), int(cam.height[0])
+        args = (p["means"], p["quats"], torch.exp(p["scales"]), torch.sigmoid(p["opacities"]), colors,
+                cam.w2c()[0], cam.K()[0], W, H, bg)
+        kw = dict(near_plane=self.config.near_plane, far_plane=self.config.far_plane)
+        try:
+            if use_gsplat:
+                out, alpha, info = rasterize_gsplat.rasterize(*args, **kw, packed=self.config.packed,
+                                                              absgrad=self.config.absgrad,
+                                                              antialiased=self.config.antialiased)
+            else:
+                out, alpha, info = rasterize_torch.rasterize(*args, **kw)
+        except torch.cuda.OutOfMemoryError as e:
+            raise FeatureFieldError(
+                f"out of GPU memory rasterizing {self.num_gaussians} Gaussians at {W}x{H}; lower "
+                "--splat.init-points-random, --splat.embed-dim or the image size (--downscale), or use --splat.packed"
+            ) from e
+        rgb_map = out[..., :3] if rgb else None
+        extra_map = out[..., (3 if rgb else 0):-1] if extra is not None else None
+        return rgb_map, extra_map, out[..., -1:], alpha, info
+
+    # ------------------------------------------------------------------ protocol: rendering
+    def render(self, camera: Cameras, *, background: Tensor | None = None, features: bool = True,
+               projection: tuple[str, Tensor, Tensor] | None = None) -> Render:
+        """Render colour, depth, alpha, the embedding map and optionally folded query channels."""
+        extras, n_emb = [], 0
+        if features and self.config.embed_dim > 0:
+            extras.append(self.params["embedding"])
+            n_emb = self.config.embed_dim
+        fold = None
+        if projection is not None:
+            teacher, P, b = projection
+            lin = self.linear_decoder(teacher)
+            if lin is not None:
+                Wd, bd = lin
+                P = P.to(self.device, torch.float32)
+                extras.append(self.params["embedding"] @ (Wd @ P))
+                fold = bd @ P + b.to(self.device, torch.float32)
+            elif n_emb == 0:
+                extras.append(self.params["embedding"])
+                n_emb = self.config.embed_dim
+        extra = torch.cat(extras, -1) if extras else None
+        rgb, ex, depth, alpha, info = self.rasterize(camera, extra, background)
+        r = Render(rgb=rgb, depth=depth, alpha=alpha, extras={"means2d": info["means2d"], "radii": info["radii"]})
+        if ex is not None and n_emb:
+            r.embedding = ex[..., :n_emb]
+        if projection is not None:
+            teacher, P, b = projection
+            if fold is not None:
+                r.projected = ex[..., n_emb:] + fold
+            else:
+                feats = self.decode(r, teacher)  # [D, H, W]
+                r.projected = feats.permute(1, 2, 0) @ P.to(feats) + b.to(feats)
+            if not features:
+                r.embedding = None
+        return r
+
+    def decode(self, render: Render, teacher: str, grid: tuple[int, int] | None = None) -> Tensor:
+        """Teacher features ``[D, h, w]``: resample the embedding map to ``grid`` first, then decode."""
+        if teacher not in self.decoders:
+            raise FeatureFieldError(f"this field has no decoder for teacher {teacher!r}; it was trained with "
+                                    f"{', '.join(self.decoders) or 'no teachers'}")
+        if render.embedding is None:
+            raise ValueError("render has no embedding; render with features=True")
+        emb = render.embedding.permute(2, 0, 1)  # [E, H, W]
+        if grid is not None:
+            emb = resample(emb, grid)
+        out = self.decoders[teacher](emb.permute(1, 2, 0))  # [h, w, D]
+        return out.permute(2, 0, 1)
+
+    def linear_decoder(self, teacher: str) -> tuple[Tensor, Tensor] | None:
+        dec = self.decoders[teacher] if teacher in self.decoders else None
+        if isinstance(dec, nn.Linear):
+            return dec.weight.T, dec.bias
+        return None
+
+    @torch.no_grad()
+    def points_with_features(self, teacher: str | None = None, max_points: int = 1_000_000) -> dict[str, Tensor]:
+        """One entry per Gaussian (the most opaque ``max_points``), canonical frame."""
+        p = self.params
+        opacity = torch.sigmoid(p["opacities"])
+        ids = torch.arange(self.num_gaussians, device=self.device)
+        if len(ids) > max_points:
+            ids = opacity.topk(max_points).indices.sort().values
+        out = {"xyz": p["means"][ids], "rgb": sh_to_rgb(p["sh0"][ids, 0]).clamp(0, 1), "opacity": opacity[ids], "ids": ids}
+        if teacher is not None:
+            if teacher not in self.decoders:
+                raise FeatureFieldError(f"this field has no decoder for teacher {teacher!r}")
+            out["features"] = self.decoders[teacher](p["embedding"][ids])
+        return out
+
+    # ------------------------------------------------------------------ protocol: training
+    def sample_batch(self, data: TrainData, step: int, generator: torch.Generator) -> dict[str, Any]:
+        """One training view, cycling through shuffled permutations of the views."""
+        n = len(data.cameras)
+        if self._perm is None or len(self._perm) != n or self._cursor >= n:
+            self._perm = torch.randperm(n, generator=generator)
+            self._cursor = 0
+        view = int(self._perm[self._cursor])
+        self._cursor += 1
+        batch: dict[str, Any] = {"view": view}
+        if self.config.random_background and data.alphas is not None:
+            batch["background"] = torch.rand(3, generator=generator)
+        return batch
+
+    def active_sh_degree(self, step: int) -> int:
+        interval = self.config.scaled(self.config.sh_degree_interval, self.max_steps)
+        return min(step // max(interval, 1), self.config.sh_degree)
+
+    def training_loss(self, batch: dict[str, Any], data: TrainData, step: int) -> dict[str, Tensor]:
+        """RGB L1 + lambda D-SSIM, plus per-teacher feature losses at each teacher's grid."""
+        cfg, dev = self.config, self.device
+        i = batch["view"]
+        cam = data.cameras[i]
+        gt = data.images[i].to(dev).float() / 255.0  # [H, W, 3]
+        known_bg = data.background.to(dev).float() if data.background is not None else torch.zeros(3, device=dev)
+        bg = known_bg
+        if "background" in batch and data.alphas is not None:
+            bg = batch["background"].to(dev).float()
+            a = data.alphas[i].to(dev).float()[..., None] / 255.0
+            gt = gt + (bg - known_bg) * (1 - a)  # re-composite: rgb*a + bg*(1-a)
+        extra = self.params["embedding"] if self.targets and cfg.embed_dim > 0 else None
+        rgb, emb, _, alpha, info = self.rasterize(cam, extra, bg, sh_degree=self.active_sh_degree(step))
+        if info["means2d"].requires_grad:
+            info["means2d"].retain_grad()  # the strategy's pre-backward hook
+        self._info = info
+        l1 = losses.l1(rgb, gt)
+        ssim = losses.ssim(rgb, gt)
+        total = (1 - cfg.ssim_lambda) * l1 + cfg.ssim_lambda * (1 - ssim)
+        out: dict[str, Tensor] = {"rgb": l1.detach(), "ssim": ssim.detach(), "psnr": losses.psnr(rgb, gt)}
+        for t in self.targets:
+            target = data.features[t.name][i].to(dev, non_blocking=True).float()  # [D, h, w]
+            pred = self.decoders[t.name](resample(emb.permute(2, 0, 1), target.shape[-2:]).permute(1, 2, 0))
+            fl = losses.feature_loss(pred.permute(2, 0, 1), target, cfg.feature_loss, dim=0)
+            total = total + cfg.feature_weight * t.weight * fl
+            out[f"feature/{t.name}"] = fl.detach()
+        if cfg.strategy == "mcmc":
+            p = self.params
+            total = total + cfg.mcmc_opacity_reg * torch.sigmoid(p["opacities"]).mean()
+            total = total + cfg.mcmc_scale_reg * torch.exp(p["scales"]).mean()
+        out["loss"] = total
+        return out
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """One Adam per Gaussian parameter (as gsplat's strategies expect) and one per decoder."""
+        if self._optimizers is None:
+            cfg = self.config
+            lrs = {"means": cfg.lr_means * self.scene_scale, "scales": cfg.lr_scales, "quats": cfg.lr_quats,
+                   "opacities": cfg.lr_opacities, "sh0": cfg.lr_sh0, "shN": cfg.lr_shN, "embedding": cfg.lr_embedding}
+            opts: dict[str, torch.optim.Optimizer] = {
+                name: torch.optim.Adam([{"params": [self.params[name]], "lr": lrs[name], "name": name}], eps=1e-15)
+                for name in GAUSSIAN_PARAMS
+            }
+            for name, dec in self.decoders.items():
+                opts[f"decoder/{name}"] = torch.optim.Adam(dec.parameters(), lr=cfg.lr_decoder)
+            self._optimizers = opts
+        return self._optimizers
+
+    def schedulers(self) -> dict[str, Any]:
+        """The means LR decays exponentially to ``lr_means_final`` over the run."""
+        if self._schedulers is None:
+            cfg = self.config
+            gamma = (cfg.lr_means_final / cfg.lr_means) ** (1.0 / max(self.max_steps, 1))
+            self._schedulers = {"means": torch.optim.lr_scheduler.ExponentialLR(self.optimizers()["means"], gamma)}
+        return self._schedulers
+
+    def _gaussian_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        opts = self.optimizers()
+        return {k: opts[k] for k in GAUSSIAN_PARAMS}
+
+    def after_step(self, step: int, batch: Any, losses: dict[str, Tensor]) -> None:
+        """Post-backward: nothing to do yet; the gradients of ``means2d`` are read after the optimizer step."""
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Densify / prune / relocate with the gsplat strategy (gsplat's order: after the optimizer step)."""
+        info, self._info = self._info, None
+        if info is None:
+            return
+        from gsplat.strategy import MCMCStrategy
+
+        params, opts = self.params, self._gaussian_optimizers()
+        if isinstance(self._strategy, MCMCStrategy):
+            lr = opts["means"].param_groups[0]["lr"]
+            self._strategy.step_post_backward(params, opts, self._strategy_state, step, info, lr=lr)
+            return
+        key = "means2d"
+        grad = info[key].absgrad if self.config.absgrad else info[key].grad
+        if grad is None:
+            return
+        cap = self.config.max_gaussians if self.device.type == "cuda" else self.config.cpu_max_gaussians
+        grow = self._strategy.grow_grad2d
+        if cap and self.num_gaussians >= cap:
+            self._strategy.grow_grad2d = float("inf")  # at the cap: prune only
+        try:
+            self._strategy.step_post_backward(params, opts, self._strategy_state, step, info, packed=self.config.packed)
+        finally:
+            self._strategy.grow_grad2d = grow
+
+    def stats(self) -> dict[str, float]:
+        return {"gaussians": float(self.num_gaussians)}
+
+    # ------------------------------------------------------------------ persistence
+    def get_extra_state(self) -> dict:
+        """Densification statistics and the view permutation, so a resumed run continues identically."""
+        return {"strategy_state": dict(self._strategy_state), "perm": self._perm, "cursor": self._cursor}
+
+    def set_extra_state(self, state: dict) -> None:
+        dev = self.device
+        fresh = self._build_strategy()[1]
+        fresh.update(state.get("strategy_state") or {})
+        self._strategy_state = {k: (v.to(dev) if isinstance(v, Tensor) else v) for k, v in fresh.items()}
+        self._perm = state.get("perm")
+        self._cursor = int(state.get("cursor", 0))
+
+    def config_dict(self) -> dict:
+        return {"config": self.config.to_dict(), "targets": [asdict(t) for t in self.targets],
+                "scene_scale": self.scene_scale, "max_steps": self.max_steps, "background": self.background_list}
+
+    @classmethod
+    def from_config(cls, config: dict, state: dict[str, Tensor]) -> "GaussianField":
+        """Rebuild with the checkpoint's Gaussian count, then load ``state``."""
+        targets = [TeacherTarget(t["name"], int(t["dim"]), tuple(t["grid"]), float(t.get("weight", 1.0)))
+                   for t in config["targets"]]
+        means = state.get("params.means")
+        if means is None:
+            raise FeatureFieldError("checkpoint has no Gaussian parameters (params.means); it is not a splat run")
+        field = cls(SplatConfig.from_dict(config["config"]), targets, int(means.shape[0]),
+                    scene_scale=config.get("scene_scale", 1.0), max_steps=config.get("max_steps", 30_000),
+                    background=config.get("background"))
+        field = field.to(means.device)
+        field.load_state_dict(state)
+        return field
+
+    def _apply(self, fn, *args, **kwargs):
+        # keep the strategy state (plain tensors outside the module) on the module's device
+        out = super()._apply(fn, *args, **kwargs)
+        self._strategy_state = {k: (fn(v) if isinstance(v, Tensor) else v) for k, v in self._strategy_state.items()}
+        return out

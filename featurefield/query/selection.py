@@ -1,0 +1,203 @@
+"""Lift 2D masks to a 3D selection of Gaussians / points, and act on it.
+
+A point (a Gaussian centre, or a NeRF sample from :meth:`FeatureField.points_with_features`) votes
+for a view when it projects inside the image, in front of the camera, and is *visible*: its z-depth
+is not behind the field's rendered surface depth at that pixel by more than
+``rel_tol * depth + abs_tol`` (pixels where the render is empty see nothing). It is inside when, in addition, its pixel is in the view's mask.
+Across several views, a point is selected when it is inside in at least ``min_votes`` views and in
+at least ``min_ratio`` of the views where it is visible (views that cannot see it do not count
+against it).
+
+Operations: :func:`extract_points` / :func:`delete_points` on the point dict, and
+:func:`subset_field` / :func:`render_selection` for fields that can keep a subset of their primitives
+(the splat field's ``subset(keep)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from featurefield.cameras import Cameras
+from featurefield.errors import FeatureFieldError
+from featurefield.fields.base import FeatureField, Render
+
+
+def surface_depth(render: Render, min_alpha: float = 0.1) -> Tensor:
+    """``[H, W]`` z-depth of the visible surface, ``inf`` where the render is (nearly) empty.
+
+    ``Render.depth`` is already normalized by alpha (the field protocol), so only nearly empty
+    pixels need masking.
+    """
+    out = render.depth[..., 0].float()
+    alpha = render.alpha[..., 0].float()
+    return torch.where(alpha >= min_alpha, out, torch.full_like(out, float("inf")))
+
+
+def project_points(xyz: Tensor, camera: Cameras) -> tuple[Tensor, Tensor, Tensor]:
+    """Project points into one camera.
+
+    Args:
+        xyz: ``[M, 3]`` points in the camera's frame (canonical for field cameras).
+    Returns:
+        uv ``[M, 2]`` pixel positions, z ``[M]`` depth, and ``[M]`` bool "in front and inside the image".
+    """
+    uv, z = camera.project(xyz.float().to(camera.device), 0)
+    W, H = int(camera.width[0]), int(camera.height[0])
+    inside = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < W) & (uv[:, 1] >= 0) & (uv[:, 1] < H)
+    return uv, z, inside
+
+
+def _pixels(uv: Tensor, H: int, W: int) -> tuple[Tensor, Tensor]:
+    u = uv[:, 0].floor().long().clamp(0, W - 1)
+    v = uv[:, 1].floor().long().clamp(0, H - 1)
+    return u, v
+
+
+def visibility(xyz: Tensor, camera: Cameras, depth: Tensor | None, rel_tol: float = 0.03,
+               abs_tol: float = 0.01) -> tuple[Tensor, Tensor]:
+    """Which points a camera sees.
+
+    Args:
+        xyz: ``[M, 3]`` points. depth: ``[H, W]`` surface z-depth (``inf`` = empty; see
+            :func:`surface_depth`), or ``None`` to skip the occlusion test.
+    Returns:
+        uv ``[M, 2]`` and visible ``[M]`` bool.
+    """
+    uv, z, inside = project_points(xyz, camera)
+    if depth is None:
+        return uv, inside
+    H, W = depth.shape
+    u, v = _pixels(uv, H, W)
+    d = depth.to(z.device)[v, u]
+    finite = torch.isfinite(d)  # nothing rendered there: the point contributes nothing visible
+    front = z <= torch.where(finite, d, torch.zeros_like(d)) * (1 + rel_tol) + abs_tol
+    return uv, inside & finite & front
+
+
+def points_in_mask(xyz: Tensor, camera: Cameras, mask: Tensor, depth: Tensor | None = None,
+                   rel_tol: float = 0.03, abs_tol: float = 0.01) -> tuple[Tensor, Tensor]:
+    """``(inside [M], visible [M])`` bool: visible points whose pixel is in ``mask [H, W]``."""
+    H, W = mask.shape
+    if (int(camera.height[0]), int(camera.width[0])) != (H, W):
+        raise ValueError(f"mask is {H}x{W} but the camera renders {int(camera.height[0])}x{int(camera.width[0])}")
+    uv, visible = visibility(xyz, camera, depth, rel_tol, abs_tol)
+    u, v = _pixels(uv, H, W)
+    inside = visible & mask.to(uv.device)[v, u].bool()
+    return inside, visible
+
+
+@dataclass
+class Selection:
+    """A 3D selection made from masks at one or more views.
+
+    Attributes:
+        keep: ``[M]`` bool over the points it was made from.
+        votes: ``[M]`` views in which the point was inside the mask.
+        seen: ``[M]`` views in which the point was visible.
+    """
+
+    keep: Tensor
+    votes: Tensor
+    seen: Tensor
+
+    def __len__(self) -> int:
+        return int(self.keep.sum())
+
+
+def vote(inside: Sequence[Tensor], visible: Sequence[Tensor], min_votes: int = 1, min_ratio: float = 0.5) -> Selection:
+    """Combine per-view ``inside``/``visible`` ``[M]`` bool tensors into a :class:`Selection`."""
+    votes = torch.stack([x.long() for x in inside]).sum(0)
+    seen = torch.stack([x.long() for x in visible]).sum(0)
+    keep = (votes >= max(1, min_votes)) & (votes.float() >= min_ratio * seen.float())
+    return Selection(keep, votes, seen)
+
+
+@torch.no_grad()
+def lift_masks(field: FeatureField, cameras: Cameras, masks: Sequence[Tensor], points: dict[str, Tensor] | None = None,
+               min_votes: int = 1, min_ratio: float = 0.5, occlusion: bool = True, rel_tol: float = 0.03,
+               abs_tol: float = 0.01, max_points: int = 1_000_000) -> tuple[Selection, dict[str, Tensor]]:
+    """Lift masks ``[H, W]`` at ``cameras`` (one per mask, canonical frame) to a 3D selection.
+
+    Args:
+        points: the field's points (default: ``field.points_with_features(None)``).
+        occlusion: test visibility against the field's rendered depth at each view.
+    Returns:
+        The selection and the points it indexes.
+    """
+    if len(masks) != len(cameras):
+        raise ValueError(f"{len(masks)} masks for {len(cameras)} cameras")
+    if points is None:
+        points = field.points_with_features(None, max_points=max_points)
+    inside, visible = [], []
+    for k, mask in enumerate(masks):
+        cam = cameras[k]
+        depth = surface_depth(field.render(cam, features=False)) if occlusion else None
+        i, v = points_in_mask(points["xyz"], cam, mask, depth, rel_tol, abs_tol)
+        inside.append(i)
+        visible.append(v)
+    return vote(inside, visible, min_votes, min_ratio), points
+
+
+def extract_points(points: dict[str, Tensor], keep: Tensor) -> dict[str, Tensor]:
+    """The kept entries of every per-point tensor in ``points``."""
+    return {k: v[keep.to(v.device)] for k, v in points.items()}
+
+
+def delete_points(points: dict[str, Tensor], keep: Tensor) -> dict[str, Tensor]:
+    """Every point except the selected ones."""
+    return extract_points(points, ~keep.bool())
+
+
+def gaussian_mask(points: dict[str, Tensor], keep: Tensor, count: int) -> Tensor:
+    """``[count]`` bool over the field's primitives from a selection over ``points`` (via ``ids``)."""
+    out = torch.zeros(count, dtype=torch.bool, device=keep.device)
+    out[points["ids"].to(keep.device)[keep]] = True
+    return out
+
+
+def subset_field(field: FeatureField, points: dict[str, Tensor], keep: Tensor, invert: bool = False) -> FeatureField:
+    """A field with only the selected primitives (or all but them, ``invert=True``).
+
+    Needs a backend with ``subset(mask [G] bool) -> FeatureField`` over its primitives (Gaussians);
+    point samples of a NeRF cannot be re-rendered alone.
+    """
+    subset = getattr(field, "subset", None)
+    if subset is None and field.kind == "splat":
+        subset = lambda m: _splat_subset(field, m)  # noqa: E731
+    if subset is None:
+        raise FeatureFieldError(f"the {field.kind} field cannot render a subset of itself; "
+                                "extract the selection as a point cloud instead (use a splat run to re-render)")
+    count = int(getattr(field, "num_gaussians", 0) or (int(points["ids"].max()) + 1 if len(points["ids"]) else 0))
+    mask = gaussian_mask(points, keep.bool(), count)
+    return subset(~mask if invert else mask)
+
+
+def _splat_subset(field: FeatureField, mask: Tensor) -> FeatureField:
+    """A copy of a Gaussian field keeping the Gaussians where ``mask [G]`` is True (rebuilt through
+    ``from_config`` with the smaller parameter tensors; densification statistics are filtered alike)."""
+    n = field.num_gaussians
+    mask = mask.to(field.device)
+
+    def cut(v):
+        return v[mask] if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == n else v
+
+    state = {}
+    for k, v in field.state_dict().items():
+        if k.startswith("params."):
+            state[k] = cut(v)
+        elif k.endswith("_extra_state") and isinstance(v, dict):
+            state[k] = {**v, "strategy_state": {a: cut(b) for a, b in v.get("strategy_state", {}).items()}}
+        else:
+            state[k] = v
+    return type(field).from_config(field.config_dict(), state).to(field.device).eval()
+
+
+@torch.no_grad()
+def render_selection(field: FeatureField, camera: Cameras, points: dict[str, Tensor], keep: Tensor,
+                     invert: bool = False, background: Tensor | None = None, features: bool = False) -> Render:
+    """Render only the selection (``invert=False``) or the scene with it deleted (``invert=True``)."""
+    return subset_field(field, points, keep, invert).render(camera, background=background, features=features)

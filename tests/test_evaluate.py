@@ -1,0 +1,103 @@
+"""`featurefield eval` and `featurefield query` on a real (tiny) Gaussian run of the demo scene."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from featurefield.cli import main
+from featurefield.errors import FeatureFieldError
+from featurefield.teachers.base import Teacher, register_teacher
+
+
+class ColourTeacher(Teacher):
+    """A cheap deterministic teacher: 4x4-pooled colour lifted to 8-D, with a toy text encoder."""
+
+    dim = 8
+
+    def __init__(self, name: str, text: bool):
+        self.name, self.has_text = name, text
+        g = torch.Generator().manual_seed(3)
+        self.lift = torch.randn(3, 8, generator=g)
+
+    def feature_grid(self, height, width):
+        return height // 4, width // 4
+
+    def extract(self, images):
+        x = F.avg_pool2d(images.float(), 4) * 2 - 1
+        return torch.tanh(torch.einsum("nchw,cd->ndhw", x, self.lift.to(x.device)))
+
+    def encode_text(self, texts):
+        if not self.has_text:
+            return super().encode_text(texts)
+        colours = {"red thing": [1.0, -1, -1], "white": [1.0, 1, 1]}
+        rgb = torch.tensor([colours.get(t, [0.0, 0.0, 0.0]) for t in texts])
+        emb = torch.tanh(rgb @ self.lift)
+        emb[torch.tensor([t not in colours for t in texts])] = torch.randn(8, generator=torch.Generator().manual_seed(5))
+        return F.normalize(emb, dim=-1)
+
+    def settings(self):
+        return {"name": self.name, "dim": 8, "version": 1}
+
+
+register_teacher("toycolour")(lambda **o: ColourTeacher("toycolour", False))
+register_teacher("toytext")(lambda **o: ColourTeacher("toytext", True))
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    from featurefield.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("eval") / "run"
+    cfg = TrainConfig(steps=15, checkpoint_every=15, device="cpu", progress=False, cache_dir=out.parent / "cache")
+    return train("demo:2", out, field="splat", teachers=["toycolour", "toytext"], config=cfg,
+                 scene_options={"size": 24, "views": 12, "test_every": 4, "points": 300})
+
+
+def test_evaluate_run_reports_every_section(demo_run):
+    from featurefield.evaluate import evaluate_run
+
+    m = evaluate_run(demo_run, max_views=3, progress=False)
+    assert m["views"] == 3 and m["image"]["psnr"] > 8 and 0 < m["image"]["ssim"] <= 1
+    assert isinstance(m["image"]["lpips"], float) or m["image"]["lpips"].startswith("unavailable (")
+    for t in ("toycolour", "toytext"):
+        assert -1 <= m["features"][t]["cosine"] <= 1 and m["features"][t]["rel_l2"] >= 0
+        pck = m["pck"][t]
+        assert pck["depth"] == "scene" and pck["points"] > 0
+        assert 0 <= pck["pck@0.01"] <= pck["pck@0.02"] <= pck["pck@0.05"] <= 1
+        sem = m["semantic"][t]
+        assert sem["classes"][0] == "background" and 0 <= sem["field_miou"] <= 1 and 0 <= sem["teacher_miou"] <= 1
+    assert "sam" not in m
+
+
+def test_eval_command_writes_json(demo_run, capsys):
+    assert main(["eval", str(demo_run.path), "--max-views", "2", "--device", "cpu", "--no-lpips"]) == 0
+    data = json.loads((demo_run.path / "eval" / "metrics.json").read_text())
+    assert data["views"] == 2 and "PSNR" in capsys.readouterr().out
+
+
+def test_query_command_text_and_errors(demo_run, tmp_path, capsys):
+    out = tmp_path / "q"
+    assert main(["query", str(demo_run.path), "--text", "red thing", "--output", str(out), "--extract",
+                 "--threshold", "0.5", "--device", "cpu"]) == 0
+    assert (out / "rgb.png").is_file() and (out / "relevancy_red_thing.png").is_file() and (out / "mask_red_thing.png").is_file()
+
+    def err(args):
+        assert main(["query", str(demo_run.path), *args, "--device", "cpu"]) == 2
+        return capsys.readouterr().err.strip()
+
+    assert "has no text encoder; use --teacher toytext" in err(["--text", "mug", "--teacher", "toycolour"])
+    assert "empty" in err(["--text", " "])
+    message = err(["--text", "mug", "--view", "99"])
+    assert "out of range" in message and "\n" not in message
+    assert "outside" in err(["--box", "0", "0", "64", "10"])
+    assert "nothing to query" in err([])
+    broken = tmp_path / "broken"
+    shutil.copytree(demo_run.path, broken)
+    (broken / "normalization.json").unlink()
+    assert main(["query", str(broken), "--text", "mug", "--device", "cpu"]) == 2
+    assert "normalization.json" in capsys.readouterr().err

@@ -1,0 +1,126 @@
+"""FeatureStore: cache hits, invalidation, truncation/corruption recovery, resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from featurefield.cameras import Cameras
+from featurefield.data.images import ImageArrays
+from featurefield.data.scene import Normalization, Scene
+from featurefield.teachers.base import Teacher
+from featurefield.teachers.store import FeatureStore
+
+
+class Pooled(Teacher):
+    """A cheap deterministic teacher: 4x4 average pooling of colour plus a setting-dependent offset."""
+
+    name = "pooled"
+    dim = 3
+
+    def __init__(self, offset: float = 0.0, fail_after: int | None = None):
+        self.offset = offset
+        self.fail_after = fail_after
+        self.images_seen = 0
+        self.calls = 0
+
+    def feature_grid(self, height, width):
+        return height // 4, width // 4
+
+    def extract(self, images):
+        self.calls += 1
+        if self.fail_after is not None and self.images_seen >= self.fail_after:
+            raise KeyboardInterrupt("simulated interruption")
+        self.images_seen += len(images)
+        return torch.nn.functional.avg_pool2d(images, 4) + self.offset
+
+    def settings(self):
+        return {"name": self.name, "dim": self.dim, "offset": self.offset}
+
+
+def make_scene(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    imgs = [torch.rand(16, 12, 3, generator=g) for _ in range(n)]
+    c2w = torch.eye(4).repeat(n, 1, 1)
+    cams = Cameras(c2w=c2w, fx=10.0, fy=10.0, cx=6.0, cy=8.0, width=12, height=16)
+    return Scene(cameras=cams, images=ImageArrays(imgs), split={"train": list(range(n)), "test": []},
+                 normalization=Normalization.identity())
+
+
+def expected(scene, views, offset=0.0):
+    x = torch.stack([scene.image(i).permute(2, 0, 1) for i in views])
+    return (torch.nn.functional.avg_pool2d(x, 4) + offset).half()
+
+
+def test_extract_then_hit(tmp_path):
+    scene = make_scene()
+    store = FeatureStore(tmp_path, shard_images=2)
+    t = Pooled()
+    f = store.load_or_extract(scene, t, [0, 2, 3, 5], device="cpu", batch_size=3, progress=False)
+    assert f.dtype == torch.float16 and f.shape == (4, 3, 4, 3)
+    assert torch.equal(f, expected(scene, [0, 2, 3, 5]))
+    t2 = Pooled()
+    f2 = store.load_or_extract(scene, t2, [0, 2, 3, 5], device="cpu", progress=False)
+    assert t2.calls == 0 and torch.equal(f, f2)
+
+
+def test_invalidation_on_image_and_setting_change(tmp_path):
+    scene = make_scene()
+    store = FeatureStore(tmp_path, shard_images=2)
+    store.load_or_extract(scene, Pooled(), None, device="cpu", progress=False)
+    scene.images.images[4] = torch.zeros(16, 12, 3)  # one image changes
+    t = Pooled()
+    f = store.load_or_extract(scene, t, None, device="cpu", progress=False)
+    assert t.images_seen == 1  # only the changed image; the others are reused from the old set
+    assert torch.equal(f, expected(scene, range(6)))
+    t = Pooled(offset=1.0)  # a teacher setting changes: everything again
+    f = store.load_or_extract(scene, t, None, device="cpu", progress=False)
+    assert t.images_seen == 6 and torch.equal(f, expected(scene, range(6), 1.0))
+
+
+def test_truncated_and_corrupt_shards(tmp_path):
+    scene = make_scene()
+    store = FeatureStore(tmp_path, shard_images=2)
+    store.load_or_extract(scene, Pooled(), None, device="cpu", progress=False)
+    (npy,) = list(store.teacher_dir(Pooled()).glob("*.npy"))
+    data = npy.read_bytes()
+    npy.write_bytes(data[: len(data) - 100])  # truncated
+    t = Pooled()
+    f = store.load_or_extract(scene, t, None, device="cpu", progress=False)
+    assert t.images_seen == 6 and torch.equal(f, expected(scene, range(6)))
+    del f
+    arr = np.load(npy, mmap_mode="r+")
+    arr[3] += 1.0  # silent corruption inside shard 1 (rows 2-3)
+    arr.flush()
+    del arr
+    t = Pooled()
+    f = store.load_or_extract(scene, t, None, device="cpu", progress=False)
+    assert t.images_seen == 2 and torch.equal(f, expected(scene, range(6)))
+
+
+def test_resume_after_interruption(tmp_path):
+    scene = make_scene(n=7)
+    store = FeatureStore(tmp_path, shard_images=2)
+    t = Pooled(fail_after=4)  # dies while extracting the third shard
+    with pytest.raises(KeyboardInterrupt):
+        store.load_or_extract(scene, t, None, device="cpu", batch_size=1, progress=False)
+    t = Pooled()
+    f = store.load_or_extract(scene, t, None, device="cpu", batch_size=1, progress=False)
+    assert t.images_seen == 3  # images 4, 5, 6: the two finished shards are kept
+    assert torch.equal(f, expected(scene, range(7)))
+
+
+def test_features_command_writes_pca(tmp_path, monkeypatch):
+    from featurefield.teachers import base
+    from featurefield.teachers import commands
+
+    scene = make_scene()
+    scene.name = "toy"
+    monkeypatch.setitem(base._REGISTRY, "pooled", lambda **o: Pooled())
+    monkeypatch.setattr("featurefield.data.registry.load_scene", lambda *a, **k: scene)
+    rc = commands.features_command("toy", teacher=["pooled"], views="all", cache_dir=tmp_path / "c", pca=2,
+                                   output=tmp_path / "o", device="cpu")
+    assert rc == 0
+    pics = sorted((tmp_path / "o" / "pooled").glob("*.png"))
+    assert len(pics) == 2

@@ -1,0 +1,110 @@
+"""The shared trainer: run folders, checkpoints, resume after a kill, NaN guard, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from featurefield.cli import main
+from featurefield.errors import FeatureFieldError
+from featurefield.run import CHECKPOINT, load_run
+from featurefield.train import TrainConfig, parse_teacher, train
+
+DEMO = {"size": 32, "views": 12}
+
+
+def _train_cmd(out: Path, steps: int, extra: list[str] = ()) -> list[str]:
+    return [sys.executable, "-m", "featurefield.cli", "train", "demo:1", "--output", str(out), "--field", "splat",
+            "--no-features", "--steps", str(steps), "--checkpoint-every", "10", "--device", "cpu",
+            "--scene-option", "size=32", "views=12", *extra]
+
+
+def test_parse_teacher_options_and_weight():
+    spec = parse_teacher("clip:model=ViT-B-16,pretrained=random,size=224@0.5")
+    assert spec == {"name": "clip", "options": {"model": "ViT-B-16", "pretrained": "random", "size": 224}, "weight": 0.5}
+    assert parse_teacher("sam", weights=Path("/w"))["options"] == {"weights": "/w"}
+    with pytest.raises(FeatureFieldError):
+        parse_teacher("clip:model")
+
+
+def test_run_folder_is_complete_and_reloads(tmp_path):
+    run = train("demo:1", tmp_path / "run", field="splat", teachers=[],
+                config=TrainConfig(steps=30, checkpoint_every=10, device="cpu", progress=False), scene_options=DEMO)
+    for name in ("config.json", "normalization.json", "metrics.json", "metrics.jsonl", str(CHECKPOINT)):
+        assert (tmp_path / "run" / name).is_file(), name
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["scene"]["path"] == "demo:1" and cfg["scene"]["options"] == DEMO and cfg["field"] == "splat"
+    assert run.step == 30
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert summary["steps"] == 30 and summary["test/psnr"] > 5
+    again = load_run(tmp_path / "run", device="cpu")
+    a = {k: v for k, v in run.field.state_dict().items() if torch.is_tensor(v)}
+    b = {k: v for k, v in again.field.state_dict().items() if torch.is_tensor(v)}
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # a second train into the same folder must not clobber it
+    with pytest.raises(FeatureFieldError, match="--resume"):
+        train("demo:1", tmp_path / "run", field="splat", teachers=[], config=TrainConfig(steps=5, device="cpu"),
+              scene_options=DEMO)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_reaches_the_same_result(tmp_path):
+    # One thread in every leg: CPU index_put_(accumulate=True) (the backward of gathers) sums in a
+    # thread-dependent order, so two multi-threaded runs may differ in the last bits even without a kill.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    steps = 60
+    reference = tmp_path / "reference"
+    subprocess.run(_train_cmd(reference, steps), check=True, capture_output=True, timeout=600, env=env)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(killed, steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env=env)
+    ckpt = killed / CHECKPOINT
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and torch.load(ckpt, weights_only=False)["step"] >= 20:
+            break
+        time.sleep(0.2)
+    if proc.poll() is not None:
+        pytest.fail("training finished before it could be killed; raise the step count")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    step_at_kill = torch.load(ckpt, weights_only=False)["step"]
+    assert 10 <= step_at_kill < steps
+    resumed = subprocess.run([sys.executable, "-m", "featurefield.cli", "train", "demo:1", "--output", str(killed),
+                              "--resume", "--device", "cpu"], capture_output=True, text=True, timeout=600, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"from step {step_at_kill}" in " ".join(resumed.stderr.split())
+
+    a = torch.load(reference / CHECKPOINT, weights_only=False)
+    b = torch.load(killed / CHECKPOINT, weights_only=False)
+    assert a["step"] == b["step"] == steps
+    for k, v in a["field_state"].items():
+        if torch.is_tensor(v) and v.is_floating_point():
+            assert torch.allclose(v, b["field_state"][k], atol=1e-5, rtol=1e-4), k
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "missing"), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "missing" in err
+    assert main(["render", str(tmp_path)]) == 2
+    assert "not a featurefield run" in capsys.readouterr().err
+    assert main(["train", "demo:1", "--output", str(tmp_path / "nothing"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_broken_checkpoint_is_a_clear_error(tmp_path, capsys):
+    train("demo:1", tmp_path / "run", field="splat", teachers=[],
+          config=TrainConfig(steps=5, checkpoint_every=5, device="cpu", progress=False), scene_options=DEMO)
+    (tmp_path / "run" / CHECKPOINT).write_bytes(b"not a checkpoint")
+    assert main(["export", str(tmp_path / "run")]) == 2
+    assert "broken" in capsys.readouterr().err
