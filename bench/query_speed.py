@@ -69,11 +69,13 @@ def main() -> None:
     with torch.no_grad():
         ref, _ = text_scores(field, cam, "clip", text, mode="full")
         for mode in ("folded", "embedding", "full"):
-            def run(mode=mode):
-                sims, _ = text_scores(field, cam, "clip", text, mode=mode)
-                return lerf_relevancy(sims[:1], sims[1:])
-            sims, _ = text_scores(field, cam, "clip", text, mode=mode)
-            results[f"text_{mode}_ms"] = timed(run, iters=10 if mode == "full" else 30)
+            for colour in (False, True):
+                def run(mode=mode, colour=colour):
+                    sims, _ = text_scores(field, cam, "clip", text, mode=mode, colour=colour)
+                    return lerf_relevancy(sims[:1], sims[1:])
+                key = f"text_{mode}" + ("_with_rgb" if colour else "")
+                results[f"{key}_ms"] = timed(run, iters=10 if mode == "full" else 30)
+            sims, _ = text_scores(field, cam, "clip", text, mode=mode, colour=False)
             results[f"text_{mode}_max_abs_err"] = float((sims - ref).abs().max())
         results["render_rgb_only_ms"] = timed(lambda: field.render(cam, features=False))
     print(json.dumps(results, indent=2))
@@ -87,15 +89,23 @@ def main() -> None:
         box = torch.tensor([args.width * 0.3, args.height * 0.3, args.width * 0.7, args.height * 0.7])
 
         def prompt():
-            feats, r = render_sam_features(sam_field, cam, "sam")
+            feats, r = render_sam_features(sam_field, cam, "sam", colour=False)
             return decoder.predict(feats, (args.height, args.width), box=box)
+
+        def render_only():
+            return render_sam_features(sam_field, cam, "sam", colour=False)[0]
+
+        def embedding_only():
+            return sam_field.render(cam, features=True, colour=False).embedding
 
         def decode_only(feats=render_sam_features(sam_field, cam, "sam")[0]):
             return decoder.predict(feats, (args.height, args.width), box=box)
 
         with torch.no_grad():
             out = {"sam_box_prompt_render_plus_decode_ms": timed(prompt, iters=20),
-                   "sam_box_prompt_decode_only_ms": timed(decode_only, iters=20), "sam_backend": decoder.backend}
+                   "sam_box_prompt_decode_only_ms": timed(decode_only, iters=20),
+                   "sam_features_render_resample_decode_ms": timed(render_only, iters=20),
+                   "sam_embedding_render_ms": timed(embedding_only, iters=20), "sam_backend": decoder.backend}
         print(json.dumps(out, indent=2))
 
 

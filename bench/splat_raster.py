@@ -75,6 +75,8 @@ def parity(n: int = 30_000, width: int = 256, height: int = 192, channels: int =
 def training_timings(n: int, size: int = 800) -> dict:
     from gsplat import rasterization
 
+    from featurefield.fields.splat.rasterize_gsplat import channel_chunk
+
     dev = "cuda"
     means, quats, scales, opac, _, viewmat, K = random_scene(n, size, size, 3, dev)
     sh = torch.randn(n, 16, 3, device=dev) * 0.1
@@ -98,6 +100,12 @@ def training_timings(n: int, size: int = 800) -> dict:
                                     render_mode="RGB+ED")
             r.sum().backward()
 
+        def step_chunked():  # what the field trains with now: no depth channel, compiled-size chunks
+            m, q, s, o, c, e = params(means, quats, scales, opac, sh[:, 0], emb)
+            r, a, _ = rasterization(m, q, s, o, torch.cat([c, e], -1), viewmat[None], K[None], size, size,
+                                    channel_chunk=channel_chunk(3 + E))
+            r.sum().backward()
+
         def step_two():
             m, q, s, o, c, e = params(means, quats, scales, opac, sh, emb)
             r, a, _ = rasterization(m, q, s, o, c, viewmat[None], K[None], size, size, sh_degree=3, render_mode="RGB+ED")
@@ -105,6 +113,7 @@ def training_timings(n: int, size: int = 800) -> dict:
             (r.sum() + r2.sum()).backward()
 
         out[f"rgb+emb{E}_one_pass_ms"] = timed(step_joint)
+        out[f"rgb+emb{E}_one_pass_chunked_ms"] = timed(step_chunked)
         out[f"rgb+emb{E}_two_pass_ms"] = timed(step_two)
     out["setup"] = f"{n} Gaussians, {size}x{size}, forward+backward"
     return out
@@ -113,6 +122,8 @@ def training_timings(n: int, size: int = 800) -> dict:
 @torch.no_grad()
 def render_timings(n: int = 200_000, width: int = 1920, height: int = 1080, D: int = 256) -> dict:
     from gsplat import rasterization
+
+    from featurefield.fields.splat.rasterize_gsplat import channel_chunk
 
     dev = "cuda"
     means, quats, scales, opac, _, viewmat, K = random_scene(n, width, height, 3, dev)
@@ -138,7 +149,13 @@ def render_timings(n: int = 200_000, width: int = 1920, height: int = 1080, D: i
                                     render_mode="RGB+ED")
             return torch.addmm(b.half(), r[0, ..., 3:3 + E].reshape(-1, E).half(), W.half())
 
+        def late_chunked():
+            r, _, _ = rasterization(means, quats, scales, opac, emb, viewmat[None], K[None], width, height,
+                                    render_mode="RGB+ED", channel_chunk=channel_chunk(E + 4))
+            return torch.addmm(b, r[0, ..., 3:3 + E].reshape(-1, E), W)
+
         out[f"rgb+emb{E}+decode{D}_ms"] = timed(late, reps=10)
+        out[f"rgb+emb{E}+decode{D}_chunked_ms"] = timed(late_chunked, reps=10)
         out[f"rgb+emb{E}+decode{D}_fp16_ms"] = timed(late_half, reps=10)
     out["setup"] = f"{n} Gaussians, {width}x{height}, forward only"
     return out

@@ -90,13 +90,22 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     return ckpt
 
 
-def scene_from_config(config: dict) -> Scene:
-    """Reload the scene exactly as a run trained on it."""
+def scene_from_config(config: dict, normalization: Normalization | None = None) -> Scene:
+    """Reload the scene as a run trained on it.
+
+    Pass the run's recorded ``normalization``: the scene is then placed in the run's canonical frame
+    even where a re-fit would differ (views added to or removed from the folder since training).
+    """
+    import dataclasses
+
     from featurefield.data import load_scene
 
     spec = config["scene"]
-    return load_scene(spec["path"], format=spec.get("format"), downscale=spec.get("downscale", 1.0),
-                      **spec.get("options", {}))
+    scene = load_scene(spec["path"], format=spec.get("format"), downscale=spec.get("downscale", 1.0),
+                       **spec.get("options", {}))
+    if normalization is not None:
+        scene = dataclasses.replace(scene, normalization=normalization)
+    return scene
 
 
 def teacher_from_spec(spec: dict):
@@ -129,7 +138,7 @@ class Run:
 
     def scene(self) -> Scene:
         if self._scene is None:
-            self._scene = scene_from_config(self.config)
+            self._scene = scene_from_config(self.config, self.normalization)
         return self._scene
 
     @property

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from featurefield.data.scene import Scene
+from featurefield.data.scene import Normalization, Scene
 from featurefield.errors import FeatureFieldError
 from featurefield.fields.base import FeatureField, TeacherTarget, TrainData, field_class
 from featurefield.fields.nerf.config import NerfConfig
@@ -134,6 +134,17 @@ def _images_uint8(scene: Scene, views: list[int], device: torch.device) -> tuple
     return images, alpha
 
 
+def _resident(features: Tensor, device: torch.device, share: float = 0.25) -> Tensor:
+    """Teacher features ``[N, D, h, w]`` (fp16) moved to a CUDA device when they take at most ``share`` of
+    its free memory, so a training step reads its target without a host-to-device copy; else left on the host."""
+    if device.type != "cuda":
+        return features
+    free, _ = torch.cuda.mem_get_info(device)
+    if features.numel() * features.element_size() > share * free:
+        return features
+    return features.to(device)
+
+
 class Trainer:
     """Trains one field on one scene with one or more teachers, in a run folder."""
 
@@ -149,6 +160,8 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.steps = config.steps or default_steps(field_kind, self.device)
         self.console = None
+        self._elapsed_before = {"train_seconds": 0.0, "feature_seconds": 0.0, "wall_seconds": 0.0, "sessions": 0}
+        self._t_start, self._t_loop, self._t_features = time.perf_counter(), None, 0.0
 
     # ------------------------------------------------------------------ data
     def prepare(self) -> None:
@@ -173,6 +186,7 @@ class Trainer:
                     scene, teacher, test_views, device=dev, batch_size=self.config.feature_batch,
                     progress=self.config.progress)
             self.targets.append(TeacherTarget(spec["name"], teacher.dim, tuple(teacher.feature_grid(H, W)), spec["weight"]))
+        features = {name: _resident(f, dev) for name, f in features.items()}
         images, alphas = _images_uint8(scene, train_views, dev)
         bg = None if scene.background is None else torch.tensor(scene.background, dtype=torch.float32, device=dev)
         self.data = TrainData(cameras=scene.canonical_cameras()[train_views].to(dev), images=images,
@@ -210,7 +224,17 @@ class Trainer:
             "schedulers": {k: s.state_dict() for k, s in fld.schedulers().items()},
             "rng": self._rng_state(generator),
             "targets": [dataclasses.asdict(t) for t in self.targets],
+            "elapsed": self._elapsed(),
         })
+
+    def _elapsed(self) -> dict[str, float]:
+        """Seconds spent so far over every session of this run (a resumed run keeps counting)."""
+        now = time.perf_counter()
+        before = self._elapsed_before
+        return {"train_seconds": before["train_seconds"] + (now - self._t_loop if self._t_loop else 0.0),
+                "feature_seconds": before["feature_seconds"] + self._t_features,
+                "wall_seconds": before["wall_seconds"] + (now - self._t_start),
+                "sessions": before["sessions"] + 1}
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -239,14 +263,42 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------------ the loop
+    def step(self, fld: FeatureField, step: int, generator: torch.Generator, nonfinite: Tensor) -> dict[str, Tensor]:
+        """One optimisation step: sample, loss, backward, optimizer and scheduler steps, densification.
+
+        ``nonfinite`` (a 0-d bool tensor on the device) is or-ed with "the loss was not finite"; it is
+        checked where the loop synchronises anyway, so a GPU step never waits for the CPU.
+        """
+        batch = fld.sample_batch(self.data, step, generator)
+        losses = fld.training_loss(batch, self.data, step)
+        loss = losses["loss"]
+        nonfinite |= ~torch.isfinite(loss.detach())
+        loss.backward()
+        fld.after_step(step, batch, losses)
+        for opt in fld.optimizers().values():
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        for sch in fld.schedulers().values():
+            sch.step()
+        fld.after_optimizer_step(step)
+        return losses
+
+    def _raise_if_diverged(self, nonfinite: Tensor, losses: dict[str, Tensor], step: int, ckpt_path: Path) -> None:
+        if bool(nonfinite):
+            raise FeatureFieldError(
+                f"training diverged by step {step} (loss is {float(losses['loss'])}); the last good checkpoint "
+                f"is kept at {ckpt_path}; lower the learning rates or the feature weight and --resume"
+            )
+
     def fit(self, resume: bool = False) -> dict:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.console = Console(stderr=True)
-        t_start = time.perf_counter()
+        t_start = self._t_start = time.perf_counter()
+        self._t_loop = None
         self.prepare()
-        t_features = time.perf_counter() - t_start
+        t_features = self._t_features = time.perf_counter() - t_start
         cls = field_class(self.kind)
         generator = torch.Generator(device="cpu").manual_seed(self.config.seed)
         start = 0
@@ -261,6 +313,7 @@ class Trainer:
             for k, sch in fld.schedulers().items():
                 sch.load_state_dict(ckpt["schedulers"][k])
             self._set_rng_state(ckpt["rng"], generator)
+            self._elapsed_before = {**self._elapsed_before, **ckpt.get("elapsed", {})}
             start = int(ckpt["step"])
             self.console.print(f"resuming {self.run_dir} from step {start}")
         else:
@@ -278,35 +331,25 @@ class Trainer:
         log_path = self.run_dir / "metrics.jsonl"
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[info]}"), TimeRemainingColumn()]
-        t_loop = time.perf_counter()
+        t_loop = self._t_loop = time.perf_counter()
         last: dict[str, float] = {}
         with Progress(*columns, console=self.console, disable=not self.config.progress, transient=False) as bar:
             task = bar.add_task(f"train {self.kind}", total=self.steps, completed=start, info="")
+            nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
             for step in range(start, self.steps):
                 try:
-                    batch = fld.sample_batch(self.data, step, generator)
-                    losses = fld.training_loss(batch, self.data, step)
-                    loss = losses["loss"]
-                    if not torch.isfinite(loss):
-                        raise FeatureFieldError(
-                            f"training diverged at step {step} (loss is {float(loss)}); the last good checkpoint "
-                            f"is kept at {ckpt_path}; lower the learning rates or the feature weight and --resume"
-                        )
-                    loss.backward()
-                    fld.after_step(step, batch, losses)
-                    for opt in fld.optimizers().values():
-                        opt.step()
-                        opt.zero_grad(set_to_none=True)
-                    for sch in fld.schedulers().values():
-                        sch.step()
-                    fld.after_optimizer_step(step)
+                    losses = self.step(fld, step, generator, nonfinite)
                 except torch.cuda.OutOfMemoryError as err:
                     raise FeatureFieldError(
                         f"out of GPU memory at step {step}; lower memory with --downscale 2, a smaller field "
                         "(e.g. --splat.init-points-random, --splat.embed-dim, --nerf.rays-per-batch) or fewer teachers"
                     ) from err
                 done = step + 1
-                if done % self.config.log_every == 0 or done == self.steps or done == start + 1:
+                checkpoint_now = done % self.config.checkpoint_every == 0 or done == self.steps
+                log_now = done % self.config.log_every == 0 or done == self.steps or done == start + 1
+                if self.device.type != "cuda" or log_now or checkpoint_now:
+                    self._raise_if_diverged(nonfinite, losses, step, ckpt_path)
+                if log_now:
                     last = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in losses.items()}
                     last.update({k: float(v) for k, v in fld.stats().items()})
                     rate = (done - start) / max(time.perf_counter() - t_loop, 1e-9)
@@ -324,14 +367,15 @@ class Trainer:
                     with open(log_path, "a") as f:
                         f.write(json.dumps({"step": done, **metrics}) + "\n")
                     self.console.print(f"step {done}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-                if done % self.config.checkpoint_every == 0 or done == self.steps:
+                if checkpoint_now:
                     self.save_checkpoint(fld, done, generator)
                 bar.update(task, completed=done)
         t_train = time.perf_counter() - t_loop
         if start >= self.steps:
             self.save_checkpoint(fld, self.steps, generator)
-        summary = {"steps": self.steps, "train_seconds": t_train, "feature_seconds": t_features,
-                   "wall_seconds": time.perf_counter() - t_start, "device": str(self.device)}
+        summary = {"steps": self.steps, **self._elapsed(), "device": str(self.device)}
+        if summary["sessions"] > 1:  # resumed: this session's share beside the totals
+            summary.update({"session_train_seconds": t_train, "session_feature_seconds": t_features})
         if self.device.type == "cuda":
             summary["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
             summary["gpu"] = torch.cuda.get_device_name(self.device)
@@ -379,7 +423,7 @@ def train(scene: str | Path | Scene, output: str | Path, *, field: str = "splat"
             raise FeatureFieldError(f"{output}: nothing to resume (no {CONFIG}); start a new run without --resume")
         saved = json.loads((output / CONFIG).read_text())
         spec = saved["scene"]
-        loaded = scene_from_config(saved)
+        loaded = scene_from_config(saved, Normalization.from_dict(json.loads((output / NORMALIZATION).read_text())))
         field = saved["field"]
         field_config = _field_config_class(field)(**saved["field_config"])
         teacher_specs = saved["teachers"]

@@ -161,3 +161,6 @@ def test_gaussian_field_folded_query_matches_full_decode():
     emb, _ = text_scores(field, cam, "clip", text, mode="embedding")
     assert r.embedding is None and r.projected.shape[-1] == 7 + 5
     assert torch.allclose(folded, full, atol=1e-3) and torch.allclose(emb, full, atol=1e-3)
+    fast, r_fast = text_scores(field, cam, "clip", text, colour=False)  # auto: embedding channels alone
+    assert r_fast.rgb is None and r_fast.depth is None and r_fast.embedding.shape[-1] == 6
+    assert torch.allclose(fast, emb, atol=1e-5)

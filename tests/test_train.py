@@ -87,6 +87,9 @@ def test_resume_after_kill_reaches_the_same_result(tmp_path):
     a = torch.load(reference / CHECKPOINT, weights_only=False)
     b = torch.load(killed / CHECKPOINT, weights_only=False)
     assert a["step"] == b["step"] == steps
+    assert a["elapsed"]["sessions"] == 1 and b["elapsed"]["sessions"] == 2
+    summary = json.loads((killed / "metrics.json").read_text())  # timings add up over both sessions
+    assert summary["sessions"] == 2 and summary["train_seconds"] > summary["session_train_seconds"] > 0
     for k, v in a["field_state"].items():
         if torch.is_tensor(v) and v.is_floating_point():
             assert torch.allclose(v, b["field_state"][k], atol=1e-5, rtol=1e-4), k
@@ -108,3 +111,16 @@ def test_broken_checkpoint_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "run" / CHECKPOINT).write_bytes(b"not a checkpoint")
     assert main(["export", str(tmp_path / "run")]) == 2
     assert "broken" in capsys.readouterr().err
+
+
+def test_reloaded_scene_keeps_the_runs_recorded_normalization(tmp_path):
+    train("demo:1", tmp_path / "run", field="splat", teachers=[],
+          config=TrainConfig(steps=4, checkpoint_every=4, device="cpu", progress=False), scene_options=DEMO)
+    path = tmp_path / "run" / "normalization.json"
+    recorded = json.loads(path.read_text())
+    recorded["scale"] *= 1.5  # as if the scene folder had changed since training
+    path.write_text(json.dumps(recorded))
+    run = load_run(tmp_path / "run", device="cpu")
+    assert run.scene().normalization.scale == pytest.approx(recorded["scale"])
+    assert main(["train", "demo:1", "--output", str(tmp_path / "run"), "--resume", "--device", "cpu"]) == 0
+    assert json.loads(path.read_text()) == recorded  # resuming neither re-fits nor rewrites it

@@ -63,7 +63,7 @@ class ToySpheres(FeatureField):
         return k, z, x
 
     # ----------------------------------------------------------- protocol
-    def render(self, camera, *, background=None, features=True, projection=None) -> Render:
+    def render(self, camera, *, background=None, features=True, projection=None, colour=True) -> Render:
         k, z, x = self.trace(camera)
         hit = (k >= 0)[..., None].float()
         bg = torch.ones(3) if background is None else background.float()

@@ -91,12 +91,14 @@ class FeatureField(nn.Module, ABC):
     # --------------------------------------------------------------- rendering
     @abstractmethod
     def render(self, camera: Cameras, *, background: Tensor | None = None, features: bool = True,
-               projection: tuple[str, Tensor, Tensor] | None = None) -> Render:
+               projection: tuple[str, Tensor, Tensor] | None = None, colour: bool = True) -> Render:
         """Render one camera (``len(camera) == 1``, canonical frame).
 
         Args:
             background: ``[3]`` colour behind the content (default: the field's training background).
             features: also render embeddings/features (off for colour-only evaluation).
+            colour: render colour and depth too; ``False`` lets a backend that can skip them (the
+                Gaussian field) render feature channels alone (``rgb``/``depth`` are then None).
             projection: ``(teacher, P [D, K], b [K])``: additionally return ``Render.projected``
                 ``[H, W, K]`` = decoded features of ``teacher`` at each pixel ``@ P + b``. A field whose
                 decoder is linear folds ``P`` into the embedding space and renders only ``K``

@@ -65,10 +65,11 @@ def check_box(box: Sequence[float] | Tensor, image_size: tuple[int, int]) -> Ten
 
 @torch.no_grad()
 def render_sam_features(field: FeatureField, camera: Cameras, teacher: str = "sam",
-                        background: Tensor | None = None) -> tuple[Tensor, Render]:
-    """The field's ``sam`` features ``[256, h, w]`` at ``camera`` on SAM's grid for that size, and the render."""
+                        background: Tensor | None = None, colour: bool = True) -> tuple[Tensor, Render]:
+    """The field's ``sam`` features ``[256, h, w]`` at ``camera`` on SAM's grid for that size, and the render
+    (with colour and depth unless ``colour=False``, the fast path when only the mask is wanted)."""
     H, W = int(camera.height[0]), int(camera.width[0])
-    r = field.render(camera, background=background, features=True)
+    r = field.render(camera, background=background, features=True, colour=colour)
     return field.decode(r, teacher, sam_grid(H, W)).float(), r
 
 

@@ -119,43 +119,51 @@ def _row_basis(W: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def text_scores(field: FeatureField, camera: Cameras, teacher: str, text_emb: Tensor, mode: Mode = "auto",
-                background: Tensor | None = None) -> tuple[Tensor, Render]:
+                background: Tensor | None = None, colour: bool = True) -> tuple[Tensor, Render]:
     """Cosine similarity ``[T, H, W]`` between the field's features at ``camera`` and ``text_emb [T, D]``.
 
+    With a linear decoder ``f = [e, 1] @ A`` (``A = [W; b]``, ``[E + 1, D]``) neither mode decodes
+    ``D`` channels per pixel: ``f . t = [e, 1] @ (A t)`` and ``|f| = |[e, 1] @ (A Q)|`` for an
+    orthonormal basis ``Q [D, r]`` of A's row space, so each pixel needs ``r + T`` numbers.
+
     Args:
-        mode: ``"folded"`` (linear decoder: render ``r + T`` projected channels), ``"embedding"``
-            (linear decoder: maths on the rendered embedding), ``"full"`` (decode ``D`` channels), or
-            ``"auto"`` (folded when the decoder is linear, else full).
+        mode: ``"embedding"`` (linear decoder: rasterize the ``E`` embedding channels, then one
+            ``[E + 1, r + T]`` matmul per pixel), ``"folded"`` (linear decoder: fold ``[AQ, At]`` into the
+            per-Gaussian channels and rasterize those ``r + T``), ``"full"`` (decode ``D`` channels),
+            or ``"auto"`` (embedding when the decoder is linear: fewest rasterized channels for
+            ``T >= 1``; else full).
+        colour: also render colour and depth (for display); ``False`` is the fast path.
     Returns:
         The similarities and the render they came from (``rgb``, ``alpha`` and ``depth`` for display).
     """
     lin = field.linear_decoder(teacher)
     if mode == "auto":
-        mode = "folded" if lin is not None else "full"
+        mode = "embedding" if lin is not None else "full"
     if mode in ("folded", "embedding") and lin is None:
         raise ValueError(f"mode {mode!r} needs a linear decoder; the {field.kind} field has none for {teacher!r}")
     t = _normalize(text_emb.float())
     if mode == "full":
-        r = field.render(camera, background=background, features=True)
+        r = field.render(camera, background=background, features=True, colour=colour)
         return text_similarity(field.decode(r, teacher), t), r
     W, b = (x.float() for x in lin)
     t = t.to(W.device)
     A, Q = _row_basis(W, b)
     if mode == "folded":
         P = torch.cat([Q, t.T], 1)  # [D, r + T]
-        r = field.render(camera, background=background, features=False,
+        r = field.render(camera, background=background, features=False, colour=colour,
                          projection=(teacher, P, torch.zeros(P.shape[1], device=P.device)))
         proj = r.projected.float()
         k = Q.shape[1]
         norm = proj[..., :k].norm(dim=-1)
         dots = proj[..., k:]
     else:  # embedding
-        r = field.render(camera, background=background, features=True)
-        e = r.embedding.float()
-        e_aug = torch.cat([e, torch.ones_like(e[..., :1])], -1)  # [H, W, E + 1]
-        dots = e_aug @ (A @ t.T)  # [H, W, T]
-        G = A @ A.T
-        norm = torch.einsum("hwi,ij,hwj->hw", e_aug, G, e_aug).clamp_min(0).sqrt()
+        r = field.render(camera, background=background, features=True, colour=colour)
+        e = r.embedding.float()  # [H, W, E]
+        B = torch.cat([A @ Q, A @ t.T], 1)  # [E + 1, r + T]
+        proj = torch.addmm(B[-1], e.reshape(-1, e.shape[-1]), B[:-1]).reshape(*e.shape[:2], -1)
+        k = Q.shape[1]
+        norm = proj[..., :k].norm(dim=-1)
+        dots = proj[..., k:]
     cos = dots / norm[..., None].clamp_min(1e-8)
     return cos.permute(2, 0, 1), r
 

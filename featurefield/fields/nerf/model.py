@@ -348,7 +348,7 @@ class NerfField(FeatureField):
     # ------------------------------------------------------------------ FeatureField: rendering
     @torch.no_grad()
     def render(self, camera: Cameras, *, background: Tensor | None = None, features: bool = True,
-               projection: tuple[str, Tensor, Tensor] | None = None) -> Render:
+               projection: tuple[str, Tensor, Tensor] | None = None, colour: bool = True) -> Render:
         """Render one camera, chunked over rays (``cfg.render_chunk``) so any resolution fits in memory."""
         dev = self.background.device
         camera = camera.to(dev)

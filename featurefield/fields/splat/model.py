@@ -206,7 +206,8 @@ class GaussianField(FeatureField):
         return sh_to_colors(sh_degree, p["means"], campos, coeffs)
 
     def rasterize(self, camera: Cameras, extra: Tensor | None = None, background: Tensor | None = None,
-                  sh_degree: int | None = None, rgb: bool = True) -> tuple[Tensor, Tensor | None, Tensor, Tensor, dict]:
+                  sh_degree: int | None = None, rgb: bool = True, depth: bool = True
+                  ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor, dict]:
         """One rasterization pass of ``[rgb, extra, depth]`` channels.
 
         Args:
@@ -215,8 +216,9 @@ class GaussianField(FeatureField):
             background: ``[3]`` colour (extra channels get 0 behind the content).
             sh_degree: SH degree to evaluate (default: all).
             rgb: render colour (False renders only ``extra`` and depth).
+            depth: render the expected depth (training skips it: one channel less to rasterize).
         Returns:
-            rgb ``[H, W, 3]`` (or None), extra ``[H, W, X]`` (or None), depth ``[H, W, 1]``,
+            rgb ``[H, W, 3]`` (or None), extra ``[H, W, X]`` (or None), depth ``[H, W, 1]`` (or None),
             alpha ``[H, W, 1]``, and the rasterizer's info dict (``means2d``, ``radii``...).
         """
         if len(camera) != 1:
@@ -239,7 +241,7 @@ class GaussianField(FeatureField):
         W, H = int(cam.width[0]), int(cam.height[0])
         args = (p["means"], p["quats"], torch.exp(p["scales"]), torch.sigmoid(p["opacities"]), colors,
                 cam.w2c()[0], cam.K()[0], W, H, bg)
-        kw = dict(near_plane=self.config.near_plane, far_plane=self.config.far_plane)
+        kw = dict(near_plane=self.config.near_plane, far_plane=self.config.far_plane, expected_depth=depth)
         try:
             if use_gsplat:
                 out, alpha, info = rasterize_gsplat.rasterize(*args, **kw, packed=self.config.packed,
@@ -253,13 +255,17 @@ class GaussianField(FeatureField):
                 "--splat.init-points-random, --splat.embed-dim or the image size (--downscale), or use --splat.packed"
             ) from e
         rgb_map = out[..., :3] if rgb else None
-        extra_map = out[..., (3 if rgb else 0):-1] if extra is not None else None
-        return rgb_map, extra_map, out[..., -1:], alpha, info
+        end = out.shape[-1] - 1 if depth else out.shape[-1]
+        extra_map = out[..., (3 if rgb else 0):end] if extra is not None else None
+        return rgb_map, extra_map, (out[..., -1:] if depth else None), alpha, info
 
     # ------------------------------------------------------------------ protocol: rendering
     def render(self, camera: Cameras, *, background: Tensor | None = None, features: bool = True,
-               projection: tuple[str, Tensor, Tensor] | None = None) -> Render:
-        """Render colour, depth, alpha, the embedding map and optionally folded query channels."""
+               projection: tuple[str, Tensor, Tensor] | None = None, colour: bool = True) -> Render:
+        """Render colour, depth, alpha, the embedding map and optionally folded query channels.
+
+        With ``colour=False`` only the embedding/query channels are rasterized (a query's fast path).
+        """
         extras, n_emb = [], 0
         if features and self.config.embed_dim > 0:
             extras.append(self.params["embedding"])
@@ -277,7 +283,9 @@ class GaussianField(FeatureField):
                 extras.append(self.params["embedding"])
                 n_emb = self.config.embed_dim
         extra = torch.cat(extras, -1) if extras else None
-        rgb, ex, depth, alpha, info = self.rasterize(camera, extra, background)
+        if extra is None and not colour:
+            raise ValueError("render(colour=False) needs features=True or a projection")
+        rgb, ex, depth, alpha, info = self.rasterize(camera, extra, background, rgb=colour, depth=colour)
         r = Render(rgb=rgb, depth=depth, alpha=alpha, extras={"means2d": info["means2d"], "radii": info["radii"]})
         if ex is not None and n_emb:
             r.embedding = ex[..., :n_emb]
@@ -357,7 +365,7 @@ class GaussianField(FeatureField):
             a = data.alphas[i].to(dev).float()[..., None] / 255.0
             gt = gt + (bg - known_bg) * (1 - a)  # re-composite: rgb*a + bg*(1-a)
         extra = self.params["embedding"] if self.targets and cfg.embed_dim > 0 else None
-        rgb, emb, _, alpha, info = self.rasterize(cam, extra, bg, sh_degree=self.active_sh_degree(step))
+        rgb, emb, _, alpha, info = self.rasterize(cam, extra, bg, sh_degree=self.active_sh_degree(step), depth=False)
         if info["means2d"].requires_grad:
             info["means2d"].retain_grad()  # the strategy's pre-backward hook
         self._info = info
@@ -384,12 +392,14 @@ class GaussianField(FeatureField):
             cfg = self.config
             lrs = {"means": cfg.lr_means * self.scene_scale, "scales": cfg.lr_scales, "quats": cfg.lr_quats,
                    "opacities": cfg.lr_opacities, "sh0": cfg.lr_sh0, "shN": cfg.lr_shN, "embedding": cfg.lr_embedding}
+            fused = self.device.type == "cuda"  # one kernel per parameter instead of a dozen
             opts: dict[str, torch.optim.Optimizer] = {
-                name: torch.optim.Adam([{"params": [self.params[name]], "lr": lrs[name], "name": name}], eps=1e-15)
+                name: torch.optim.Adam([{"params": [self.params[name]], "lr": lrs[name], "name": name}], eps=1e-15,
+                                       fused=fused)
                 for name in GAUSSIAN_PARAMS
             }
             for name, dec in self.decoders.items():
-                opts[f"decoder/{name}"] = torch.optim.Adam(dec.parameters(), lr=cfg.lr_decoder)
+                opts[f"decoder/{name}"] = torch.optim.Adam(dec.parameters(), lr=cfg.lr_decoder, fused=fused)
             self._optimizers = opts
         return self._optimizers
 
@@ -432,6 +442,20 @@ class GaussianField(FeatureField):
             self._strategy.step_post_backward(params, opts, self._strategy_state, step, info, packed=self.config.packed)
         finally:
             self._strategy.grow_grad2d = grow
+        self._maybe_reset_opacity(step, params, opts)
+
+    def _maybe_reset_opacity(self, step: int, params, opts) -> None:
+        """3DGS's periodic opacity reset (to twice the prune threshold) while densifying.
+
+        gsplat 1.5.3's DefaultStrategy means to do this but its test ``step % every == 0 & step > 0``
+        parses as a chained comparison that is never true, so the field does it here; resetting twice
+        (should gsplat fix it) is harmless, the reset only lowers opacities.
+        """
+        from gsplat.strategy.ops import reset_opa
+
+        s = self._strategy
+        if 0 < step < s.refine_stop_iter and step % s.reset_every == 0:
+            reset_opa(params=params, optimizers=opts, state=self._strategy_state, value=s.prune_opa * 2.0)
 
     def stats(self) -> dict[str, float]:
         return {"gaussians": float(self.num_gaussians)}

