@@ -18,15 +18,14 @@ Protocol (all on the held-out test views, at the scene's image size):
   of rendered features, :mod:`featurefield.query.correspondence`), truth from depth and poses: the
   scene's depth maps when it has them, else the field's rendered depth. PCK at 1%, 2%, 5% of the
   longest image side.
-* **Semantic mIoU** (scenes with semantic labels): segmentation by nearest class prototype.
-  Prototypes are the mean L2-normalized *teacher* feature of each class over the train views (labels
-  resampled to the feature grid by nearest neighbour). The field's segmentation labels each position
-  of its rendered test-view features (decoded on the teacher's grid) with the prototype of highest
-  cosine; the 2D teacher's segmentation does the same with the teacher's own features of the real
-  test images. Both label maps are upsampled (nearest) to the image size and scored against the
-  ground truth with one confusion matrix over all test views, so both are judged at the same
-  resolution with the same prototypes: the only difference is 3D-consistent rendered features vs
-  per-image 2D features.
+* **Semantic mIoU** (scenes with semantic labels): a nearest-class-mean probe per feature source,
+  fitted on the same train views and labels. The 2D teacher's probe: the mean L2-normalized teacher
+  feature of each class over the train views (labels resampled to the feature grid by nearest
+  neighbour), applied to the teacher's features of the real test images on its grid, upsampled
+  (nearest) to the image size. The field's probe: the same class means of the field's own rendered
+  features of those train views, applied to its rendered test-view features at full image
+  resolution (a 3D field can be read at any resolution; the 2D teacher cannot). Both are scored
+  against the ground truth with one confusion matrix over all test views.
 """
 
 from __future__ import annotations
@@ -66,13 +65,27 @@ def _nearest_prototype(feats: Tensor, protos: Tensor, present: Tensor) -> Tensor
     return s.argmax(0).reshape(feats.shape[-2:])
 
 
-def class_prototypes(run: Run, teacher: str, num_classes: int, max_views: int = 8) -> tuple[Tensor, Tensor]:
-    """Mean normalized teacher feature per class over train views: ``[C, D]`` and ``[C]`` bool present."""
+def _field_features(run: Run, teacher: str, view: int) -> Tensor:
+    """The field's decoded ``teacher`` features ``[D, H, W]`` at a scene view, at full image resolution."""
+    cam = run.normalization.cameras_to_canonical(run.scene().cameras[[view]]).to(run.device)
+    r = run.field.render(cam, background=run.background, features=True, colour=False)
+    return run.field.decode(r, teacher, (int(cam.height[0]), int(cam.width[0]))).float()
+
+
+@torch.no_grad()
+def class_prototypes(run: Run, teacher: str, num_classes: int, max_views: int = 8,
+                     source: str = "teacher") -> tuple[Tensor, Tensor]:
+    """Mean normalized feature per class over train views: ``[C, D]`` and ``[C]`` bool present.
+
+    ``source`` is ``"teacher"`` (the 2D teacher's features of the images) or ``"field"`` (the field's
+    rendered features): each segmenter is a nearest-class-mean probe fitted on its own features of
+    the same train views and labels.
+    """
     scene = run.scene()
     views = _spread(run.view_indices("train"), max_views)
     sums, counts = None, torch.zeros(num_classes)
     for v in views:
-        f = run.features(teacher, [v])[0].float()
+        f = run.features(teacher, [v])[0].float() if source == "teacher" else _field_features(run, teacher, v)
         labels = _labels_to_grid(scene.semantic(v), f.shape[-2:]).flatten().cpu()
         fn = F.normalize(f.flatten(1), dim=0).T.cpu()  # [h*w, D]
         if sums is None:
@@ -161,8 +174,10 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
     ncls = len(scene.class_names) if scene.class_names else 0
     if scene.semantics is not None and ncls and teachers:
         for t in teachers:
-            protos, present = class_prototypes(run, t, ncls, semantic_train_views)
-            sem[t] = {"protos": protos, "present": present, "field": torch.zeros(ncls, ncls, dtype=torch.int64),
+            protos, present = class_prototypes(run, t, ncls, semantic_train_views, source="teacher")
+            f_protos, f_present = class_prototypes(run, t, ncls, semantic_train_views, source="field")
+            sem[t] = {"protos": protos, "present": present, "field_protos": f_protos, "field_present": f_present,
+                      "field": torch.zeros(ncls, ncls, dtype=torch.int64),
                       "teacher": torch.zeros(ncls, ncls, dtype=torch.int64)}
 
     it = track(range(len(views)), description="evaluate", transient=True) if progress else range(len(views))
@@ -198,9 +213,10 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
             if t in sem:
                 s = sem[t]
                 gt_labels = scene.semantic(v)
-                pred_f = _nearest_prototype(pred, s["protos"], s["present"])
+                full = fld.decode(r, t, (H, W)).float()  # the field is read at full resolution
+                pred_f = _nearest_prototype(full, s["field_protos"], s["field_present"])
                 pred_t = _nearest_prototype(target, s["protos"], s["present"])
-                s["field"] += confusion_matrix(_upsample_labels(pred_f, (H, W)), gt_labels, ncls)
+                s["field"] += confusion_matrix(pred_f, gt_labels, ncls)
                 s["teacher"] += confusion_matrix(_upsample_labels(pred_t, (H, W)), gt_labels, ncls)
 
     out["image"] = {"psnr": _mean(img["psnr"]), "ssim": _mean(img["ssim"]),

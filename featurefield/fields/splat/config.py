@@ -23,6 +23,8 @@ class SplatConfig:
         strategy: densification: ``"default"`` (3DGS clone/split/prune) or ``"mcmc"``.
         schedule_steps: the run length the step numbers below are written for (30k as in 3DGS).
         refine_start, refine_stop, refine_every, reset_every: densification schedule (scaled).
+        reset_min_interval: skip opacity resets when the scaled ``reset_every`` is shorter than this
+            (a short run has no time to recover from them).
         grow_grad2d, prune_opacity: DefaultStrategy thresholds.
         mcmc_cap_max, mcmc_noise_lr, mcmc_opacity_reg, mcmc_scale_reg: MCMC settings.
         lr_means, lr_means_final: means LR (times scene scale), exponentially decayed over the run.
@@ -54,6 +56,7 @@ class SplatConfig:
     refine_stop: int = 15_000
     refine_every: int = 100
     reset_every: int = 3_000
+    reset_min_interval: int = 500
     grow_grad2d: float = 0.0002
     prune_opacity: float = 0.005
     mcmc_cap_max: int = 1_000_000

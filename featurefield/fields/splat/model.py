@@ -454,6 +454,8 @@ class GaussianField(FeatureField):
         from gsplat.strategy.ops import reset_opa
 
         s = self._strategy
+        if s.reset_every < self.config.reset_min_interval:
+            return
         if 0 < step < s.refine_stop_iter and step % s.reset_every == 0:
             reset_opa(params=params, optimizers=opts, state=self._strategy_state, value=s.prune_opa * 2.0)
 
