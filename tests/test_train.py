@@ -124,3 +124,24 @@ def test_reloaded_scene_keeps_the_runs_recorded_normalization(tmp_path):
     assert run.scene().normalization.scale == pytest.approx(recorded["scale"])
     assert main(["train", "demo:1", "--output", str(tmp_path / "run"), "--resume", "--device", "cpu"]) == 0
     assert json.loads(path.read_text()) == recorded  # resuming neither re-fits nor rewrites it
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint_kept(tmp_path, monkeypatch):
+    from featurefield.fields.splat.model import GaussianField
+
+    original = GaussianField.training_loss
+
+    def poisoned(self, batch, data, step):
+        out = original(self, batch, data, step)
+        if step >= 5:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(GaussianField, "training_loss", poisoned)
+    run_dir = tmp_path / "run"
+    with pytest.raises(FeatureFieldError, match="diverged.*last good checkpoint"):
+        train("demo:1", run_dir, field="splat", teachers=[], scene_options=DEMO,
+              config=TrainConfig(steps=20, checkpoint_every=2, device="cpu", progress=False))
+    ckpt = torch.load(run_dir / CHECKPOINT, weights_only=False)
+    assert ckpt["step"] == 4  # written before the first bad step; never overwritten with NaNs
+    assert all(torch.isfinite(v).all() for v in ckpt["field_state"].values() if torch.is_tensor(v) and v.is_floating_point())
