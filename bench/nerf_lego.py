@@ -31,6 +31,7 @@ def timing(lego: Path, steps: int, test_views: int, backend: str, table_dtype: s
     from featurefield.fields.base import TeacherTarget, TrainData
     from featurefield.fields.nerf.config import NerfConfig
     from featurefield.fields.nerf.model import NerfField
+    from featurefield.train import optimization_step
 
     dev = torch.device("cuda")
     scene = load_scene(lego)
@@ -51,17 +52,7 @@ def timing(lego: Path, steps: int, test_views: int, backend: str, table_dtype: s
     torch.cuda.reset_peak_memory_stats()
 
     def step_fn(step):
-        batch = fld.sample_batch(data, step, gen)
-        losses = fld.training_loss(batch, data, step)
-        losses["loss"].backward()
-        fld.after_step(step, batch, losses)
-        for o in fld.optimizers().values():
-            o.step()
-            o.zero_grad(set_to_none=True)
-        for s in fld.schedulers().values():
-            s.step()
-        fld.after_optimizer_step(step)
-        return losses
+        return optimization_step(fld, data, step, gen)
 
     warm = 20
     for s in range(warm):

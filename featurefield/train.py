@@ -134,6 +134,21 @@ def _images_uint8(scene: Scene, views: list[int], device: torch.device) -> tuple
     return images, alpha
 
 
+def optimization_step(fld: FeatureField, data: TrainData, step: int, generator: torch.Generator) -> dict[str, Tensor]:
+    """One step of any field through the protocol: sample, loss, backward, optimizers, schedulers, densify."""
+    batch = fld.sample_batch(data, step, generator)
+    losses = fld.training_loss(batch, data, step)
+    losses["loss"].backward()
+    fld.after_step(step, batch, losses)
+    for opt in fld.optimizers().values():
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    for sch in fld.schedulers().values():
+        sch.step()
+    fld.after_optimizer_step(step)
+    return losses
+
+
 def _resident(features: Tensor, device: torch.device, share: float = 0.25) -> Tensor:
     """Teacher features ``[N, D, h, w]`` (fp16) moved to a CUDA device when they take at most ``share`` of
     its free memory, so a training step reads its target without a host-to-device copy; else left on the host."""
@@ -269,18 +284,8 @@ class Trainer:
         ``nonfinite`` (a 0-d bool tensor on the device) is or-ed with "the loss was not finite"; it is
         checked where the loop synchronises anyway, so a GPU step never waits for the CPU.
         """
-        batch = fld.sample_batch(self.data, step, generator)
-        losses = fld.training_loss(batch, self.data, step)
-        loss = losses["loss"]
-        nonfinite |= ~torch.isfinite(loss.detach())
-        loss.backward()
-        fld.after_step(step, batch, losses)
-        for opt in fld.optimizers().values():
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        for sch in fld.schedulers().values():
-            sch.step()
-        fld.after_optimizer_step(step)
+        losses = optimization_step(fld, self.data, step, generator)
+        nonfinite |= ~torch.isfinite(losses["loss"].detach())
         return losses
 
     def _raise_if_diverged(self, nonfinite: Tensor, losses: dict[str, Tensor], step: int, ckpt_path: Path) -> None:

@@ -34,17 +34,9 @@ def setup():
 
 
 def _step(fld, data, step, gen):
-    batch = fld.sample_batch(data, step, gen)
-    losses = fld.training_loss(batch, data, step)
-    losses["loss"].backward()
-    fld.after_step(step, batch, losses)
-    for o in fld.optimizers().values():
-        o.step()
-        o.zero_grad(set_to_none=True)
-    for s in fld.schedulers().values():
-        s.step()
-    fld.after_optimizer_step(step)
-    return {k: float(v.detach()) for k, v in losses.items()}
+    from featurefield.train import optimization_step
+
+    return {k: float(v.detach()) for k, v in optimization_step(fld, data, step, gen).items()}
 
 
 def test_registered_and_preset_resolution():
