@@ -8,6 +8,9 @@
 #   bash bench/device_lego.sh profile   # bench/splat_profile.py (steps/s and where a step goes)
 #   bash bench/device_lego.sh splat [STEPS] [EXTRA...]   # featurefield train ... --field splat, then eval
 #   bash bench/device_lego.sh resume    # continue the splat run (if a call's limit stopped it), then eval
+#   bash bench/device_lego.sh nerf [STEPS] [EXTRA...]    # featurefield train ... --field nerf (SAM cache of the splat run)
+#   bash bench/device_lego.sh nerf-resume                # continue it; the trainer's final eval covers all test views
+#   bash bench/device_lego.sh tests     # the CUDA tests (gsplat vs torch twin, Triton hash grid)
 #
 # Carried (git-ignored, made by bench/carry_tools.py): .carry/whl_gpu (wheels missing there),
 # .carry/sam16 and .carry/samdec16 (SAM encoder and prompt decoder, fp16 weights), .carry/lego_a
@@ -48,6 +51,7 @@ setup)
     merge_lego
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     python3 -c "import torch, gsplat; print('torch', torch.__version__, 'gsplat', gsplat.__version__)"
+    [ -n "$NO_GSPLAT" ] && exit 0  # the NeRF field does not need gsplat's kernels
     t0=$(date +%s)
     python3 -c "
 import torch
@@ -66,7 +70,9 @@ query)
     timeout 200 python3 bench/query_speed.py --weights "$W" 2>&1 | tail -40
     ;;
 profile)
-    timeout 200 python3 bench/splat_profile.py "$LEGO" --weights "$ENC" --warm "${2:-1500}" --json "$OUT/profile.json" 2>&1 | tail -60
+    export FEATUREFIELD_CACHE=$PWD/runs/cache-splat  # the splat run's features when it ran first
+    timeout 200 python3 bench/splat_profile.py "$LEGO" --weights "$ENC" --warm "${2:-1500}" --timed 200 --profiled 20 \
+        --json "$OUT/profile.json" 2>&1 | tail -60
     ;;
 splat)
     merge_lego
@@ -77,7 +83,8 @@ splat)
         --output runs/lego-splat --steps "$steps" --checkpoint-every 1000 --eval-every 10000 "$@" 2>&1 \
         | tr '\r' '\n' | grep -v "━" | tail -30
     cp runs/lego-splat/metrics.json* runs/lego-splat/config.json "$OUT/" 2>/dev/null
-    [ -f runs/lego-splat/metrics.json ] && timeout 200 python3 -m featurefield.cli eval runs/lego-splat --output "$OUT/eval.json" 2>&1 | tail -30
+    [ -z "$SKIP_EVAL" ] && [ -f runs/lego-splat/metrics.json ] && \
+        timeout 200 python3 -m featurefield.cli eval runs/lego-splat --output "$OUT/eval.json" 2>&1 | tail -30
     ;;
 resume)
     merge_lego
@@ -87,6 +94,28 @@ resume)
     cp runs/lego-splat/metrics.json* "$OUT/" 2>/dev/null
     [ -f runs/lego-splat/metrics.json ] && timeout 200 python3 -m featurefield.cli eval runs/lego-splat --output "$OUT/eval.json" 2>&1 | tail -30
     ;;
+nerf)
+    merge_lego
+    steps=${2:-30000}; shift 2
+    rm -rf runs/lego-nerf
+    export FEATUREFIELD_CACHE=$PWD/runs/cache-splat  # extraction timed by the splat run
+    timeout "${NERF_LIMIT:-540}" python3 -m featurefield.cli train "$LEGO" --field nerf --teacher sam --weights "$ENC" \
+        --output runs/lego-nerf --steps "$steps" --checkpoint-every 1000 "$@" 2>&1 \
+        | tr '\r' '\n' | grep -v "━" | tail -20
+    cp runs/lego-nerf/metrics.json* "$OUT/" 2>/dev/null
+    ;;
+nerf-resume)
+    merge_lego
+    export FEATUREFIELD_CACHE=$PWD/runs/cache-splat
+    timeout "${NERF_LIMIT:-540}" python3 -m featurefield.cli train "$LEGO" --output runs/lego-nerf --resume 2>&1 \
+        | tr '\r' '\n' | grep -v "━" | tail -20
+    mkdir -p "$OUT/nerf"; cp runs/lego-nerf/metrics.json* runs/lego-nerf/config.json "$OUT/nerf/" 2>/dev/null
+    ;;
+tests)
+    timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_splat_training_parts.py tests/test_splat_rasterizer.py \
+        tests/test_hashgrid.py 2>&1 | tail -8
+    ;;
 *)
-    echo "usage: bash bench/device_lego.sh setup|raster|query|profile|splat [STEPS] [ARGS]|resume" >&2; exit 2 ;;
+    echo "usage: bash bench/device_lego.sh setup|raster|query|profile|splat [STEPS] [ARGS]|resume|nerf [STEPS]|nerf-resume|tests" >&2
+    exit 2 ;;
 esac

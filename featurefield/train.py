@@ -313,6 +313,9 @@ class Trainer:
             if ckpt["field_kind"] != self.kind:
                 raise FeatureFieldError(f"{ckpt_path}: run holds a {ckpt['field_kind']!r} field, not {self.kind!r}")
             fld = cls.from_config(ckpt["field_config"], ckpt["field_state"]).to(self.device)
+            if set(fld.optimizers()) != set(ckpt["optimizers"]):
+                raise FeatureFieldError(f"{ckpt_path}: the optimizer state was written by another featurefield "
+                                        "version; it cannot be resumed (start a new run, or render/export it)")
             for k, opt in fld.optimizers().items():
                 opt.load_state_dict(ckpt["optimizers"][k])
             for k, sch in fld.schedulers().items():

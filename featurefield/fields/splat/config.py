@@ -33,6 +33,14 @@ class SplatConfig:
         decoder_hidden: hidden width of the MLP decoder.
         feature_loss: ``"l1"`` or ``"l1+cos"``.
         feature_weight: weight of the feature losses (times each teacher's weight).
+        feature_render: how training draws the embedding: ``"joint"`` (channels of the colour pass at
+            full resolution; feature gradients reach the geometry and its densification, as Feature
+            3DGS) or ``"separate"`` (its own pass at ``feature_supersample`` x the teacher's grid, capped
+            at the image size; densification sees colour only). Measured on lego (BENCHMARKS.md): separate
+            trains 15-20% faster and fits colour better, joint reproduces the teacher's features better.
+        feature_supersample: the separate pass's resolution in multiples of the largest teacher grid.
+        feature_detach: in the separate pass, features do not move the Gaussians (False: they move
+            them as in the joint pass, but still do not drive densification).
         ssim_lambda: D-SSIM weight in the colour loss.
         random_background: composite targets on a random colour each step (scenes with alpha).
         rasterizer: ``"auto"`` (gsplat on CUDA, else torch), ``"torch"`` or ``"gsplat"``.
@@ -76,6 +84,9 @@ class SplatConfig:
     decoder_hidden: int = 64
     feature_loss: Literal["l1", "l1+cos"] = "l1"
     feature_weight: float = 1.0
+    feature_render: Literal["joint", "separate"] = "joint"
+    feature_supersample: int = 4
+    feature_detach: bool = True
     ssim_lambda: float = 0.2
     random_background: bool = False
     rasterizer: Literal["auto", "torch", "gsplat"] = "auto"

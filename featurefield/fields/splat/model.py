@@ -6,9 +6,12 @@ channels. Decoding happens late: the embedding map is first resampled to the tea
 the linear decoder, a query ``P [D, K]`` folds into the embedding space (``W @ P``) so text queries
 and PCA pictures rasterize as ``K`` channels.
 
-Colour, expected depth and the embedding come from one rasterization pass (channels
-``[rgb, embedding, depth]``); densification uses gsplat's strategies (pure PyTorch for
-``"default"``; ``"mcmc"`` needs gsplat's CUDA relocation kernel).
+Rendering rasterizes colour, the embedding and expected depth in one pass (channels
+``[rgb, embedding, depth]``). Training does the same by default; ``feature_render="separate"`` draws
+the embedding in a second pass at a few times the teacher's grid instead, so densification follows
+colour alone (and, with ``feature_detach``, features do not move the Gaussians). Densification uses
+gsplat's strategies (pure PyTorch for ``"default"``; ``"mcmc"`` needs gsplat's CUDA relocation kernel)
+on one shared fused Adam.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from featurefield.fields import losses
 from featurefield.fields.base import FeatureField, Render, TeacherTarget, TrainData
 from featurefield.fields.splat import rasterize_gsplat, rasterize_torch
 from featurefield.fields.splat.config import SplatConfig
+from featurefield.fields.splat.resample import resample, resample_hwc
 from featurefield.fields.splat.sh import num_sh_bases, rgb_to_sh, sh_to_colors, sh_to_rgb
+from featurefield.fields.splat.views import View, views_of
 
 GAUSSIAN_PARAMS = ("means", "scales", "quats", "opacities", "sh0", "shN", "embedding")
 
@@ -38,14 +43,6 @@ def _make_decoder(embed_dim: int, dim: int, config: SplatConfig) -> nn.Module:
     if config.decoder == "mlp":
         return nn.Sequential(nn.Linear(embed_dim, config.decoder_hidden), nn.ReLU(), nn.Linear(config.decoder_hidden, dim))
     raise FeatureFieldError(f"unknown splat decoder {config.decoder!r}; use --splat.decoder linear or mlp")
-
-
-def resample(maps: Tensor, grid: tuple[int, int]) -> Tensor:
-    """Bilinear resampling of ``[C, H, W]`` maps to ``grid`` (anti-aliased when shrinking)."""
-    if tuple(maps.shape[-2:]) == tuple(grid):
-        return maps
-    shrink = grid[0] < maps.shape[-2] or grid[1] < maps.shape[-1]
-    return F.interpolate(maps[None], size=tuple(grid), mode="bilinear", align_corners=False, antialias=shrink)[0]
 
 
 def knn_scale(points: Tensor, k: int = 3, chunk: int = 4096) -> Tensor:
@@ -98,6 +95,8 @@ class GaussianField(FeatureField):
         self._perm: Tensor | None = None
         self._cursor = 0
         self._info: dict[str, Any] | None = None
+        self._views: tuple[Cameras, list[View]] | None = None  # training views, prepared once
+        self._feature_views: dict[int, View] = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -157,7 +156,9 @@ class GaussianField(FeatureField):
 
     def _build_strategy(self):
         cfg, steps = self.config, self.max_steps
-        from gsplat.strategy import DefaultStrategy, MCMCStrategy
+        from gsplat.strategy import MCMCStrategy
+
+        from featurefield.fields.splat.strategy import SyncFreeDefaultStrategy
 
         start, stop = cfg.scaled(cfg.refine_start, steps), cfg.scaled(cfg.refine_stop, steps)
         every = max(cfg.scaled(cfg.refine_every, steps), min(cfg.refine_every, 10))
@@ -166,7 +167,7 @@ class GaussianField(FeatureField):
                                     refine_stop_iter=cfg.scaled(25_000, steps), refine_every=every,
                                     min_opacity=cfg.prune_opacity)
             return strategy, strategy.initialize_state()
-        strategy = DefaultStrategy(prune_opa=cfg.prune_opacity, grow_grad2d=cfg.grow_grad2d, refine_start_iter=start,
+        strategy = SyncFreeDefaultStrategy(prune_opa=cfg.prune_opacity, grow_grad2d=cfg.grow_grad2d, refine_start_iter=start,
                                    refine_stop_iter=stop, refine_every=every,
                                    reset_every=cfg.scaled(cfg.reset_every, steps), absgrad=cfg.absgrad)
         return strategy, strategy.initialize_state(scene_scale=self.scene_scale)
@@ -195,41 +196,47 @@ class GaussianField(FeatureField):
         return self.device.type == "cuda" and rasterize_gsplat.available()
 
     # ------------------------------------------------------------------ rasterization
-    def _rgb(self, camera: Cameras, sh_degree: int, gsplat: bool) -> Tensor:
+    def _rgb(self, view: View, sh_degree: int, gsplat: bool) -> Tensor:
         p = self.params
         coeffs = torch.cat([p["sh0"], p["shN"]], 1)
-        campos = camera.c2w[0, :3, 3]
+        campos = view.campos
         if gsplat:
             from gsplat import spherical_harmonics
 
             return torch.clamp_min(spherical_harmonics(sh_degree, p["means"] - campos, coeffs) + 0.5, 0.0)
         return sh_to_colors(sh_degree, p["means"], campos, coeffs)
 
-    def rasterize(self, camera: Cameras, extra: Tensor | None = None, background: Tensor | None = None,
-                  sh_degree: int | None = None, rgb: bool = True, depth: bool = True
+    def _view(self, camera: Cameras | View) -> View:
+        if isinstance(camera, View):
+            return camera
+        if len(camera) != 1:
+            raise ValueError("render takes one camera")
+        return views_of(camera, self.device)[0]
+
+    def rasterize(self, camera: Cameras | View, extra: Tensor | None = None, background: Tensor | None = None,
+                  sh_degree: int | None = None, rgb: bool = True, depth: bool = True, detach_geometry: bool = False
                   ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor, dict]:
         """One rasterization pass of ``[rgb, extra, depth]`` channels.
 
         Args:
-            camera: one canonical camera.
+            camera: one canonical camera (or a prepared :class:`View`).
             extra: ``[P, X]`` per-Gaussian channels rendered with the colour (embeddings, projections).
             background: ``[3]`` colour (extra channels get 0 behind the content).
             sh_degree: SH degree to evaluate (default: all).
             rgb: render colour (False renders only ``extra`` and depth).
             depth: render the expected depth (training skips it: one channel less to rasterize).
+            detach_geometry: no gradient reaches means, rotations, scales or opacities.
         Returns:
             rgb ``[H, W, 3]`` (or None), extra ``[H, W, X]`` (or None), depth ``[H, W, 1]`` (or None),
             alpha ``[H, W, 1]``, and the rasterizer's info dict (``means2d``, ``radii``...).
         """
-        if len(camera) != 1:
-            raise ValueError("render takes one camera")
-        cam = camera.to(self.device)
+        view = self._view(camera)
         use_gsplat = self._use_gsplat()
         p = self.params
         deg = self.config.sh_degree if sh_degree is None else sh_degree
         chans, bgs = [], []
         if rgb:
-            chans.append(self._rgb(cam, deg, use_gsplat))
+            chans.append(self._rgb(view, deg, use_gsplat))
             bgs.append(self.default_background() if background is None else background.to(self.device, torch.float32))
         if extra is not None:
             chans.append(extra)
@@ -238,9 +245,11 @@ class GaussianField(FeatureField):
             raise ValueError("nothing to render")
         colors = torch.cat(chans, -1) if len(chans) > 1 else chans[0]
         bg = torch.cat(bgs)
-        W, H = int(cam.width[0]), int(cam.height[0])
-        args = (p["means"], p["quats"], torch.exp(p["scales"]), torch.sigmoid(p["opacities"]), colors,
-                cam.w2c()[0], cam.K()[0], W, H, bg)
+        W, H = view.width, view.height
+        means, quats, scales, opacities = p["means"], p["quats"], p["scales"], p["opacities"]
+        if detach_geometry:
+            means, quats, scales, opacities = means.detach(), quats.detach(), scales.detach(), opacities.detach()
+        args = (means, quats, torch.exp(scales), torch.sigmoid(opacities), colors, view.viewmat, view.K, W, H, bg)
         kw = dict(near_plane=self.config.near_plane, far_plane=self.config.far_plane, expected_depth=depth)
         try:
             if use_gsplat:
@@ -352,11 +361,37 @@ class GaussianField(FeatureField):
         interval = self.config.scaled(self.config.sh_degree_interval, self.max_steps)
         return min(step // max(interval, 1), self.config.sh_degree)
 
+    def _train_view(self, data: TrainData, i: int) -> View:
+        if self._views is None or self._views[0] is not data.cameras:
+            self._views, self._feature_views = (data.cameras, views_of(data.cameras, self.device)), {}
+        return self._views[1][i]
+
+    def feature_pass_size(self, view: View) -> tuple[int, int] | None:
+        """``(width, height)`` of the separate training pass for the embedding, or None for one joint pass.
+
+        With ``feature_render="separate"`` the embedding is drawn at ``feature_supersample`` times the
+        largest teacher grid (at most the image size), in a pass of its own.
+        """
+        if self.config.feature_render != "separate" or not self.targets or self.config.embed_dim <= 0:
+            return None
+        k = self.config.feature_supersample
+        s = min(1.0, max(max(t.grid[0] * k / view.height, t.grid[1] * k / view.width) for t in self.targets))
+        return max(1, round(view.width * s)), max(1, round(view.height * s))
+
+    def _render_embedding(self, i: int, view: View, size: tuple[int, int]) -> Tensor:
+        """The embedding map ``[h, w, E]`` of training view ``i`` in its own pass (geometry detached by default)."""
+        fview = self._feature_views.get(i)
+        if fview is None:
+            fview = self._feature_views[i] = view.resized(*size)
+        _, emb, _, _, _ = self.rasterize(fview, self.params["embedding"], rgb=False, depth=False,
+                                         detach_geometry=self.config.feature_detach)
+        return emb
+
     def training_loss(self, batch: dict[str, Any], data: TrainData, step: int) -> dict[str, Tensor]:
         """RGB L1 + lambda D-SSIM, plus per-teacher feature losses at each teacher's grid."""
         cfg, dev = self.config, self.device
         i = batch["view"]
-        cam = data.cameras[i]
+        view = self._train_view(data, i)
         gt = data.images[i].to(dev).float() / 255.0  # [H, W, 3]
         known_bg = data.background.to(dev).float() if data.background is not None else torch.zeros(3, device=dev)
         bg = known_bg
@@ -364,8 +399,13 @@ class GaussianField(FeatureField):
             bg = batch["background"].to(dev).float()
             a = data.alphas[i].to(dev).float()[..., None] / 255.0
             gt = gt + (bg - known_bg) * (1 - a)  # re-composite: rgb*a + bg*(1-a)
-        extra = self.params["embedding"] if self.targets and cfg.embed_dim > 0 else None
-        rgb, emb, _, alpha, info = self.rasterize(cam, extra, bg, sh_degree=self.active_sh_degree(step), depth=False)
+        with_features = bool(self.targets) and cfg.embed_dim > 0
+        size = self.feature_pass_size(view) if with_features else None
+        joint = with_features and size is None
+        rgb, emb, _, alpha, info = self.rasterize(view, self.params["embedding"] if joint else None, bg,
+                                                  sh_degree=self.active_sh_degree(step), depth=False)
+        if size is not None:
+            emb = self._render_embedding(i, view, size)
         if info["means2d"].requires_grad:
             info["means2d"].retain_grad()  # the strategy's pre-backward hook
         self._info = info
@@ -375,7 +415,7 @@ class GaussianField(FeatureField):
         out: dict[str, Tensor] = {"rgb": l1.detach(), "ssim": ssim.detach(), "psnr": losses.psnr(rgb, gt)}
         for t in self.targets:
             target = data.features[t.name][i].to(dev, non_blocking=True).float()  # [D, h, w]
-            pred = self.decoders[t.name](resample(emb.permute(2, 0, 1), target.shape[-2:]).permute(1, 2, 0))
+            pred = self.decoders[t.name](resample_hwc(emb, target.shape[-2:]))  # [h, w, D]
             fl = losses.feature_loss(pred.permute(2, 0, 1), target, cfg.feature_loss, dim=0)
             total = total + cfg.feature_weight * t.weight * fl
             out[f"feature/{t.name}"] = fl.detach()
@@ -387,33 +427,39 @@ class GaussianField(FeatureField):
         return out
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """One Adam per Gaussian parameter (as gsplat's strategies expect) and one per decoder."""
+        """One Adam: a group per Gaussian parameter (gsplat's strategies edit them) and one for the decoders.
+
+        One ``step()`` (fused on CUDA) instead of an optimizer per parameter keeps the host's share of a
+        training step small.
+        """
         if self._optimizers is None:
             cfg = self.config
             lrs = {"means": cfg.lr_means * self.scene_scale, "scales": cfg.lr_scales, "quats": cfg.lr_quats,
                    "opacities": cfg.lr_opacities, "sh0": cfg.lr_sh0, "shN": cfg.lr_shN, "embedding": cfg.lr_embedding}
-            fused = self.device.type == "cuda"  # one kernel per parameter instead of a dozen
-            opts: dict[str, torch.optim.Optimizer] = {
-                name: torch.optim.Adam([{"params": [self.params[name]], "lr": lrs[name], "name": name}], eps=1e-15,
-                                       fused=fused)
-                for name in GAUSSIAN_PARAMS
-            }
-            for name, dec in self.decoders.items():
-                opts[f"decoder/{name}"] = torch.optim.Adam(dec.parameters(), lr=cfg.lr_decoder, fused=fused)
-            self._optimizers = opts
+            groups = [{"params": [self.params[name]], "lr": lrs[name], "eps": 1e-15, "name": name}
+                      for name in GAUSSIAN_PARAMS]
+            decoder_params = list(self.decoders.parameters())
+            if decoder_params:
+                groups.append({"params": decoder_params, "lr": cfg.lr_decoder, "eps": 1e-8, "name": "decoders"})
+            self._optimizers = {"adam": torch.optim.Adam(groups, fused=self.device.type == "cuda")}
         return self._optimizers
 
     def schedulers(self) -> dict[str, Any]:
-        """The means LR decays exponentially to ``lr_means_final`` over the run."""
+        """The means LR decays exponentially to ``lr_means_final`` over the run; the others stay."""
+        from featurefield.fields.splat.strategy import GroupLambdaLR
+
         if self._schedulers is None:
             cfg = self.config
             gamma = (cfg.lr_means_final / cfg.lr_means) ** (1.0 / max(self.max_steps, 1))
-            self._schedulers = {"means": torch.optim.lr_scheduler.ExponentialLR(self.optimizers()["means"], gamma)}
+            opt = self.optimizers()["adam"]
+            factors = [(lambda s: gamma**s) if g["name"] == "means" else (lambda s: 1.0) for g in opt.param_groups]
+            self._schedulers = {"lr": GroupLambdaLR(opt, factors)}
         return self._schedulers
 
-    def _gaussian_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        opts = self.optimizers()
-        return {k: opts[k] for k in GAUSSIAN_PARAMS}
+    def _gaussian_optimizers(self) -> dict[str, Any]:
+        from featurefield.fields.splat.strategy import group_optimizers
+
+        return group_optimizers(self.optimizers()["adam"], GAUSSIAN_PARAMS)
 
     def after_step(self, step: int, batch: Any, losses: dict[str, Tensor]) -> None:
         """Post-backward: nothing to do yet; the gradients of ``means2d`` are read after the optimizer step."""

@@ -1,0 +1,157 @@
+"""Parts of the Gaussian field's training step: resampling, the shared Adam, the strategy statistics,
+the separate feature pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from gsplat.strategy import DefaultStrategy
+from gsplat.strategy.ops import duplicate, remove
+
+from featurefield.fields.splat.resample import resample, resample_hwc
+from featurefield.fields.splat.strategy import SyncFreeDefaultStrategy, group_optimizers
+from featurefield.fields.splat.views import views_of
+from tests.conftest import cuda
+from tests.test_splat_field import make_field, run_steps, toy_scene, train_data
+
+
+@pytest.mark.parametrize("size,grid", [((800, 600), (50, 38)), ((32, 48), (64, 20)), ((16, 16), (16, 16))])
+def test_resample_matches_interpolate(size, grid):
+    x = torch.randn(5, *size, dtype=torch.float32)
+    shrink = grid[0] < size[0] or grid[1] < size[1]
+    ref = F.interpolate(x[None], size=grid, mode="bilinear", align_corners=False, antialias=shrink)[0]
+    assert torch.allclose(resample(x, grid), ref, atol=1e-5)
+    assert torch.allclose(resample_hwc(x.permute(1, 2, 0), grid), ref.permute(1, 2, 0), atol=1e-5)
+
+
+def test_sync_free_statistics_equal_gsplats():
+    g = torch.Generator().manual_seed(0)
+    n = 500
+    params = {"means": torch.zeros(n, 3)}
+    means2d = torch.zeros(1, n, 2, requires_grad=True)
+    means2d.grad = torch.randn(1, n, 2, generator=g)
+    radii = torch.randint(0, 3, (1, n, 2), generator=g, dtype=torch.int32)
+    info = {"width": 80, "height": 60, "n_cameras": 1, "radii": radii, "gaussian_ids": None, "means2d": means2d}
+    ours, ref = SyncFreeDefaultStrategy(refine_scale2d_stop_iter=100), DefaultStrategy(refine_scale2d_stop_iter=100)
+    s_ours, s_ref = ours.initialize_state(), ref.initialize_state()
+    for _ in range(3):
+        ours._update_state(params, s_ours, info)
+        ref._update_state(params, s_ref, info)
+    assert (radii > 0).all(-1).sum() < n  # some invisible Gaussians are left out
+    for key in ("grad2d", "count", "radii"):
+        assert torch.allclose(s_ours[key], s_ref[key], atol=1e-6), key
+
+
+def test_shared_adam_equals_one_adam_per_parameter_and_follows_densification():
+    torch.manual_seed(0)
+    scene, feats = toy_scene(n_views=3)
+    data = train_data(scene, feats)
+    field = make_field(scene, feats, steps=100)
+    ref = {name: p.detach().clone().requires_grad_(True) for name, p in field.params.items()}
+    lrs = {g["name"]: g["lr"] for g in field.optimizers()["adam"].param_groups}
+    ref_opts = {name: torch.optim.Adam([p], lr=lrs[name], eps=1e-15) for name, p in ref.items()}
+    for name, p in field.params.items():
+        grad = torch.randn_like(p)
+        p.grad, ref[name].grad = grad.clone(), grad.clone()
+        ref_opts[name].step()
+    field.optimizers()["adam"].step()
+    for name, p in field.params.items():
+        assert torch.allclose(p, ref[name], atol=1e-6), name
+
+    # gsplat's ops edit the shared optimizer through the per-group views
+    views = group_optimizers(field.optimizers()["adam"], tuple(field.params.keys()))
+    n = field.num_gaussians
+    state = {"grad2d": torch.zeros(n), "count": torch.zeros(n)}
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[:7] = True
+    duplicate(field.params, views, state, mask)
+    remove(field.params, views, state, torch.arange(n + 7) % 5 == 0)
+    m = n + 7 - len(range(0, n + 7, 5))
+    opt = field.optimizers()["adam"]
+    for group in opt.param_groups[:len(field.params)]:
+        p = group["params"][0]
+        assert p is field.params[group["name"]] and p.shape[0] == m
+        assert opt.state[p]["exp_avg"].shape == p.shape
+    losses = run_steps(field, data, 3)  # trains on after the edits
+    assert torch.isfinite(losses["loss"])
+
+
+def test_separate_feature_pass_size_and_detached_geometry():
+    torch.manual_seed(0)
+    scene, feats = toy_scene(n_views=3, size=64, grid=(4, 4))
+    data = train_data(scene, feats)
+    view = views_of(scene.canonical_cameras()[:1])[0]
+    assert make_field(scene, feats, 10).feature_pass_size(view) is None  # default: one joint pass
+    assert make_field(scene, feats, 10, feature_render="separate").feature_pass_size(view) == (16, 16)  # 4 x grid
+    assert make_field(scene, feats, 10, feature_render="separate", feature_supersample=32).feature_pass_size(view) == (64, 64)
+
+    torch.manual_seed(0)
+    field = make_field(scene, feats, 10)
+    with torch.no_grad():
+        field.params["embedding"].normal_()
+        field.params["scales"].add_(torch.randn_like(field.params["scales"]) * 0.3)  # rotations matter too
+    state = {k: v.clone() if torch.is_tensor(v) else v for k, v in field.state_dict().items()}
+
+    def grads(weight: float, **cfg):
+        fld = make_field(scene, feats, 10, feature_weight=weight, **cfg)
+        fld.load_state_dict(state)
+        fld.training_loss({"view": 0}, data, 0)["loss"].backward()
+        return fld, {k: fld.params[k].grad.clone() for k in ("means", "scales", "quats", "opacities", "embedding")}
+
+    field, separate = grads(1.0, feature_render="separate")
+    _, colour_only = grads(0.0, feature_render="separate")
+    assert separate["embedding"].abs().sum() > 0
+    for name in ("means", "scales", "quats", "opacities"):  # detached: features never move the geometry
+        assert torch.allclose(separate[name], colour_only[name], atol=1e-7), name
+    _, attached = grads(1.0, feature_render="separate", feature_detach=False)
+    joint, joint_grads = grads(1.0, feature_render="joint")
+    for moved in (attached, joint_grads):  # otherwise they do
+        assert not torch.allclose(moved["means"], colour_only["means"])
+    with torch.no_grad():  # the low-resolution pass sees the same features at the teacher's grid
+        low = resample_hwc(field._render_embedding(0, view, (16, 16)), (4, 4))
+        full = resample_hwc(joint.rasterize(view, joint.params["embedding"], rgb=False, depth=False)[1], (4, 4))
+    assert F.cosine_similarity(low.reshape(-1, 16), full.reshape(-1, 16), dim=-1).mean() > 0.97
+
+
+def test_training_with_separate_feature_pass_fits_colour_and_features():
+    torch.manual_seed(0)
+    scene, feats = toy_scene(size=48, grid=(6, 6))
+    data = train_data(scene, feats)
+    field = make_field(scene, feats, steps=80, feature_render="separate", feature_supersample=4)
+    first = run_steps(field, data, 1)
+    last = run_steps(field, data, 79, start=1)
+    assert last["psnr"] > first["psnr"] + 5
+    assert last["feature/toy"] < 0.8 * first["feature/toy"]
+
+
+def _loss_and_grads(rasterizer: str, mode: str, device: str):
+    """Training loss and parameter gradients of one step of a fixed toy field (SH degree 1 active)."""
+    torch.manual_seed(0)
+    scene, feats = toy_scene(n_views=3, size=64, grid=(4, 4))
+    data = train_data(scene, feats)
+    data = type(data)(data.cameras.to(device), data.images.to(device), data.alphas.to(device),
+                      {k: v.to(device) for k, v in data.features.items()}, data.background.to(device))
+    torch.manual_seed(1)
+    fld = make_field(scene, feats, 10, feature_render=mode, rasterizer=rasterizer)
+    with torch.no_grad():
+        fld.params["embedding"].normal_()
+        fld.params["shN"].normal_(std=0.1)
+        fld.params["scales"].add_(torch.randn_like(fld.params["scales"]) * 0.3)  # anisotropic: rotations matter
+    fld = fld.to(device)
+    out = fld.training_loss({"view": 1}, data, 5)
+    out["loss"].backward()
+    grads = {k: p.grad if p.grad is not None else torch.zeros_like(p) for k, p in fld.params.items()}
+    return float(out["loss"].detach()), grads
+
+
+@cuda
+@pytest.mark.parametrize("mode", ["joint", "separate"])
+def test_training_loss_on_gsplat_matches_the_torch_twin(mode):
+    """A whole training loss (colour, SSIM, features through the decoder) and its gradients, gsplat vs torch."""
+    pytest.importorskip("gsplat")
+    l1, g1 = _loss_and_grads("torch", mode, "cuda")
+    l2, g2 = _loss_and_grads("gsplat", mode, "cuda")
+    assert abs(l1 - l2) < 1e-4 * max(1.0, abs(l1))
+    for k in g1:
+        assert float((g1[k] - g2[k]).norm()) <= 2e-3 * float(g2[k].norm()) + 1e-8, k
