@@ -10,6 +10,7 @@ of two, arithmetic on 32-bit words).
 
 The table is one parameter ``[L, T, F]``; the encoding is ``[N, L * F]``, level-major.
 :func:`hash_encode_torch` is the reference (autograd gives the backward);
+:func:`hash_encode_scatter` computes the same with a hand-written table gradient (the CPU path);
 :mod:`featurefield.fields.nerf.hashgrid_triton` is the fused kernel used on CUDA.
 """
 
@@ -72,6 +73,83 @@ def hash_encode_torch(x: Tensor, table: Tensor, resolutions: Tensor, dense: Tens
     return out.reshape(N, L * F)
 
 
+class _GatherScatter(torch.autograd.Function):
+    """``out[n, l, f] = sum_c w[n, l, c] * table[idx[n, l, c], f]``, gradient w.r.t. the table only."""
+
+    @staticmethod
+    def forward(ctx, table: Tensor, idx: Tensor, w: Tensor) -> Tensor:
+        L, T, F = table.shape
+        N = idx.shape[0]
+        flat = idx.reshape(-1)
+        # one feature at a time: 1-D index_select and a contiguous product are several times faster on CPU
+        # than gathering [N, L, 8, F] rows and multiplying with a broadcast weight
+        rows = table.detach().reshape(L * T, F)
+        out = torch.empty(N, L, F, dtype=torch.result_type(table, w), device=w.device)
+        for f in range(F):
+            torch.sum(rows[:, f].index_select(0, flat).reshape(N, L, 8) * w, -1, out=out[..., f])
+        ctx.save_for_backward(idx, w)
+        ctx.table_shape, ctx.table_dtype = (L, T, F), table.dtype
+        return out.reshape(N, L * F)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        idx, w = ctx.saved_tensors
+        L, T, F = ctx.table_shape
+        g = grad_out.reshape(idx.shape[0], L, F)
+        flat = idx.reshape(-1).long()
+        grad = torch.zeros(F, L * T, dtype=ctx.table_dtype, device=w.device)
+        for f in range(F):
+            grad[f].scatter_add_(0, flat, (w * g[..., f, None]).reshape(-1).to(ctx.table_dtype))
+        return grad.t().reshape(L, T, F), None, None
+
+
+def hash_encode_scatter(x: Tensor, table: Tensor, resolutions: Tensor, dense: Tensor) -> Tensor:
+    """:func:`hash_encode_torch` with a hand-written backward, 2-3x faster on CPU; no gradient w.r.t. ``x``.
+
+    Vertex indices are int32 where they fit, and hashing multiplies by the primes reduced mod ``T``
+    (the low bits of a product only depend on the low bits of its factors). Dense levels must come
+    first (they do: resolutions grow with the level).
+
+    Args:
+        x: ``[N, 3]`` points in ``[0, 1]^3`` (clamped); table: ``[L, T, F]``;
+        resolutions: ``[L]`` int64; dense: ``[L]`` bool.
+    Returns:
+        ``[N, L * F]`` in the table's dtype promoted with ``x``'s.
+    """
+    L, T, F = table.shape
+    N, dev = x.shape[0], x.device
+    res_list, dense_list = resolutions.tolist(), dense.tolist()
+    num_dense = int(sum(dense_list))
+    if any(dense_list[num_dense:]):
+        raise ValueError("hash_encode_scatter needs the dense levels first")
+    itype = torch.int32 if max(max(res_list) * T, L * T) < 2**31 else torch.int64
+    resf = resolutions.to(dev, x.dtype)
+    pos = x.detach().clamp(0.0, 1.0)[:, None, :] * resf[None, :, None]  # [N, L, 3]
+    cell = torch.minimum(pos.floor(), (resf - 1)[None, :, None])  # x == 1 stays in the last cell
+    frac = pos - cell
+    # trilinear weights, corner c = bx + 2 by + 4 bz: [N, L, 8]
+    w1 = torch.stack([1 - frac, frac], -1)  # [N, L, 3, 2]
+    wxy = (w1[:, :, 1, :, None] * w1[:, :, 0, None, :]).reshape(N, L, 4)
+    w = (w1[:, :, 2, :, None] * wxy[:, :, None, :]).reshape(N, L, 8)
+    # per-axis vertex terms [N, L, 3, 2]: (1, R + 1, (R + 1)^2) on dense levels, the primes on hashed ones
+    dense_mult = [[1, r + 1, (r + 1) ** 2] for r in res_list]
+    mult = [dense_mult[l] if l < num_dense else [p % T for p in PRIMES] for l in range(L)]
+    vert = cell.to(itype)[..., None] + torch.tensor([0, 1], dtype=itype, device=dev)
+    terms = vert * torch.tensor(mult, dtype=itype, device=dev)[None, :, :, None]
+    parts = []
+    if num_dense:
+        a = terms[:, :num_dense]
+        xy = (a[:, :, 1, :, None] + a[:, :, 0, None, :]).reshape(N, num_dense, 1, 4)
+        parts.append((xy + a[:, :, 2, :, None]).reshape(N, num_dense, 8))
+    if num_dense < L:
+        a = terms[:, num_dense:]
+        xy = (a[:, :, 1, :, None] ^ a[:, :, 0, None, :]).reshape(N, L - num_dense, 1, 4)
+        parts.append((xy ^ a[:, :, 2, :, None]).reshape(N, L - num_dense, 8))
+    idx = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+    idx = (idx & (T - 1)) | (torch.arange(L, dtype=itype, device=dev) * T)[None, :, None]  # T is a power of two
+    return _GatherScatter.apply(table, idx, w)
+
+
 def triton_available() -> bool:
     """True when Triton imports (it needs a CUDA GPU at run time, or ``TRITON_INTERPRET=1``)."""
     try:
@@ -130,8 +208,10 @@ class HashGrid(nn.Module):
             from featurefield.fields.nerf.hashgrid_triton import hash_encode_triton
 
             return hash_encode_triton(x, self.table, self.resolutions, self.dense, self.table_dtype)
-        return hash_encode_torch(x.float(), fp16_rounded(self.table) if self.table_dtype == "float16" else self.table,
-                                 self.resolutions, self.dense)
+        table = fp16_rounded(self.table) if self.table_dtype == "float16" else self.table
+        if x.device.type == "cpu" and not x.requires_grad:
+            return hash_encode_scatter(x.float(), table, self.resolutions, self.dense)
+        return hash_encode_torch(x.float(), table, self.resolutions, self.dense)
 
 
 def fp16_rounded(table: Tensor) -> Tensor:
