@@ -111,6 +111,42 @@ nerf-resume)
         | tr '\r' '\n' | grep -v "━" | tail -20
     mkdir -p "$OUT/nerf"; cp runs/lego-nerf/metrics.json* runs/lego-nerf/config.json "$OUT/nerf/" 2>/dev/null
     ;;
+sweep)  # concurrent lego runs sharing the GPU (quality only: their times are not measurements)
+    # usage: sweep STEPS NAME=ARGS...   e.g. sweep 10000 e8="--splat.embed-dim 8" nofeat="--no-features"
+    merge_lego
+    steps=$2; shift 2
+    export FEATUREFIELD_CACHE=$PWD/runs/cache-splat OMP_NUM_THREADS=2  # the features of a finished run
+    for spec in "$@"; do
+        name=${spec%%=*}; args=${spec#*=}
+        ( timeout "${SWEEP_LIMIT:-540}" python3 -m featurefield.cli train "$LEGO" --field splat --teacher sam \
+              --weights "$ENC" --output "runs/sweep-$name" --steps "$steps" --checkpoint-every 1000 $args 2>&1 \
+              | tr '\r' '\n' | grep -v "━" | tail -6 > "$OUT/sweep-$name.log" ) &
+    done
+    wait
+    bash "$0" sweep-eval
+    ;;
+sweep-resume)  # continue every unfinished sweep run, then evaluate them all
+    merge_lego
+    export FEATUREFIELD_CACHE=$PWD/runs/cache-splat OMP_NUM_THREADS=2
+    for run in runs/sweep-*; do
+        [ -f "$run/metrics.json" ] && continue
+        ( timeout "${SWEEP_LIMIT:-540}" python3 -m featurefield.cli train "$LEGO" --output "$run" --resume 2>&1 \
+              | tr '\r' '\n' | grep -v "━" | tail -6 > "$OUT/$(basename "$run")-resume.log" ) &
+    done
+    wait
+    bash "$0" sweep-eval
+    ;;
+sweep-eval)  # evaluate the finished sweep runs on the test views present, two at a time; one table
+    export FEATUREFIELD_CACHE=$PWD/runs/cache-splat OMP_NUM_THREADS=4
+    for run in runs/sweep-*; do
+        name=$(basename "$run")
+        [ -f "$run/metrics.json" ] && [ ! -f "$OUT/$name.json" ] && \
+            timeout "${EVAL_LIMIT:-300}" python3 -m featurefield.cli eval "$run" --output "$OUT/$name.json" > "$OUT/$name-eval.log" 2>&1 &
+        [ "$(jobs -r | wc -l)" -ge 2 ] && wait -n
+    done
+    wait
+    python3 bench/sweep_table.py "$OUT" runs/sweep-*
+    ;;
 tests)
     timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_splat_training_parts.py tests/test_splat_rasterizer.py \
         tests/test_hashgrid.py 2>&1 | tail -8

@@ -220,7 +220,8 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
                 s["teacher"] += confusion_matrix(_upsample_labels(pred_t, (H, W)), gt_labels, ncls)
 
     out["image"] = {"psnr": _mean(img["psnr"]), "ssim": _mean(img["ssim"]),
-                    "lpips": _mean(img["lpips"]) if img["lpips"] else (lp.describe() if lp else "not computed")}
+                    "lpips": _mean(img["lpips"]) if img["lpips"] else (lp.describe() if lp else "not computed"),
+                    "psnr_per_view": {int(v): round(float(p), 3) for v, p in zip(views, img["psnr"])}}
     out["features"] = {t: {k: _mean(v) for k, v in d.items()} for t, d in fid.items()}
     if sam is not None:
         if "unavailable" in sam:

@@ -63,6 +63,8 @@ def test_evaluate_run_reports_every_section(demo_run):
 
     m = evaluate_run(demo_run, max_views=3, progress=False)
     assert m["views"] == 3 and m["image"]["psnr"] > 8 and 0 < m["image"]["ssim"] <= 1
+    per_view = m["image"]["psnr_per_view"]
+    assert len(per_view) == 3 and abs(sum(per_view.values()) / 3 - m["image"]["psnr"]) < 1e-2
     assert isinstance(m["image"]["lpips"], float) or m["image"]["lpips"].startswith("unavailable (")
     for t in ("toycolour", "toytext"):
         assert -1 <= m["features"][t]["cosine"] <= 1 and m["features"][t]["rel_l2"] >= 0
