@@ -10,11 +10,14 @@
 #   bash bench/device_lego.sh resume    # continue the splat run (if a call's limit stopped it), then eval
 #   bash bench/device_lego.sh nerf [STEPS] [EXTRA...]    # featurefield train ... --field nerf (SAM cache of the splat run)
 #   bash bench/device_lego.sh nerf-resume                # continue it; the trainer's final eval covers all test views
+#   bash bench/device_lego.sh sweep STEPS NAME=ARGS...  # concurrent runs sharing the GPU (quality only), then eval
+#   bash bench/device_lego.sh sweep-resume | sweep-eval  # continue / evaluate the sweep runs
+#   bash bench/device_lego.sh eval-run RUN; bash bench/device_lego.sh views RUN [N]  # eval; worst views as PNGs
 #   bash bench/device_lego.sh tests     # the CUDA tests (gsplat vs torch twin, Triton hash grid)
 #
 # Carried (git-ignored, made by bench/carry_tools.py): .carry/whl_gpu (wheels missing there),
 # .carry/sam16 and .carry/samdec16 (SAM encoder and prompt decoder, fp16 weights), .carry/lego_a
-# (train views + test views 0-9), .carry/lego_b (test views 10-199). Logs go to $OUT.
+# (train views + test views r_6-r_9, among the hardest), .carry/lego_b (the other 196). Logs go to $OUT.
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
@@ -146,6 +149,14 @@ sweep-eval)  # evaluate the finished sweep runs on the test views present, two a
     done
     wait
     python3 bench/sweep_table.py "$OUT" runs/sweep-*
+    ;;
+eval-run)  # eval-run RUN [ARGS]: featurefield eval of any run folder (e.g. a sweep's last checkpoint)
+    export FEATUREFIELD_CACHE=$PWD/runs/cache-splat
+    timeout "${EVAL_LIMIT:-300}" python3 -m featurefield.cli eval "$2" --output "$OUT/$(basename "$2").json" "${@:3}" 2>&1 | tail -30
+    ;;
+views)  # views RUN [N]: the N worst test views of RUN (after eval-run) beside their ground truth, PNGs in $OUT
+    python3 bench/render_views.py "$2" --eval "$OUT/$(basename "$2").json" --worst "${3:-6}" --views 100 116 \
+        --out "$OUT/views-$(basename "$2")" 2>&1 | tail -20
     ;;
 tests)
     timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_splat_training_parts.py tests/test_splat_rasterizer.py \
