@@ -7,7 +7,8 @@ Protocol (all on the held-out test views, at the scene's image size):
   between the render and the ground-truth image composited on the scene's background.
 * **Feature fidelity**, per teacher: mean per-position cosine similarity and relative L2
   (``||rendered - teacher|| / ||teacher||``) between the field's features decoded on the teacher's
-  grid and the teacher's features of the real test image.
+  grid and the teacher's features of the real test image; where the scene has alpha or depth, also
+  the cosine over object-interior, silhouette and background cells (:func:`content_regions`).
 * **SAM masks** (runs with the ``sam`` teacher and its prompt decoder present): the same box prompts
   go to the SAM decoder twice, once with the field's rendered features and once with the teacher's
   features of the real image; we report the IoU between the two masks, and each mask's IoU with the
@@ -39,7 +40,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from featurefield.errors import FeatureFieldError
-from featurefield.metrics import Lpips, confusion_matrix, feature_fidelity, mask_iou, miou, psnr, ssim
+from featurefield.metrics import (REGIONS, Lpips, confusion_matrix, content_regions, cosine_map, feature_fidelity,
+                                  mask_iou, miou, psnr, ssim)
 from featurefield.run import Run, atomic_write_json, load_run
 
 
@@ -122,6 +124,16 @@ def _sam_boxes(scene, view: int, min_area: float = 0.005, max_boxes: int = 6) ->
     return boxes, masks, "instances"
 
 
+def _coverage(scene, view: int) -> Tensor | None:
+    """``[H, W]`` scene content of a view in [0, 1]: ground-truth alpha, else depth > 0, else None."""
+    alpha = scene.alpha(view)
+    if alpha is not None:
+        return alpha.reshape(alpha.shape[0], alpha.shape[1]).float()
+    if scene.depths is not None:
+        return (scene.depth(view) > 0).float()
+    return None
+
+
 def _mean(xs: list[float]) -> float:
     xs = [x for x in xs if not math.isnan(x)]
     return float(np.mean(xs)) if xs else float("nan")
@@ -152,6 +164,7 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
     lp = Lpips("alex", run.device) if lpips else None
     img = {"psnr": [], "ssim": [], "lpips": []}
     fid = {t: {"cosine": [], "rel_l2": []} for t in teachers}
+    by_region = {t: torch.zeros(2, len(REGIONS), dtype=torch.float64) for t in teachers}  # cosine sums, cells
     depths: list[Tensor] = []
     depth_source = "scene" if scene.depths is not None else "rendered"
 
@@ -200,6 +213,12 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
             pred = fld.decode(r, t, tuple(target.shape[-2:])).float()
             for key, val in feature_fidelity(pred, target).items():
                 fid[t][key].append(val)
+            coverage = _coverage(scene, v)
+            if coverage is not None:
+                regions = content_regions(coverage.to(run.device), tuple(target.shape[-2:]))
+                cos = cosine_map(pred, target).double()
+                by_region[t][0].index_add_(0, regions.flatten().cpu(), cos.flatten().cpu())
+                by_region[t][1].index_add_(0, regions.flatten().cpu(), torch.ones(cos.numel(), dtype=torch.float64))
             if t == "sam" and sam is not None and "unavailable" not in sam:
                 boxes, gts, kind = _sam_boxes(scene, v)
                 sam["gt"] = kind
@@ -223,6 +242,11 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
                     "lpips": _mean(img["lpips"]) if img["lpips"] else (lp.describe() if lp else "not computed"),
                     "psnr_per_view": {int(v): round(float(p), 3) for v, p in zip(views, img["psnr"])}}
     out["features"] = {t: {k: _mean(v) for k, v in d.items()} for t, d in fid.items()}
+    for t, (sums, cells) in by_region.items():
+        if cells.sum() > 0:
+            out["features"][t]["cosine_by_region"] = {
+                name: {"cosine": float(sums[i] / cells[i]) if cells[i] else float("nan"),
+                       "share": float(cells[i] / cells.sum())} for i, name in enumerate(REGIONS)}
     if sam is not None:
         if "unavailable" in sam:
             out["sam"] = sam
@@ -283,9 +307,12 @@ def metrics_table(metrics: dict):
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in metrics["image"].items():
-        table.add_row(k.upper(), fmt(v))
+        if not isinstance(v, dict):  # psnr_per_view stays in the JSON
+            table.add_row(k.upper(), fmt(v))
     for t, d in metrics.get("features", {}).items():
         table.add_row(f"{t} feature cosine", fmt(d["cosine"]))
+        for name, r in d.get("cosine_by_region", {}).items():
+            table.add_row(f"  {name} cells ({r['share']:.0%})", fmt(r["cosine"]))
         table.add_row(f"{t} feature rel. L2", fmt(d["rel_l2"]))
     sam = metrics.get("sam")
     if sam:

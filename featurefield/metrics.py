@@ -4,7 +4,8 @@
 * :class:`Lpips`: torchmetrics LPIPS; its backbone needs ImageNet weights from the torch hub cache,
   which cannot be downloaded here, so when they are absent the metric reports
   ``"unavailable (reason)"`` instead of failing or inventing a number.
-* :func:`feature_fidelity`: mean cosine similarity and relative L2 between rendered and teacher features.
+* :func:`feature_fidelity`: mean cosine similarity and relative L2 between rendered and teacher features;
+  :func:`content_regions` splits a teacher grid into object interior, silhouette and background cells.
 * :func:`mask_iou`, :func:`confusion_matrix` / :func:`miou` (semantic mIoU), :func:`pck`.
 """
 
@@ -107,6 +108,35 @@ def feature_fidelity(pred: Tensor, target: Tensor, mask: Tensor | None = None) -
     cos = F.cosine_similarity(p, t, dim=0, eps=1e-8).mean()
     rel = (p - t).norm() / t.norm().clamp_min(1e-12)
     return {"cosine": float(cos), "rel_l2": float(rel)}
+
+
+REGIONS = ("interior", "silhouette", "background")
+
+
+def content_regions(coverage: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Class the cells of a teacher grid by how much scene content covers them.
+
+    Args:
+        coverage: ``[H, W]`` in [0, 1]: the image's content (ground-truth alpha, or depth > 0).
+        grid: the teacher's ``(h, w)``.
+    Returns:
+        ``[h, w]`` int64 region ids, indices into :data:`REGIONS`: 0 interior (the cell and its 8
+        neighbours fully covered), 2 background (the cell and its neighbours empty), 1 silhouette (the
+        rest). A teacher's features spill past object outlines (patches, convolutions); a field that
+        stops sharply at the object loses its fidelity in the silhouette cells.
+    """
+    cov = F.interpolate(coverage.float()[None, None], size=grid, mode="area")
+    full = -F.max_pool2d(-cov, 3, 1, 1)[0, 0] >= 0.99  # min over the 3 x 3 neighbourhood
+    empty = F.max_pool2d(cov, 3, 1, 1)[0, 0] <= 0.01
+    regions = torch.ones(grid, dtype=torch.int64, device=coverage.device)
+    regions[full] = 0
+    regions[empty] = 2
+    return regions
+
+
+def cosine_map(pred: Tensor, target: Tensor) -> Tensor:
+    """Per-position cosine similarity ``[h, w]`` of two ``[D, h, w]`` feature maps."""
+    return F.cosine_similarity(pred.float(), target.float().to(pred.device), dim=0, eps=1e-8)
 
 
 def mask_iou(a: Tensor, b: Tensor) -> float:

@@ -68,6 +68,12 @@ def test_evaluate_run_reports_every_section(demo_run):
     assert isinstance(m["image"]["lpips"], float) or m["image"]["lpips"].startswith("unavailable (")
     for t in ("toycolour", "toytext"):
         assert -1 <= m["features"][t]["cosine"] <= 1 and m["features"][t]["rel_l2"] >= 0
+        # the demo scene has depth: the cosine split by content region adds up to the mean cosine
+        regions = m["features"][t]["cosine_by_region"]
+        assert set(regions) == {"interior", "silhouette", "background"}
+        assert abs(sum(r["share"] for r in regions.values()) - 1) < 1e-6
+        weighted = sum(r["share"] * r["cosine"] for r in regions.values() if r["share"] > 0)
+        assert abs(weighted - m["features"][t]["cosine"]) < 1e-4
         pck = m["pck"][t]
         assert pck["depth"] == "scene" and pck["points"] > 0
         assert 0 <= pck["pck@0.01"] <= pck["pck@0.02"] <= pck["pck@0.05"] <= 1

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from featurefield.metrics import LPIPS_BACKBONES, Lpips, confusion_matrix, feature_fidelity, mask_iou, miou, pck, psnr, ssim
+from featurefield.metrics import (LPIPS_BACKBONES, Lpips, confusion_matrix, content_regions, cosine_map, feature_fidelity,
+                                  mask_iou, miou, pck, psnr, ssim)
 
 
 def test_psnr_and_ssim():
@@ -38,6 +39,27 @@ def test_feature_fidelity():
     noisy = t.clone()
     noisy[:, 1:] = torch.randn(8, 4, 6)
     assert math.isclose(feature_fidelity(noisy, t, mask)["cosine"], 1.0, rel_tol=1e-5)
+
+
+def test_content_regions_split_interior_silhouette_background():
+    # a 40 x 40 image, content in rows/columns 8..31, on a 10 x 10 grid of 4-pixel cells: cells 2..7 covered
+    cov = torch.zeros(40, 40)
+    cov[8:32, 8:32] = 1
+    r = content_regions(cov, (10, 10))
+    assert r[4, 4] == 0 and r[3, 3] == 0 and r[6, 6] == 0  # interior: the cell and its neighbours covered
+    assert r[2, 4] == 1 and r[1, 4] == 1 and r[8, 4] == 1  # an edge cell, and empty cells touching the object
+    assert r[0, 0] == 2 and r[9, 9] == 2 and r[0, 4] == 2  # two cells away: background
+    assert int((r == 0).sum()) == 16 and int((r == 1).sum()) == 64 - 16 and int((r == 2).sum()) == 100 - 64
+    # a half-covered cell is silhouette even inside
+    cov[18:20, 18:20] = 0
+    assert content_regions(cov, (10, 10))[4, 4] == 1
+
+
+def test_cosine_map_matches_the_mean_cosine():
+    p, t = torch.randn(8, 5, 6), torch.randn(8, 5, 6)
+    c = cosine_map(p, t)
+    assert c.shape == (5, 6) and abs(float(c.mean()) - feature_fidelity(p, t)["cosine"]) < 1e-6
+    assert torch.allclose(cosine_map(t, t), torch.ones(5, 6), atol=1e-6)
 
 
 def test_mask_iou_and_miou():
