@@ -189,8 +189,9 @@ class Trainer:
         train_views, test_views = list(scene.split["train"]), list(scene.split.get("test", []))
         if not train_views:
             raise FeatureFieldError(f"{scene.source or scene.name}: the scene has no training views")
-        store = FeatureStore(self.config.cache_dir)
-        features, self.test_features, self.targets = {}, {}, []
+        store = self._store = FeatureStore(self.config.cache_dir)
+        features, self.targets = {}, []
+        self._test_features: dict[str, dict[int, Tensor]] = {}  # filled when an evaluation needs them
         H, W = int(scene.cameras.height[train_views[0]]), int(scene.cameras.width[train_views[0]])
         self.teachers = {}
         for spec in self.teacher_specs:
@@ -199,10 +200,6 @@ class Trainer:
             features[spec["name"]] = store.load_or_extract(scene, teacher, train_views, device=dev,
                                                            batch_size=self.config.feature_batch,
                                                            progress=self.config.progress)
-            if test_views:
-                self.test_features[spec["name"]] = store.load_or_extract(
-                    scene, teacher, test_views, device=dev, batch_size=self.config.feature_batch,
-                    progress=self.config.progress)
             self.targets.append(TeacherTarget(spec["name"], teacher.dim, tuple(teacher.feature_grid(H, W)), spec["weight"]))
         features = {name: _resident(f, dev) for name, f in features.items()}
         images, alphas = _images_uint8(scene, train_views, dev)
@@ -255,6 +252,20 @@ class Trainer:
                 "sessions": before["sessions"] + 1}
 
     # ------------------------------------------------------------------ evaluation
+    def test_features(self, teacher: str, views: list[int]) -> list[Tensor]:
+        """Teacher features ``[D, h, w]`` of test views, extracted (or read from the cache) on first use.
+
+        Training never needs them, so a run starts fitting after extracting the training views only;
+        the evaluations pay for the test views they look at.
+        """
+        have = self._test_features.setdefault(teacher, {})
+        missing = [v for v in views if v not in have]
+        if missing:
+            feats = self._store.load_or_extract(self.scene, self.teachers[teacher], missing, device=self.device,
+                                                batch_size=self.config.feature_batch, progress=False)
+            have.update(zip(missing, feats))
+        return [have[v] for v in views]
+
     @torch.no_grad()
     def evaluate(self, fld: FeatureField, max_views: int | None) -> dict[str, float]:
         views = self.test_views if max_views is None else self.test_views[:: max(1, math.ceil(len(self.test_views) / max_views))]
@@ -262,6 +273,7 @@ class Trainer:
             return {}
         cams = self.scene.canonical_cameras()
         psnrs, cos = [], {t.name: [] for t in self.targets}
+        targets = {t.name: self.test_features(t.name, views) for t in self.targets}
         was_training = fld.training
         fld.eval()
         for k, i in enumerate(views):
@@ -270,8 +282,7 @@ class Trainer:
             mse = ((r.rgb.clamp(0, 1) - gt) ** 2).mean()
             psnrs.append(float(-10 * torch.log10(mse.clamp_min(1e-10))))
             for t in self.targets:
-                pos = self.test_views.index(i)
-                target = self.test_features[t.name][pos].to(self.device, torch.float32)
+                target = targets[t.name][k].to(self.device, torch.float32)
                 pred = fld.decode(r, t.name, tuple(target.shape[-2:]))
                 cos[t.name].append(float(torch.nn.functional.cosine_similarity(pred, target, dim=0).mean()))
         fld.train(was_training)
@@ -390,7 +401,9 @@ class Trainer:
         if self.device.type == "cuda":
             summary["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
             summary["gpu"] = torch.cuda.get_device_name(self.device)
+        t_eval = time.perf_counter()
         summary.update(self.evaluate(fld, None))
+        summary["eval_seconds"] = time.perf_counter() - t_eval  # test-view features included
         summary.update({k: float(v) for k, v in fld.stats().items()})
         atomic_write_json(self.run_dir / "metrics.json", summary)
         with open(log_path, "a") as f:

@@ -145,3 +145,38 @@ def test_nan_loss_stops_with_the_last_good_checkpoint_kept(tmp_path, monkeypatch
     ckpt = torch.load(run_dir / CHECKPOINT, weights_only=False)
     assert ckpt["step"] == 4  # written before the first bad step; never overwritten with NaNs
     assert all(torch.isfinite(v).all() for v in ckpt["field_state"].values() if torch.is_tensor(v) and v.is_floating_point())
+
+
+def test_test_view_features_are_extracted_only_when_an_evaluation_needs_them(tmp_path):
+    import torch.nn.functional as F
+
+    from featurefield.data import load_scene
+    from featurefield.teachers.base import Teacher, register_teacher
+    from featurefield.train import Trainer
+
+    seen: list[int] = []
+
+    class CountingTeacher(Teacher):
+        dim = 4
+
+        def feature_grid(self, height, width):
+            return height // 4, width // 4
+
+        def extract(self, images):
+            seen.append(len(images))
+            return F.avg_pool2d(images.float(), 4)[:, [0, 1, 2, 0]]
+
+        def settings(self):
+            return {"name": "toycount", "dim": 4, "version": 1}
+
+    register_teacher("toycount")(lambda **o: CountingTeacher())
+    scene = load_scene("demo:1", **DEMO)
+    train_views, test_views = scene.split["train"], scene.split["test"]
+    trainer = Trainer(tmp_path / "run", scene, {}, "splat", None, [parse_teacher("toycount")],
+                      TrainConfig(device="cpu", progress=False, cache_dir=tmp_path / "cache"))
+    trainer.prepare()
+    assert sum(seen) == len(train_views)  # the training views only
+    first = trainer.test_features("toycount", test_views[:1])
+    assert sum(seen) == len(train_views) + 1 and first[0].shape == (4, 8, 8)
+    both = trainer.test_features("toycount", test_views[:2])
+    assert sum(seen) == len(train_views) + 2 and torch.equal(both[0], first[0])  # the first one is kept
