@@ -8,7 +8,9 @@ Protocol (all on the held-out test views, at the scene's image size):
 * **Feature fidelity**, per teacher: mean per-position cosine similarity and relative L2
   (``||rendered - teacher|| / ||teacher||``) between the field's features decoded on the teacher's
   grid and the teacher's features of the real test image; where the scene has alpha or depth, also
-  the cosine over object-interior, silhouette and background cells (:func:`content_regions`).
+  the cosine over object-interior, silhouette and background cells (:func:`content_regions`). A field
+  trained with a 2D model of the teacher's spill past outlines (``--splat.feature-spill``) is compared
+  through it; ``cosine_without_spill`` gives its features without that model.
 * **SAM masks** (runs with the ``sam`` teacher and its prompt decoder present): the same box prompts
   go to the SAM decoder twice, once with the field's rendered features and once with the teacher's
   features of the real image; we report the IoU between the two masks, and each mask's IoU with the
@@ -210,9 +212,12 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
             depths.append(surface_depth(r))
         for t in teachers:
             target = run.features(t, [v])[0].to(run.device, torch.float32)
-            pred = fld.decode(r, t, tuple(target.shape[-2:])).float()
+            pred = fld.decode(r, t, tuple(target.shape[-2:]), as_teacher=True).float()
             for key, val in feature_fidelity(pred, target).items():
                 fid[t][key].append(val)
+            if fld.models_teacher_spill(t):  # the field's own features, without the 2D spill model
+                plain = fld.decode(r, t, tuple(target.shape[-2:])).float()
+                fid[t].setdefault("cosine_without_spill", []).append(feature_fidelity(plain, target)["cosine"])
             coverage = _coverage(scene, v)
             if coverage is not None:
                 regions = content_regions(coverage.to(run.device), tuple(target.shape[-2:]))
@@ -311,6 +316,8 @@ def metrics_table(metrics: dict):
             table.add_row(k.upper(), fmt(v))
     for t, d in metrics.get("features", {}).items():
         table.add_row(f"{t} feature cosine", fmt(d["cosine"]))
+        if "cosine_without_spill" in d:
+            table.add_row(f"{t} feature cosine without the spill model", fmt(d["cosine_without_spill"]))
         for name, r in d.get("cosine_by_region", {}).items():
             table.add_row(f"  {name} cells ({r['share']:.0%})", fmt(r["cosine"]))
         table.add_row(f"{t} feature rel. L2", fmt(d["rel_l2"]))

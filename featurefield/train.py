@@ -283,7 +283,7 @@ class Trainer:
             psnrs.append(float(-10 * torch.log10(mse.clamp_min(1e-10))))
             for t in self.targets:
                 target = targets[t.name][k].to(self.device, torch.float32)
-                pred = fld.decode(r, t.name, tuple(target.shape[-2:]))
+                pred = fld.decode(r, t.name, tuple(target.shape[-2:]), as_teacher=True)
                 cos[t.name].append(float(torch.nn.functional.cosine_similarity(pred, target, dim=0).mean()))
         fld.train(was_training)
         out = {"test/psnr": float(np.mean(psnrs)), "test/views": len(views)}

@@ -84,7 +84,7 @@ class ToySpheres(FeatureField):
         r.extras["hit"] = k
         return r
 
-    def decode(self, render, teacher, grid=None):
+    def decode(self, render, teacher, grid=None, *, as_teacher=False):
         if self.linear:
             f = self.decode_emb(render.embedding).permute(2, 0, 1)
         else:

@@ -106,13 +106,22 @@ class FeatureField(nn.Module, ABC):
         """
 
     @abstractmethod
-    def decode(self, render: Render, teacher: str, grid: tuple[int, int] | None = None) -> Tensor:
+    def decode(self, render: Render, teacher: str, grid: tuple[int, int] | None = None, *,
+               as_teacher: bool = False) -> Tensor:
         """Teacher-space features of a render.
 
+        Args:
+            as_teacher: with ``grid`` the teacher's own grid: the field's prediction of what the teacher
+                sees, including any 2D model of the teacher (see :meth:`models_teacher_spill`); used
+                where the field is compared with the teacher.
         Returns:
             ``[D, h, w]`` features for ``teacher`` resampled to ``grid`` (default: the render's
             ``H x W``), not normalized.
         """
+
+    def models_teacher_spill(self, teacher: str) -> bool:
+        """Whether ``decode(..., as_teacher=True)`` adds a learnt 2D spill model for ``teacher``."""
+        return False
 
     def linear_decoder(self, teacher: str) -> tuple[Tensor, Tensor] | None:
         """``(W [E, D], b [D])`` when decoding is per-pixel linear (features = emb @ W + b), else None."""

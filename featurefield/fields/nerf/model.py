@@ -390,8 +390,9 @@ class NerfField(FeatureField):
                       features={n: f.reshape(H, W, -1) for n, f in feats.items()},
                       projected=None if proj is None else proj.reshape(H, W, -1), extras=extras)
 
-    def decode(self, render: Render, teacher: str, grid: tuple[int, int] | None = None) -> Tensor:
-        """``[D, h, w]`` features of ``teacher`` (area-averaged / bilinear to ``grid``)."""
+    def decode(self, render: Render, teacher: str, grid: tuple[int, int] | None = None, *,
+               as_teacher: bool = False) -> Tensor:
+        """``[D, h, w]`` features of ``teacher`` (area-averaged / bilinear to ``grid``; no spill model)."""
         if teacher not in render.features:
             raise FeatureFieldError(f"the render holds no features for {teacher!r}; render with features=True "
                                     f"(teachers: {[t.name for t in self.targets]})")

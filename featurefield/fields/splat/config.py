@@ -28,6 +28,7 @@ class SplatConfig:
         grow_grad2d, prune_opacity: DefaultStrategy thresholds.
         mcmc_cap_max, mcmc_noise_lr, mcmc_opacity_reg, mcmc_scale_reg: MCMC settings.
         lr_means, lr_means_final: means LR (times scene scale), exponentially decayed over the run.
+        lr_spill: Adam LR of the spill kernels' logits (``feature_spill``).
         lr_scales, lr_quats, lr_opacities, lr_sh0, lr_shN, lr_embedding, lr_decoder: Adam LRs.
         decoder: ``"linear"`` (1x1 conv; folds queries) or ``"mlp"`` (small non-linear head).
         decoder_hidden: hidden width of the MLP decoder.
@@ -41,6 +42,10 @@ class SplatConfig:
         feature_supersample: the separate pass's resolution in multiples of the largest teacher grid.
         feature_detach: in the separate pass, features do not move the Gaussians (False: they move
             them as in the joint pass, but still do not drive densification).
+        feature_spill: size (odd, in teacher-grid cells) of a learnt blur applied to the embedding at each
+            teacher's grid where the field is compared with the teacher (training and fidelity metrics):
+            it explains the teacher's features spilling past object outlines in 2D, instead of with halo
+            Gaussians (``fields/splat/spill.py``). 0 = off (Feature 3DGS's model).
         ssim_lambda: D-SSIM weight in the colour loss.
         random_background: composite targets on a random colour each step (scenes with alpha).
         rasterizer: ``"auto"`` (gsplat on CUDA, else torch), ``"torch"`` or ``"gsplat"``.
@@ -80,6 +85,7 @@ class SplatConfig:
     lr_shN: float = 2.5e-3 / 20
     lr_embedding: float = 2.5e-3
     lr_decoder: float = 1e-3
+    lr_spill: float = 2e-2
     decoder: Literal["linear", "mlp"] = "linear"
     decoder_hidden: int = 64
     feature_loss: Literal["l1", "l1+cos"] = "l1"
@@ -87,6 +93,7 @@ class SplatConfig:
     feature_render: Literal["joint", "separate"] = "joint"
     feature_supersample: int = 4
     feature_detach: bool = True
+    feature_spill: int = 0
     ssim_lambda: float = 0.2
     random_background: bool = False
     rasterizer: Literal["auto", "torch", "gsplat"] = "auto"

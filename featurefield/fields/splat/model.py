@@ -32,6 +32,7 @@ from featurefield.fields.splat import rasterize_gsplat, rasterize_torch
 from featurefield.fields.splat.config import SplatConfig
 from featurefield.fields.splat.resample import resample, resample_hwc
 from featurefield.fields.splat.sh import num_sh_bases, rgb_to_sh, sh_to_colors, sh_to_rgb
+from featurefield.fields.splat.spill import FeatureSpill
 from featurefield.fields.splat.views import View, views_of
 
 GAUSSIAN_PARAMS = ("means", "scales", "quats", "opacities", "sh0", "shN", "embedding")
@@ -89,6 +90,8 @@ class GaussianField(FeatureField):
             "embedding": nn.Parameter(torch.zeros(n, E)),
         })
         self.decoders = nn.ModuleDict({t.name: _make_decoder(E, t.dim, config) for t in self.targets})
+        self.spills = nn.ModuleDict({t.name: FeatureSpill(config.feature_spill) for t in self.targets}
+                                    if config.feature_spill > 0 else {})
         self._optimizers: dict[str, torch.optim.Optimizer] | None = None
         self._schedulers: dict[str, Any] | None = None
         self._strategy, self._strategy_state = self._build_strategy()
@@ -309,8 +312,10 @@ class GaussianField(FeatureField):
                 r.embedding = None
         return r
 
-    def decode(self, render: Render, teacher: str, grid: tuple[int, int] | None = None) -> Tensor:
-        """Teacher features ``[D, h, w]``: resample the embedding map to ``grid`` first, then decode."""
+    def decode(self, render: Render, teacher: str, grid: tuple[int, int] | None = None, *,
+               as_teacher: bool = False) -> Tensor:
+        """Teacher features ``[D, h, w]``: resample the embedding map to ``grid`` first, then decode
+        (with ``as_teacher`` and a ``grid``, through the teacher's learnt spill, if any, in between)."""
         if teacher not in self.decoders:
             raise FeatureFieldError(f"this field has no decoder for teacher {teacher!r}; it was trained with "
                                     f"{', '.join(self.decoders) or 'no teachers'}")
@@ -319,8 +324,13 @@ class GaussianField(FeatureField):
         emb = render.embedding.permute(2, 0, 1)  # [E, H, W]
         if grid is not None:
             emb = resample(emb, grid)
-        out = self.decoders[teacher](emb.permute(1, 2, 0))  # [h, w, D]
-        return out.permute(2, 0, 1)
+        emb = emb.permute(1, 2, 0)  # [h, w, E]
+        if as_teacher and grid is not None and teacher in self.spills:
+            emb = self.spills[teacher](emb)
+        return self.decoders[teacher](emb).permute(2, 0, 1)
+
+    def models_teacher_spill(self, teacher: str) -> bool:
+        return teacher in self.spills
 
     def linear_decoder(self, teacher: str) -> tuple[Tensor, Tensor] | None:
         dec = self.decoders[teacher] if teacher in self.decoders else None
@@ -415,7 +425,10 @@ class GaussianField(FeatureField):
         out: dict[str, Tensor] = {"rgb": l1.detach(), "ssim": ssim.detach(), "psnr": losses.psnr(rgb, gt)}
         for t in self.targets:
             target = data.features[t.name][i].to(dev, non_blocking=True).float()  # [D, h, w]
-            pred = self.decoders[t.name](resample_hwc(emb, target.shape[-2:]))  # [h, w, D]
+            at_grid = resample_hwc(emb, target.shape[-2:])  # [h, w, E]
+            if t.name in self.spills:
+                at_grid = self.spills[t.name](at_grid)
+            pred = self.decoders[t.name](at_grid)  # [h, w, D]
             fl = losses.feature_loss(pred.permute(2, 0, 1), target, cfg.feature_loss, dim=0)
             total = total + cfg.feature_weight * t.weight * fl
             out[f"feature/{t.name}"] = fl.detach()
@@ -441,6 +454,8 @@ class GaussianField(FeatureField):
             decoder_params = list(self.decoders.parameters())
             if decoder_params:
                 groups.append({"params": decoder_params, "lr": cfg.lr_decoder, "eps": 1e-8, "name": "decoders"})
+            if len(self.spills):
+                groups.append({"params": list(self.spills.parameters()), "lr": cfg.lr_spill, "eps": 1e-8, "name": "spills"})
             self._optimizers = {"adam": torch.optim.Adam(groups, fused=self.device.type == "cuda")}
         return self._optimizers
 
