@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from featurefield.errors import FeatureFieldError
 from featurefield.metrics import psnr
 from featurefield.run import load_run
 
@@ -42,9 +44,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
-    run = load_run(args.run)
+    try:
+        run = load_run(args.run)
+        views = list(args.views) + (worst_views(args.eval, args.worst) if args.eval and args.worst else [])
+    except (FeatureFieldError, OSError, KeyError, ValueError) as err:
+        print(f"render_views: {err}", file=sys.stderr)
+        sys.exit(2)
     scene = run.scene()
-    views = list(args.views) + (worst_views(args.eval, args.worst) if args.eval and args.worst else [])
     args.out.mkdir(parents=True, exist_ok=True)
     cams = run.normalization.cameras_to_canonical(scene.cameras[views]).to(run.device)
     for k, v in enumerate(views):

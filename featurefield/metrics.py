@@ -105,7 +105,7 @@ def feature_fidelity(pred: Tensor, target: Tensor, mask: Tensor | None = None) -
         p, t = p[:, keep], t[:, keep]
     if p.shape[1] == 0:
         return {"cosine": float("nan"), "rel_l2": float("nan")}
-    cos = F.cosine_similarity(p, t, dim=0, eps=1e-8).mean()
+    cos = cosine_map(p, t).mean()
     rel = (p - t).norm() / t.norm().clamp_min(1e-12)
     return {"cosine": float(cos), "rel_l2": float(rel)}
 
@@ -135,7 +135,7 @@ def content_regions(coverage: Tensor, grid: tuple[int, int]) -> Tensor:
 
 
 def cosine_map(pred: Tensor, target: Tensor) -> Tensor:
-    """Per-position cosine similarity ``[h, w]`` of two ``[D, h, w]`` feature maps."""
+    """Per-position cosine similarity ``[...]`` of two ``[D, ...]`` feature maps (e.g. ``[D, h, w]``)."""
     return F.cosine_similarity(pred.float(), target.float().to(pred.device), dim=0, eps=1e-8)
 
 

@@ -31,6 +31,7 @@ from featurefield.errors import FeatureFieldError
 from featurefield.fields.base import FeatureField, TeacherTarget, TrainData, field_class
 from featurefield.fields.nerf.config import NerfConfig
 from featurefield.fields.splat.config import SplatConfig
+from featurefield.metrics import cosine_map
 from featurefield.run import (
     CHECKPOINT, CONFIG, NORMALIZATION, Run, atomic_torch_save, atomic_write_json, load_checkpoint, load_run,
     resolve_device, scene_from_config, teacher_from_spec,
@@ -284,7 +285,7 @@ class Trainer:
             for t in self.targets:
                 target = targets[t.name][k].to(self.device, torch.float32)
                 pred = fld.decode(r, t.name, tuple(target.shape[-2:]), as_teacher=True)
-                cos[t.name].append(float(torch.nn.functional.cosine_similarity(pred, target, dim=0).mean()))
+                cos[t.name].append(float(cosine_map(pred, target).mean()))
         fld.train(was_training)
         out = {"test/psnr": float(np.mean(psnrs)), "test/views": len(views)}
         for name, values in cos.items():

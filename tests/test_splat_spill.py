@@ -39,6 +39,14 @@ def test_spill_learns_a_known_blur():
     assert (spill.kernel().detach() - true).abs().max() < 0.02
 
 
+def test_an_even_spill_size_is_a_clear_error():
+    from featurefield.errors import FeatureFieldError
+
+    scene, feats = toy_scene()
+    with pytest.raises(FeatureFieldError, match="--splat.feature-spill"):
+        make_field(scene, feats, 5, feature_spill=2)
+
+
 def test_field_trains_its_spill_and_compares_through_it():
     scene, feats = toy_scene()
     data = train_data(scene, feats)

@@ -118,6 +118,8 @@ class GaussianField(FeatureField):
                                     "train on a CUDA device or use --splat.strategy default")
         if not 0 <= config.sh_degree <= 3:
             raise FeatureFieldError(f"--splat.sh-degree must be within 0..3, got {config.sh_degree}")
+        if config.feature_spill < 0 or (config.feature_spill and config.feature_spill % 2 == 0):
+            raise FeatureFieldError(f"--splat.feature-spill must be 0 (off) or an odd kernel size, got {config.feature_spill}")
         cams = scene.canonical_cameras()
         centers = cams.centers
         scene_scale = float((centers - centers.mean(0)).norm(dim=-1).max()) * 1.1 or 1.0
