@@ -10,6 +10,7 @@
 #   bash bench/device_lego.sh resume    # continue the splat run (if a call's limit stopped it), then eval
 #   bash bench/device_lego.sh nerf [STEPS] [EXTRA...]    # featurefield train ... --field nerf (SAM cache of the splat run)
 #   bash bench/device_lego.sh nerf-resume                # continue it; the trainer's final eval covers all test views
+#   bash bench/device_lego.sh features  # SAM features of every carried view into the shared cache
 #   bash bench/device_lego.sh sweep STEPS NAME=ARGS...  # concurrent runs sharing the GPU (quality only), then eval
 #   bash bench/device_lego.sh sweep-resume | sweep-eval  # continue / evaluate the sweep runs
 #   bash bench/device_lego.sh eval-run RUN; bash bench/device_lego.sh views RUN [N]  # eval; worst views as PNGs
@@ -119,6 +120,7 @@ sweep)  # concurrent lego runs sharing the GPU (quality only: their times are no
     merge_lego
     steps=$2; shift 2
     export FEATUREFIELD_CACHE=$PWD/runs/cache-splat OMP_NUM_THREADS=2  # the features of a finished run
+    bash "$0" features  # or extract them now, once, before the runs share the cache
     for spec in "$@"; do
         name=${spec%%=*}; args=${spec#*=}
         ( timeout "${SWEEP_LIMIT:-540}" python3 -m featurefield.cli train "$LEGO" --field splat --teacher sam \
@@ -127,6 +129,13 @@ sweep)  # concurrent lego runs sharing the GPU (quality only: their times are no
     done
     wait
     bash "$0" sweep-eval
+    ;;
+features)  # merge the carried lego parts; extract (or find cached) the SAM features of every view present
+    merge_lego
+    export FEATUREFIELD_CACHE=$PWD/runs/cache-splat
+    t0=$(date +%s)
+    python3 -m featurefield.cli features "$LEGO" --teacher sam --weights "$ENC" --views all --pca 0 2>&1 | tail -3
+    echo "features: $(( $(date +%s) - t0 )) s"
     ;;
 sweep-resume)  # continue every unfinished sweep run, then evaluate them all
     merge_lego
@@ -140,14 +149,18 @@ sweep-resume)  # continue every unfinished sweep run, then evaluate them all
     bash "$0" sweep-eval
     ;;
 sweep-eval)  # evaluate the finished sweep runs on the test views present, two at a time; one table
+    # (each result is kept in the run as eval-<views>.json, so a later call evaluates only what is missing)
     export FEATUREFIELD_CACHE=$PWD/runs/cache-splat OMP_NUM_THREADS=4
+    n=$(python3 -c "import json; print(len(json.load(open('$LEGO/transforms_test.json'))['frames']))")
     for run in runs/sweep-*; do
         name=$(basename "$run")
-        [ -f "$run/metrics.json" ] && [ ! -f "$OUT/$name.json" ] && \
-            timeout "${EVAL_LIMIT:-300}" python3 -m featurefield.cli eval "$run" --output "$OUT/$name.json" > "$OUT/$name-eval.log" 2>&1 &
+        [ -f "$run/metrics.json" ] && [ ! -f "$run/eval-$n.json" ] && \
+            ( timeout "${EVAL_LIMIT:-300}" python3 -m featurefield.cli eval "$run" --output "$run/eval-$n.json" \
+                > "$OUT/$name-eval.log" 2>&1 ) &
         [ "$(jobs -r | wc -l)" -ge 2 ] && wait -n
     done
     wait
+    for run in runs/sweep-*; do [ -f "$run/eval-$n.json" ] && cp "$run/eval-$n.json" "$OUT/$(basename "$run").json"; done
     python3 bench/sweep_table.py "$OUT" runs/sweep-*
     ;;
 eval-run)  # eval-run RUN [ARGS]: featurefield eval of any run folder (e.g. a sweep's last checkpoint)
@@ -155,7 +168,7 @@ eval-run)  # eval-run RUN [ARGS]: featurefield eval of any run folder (e.g. a sw
     timeout "${EVAL_LIMIT:-300}" python3 -m featurefield.cli eval "$2" --output "$OUT/$(basename "$2").json" "${@:3}" 2>&1 | tail -30
     ;;
 views)  # views RUN [N]: the N worst test views of RUN (after eval-run) beside their ground truth, PNGs in $OUT
-    python3 bench/render_views.py "$2" --eval "$OUT/$(basename "$2").json" --worst "${3:-6}" --views 100 116 \
+    python3 bench/render_views.py "$2" --eval "$OUT/$(basename "$2").json" --worst "${3:-6}" \
         --out "$OUT/views-$(basename "$2")" 2>&1 | tail -20
     ;;
 tests)

@@ -124,3 +124,36 @@ def test_features_command_writes_pca(tmp_path, monkeypatch):
     assert rc == 0
     pics = sorted((tmp_path / "o" / "pooled").glob("*.png"))
     assert len(pics) == 2
+
+
+def test_processes_sharing_a_cache_take_turns(tmp_path):
+    """Two extractions of the same views at once: one extracts, the other waits and reads its shards."""
+    import threading
+    import time
+
+    class Slow(Pooled):
+        def extract(self, images):
+            time.sleep(0.05)
+            return super().extract(images)
+
+    scene = make_scene(n=6)
+    teachers, results, errors = [Slow(), Slow()], [None, None], []
+    start = threading.Barrier(2)
+
+    def work(k):
+        try:
+            start.wait()
+            store = FeatureStore(tmp_path, shard_images=2)  # each its own store and lock file handle
+            results[k] = store.load_or_extract(scene, teachers[k], None, device="cpu", batch_size=1, progress=False)
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(t.images_seen for t in teachers) == [0, 6]
+    for f in results:
+        assert torch.equal(f, expected(scene, range(6)))

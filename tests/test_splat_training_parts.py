@@ -155,3 +155,49 @@ def test_training_loss_on_gsplat_matches_the_torch_twin(mode):
     assert abs(l1 - l2) < 1e-4 * max(1.0, abs(l1))
     for k in g1:
         assert float((g1[k] - g2[k]).norm()) <= 2e-3 * float(g2[k].norm()) + 1e-8, k
+
+
+def test_alpha_loss_empties_what_the_images_see_as_background():
+    """--splat.alpha-weight: the rendered opacity is pulled towards the images' alpha."""
+    torch.manual_seed(0)
+    scene, feats = toy_scene(n_views=3, size=32, grid=(4, 4))
+    data = train_data(scene, feats)
+    assert data.alphas is not None and (data.alphas < 128).any()
+
+    def alpha_loss_after(weight: float, steps: int) -> tuple[dict, float]:
+        torch.manual_seed(1)
+        fld = make_field(scene, feats, steps, alpha_weight=weight)
+        out = run_steps(fld, data, steps)
+        with torch.no_grad():
+            err = 0.0
+            for i in range(len(data.cameras)):
+                alpha = fld.rasterize(fld._train_view(data, i), depth=False)[3]
+                err += float((alpha[..., 0] - data.alphas[i].float() / 255).abs().mean())
+        return out, err / len(data.cameras)
+
+    out, with_loss = alpha_loss_after(1.0, 40)
+    assert "alpha" in out
+    plain_out, without = alpha_loss_after(0.0, 40)
+    assert "alpha" not in plain_out
+    assert with_loss < 0.8 * without
+
+
+def test_random_background_recomposites_the_target():
+    """With random_background each step's target is the image re-composited on that step's colour."""
+    torch.manual_seed(0)
+    scene, feats = toy_scene(n_views=2, size=32, grid=(4, 4))
+    data = train_data(scene, feats)
+    field = make_field(scene, feats, 10, random_background=True)
+    batch = field.sample_batch(data, 0, torch.Generator().manual_seed(0))
+    assert "background" in batch
+    transparent = data.alphas[batch["view"]] == 0
+    assert transparent.any()
+    # a field that renders nothing shows the background; the target is the image on that background
+    with torch.no_grad():
+        field.params["opacities"].fill_(-30.0)
+    out = field.training_loss({**batch}, data, 0)
+    rgb = data.images[batch["view"]].float() / 255
+    a = data.alphas[batch["view"]].float()[..., None] / 255
+    recomposited = rgb + (batch["background"] - data.background.float()) * (1 - a)
+    assert torch.allclose(out["rgb"], (recomposited - batch["background"]).abs().mean(), atol=1e-5)
+    assert not torch.allclose(out["rgb"], (rgb - batch["background"]).abs().mean(), atol=1e-3)

@@ -14,6 +14,9 @@ shard, and a truncated file or a shard whose checksum no longer matches is extra
 Rows whose image fingerprint already sits in a finished shard of another set (a different split,
 or a scene where one image changed) are copied instead of re-extracted.
 
+Processes sharing a cache (two evaluations, a sweep of runs) take turns per teacher folder through
+an advisory lock on ``.lock`` (POSIX; elsewhere no lock): the second finds the first's shards done.
+
 Teacher input is ``scene.image(i)`` (``[H, W, 3]``, RGBA composited on the background) as a
 ``[1, 3, H, W]`` batch row; the images of a scene share one size.
 """
@@ -26,6 +29,7 @@ import os
 import tempfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +66,22 @@ def image_fingerprint(scene, i: int) -> str:
         return str(scene.images.fingerprint(i))
     except (NotImplementedError, AttributeError):
         return hashlib.sha1(scene.image(i).numpy().tobytes()).hexdigest()
+
+
+@contextmanager
+def _folder_lock(folder: Path):
+    """Exclusive advisory lock on ``folder/.lock`` for the duration of the block (no-op without fcntl)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: one process per cache, as before
+        yield
+        return
+    with open(folder / ".lock", "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 class FeatureStore:
@@ -116,6 +136,10 @@ class FeatureStore:
         settings = teacher.settings()
         folder = self.teacher_dir(teacher)
         folder.mkdir(parents=True, exist_ok=True)
+        with _folder_lock(folder):
+            return self._load_or_extract_locked(scene, teacher, views, folder, settings, batch_size, progress)
+
+    def _load_or_extract_locked(self, scene, teacher, views, folder, settings, batch_size, progress) -> Tensor:
         index = self._read_index(folder, settings)
 
         fps = [image_fingerprint(scene, v) for v in views]
@@ -154,7 +178,7 @@ class FeatureStore:
                 pass  # truncated or broken header: recreate below
         if expected is None:
             entry["shards"] = {}
-            tmp = path.with_name(f".{path.name}.tmp")
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=tuple(shape))
             arr.flush()
             del arr

@@ -48,6 +48,9 @@ class SplatConfig:
             Gaussians (``fields/splat/spill.py``). 0 = off (Feature 3DGS's model).
         ssim_lambda: D-SSIM weight in the colour loss.
         random_background: composite targets on a random colour each step (scenes with alpha).
+        alpha_weight: weight of an L1 loss between the rendered opacity and the images' alpha (scenes
+            with alpha; 0 = off): empty space seen against the background in the training views is kept
+            empty, instead of holding background-coloured Gaussians that show from other directions.
         rasterizer: ``"auto"`` (gsplat on CUDA, else torch), ``"torch"`` or ``"gsplat"``.
         packed, absgrad, antialiased: gsplat options (absgrad also switches the densify gradient).
         near_plane, far_plane: depth culling in canonical units.
@@ -96,6 +99,7 @@ class SplatConfig:
     feature_spill: int = 0
     ssim_lambda: float = 0.2
     random_background: bool = False
+    alpha_weight: float = 0.0
     rasterizer: Literal["auto", "torch", "gsplat"] = "auto"
     packed: bool = False
     absgrad: bool = False

@@ -425,6 +425,11 @@ class GaussianField(FeatureField):
         ssim = losses.ssim(rgb, gt)
         total = (1 - cfg.ssim_lambda) * l1 + cfg.ssim_lambda * (1 - ssim)
         out: dict[str, Tensor] = {"rgb": l1.detach(), "ssim": ssim.detach(), "psnr": losses.psnr(rgb, gt)}
+        if cfg.alpha_weight > 0 and data.alphas is not None:
+            alpha_gt = data.alphas[i].to(dev).float()[..., None] / 255.0  # [H, W, 1]
+            alpha_l1 = losses.l1(alpha, alpha_gt)
+            total = total + cfg.alpha_weight * alpha_l1
+            out["alpha"] = alpha_l1.detach()
         for t in self.targets:
             target = data.features[t.name][i].to(dev, non_blocking=True).float()  # [D, h, w]
             at_grid = resample_hwc(emb, target.shape[-2:])  # [h, w, E]
