@@ -10,7 +10,10 @@ Protocol (all on the held-out test views, at the scene's image size):
   grid and the teacher's features of the real test image; where the scene has alpha or depth, also
   the cosine over object-interior, silhouette and background cells (:func:`content_regions`). A field
   trained with a 2D model of the teacher's spill past outlines (``--splat.feature-spill``) is compared
-  through it; ``cosine_without_spill`` gives its features without that model.
+  through it; ``cosine_without_spill`` gives its features without that model. Each field reads its
+  render at the grid as it was trained (``teacher_sampling``): cell means for the Gaussian field,
+  cell centres for the NeRF field (trained on the teacher grid's bilinear interpolant), which also
+  reports ``cosine_area_averaged``.
 * **SAM masks** (runs with the ``sam`` teacher and its prompt decoder present): the same box prompts
   go to the SAM decoder twice, once with the field's rendered features and once with the teacher's
   features of the real image; we report the IoU between the two masks, and each mask's IoU with the
@@ -218,6 +221,9 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
             if fld.models_teacher_spill(t):  # the field's own features, without the 2D spill model
                 plain = fld.decode(r, t, tuple(target.shape[-2:])).float()
                 fid[t].setdefault("cosine_without_spill", []).append(feature_fidelity(plain, target)["cosine"])
+            if fld.teacher_sampling != "area":  # beside it, the same render averaged over each cell
+                plain = fld.decode(r, t, tuple(target.shape[-2:])).float()
+                fid[t].setdefault("cosine_area_averaged", []).append(feature_fidelity(plain, target)["cosine"])
             coverage = _coverage(scene, v)
             if coverage is not None:
                 regions = content_regions(coverage.to(run.device), tuple(target.shape[-2:]))
@@ -318,6 +324,8 @@ def metrics_table(metrics: dict):
         table.add_row(f"{t} feature cosine", fmt(d["cosine"]))
         if "cosine_without_spill" in d:
             table.add_row(f"{t} feature cosine without the spill model", fmt(d["cosine_without_spill"]))
+        if "cosine_area_averaged" in d:
+            table.add_row(f"{t} feature cosine, render averaged over each cell", fmt(d["cosine_area_averaged"]))
         for name, r in d.get("cosine_by_region", {}).items():
             table.add_row(f"  {name} cells ({r['share']:.0%})", fmt(r["cosine"]))
         table.add_row(f"{t} feature rel. L2", fmt(d["rel_l2"]))

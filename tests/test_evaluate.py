@@ -109,3 +109,16 @@ def test_query_command_text_and_errors(demo_run, tmp_path, capsys):
     (broken / "normalization.json").unlink()
     assert main(["query", str(broken), "--text", "mug", "--device", "cpu"]) == 2
     assert "normalization.json" in capsys.readouterr().err
+
+
+def test_nerf_run_is_compared_at_cell_centres_and_reports_the_cell_mean_too(tmp_path):
+    from featurefield.evaluate import evaluate_run
+    from featurefield.train import TrainConfig, train
+
+    cfg = TrainConfig(steps=6, checkpoint_every=6, device="cpu", progress=False, cache_dir=tmp_path / "cache")
+    run = train("demo:2", tmp_path / "run", field="nerf", teachers=["toycolour"], config=cfg,
+                scene_options={"size": 24, "views": 6, "test_every": 3, "points": 200})
+    m = evaluate_run(run, lpips=False, progress=False)
+    f = m["features"]["toycolour"]
+    assert {"cosine", "cosine_area_averaged"} <= set(f)
+    assert f["cosine"] != f["cosine_area_averaged"]

@@ -12,6 +12,7 @@ from featurefield.data.demo import make_demo_scene
 from featurefield.fields.base import TeacherTarget, TrainData, field_class
 from featurefield.fields.nerf.config import NerfConfig
 from featurefield.fields.nerf.model import NerfField
+from featurefield.fields.teacher_grid import sample_at_cell_centres
 
 TINY = dict(num_levels=4, log2_hashmap_size=12, max_res=64, hidden_dim=32, hidden_dim_color=32, appearance_dim=4,
             num_proposal_samples=(24,), proposal_max_res=(32,), proposal_levels=3, proposal_log2_hashmap_size=10,
@@ -96,6 +97,10 @@ def test_chunked_render_equals_unchunked_and_shapes(setup):
     for x, y in [(a.rgb, b.rgb), (a.depth, b.depth), (a.alpha, b.alpha), (a.features["toy"], b.features["toy"])]:
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
     assert fld.decode(a, "toy", (3, 2)).shape == (6, 3, 2)
+    # compared with the teacher, the render is read at the grid's cell centres (trained on bilinear lookups)
+    full = a.features["toy"].float().permute(2, 0, 1)
+    torch.testing.assert_close(fld.decode(a, "toy", (3, 2), as_teacher=True), sample_at_cell_centres(full, (3, 2)))
+    assert not torch.allclose(fld.decode(a, "toy", (3, 2), as_teacher=True), fld.decode(a, "toy", (3, 2)))
     assert fld.decode(a, "toy").shape == (6, H, W)
     c = fld.render(cam, features=False)
     assert c.features == {}

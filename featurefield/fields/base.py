@@ -123,6 +123,11 @@ class FeatureField(nn.Module, ABC):
         """Whether ``decode(..., as_teacher=True)`` adds a learnt 2D spill model for ``teacher``."""
         return False
 
+    #: how ``decode(..., as_teacher=True)`` reads a full-resolution render at the teacher's grid, matching
+    #: how the field was trained: ``"area"`` (each cell the mean of its pixels) or ``"centre"`` (the
+    #: render sampled at each cell's centre, for fields trained on the teacher grid's bilinear interpolant)
+    teacher_sampling: str = "area"
+
     def linear_decoder(self, teacher: str) -> tuple[Tensor, Tensor] | None:
         """``(W [E, D], b [D])`` when decoding is per-pixel linear (features = emb @ W + b), else None."""
         return None

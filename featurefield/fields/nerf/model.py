@@ -41,6 +41,7 @@ from featurefield.fields.nerf.rendering import (
     accumulate, composite_rgb, expected_distance, median_distance, weights_from_density,
 )
 from featurefield.fields.nerf.samplers import pdf_edges, ray_aabb, spacing_to_distance, uniform_edges
+from featurefield.fields.teacher_grid import sample_at_cell_centres
 
 #: features of a whole view above this many bytes are returned in fp16 (4K x 256-D fits a 24 GB card).
 _FP32_FEATURE_BYTES = 2**31
@@ -172,6 +173,7 @@ class NerfField(FeatureField):
     """
 
     kind = "nerf"
+    teacher_sampling = "centre"  # trained on the teacher grid's bilinear interpolant (see decode)
 
     def __init__(self, cfg: NerfConfig, targets: list[TeacherTarget], num_images: int, contraction: str,
                  aabb: list | None = None, background: list | None = None, max_steps: int = 30_000) -> None:
@@ -392,13 +394,22 @@ class NerfField(FeatureField):
 
     def decode(self, render: Render, teacher: str, grid: tuple[int, int] | None = None, *,
                as_teacher: bool = False) -> Tensor:
-        """``[D, h, w]`` features of ``teacher`` (area-averaged / bilinear to ``grid``; no spill model)."""
+        """``[D, h, w]`` features of ``teacher`` at ``grid`` (no spill model).
+
+        The render is area-averaged to ``grid``; with ``as_teacher`` it is sampled at the grid cells'
+        centres instead (``teacher_sampling = "centre"``): the field learns the bilinear interpolant of
+        the teacher's grid at pixel centres (F3RM's targets), which equals the teacher's value at a cell
+        centre, while the mean of that interpolant over a cell blurs in the neighbours (on lego's 64 x 64
+        SAM grid a perfect field would score cosine 0.98-0.99 area-averaged, 0.9999 at the centres).
+        """
         if teacher not in render.features:
             raise FeatureFieldError(f"the render holds no features for {teacher!r}; render with features=True "
                                     f"(teachers: {[t.name for t in self.targets]})")
         f = render.features[teacher].float().permute(2, 0, 1)  # [D, H, W]
         if grid is None or tuple(grid) == tuple(f.shape[-2:]):
             return f
+        if as_teacher:
+            return sample_at_cell_centres(f, tuple(grid))
         return F.interpolate(f[None], size=tuple(grid), mode="bilinear", align_corners=False, antialias=True)[0]
 
     @torch.no_grad()
