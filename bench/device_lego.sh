@@ -114,6 +114,9 @@ nerf-resume)
     timeout "${NERF_LIMIT:-540}" python3 -m featurefield.cli train "$LEGO" --output runs/lego-nerf --resume 2>&1 \
         | tr '\r' '\n' | grep -v "━" | tail -20
     mkdir -p "$OUT/nerf"; cp runs/lego-nerf/metrics.json* runs/lego-nerf/config.json "$OUT/nerf/" 2>/dev/null
+    # cosine read at the cell centres and averaged per cell, by region; per-view PSNR
+    [ -z "$SKIP_EVAL" ] && [ -f runs/lego-nerf/metrics.json ] && \
+        timeout "${EVAL_LIMIT:-300}" python3 -m featurefield.cli eval runs/lego-nerf --output "$OUT/nerf/eval.json" 2>&1 | tail -30
     ;;
 sweep)  # concurrent lego runs sharing the GPU (quality only: their times are not measurements)
     # usage: sweep STEPS NAME=ARGS...   e.g. sweep 10000 e8="--splat.embed-dim 8" nofeat="--no-features"

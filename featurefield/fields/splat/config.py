@@ -50,7 +50,8 @@ class SplatConfig:
         random_background: composite targets on a random colour each step (scenes with alpha).
         alpha_weight: weight of an L1 loss between the rendered opacity and the images' alpha (scenes
             with alpha; 0 = off): empty space seen against the background in the training views is kept
-            empty, instead of holding background-coloured Gaussians that show from other directions.
+            empty, instead of holding background-coloured Gaussians that show from other directions
+            (lego's PSNR did not change with it: BENCHMARKS.md, fifth session).
         rasterizer: ``"auto"`` (gsplat on CUDA, else torch), ``"torch"`` or ``"gsplat"``.
         packed, absgrad, antialiased: gsplat options (absgrad also switches the densify gradient).
         near_plane, far_plane: depth culling in canonical units.
