@@ -219,7 +219,7 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
             for key, val in feature_fidelity(pred, target).items():
                 fid[t][key].append(val)
             if fld.models_teacher_spill(t):  # the field's own features, without the 2D spill model
-                plain = fld.decode(r, t, tuple(target.shape[-2:])).float()
+                plain = fld.decode(r, t, tuple(target.shape[-2:]), as_teacher=True, spill=False).float()
                 fid[t].setdefault("cosine_without_spill", []).append(feature_fidelity(plain, target)["cosine"])
             if fld.teacher_sampling != "area":  # beside it, the same render averaged over each cell
                 plain = fld.decode(r, t, tuple(target.shape[-2:])).float()

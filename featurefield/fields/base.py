@@ -107,13 +107,16 @@ class FeatureField(nn.Module, ABC):
 
     @abstractmethod
     def decode(self, render: Render, teacher: str, grid: tuple[int, int] | None = None, *,
-               as_teacher: bool = False) -> Tensor:
+               as_teacher: bool = False, spill: bool = True) -> Tensor:
         """Teacher-space features of a render.
 
         Args:
             as_teacher: with ``grid`` the teacher's own grid: the field's prediction of what the teacher
-                sees, including any 2D model of the teacher (see :meth:`models_teacher_spill`); used
-                where the field is compared with the teacher.
+                sees, read at the grid as the field was trained (:attr:`teacher_sampling`) and including
+                any 2D model of the teacher (see :meth:`models_teacher_spill`); used where the field is
+                compared with the teacher.
+            spill: with ``as_teacher``, False leaves the 2D spill model out (the field's own features,
+                read the teacher's way).
         Returns:
             ``[D, h, w]`` features for ``teacher`` resampled to ``grid`` (default: the render's
             ``H x W``), not normalized.

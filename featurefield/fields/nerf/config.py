@@ -29,6 +29,13 @@ class NerfConfig:
         hidden_dim_color, num_layers_color, appearance_dim, sh_degree: colour MLP.
         proposal_*: the proposal density fields and sampler; num_nerf_samples: final samples per ray.
         feature_*: the feature field (positions detached) and its MSE loss weight.
+        feature_spill: size (odd, in teacher-grid cells) of a learnt blur through which the field is
+            compared with the teacher (``fields/spill.py``): the teacher's features spill past object
+            outlines, where a radiance field has no density to carry them. Training then draws its rays
+            in square patches one teacher cell apart (as many rays per step) and compares the blurred
+            features of each patch with the teacher at its centre. 0 = off (F3RM's model). All teachers
+            must share one grid.
+        lr_spill: Adam learning rate of the spill kernels' logits (constant).
         predict_normals: add the predicted-normal head and the orientation / normal-consistency losses.
         rays_per_batch: rays per training step.
         lr, lr_final, lr_decay_steps, adam_eps: Adam with Nerfacto's exponential decay
@@ -80,6 +87,8 @@ class NerfConfig:
     feature_hidden_dim: int = 64
     feature_num_layers: int = 2
     feature_loss_weight: float = 1e-3
+    feature_spill: int = 0
+    lr_spill: float = 2e-2
     # normals
     predict_normals: bool = False
     orientation_loss_weight: float = 1e-4

@@ -41,6 +41,7 @@ from featurefield.fields.nerf.rendering import (
     accumulate, composite_rgb, expected_distance, median_distance, weights_from_density,
 )
 from featurefield.fields.nerf.samplers import pdf_edges, ray_aabb, spacing_to_distance, uniform_edges
+from featurefield.fields.spill import FeatureSpill
 from featurefield.fields.teacher_grid import sample_at_cell_centres
 
 #: features of a whole view above this many bytes are returned in fp16 (4K x 256-D fits a 24 GB card).
@@ -149,6 +150,20 @@ class FeatureEncoder(nn.Module):
         return {n: self.heads[n](enc) for n in names}
 
 
+def patch_offsets(size: int, grid: tuple[int, int], image_size: tuple[int, int], device=None) -> tuple[Tensor, Tensor]:
+    """Pixel offsets ``(du, dv)``, each ``[size * size]`` row-major (``dv`` slowest), of a square patch of rays
+    one teacher-grid cell apart, centred on its middle ray (the layout of :class:`FeatureSpill`'s kernel).
+
+    Args:
+        size: odd patch side; grid: the teacher's ``(h, w)``; image_size: ``(H, W)`` in pixels.
+    """
+    r = size // 2
+    d = torch.arange(-r, r + 1, dtype=torch.float64)
+    dv, du = torch.meshgrid(torch.round(d * image_size[0] / grid[0]), torch.round(d * image_size[1] / grid[1]),
+                            indexing="ij")
+    return du.flatten().long().to(device), dv.flatten().long().to(device)
+
+
 def _exp_decay(lr: float, lr_final: float, steps: int):
     """Nerfacto's ExponentialDecayScheduler (no warm-up) as a LambdaLR multiplier."""
     ratio = lr_final / lr
@@ -189,6 +204,13 @@ class NerfField(FeatureField):
         self.field = RadianceField(cfg, num_images)
         self.proposals = nn.ModuleList([ProposalDensity(cfg, r) for r in cfg.proposal_max_res])
         self.features = FeatureEncoder(cfg, targets)
+        if cfg.feature_spill < 0 or (cfg.feature_spill and cfg.feature_spill % 2 == 0):
+            raise FeatureFieldError(f"--nerf.feature-spill must be 0 (off) or an odd kernel size, got {cfg.feature_spill}")
+        if cfg.feature_spill > 1 and len({tuple(t.grid) for t in self.targets}) > 1:
+            raise FeatureFieldError("--nerf.feature-spill needs teachers on one feature grid, got "
+                                    + ", ".join(f"{t.name} {t.grid[0]}x{t.grid[1]}" for t in self.targets))
+        self.spills = nn.ModuleDict({t.name: FeatureSpill(cfg.feature_spill) for t in self.targets}
+                                    if cfg.feature_spill > 1 else {})
         self.register_buffer("background", torch.tensor(background if background is not None else [0.0, 0.0, 0.0],
                                                         dtype=torch.float32), persistent=False)
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.int64))
@@ -393,8 +415,8 @@ class NerfField(FeatureField):
                       projected=None if proj is None else proj.reshape(H, W, -1), extras=extras)
 
     def decode(self, render: Render, teacher: str, grid: tuple[int, int] | None = None, *,
-               as_teacher: bool = False) -> Tensor:
-        """``[D, h, w]`` features of ``teacher`` at ``grid`` (no spill model).
+               as_teacher: bool = False, spill: bool = True) -> Tensor:
+        """``[D, h, w]`` features of ``teacher`` at ``grid`` (through the learnt spill with ``as_teacher``).
 
         The render is area-averaged to ``grid``; with ``as_teacher`` it is sampled at the grid cells'
         centres instead (``teacher_sampling = "centre"``): the field learns the bilinear interpolant of
@@ -409,8 +431,14 @@ class NerfField(FeatureField):
         if grid is None or tuple(grid) == tuple(f.shape[-2:]):
             return f
         if as_teacher:
-            return sample_at_cell_centres(f, tuple(grid))
+            f = sample_at_cell_centres(f, tuple(grid))
+            if spill and teacher in self.spills:
+                f = self.spills[teacher](f.permute(1, 2, 0)).permute(2, 0, 1)
+            return f
         return F.interpolate(f[None], size=tuple(grid), mode="bilinear", align_corners=False, antialias=True)[0]
+
+    def models_teacher_spill(self, teacher: str) -> bool:
+        return teacher in self.spills
 
     @torch.no_grad()
     def points_with_features(self, teacher: str | None = None, max_points: int = 1_000_000) -> dict[str, Tensor]:
@@ -496,16 +524,26 @@ class NerfField(FeatureField):
         dev = data.images.device
         N, H, W = data.images.shape[:3]
         R = self.cfg.rays_per_batch
-        image = torch.randint(N, (R,), generator=generator)
-        u = torch.randint(W, (R,), generator=generator)
-        v = torch.randint(H, (R,), generator=generator)
+        K = self.cfg.feature_spill if self.spills else 1
+        M = max(1, R // (K * K))  # patches of K x K rays (single rays without a spill model)
+        image = torch.randint(N, (M,), generator=generator)
+        u = torch.randint(W, (M,), generator=generator)
+        v = torch.randint(H, (M,), generator=generator)
         image, u, v = image.to(dev), u.to(dev), v.to(dev)
+        centres = torch.stack([u, v], -1).float() + 0.5
+        if K > 1:
+            du, dv = patch_offsets(K, tuple(self.targets[0].grid), (H, W), dev)
+            u = (u[:, None] + du).clamp(0, W - 1).flatten()  # [M * K * K], patch-major
+            v = (v[:, None] + dv).clamp(0, H - 1).flatten()
+            image = image.repeat_interleave(K * K)
         pixels = torch.stack([u, v], -1).float() + 0.5
         origins, directions = data.cameras.rays_at(image, pixels)
         batch = {"image": image, "pixels": pixels, "origins": origins, "directions": directions,
-                 "rgb": data.images[image, v, u].float() / 255.0, "features": {}}
+                 "rgb": data.images[image, v, u].float() / 255.0, "features": {}, "patch": K}
+        centre_images = image[:: K * K]
         for t in self.targets:
-            batch["features"][t.name] = self._lookup(self._teacher_maps(t.name, data), image, pixels, H, W).to(dev)
+            maps = self._teacher_maps(t.name, data)
+            batch["features"][t.name] = self._lookup(maps, centre_images, centres, H, W).to(dev)
         return batch
 
     @staticmethod
@@ -531,8 +569,13 @@ class NerfField(FeatureField):
         rgb_loss = F.mse_loss(out["rgb"], batch["rgb"])
         losses: dict[str, Tensor] = {"rgb": rgb_loss, "psnr": -10 * torch.log10(rgb_loss.detach().clamp_min(1e-10))}
         total = rgb_loss
+        K = batch.get("patch", 1)
         for t in self.targets:
-            fl = F.mse_loss(out["features"][t.name], batch["features"][t.name])
+            pred = out["features"][t.name]  # [R, D]
+            if t.name in self.spills:  # each patch blurred by the spill kernel -> [R / K^2, D]
+                weights = self.spills[t.name].kernel().reshape(1, K * K, 1).to(pred.dtype)
+                pred = (pred.reshape(-1, K * K, pred.shape[-1]) * weights).sum(1)
+            fl = F.mse_loss(pred, batch["features"][t.name])
             losses[f"feature/{t.name}"] = fl
             total = total + cfg.feature_loss_weight * t.weight * fl
         inter = interlevel_loss(out["edges_list"], out["weights_list"])
@@ -554,13 +597,15 @@ class NerfField(FeatureField):
                       "feature_field": self.features.parameters()}
             self._optimizers = {k: torch.optim.Adam(list(p), lr=self.cfg.lr, eps=self.cfg.adam_eps)
                                 for k, p in groups.items()}
+            if len(self.spills):
+                self._optimizers["spills"] = torch.optim.Adam(list(self.spills.parameters()), lr=self.cfg.lr_spill)
         return self._optimizers
 
     def schedulers(self) -> dict[str, Any]:
         if self._schedulers is None:
             steps = self.cfg.lr_decay_steps or self.max_steps
             self._schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, _exp_decay(self.cfg.lr, self.cfg.lr_final, steps))
-                                for k, o in self.optimizers().items()}
+                                for k, o in self.optimizers().items() if k != "spills"}
         return self._schedulers
 
     def after_optimizer_step(self, step: int) -> None:

@@ -49,7 +49,7 @@ class SplatConfig:
         feature_spill: size (odd, in teacher-grid cells) of a learnt blur applied to the embedding at each
             teacher's grid where the field is compared with the teacher (training and fidelity metrics):
             it explains the teacher's features spilling past object outlines in 2D, instead of with halo
-            Gaussians (``fields/splat/spill.py``). 0 = off (Feature 3DGS's model).
+            Gaussians (``fields/spill.py``). 0 = off (Feature 3DGS's model).
         ssim_lambda: D-SSIM weight in the colour loss.
         random_background: composite targets on a random colour each step (scenes with alpha).
         alpha_weight: weight of an L1 loss between the rendered opacity and the images' alpha (scenes

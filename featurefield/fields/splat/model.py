@@ -32,7 +32,7 @@ from featurefield.fields.splat import rasterize_gsplat, rasterize_torch
 from featurefield.fields.splat.config import SplatConfig
 from featurefield.fields.splat.resample import resample, resample_hwc
 from featurefield.fields.splat.sh import num_sh_bases, rgb_to_sh, sh_to_colors, sh_to_rgb
-from featurefield.fields.splat.spill import FeatureSpill
+from featurefield.fields.spill import FeatureSpill
 from featurefield.fields.splat.views import View, views_of
 
 GAUSSIAN_PARAMS = ("means", "scales", "quats", "opacities", "sh0", "shN", "embedding")
@@ -320,7 +320,7 @@ class GaussianField(FeatureField):
         return r
 
     def decode(self, render: Render, teacher: str, grid: tuple[int, int] | None = None, *,
-               as_teacher: bool = False) -> Tensor:
+               as_teacher: bool = False, spill: bool = True) -> Tensor:
         """Teacher features ``[D, h, w]``: resample the embedding map to ``grid`` first, then decode
         (with ``as_teacher`` and a ``grid``, through the teacher's learnt spill, if any, in between)."""
         if teacher not in self.decoders:
@@ -332,7 +332,7 @@ class GaussianField(FeatureField):
         if grid is not None:
             emb = resample(emb, grid)
         emb = emb.permute(1, 2, 0)  # [h, w, E]
-        if as_teacher and grid is not None and teacher in self.spills:
+        if as_teacher and spill and grid is not None and teacher in self.spills:
             emb = self.spills[teacher](emb)
         return self.decoders[teacher](emb).permute(2, 0, 1)
 

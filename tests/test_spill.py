@@ -1,4 +1,4 @@
-"""The teacher-spill model of the Gaussian field: a learnt blur on the teacher's grid."""
+"""The teacher-spill model (a learnt blur on the teacher's grid) and the Gaussian field's use of it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from featurefield.fields.splat.resample import resample
-from featurefield.fields.splat.spill import FeatureSpill
+from featurefield.fields.spill import FeatureSpill
 from tests.test_splat_field import make_field, run_steps, toy_scene, train_data
 
 

@@ -2,11 +2,13 @@
 
 A ViT teacher's feature at a background cell next to an object carries some of the object (patch
 embeddings, attention, the neck's convolutions). A 3D field that can only put features where there is
-geometry reproduces that spill by growing faint "halo" Gaussians around objects, which carry the
-features but also show up, wrongly coloured, in views the training set did not constrain.
-:class:`FeatureSpill` explains the spill in 2D instead: a small non-negative blur (weights summing to
-one, learnt per teacher) applied to the embedding map at the teacher's grid, where the field is
-compared with the teacher. Full-resolution reads of the field (queries, renders) do not use it.
+geometry reproduces that spill by growing faint "halo" Gaussians around objects (the Gaussian field),
+which also show up, wrongly coloured, in views the training set did not constrain, or cannot reproduce
+it at all (a radiance field's features are carried by its density). :class:`FeatureSpill` explains the
+spill in 2D instead: a small non-negative blur (weights summing to one, learnt per teacher) applied at
+the teacher's grid, where the field is compared with the teacher — to the Gaussian field's embedding
+map, to the NeRF field's decoded features (trained on patches of rays one cell apart). Full-resolution
+reads of the field (queries, renders) do not use it.
 """
 
 from __future__ import annotations
