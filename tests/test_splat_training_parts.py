@@ -236,3 +236,37 @@ def test_random_background_recomposites_the_target():
     recomposited = rgb + (batch["background"] - data.background.float()) * (1 - a)
     assert torch.allclose(out["rgb"], (recomposited - batch["background"]).abs().mean(), atol=1e-5)
     assert not torch.allclose(out["rgb"], (rgb - batch["background"]).abs().mean(), atol=1e-3)
+
+
+def test_feature_geometry_weight_scales_what_the_features_do_to_the_geometry_alone():
+    """--splat.feature-geometry-weight w: the geometry's gradient is colour + w x the features' share; the
+    embedding's gradient is w x its own (the same Adam step), the decoder's unchanged."""
+    torch.manual_seed(0)
+    scene, feats = toy_scene(n_views=3, size=64, grid=(4, 4))
+    data = train_data(scene, feats)
+    field = make_field(scene, feats, 10)
+    with torch.no_grad():
+        field.params["embedding"].normal_()
+    state = {k: v.clone() if torch.is_tensor(v) else v for k, v in field.state_dict().items()}
+
+    def grads(**cfg):
+        fld = make_field(scene, feats, 10, **cfg)
+        fld.load_state_dict(state)
+        out = fld.training_loss({"view": 0}, data, 0)
+        out["loss"].backward()
+        g = {k: fld.params[k].grad.clone() for k in ("means", "scales", "opacities", "embedding")}
+        return float(out["loss"]), g, fld.decoders["toy"].weight.grad.clone()
+
+    loss1, full, dec1 = grads()
+    _, colour, _ = grads(feature_weight=0.0)
+    loss_q, quarter, dec_q = grads(feature_geometry_weight=0.25)
+    assert loss_q == loss1  # the forward pass is unchanged
+    for name in ("means", "scales", "opacities"):
+        torch.testing.assert_close(quarter[name], colour[name] + 0.25 * (full[name] - colour[name]), rtol=1e-4, atol=1e-9)
+        assert not torch.allclose(quarter[name], full[name])
+    torch.testing.assert_close(quarter["embedding"], 0.25 * full["embedding"])
+    torch.testing.assert_close(dec_q, dec1)
+    from featurefield.errors import FeatureFieldError
+
+    with pytest.raises(FeatureFieldError, match="--splat.feature-geometry-weight"):
+        make_field(scene, feats, 10, feature_geometry_weight=0.0)

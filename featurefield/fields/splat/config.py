@@ -39,6 +39,11 @@ class SplatConfig:
             3DGS) or ``"separate"`` (its own pass at ``feature_supersample`` x the teacher's grid, capped
             at the image size; densification sees colour only). Measured on lego (BENCHMARKS.md): separate
             trains 15-20% faster and fits colour better, joint reproduces the teacher's features better.
+        feature_geometry_weight: how strongly the feature losses move the Gaussians' geometry and drive
+            their densification, relative to the colour loss (the gradient reaching the rendered
+            embedding is scaled by it): 1 = Feature 3DGS's joint pass; towards 0, the features barely move
+            the geometry. The embeddings and decoders learn alike at any value above 0 (Adam does not see
+            the scale of their gradients).
         feature_supersample: the separate pass's resolution in multiples of the largest teacher grid.
         feature_detach: in the separate pass, features do not move the Gaussians (False: they move
             them as in the joint pass, but still do not drive densification).
@@ -99,6 +104,7 @@ class SplatConfig:
     feature_loss: Literal["l1", "l1+cos"] = "l1"
     feature_weight: float = 1.0
     feature_render: Literal["joint", "separate"] = "joint"
+    feature_geometry_weight: float = 1.0
     feature_supersample: int = 4
     feature_detach: bool = True
     feature_densify: bool = False

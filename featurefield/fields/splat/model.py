@@ -46,6 +46,11 @@ def _make_decoder(embed_dim: int, dim: int, config: SplatConfig) -> nn.Module:
     raise FeatureFieldError(f"unknown splat decoder {config.decoder!r}; use --splat.decoder linear or mlp")
 
 
+def scale_gradient(x: Tensor, scale: float) -> Tensor:
+    """``x`` unchanged, its gradient multiplied by ``scale`` on the way back."""
+    return x * scale + (x * (1.0 - scale)).detach()
+
+
 def knn_scale(points: Tensor, k: int = 3, chunk: int = 4096) -> Tensor:
     """RMS distance of each point to its ``k`` nearest neighbours: ``[N, 3] -> [N]`` (chunked)."""
     n = len(points)
@@ -119,6 +124,10 @@ class GaussianField(FeatureField):
                                     "train on a CUDA device or use --splat.strategy default")
         if not 0 <= config.sh_degree <= 3:
             raise FeatureFieldError(f"--splat.sh-degree must be within 0..3, got {config.sh_degree}")
+        if not config.feature_geometry_weight > 0:
+            raise FeatureFieldError("--splat.feature-geometry-weight must be above 0 (the embeddings learn through it), "
+                                    f"got {config.feature_geometry_weight}; for features that never move the geometry "
+                                    "use --splat.feature-render separate")
         if config.feature_spill < 0 or (config.feature_spill and config.feature_spill % 2 == 0):
             raise FeatureFieldError(f"--splat.feature-spill must be 0 (off) or an odd kernel size, got {config.feature_spill}")
         cams = scene.canonical_cameras()
@@ -427,6 +436,8 @@ class GaussianField(FeatureField):
                                                   sh_degree=self.active_sh_degree(step), depth=False)
         if size is not None:
             emb = self._render_embedding(i, view, size)
+        if with_features and cfg.feature_geometry_weight != 1.0:
+            emb = scale_gradient(emb, cfg.feature_geometry_weight)
         if info["means2d"].requires_grad:
             info["means2d"].retain_grad()  # the strategy's pre-backward hook
         self._info = info
