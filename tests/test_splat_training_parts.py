@@ -114,16 +114,21 @@ def test_separate_feature_pass_size_and_detached_geometry():
     assert F.cosine_similarity(low.reshape(-1, 16), full.reshape(-1, 16), dim=-1).mean() > 0.97
 
 
-def test_feature_densify_counts_the_feature_pass_in_the_densification_statistics():
-    """--splat.feature-densify: the separate pass's screen-space gradients reach the strategy's statistics
-    (in the colour pass's pixel units), while the geometry still gets the colour's gradients alone."""
+def _toy_field_state():
+    """A toy scene, its training data and the state of a fresh field on it with random embeddings."""
     torch.manual_seed(0)
     scene, feats = toy_scene(n_views=3, size=64, grid=(4, 4))
     data = train_data(scene, feats)
     field = make_field(scene, feats, 10)
     with torch.no_grad():
         field.params["embedding"].normal_()
-    state = {k: v.clone() if torch.is_tensor(v) else v for k, v in field.state_dict().items()}
+    return scene, feats, data, {k: v.clone() if torch.is_tensor(v) else v for k, v in field.state_dict().items()}
+
+
+def test_feature_densify_counts_the_feature_pass_in_the_densification_statistics():
+    """--splat.feature-densify: the separate pass's screen-space gradients reach the strategy's statistics
+    (in the colour pass's pixel units), while the geometry still gets the colour's gradients alone."""
+    scene, feats, data, state = _toy_field_state()
 
     def step(**cfg):
         fld = make_field(scene, feats, 10, feature_render="separate", **cfg)
@@ -241,13 +246,7 @@ def test_random_background_recomposites_the_target():
 def test_feature_geometry_weight_scales_what_the_features_do_to_the_geometry_alone():
     """--splat.feature-geometry-weight w: the geometry's gradient is colour + w x the features' share; the
     embedding's gradient is w x its own (the same Adam step), the decoder's unchanged."""
-    torch.manual_seed(0)
-    scene, feats = toy_scene(n_views=3, size=64, grid=(4, 4))
-    data = train_data(scene, feats)
-    field = make_field(scene, feats, 10)
-    with torch.no_grad():
-        field.params["embedding"].normal_()
-    state = {k: v.clone() if torch.is_tensor(v) else v for k, v in field.state_dict().items()}
+    scene, feats, data, state = _toy_field_state()
 
     def grads(**cfg):
         fld = make_field(scene, feats, 10, **cfg)
