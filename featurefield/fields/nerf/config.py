@@ -36,6 +36,11 @@ class NerfConfig:
             features of each patch with the teacher at its centre. 0 = off (F3RM's model). All teachers
             must share one grid.
         lr_spill: Adam learning rate of the spill kernels' logits (constant).
+        feature_background: the teacher's features seen through empty space, composited behind the
+            field's like a background colour: ``"image"`` (a learnt map on each teacher's grid, read at the
+            ray's position in the image: a ViT's features of an empty background vary across the frame
+            with its position embeddings) or ``"constant"`` (one learnt vector per teacher). Opaque scenes
+            (accumulation ~1 everywhere) do not see it.
         predict_normals: add the predicted-normal head and the orientation / normal-consistency losses.
         rays_per_batch: rays per training step.
         lr, lr_final, lr_decay_steps, adam_eps: Adam with Nerfacto's exponential decay
@@ -89,6 +94,7 @@ class NerfConfig:
     feature_loss_weight: float = 1e-3
     feature_spill: int = 0
     lr_spill: float = 2e-2
+    feature_background: Literal["image", "constant"] = "image"
     # normals
     predict_normals: bool = False
     orientation_loss_weight: float = 1e-4

@@ -127,7 +127,8 @@ class RadianceField(nn.Module):
 
 class FeatureEncoder(nn.Module):
     """F3RM's feature field: its own hash grid + frequency encoding of detached positions, one MLP per teacher,
-    plus a learnt per-teacher feature for empty space (composited like a background colour)."""
+    plus a learnt per-teacher feature for empty space (composited like a background colour): one vector,
+    or a map on the teacher's grid read at the ray's position in the image (``cfg.feature_background``)."""
 
     def __init__(self, cfg: NerfConfig, targets: list[TeacherTarget]) -> None:
         super().__init__()
@@ -139,7 +140,19 @@ class FeatureEncoder(nn.Module):
                                     for t in targets})
         # feature seen through empty space (lego's white background has teacher features too); not in F3RM,
         # whose real scenes are opaque: there the accumulation is ~1 and this term vanishes
-        self.background = nn.ParameterDict({t.name: nn.Parameter(torch.zeros(t.dim)) for t in targets})
+        shape = (lambda t: (t.dim, *t.grid)) if cfg.feature_background == "image" else (lambda t: (t.dim,))
+        self.background = nn.ParameterDict({t.name: nn.Parameter(torch.zeros(shape(t))) for t in targets})
+
+    def background_at(self, name: str, screen: Tensor | None) -> Tensor:
+        """The empty-space feature of teacher ``name`` for rays at ``screen`` ``[R, 2]`` ((u, v) / image size,
+        in [0, 1]): ``[R, D]``, or ``[D]`` (one for all rays) for a constant or without positions."""
+        bg = self.background[name]
+        if bg.dim() == 1:
+            return bg
+        if screen is None:
+            return bg.mean((1, 2))
+        where = (screen.to(bg) * 2 - 1)[None, None]  # [1, 1, R, 2] in grid_sample's [-1, 1]
+        return F.grid_sample(bg[None], where, mode="bilinear", padding_mode="border", align_corners=False)[0, :, 0].T
 
     def encode(self, u: Tensor) -> Tensor:
         u = u.detach()
@@ -245,7 +258,7 @@ class NerfField(FeatureField):
     def from_config(cls, config: dict, state: dict[str, Tensor]) -> "NerfField":
         targets = [TeacherTarget(t["name"], int(t["dim"]), tuple(t["grid"]), float(t.get("weight", 1.0)))
                    for t in config["targets"]]
-        cfg = NerfConfig(**config["config"])
+        cfg = NerfConfig(**{"feature_background": "constant", **config["config"]})  # runs from before the map
         fld = cls(cfg, targets, config["num_images"], config["contraction"], config.get("aabb"),
                   config.get("background"), config.get("max_steps", 30_000))
         fld.load_state_dict(state)
@@ -286,7 +299,7 @@ class NerfField(FeatureField):
     def render_rays(self, origins: Tensor, directions: Tensor, image: Tensor | None = None, *, step: int | None = None,
                     background: Tensor | None = None, teachers: list[str] = (),
                     projection: tuple[str, Tensor, Tensor] | None = None, generator: torch.Generator | None = None,
-                    normals: bool = False) -> dict[str, Any]:
+                    normals: bool = False, screen: Tensor | None = None) -> dict[str, Any]:
         """Render a batch of rays.
 
         Args:
@@ -297,6 +310,8 @@ class NerfField(FeatureField):
             teachers: teacher heads to render.
             projection: ``(teacher, P [D, K], b [K])`` to render projected features.
             normals: also compute density-gradient and predicted normals.
+            screen: ``[R, 2]`` the rays' positions in their image, divided by its size (the empty-space
+                feature map is read there); None: its mean.
         Returns:
             dict with ``rgb [R, 3]``, ``accumulation [R]``, ``distance`` (expected) ``[R]``,
             ``median_distance [R]``, ``features`` {name: ``[R, D]``}, ``projected [R, K]`` and, for
@@ -361,7 +376,7 @@ class NerfField(FeatureField):
                 feats = self.features(u, names)
                 w = weights.detach()
                 empty = 1.0 - w.sum(-1, keepdim=True)
-                rendered = {n: accumulate(w, f.float().reshape(R, S, -1)) + empty * self.features.background[n]
+                rendered = {n: accumulate(w, f.float().reshape(R, S, -1)) + empty * self.features.background_at(n, screen)
                             for n, f in feats.items()}
                 out["features"] = {n: rendered[n] for n in teachers}
                 if projection is not None:
@@ -383,6 +398,7 @@ class NerfField(FeatureField):
         if projection is not None and projection[0] not in {t.name for t in self.targets}:
             raise FeatureFieldError(f"no teacher {projection[0]!r} in this field; it has {[t.name for t in self.targets]}")
         grid = camera.pixel_grid(0).reshape(-1, 2)
+        screen = grid / torch.tensor([W, H], device=dev, dtype=grid.dtype)
         index = torch.zeros(grid.shape[0], dtype=torch.int64, device=dev)
         dims = {t.name: t.dim for t in self.targets}
         feat_dtype = torch.float32 if H * W * sum(dims[n] for n in teachers) * 4 <= _FP32_FEATURE_BYTES else torch.float16
@@ -398,7 +414,7 @@ class NerfField(FeatureField):
             e = min(s + chunk, H * W)
             o, d = camera.rays_at(index[s:e], grid[s:e])
             out = self.render_rays(o, d, None, background=bg, teachers=teachers, projection=projection,
-                                   normals=self.cfg.predict_normals)
+                                   normals=self.cfg.predict_normals, screen=screen[s:e])
             rgb[s:e], acc[s:e] = out["rgb"], out["accumulation"]
             dist[s:e] = out["distance"] * (d @ forward)  # ray length -> z-depth
             for n in teachers:
@@ -564,7 +580,9 @@ class NerfField(FeatureField):
     def training_loss(self, batch: dict[str, Any], data: TrainData, step: int) -> dict[str, Tensor]:
         cfg = self.cfg
         bg = data.background.to(batch["origins"]) if data.background is not None else None
-        out = self.render_rays(batch["origins"], batch["directions"], batch["image"], step=step, background=bg,
+        H, W = data.images.shape[1:3]
+        screen = batch["pixels"] / torch.tensor([W, H], device=batch["pixels"].device, dtype=batch["pixels"].dtype)
+        out = self.render_rays(batch["origins"], batch["directions"], batch["image"], step=step, background=bg, screen=screen,
                                teachers=[t.name for t in self.targets], normals=cfg.predict_normals)
         rgb_loss = F.mse_loss(out["rgb"], batch["rgb"])
         losses: dict[str, Tensor] = {"rgb": rgb_loss, "psnr": -10 * torch.log10(rgb_loss.detach().clamp_min(1e-10))}
