@@ -50,7 +50,7 @@ def test_an_even_spill_size_is_a_clear_error():
 def test_field_trains_its_spill_and_compares_through_it():
     scene, feats = toy_scene()
     data = train_data(scene, feats)
-    field = make_field(scene, feats, 20, feature_spill=3)
+    field = make_field(scene, feats, 20, feature_spill=3, feature_background="constant")  # the spill alone
     assert field.models_teacher_spill("toy") and not make_field(scene, feats, 20).models_teacher_spill("toy")
     before = field.spills["toy"].logits.detach().clone()
     run_steps(field, data, 20)

@@ -14,10 +14,12 @@ from tests.test_splat_field import make_field, toy_scene
 def test_export_read_back_world_frame(tmp_path):
     torch.manual_seed(0)
     scene, feats = toy_scene(n_views=3)
-    field = make_field(scene, feats, steps=10, sh_degree=3)
+    field = make_field(scene, feats, steps=10, sh_degree=3, feature_spill=3)
     with torch.no_grad():
         field.params["shN"].normal_()
         field.params["embedding"].normal_()
+        field.spills["toy"].logits.normal_()
+        field.backgrounds["toy"].normal_()
     norm = scene.normalization
     paths = export_splat(field, norm, tmp_path)
     assert [p.name for p in paths] == ["splat.ply", "splat.decoders.pt"] and all(p.exists() for p in paths)
@@ -42,3 +44,6 @@ def test_export_read_back_world_frame(tmp_path):
         a, b = field.render(cam), rebuilt.render(cam)
         assert torch.allclose(a.rgb, b.rgb, atol=1e-4)
         assert torch.allclose(field.decode(a, "toy"), rebuilt.decode(b, "toy"), atol=1e-4)
+        grid = tuple(feats.shape[-2:])  # and what the teacher sees: the spill and background maps travel too
+        assert torch.allclose(field.decode(a, "toy", grid, as_teacher=True), rebuilt.decode(b, "toy", grid, as_teacher=True),
+                              atol=1e-4)

@@ -55,6 +55,12 @@ class SplatConfig:
             teacher's grid where the field is compared with the teacher (training and fidelity metrics):
             it explains the teacher's features spilling past object outlines in 2D, instead of with halo
             Gaussians (``fields/spill.py``). 0 = off (Feature 3DGS's model).
+        feature_background: what the teacher sees through empty space where the field is compared with it:
+            ``"image"`` (a learnt map on each teacher's grid, in the teacher's feature space, added where the
+            render is transparent: a ViT's features of an empty background vary across the frame with its
+            position embeddings) or ``"constant"`` (the decoder's value of an empty embedding, as Feature
+            3DGS). Full-resolution reads of the field (renders, queries) do not use it.
+        lr_background: Adam LR of the background maps.
         ssim_lambda: D-SSIM weight in the colour loss.
         random_background: composite targets on a random colour each step (scenes with alpha).
         alpha_weight: weight of an L1 loss between the rendered opacity and the images' alpha (scenes
@@ -109,6 +115,8 @@ class SplatConfig:
     feature_detach: bool = True
     feature_densify: bool = False
     feature_spill: int = 0
+    feature_background: Literal["image", "constant"] = "image"
+    lr_background: float = 5e-3
     ssim_lambda: float = 0.2
     random_background: bool = False
     alpha_weight: float = 0.0

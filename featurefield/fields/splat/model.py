@@ -97,6 +97,8 @@ class GaussianField(FeatureField):
         self.decoders = nn.ModuleDict({t.name: _make_decoder(E, t.dim, config) for t in self.targets})
         self.spills = nn.ModuleDict({t.name: FeatureSpill(config.feature_spill) for t in self.targets}
                                     if config.feature_spill > 0 else {})
+        self.backgrounds = nn.ParameterDict({t.name: nn.Parameter(torch.zeros(*t.grid, t.dim)) for t in self.targets}
+                                            if config.feature_background == "image" else {})
         self._optimizers: dict[str, torch.optim.Optimizer] | None = None
         self._schedulers: dict[str, Any] | None = None
         self._strategy, self._strategy_state = self._build_strategy()
@@ -341,9 +343,25 @@ class GaussianField(FeatureField):
         if grid is not None:
             emb = resample(emb, grid)
         emb = emb.permute(1, 2, 0)  # [h, w, E]
-        if as_teacher and spill and grid is not None and teacher in self.spills:
+        if not (as_teacher and grid is not None):
+            return self.decoders[teacher](emb).permute(2, 0, 1)
+        alpha = None if render.alpha is None else resample_hwc(render.alpha, tuple(grid))
+        return self.as_teacher_sees(teacher, emb, alpha, spill=spill).permute(2, 0, 1)
+
+    def as_teacher_sees(self, teacher: str, emb: Tensor, alpha: Tensor | None, spill: bool = True) -> Tensor:
+        """The field's prediction of the teacher's features ``[h, w, D]`` at its grid, from the embedding
+        ``[h, w, E]`` and the opacity ``[h, w, 1]`` resampled there: through the learnt spill and over the
+        learnt background map, where the field has them (the opacity's gradient is not taken: the
+        teacher's model does not move the Gaussians)."""
+        if spill and teacher in self.spills:
             emb = self.spills[teacher](emb)
-        return self.decoders[teacher](emb).permute(2, 0, 1)
+        out = self.decoders[teacher](emb)
+        if teacher in self.backgrounds and alpha is not None:
+            bg = self.backgrounds[teacher]
+            if bg.shape[:2] != out.shape[:2]:
+                bg = resample_hwc(bg, tuple(out.shape[:2]))
+            out = out + (1 - alpha.detach()) * bg
+        return out
 
     def models_teacher_spill(self, teacher: str) -> bool:
         return teacher in self.spills
@@ -453,9 +471,8 @@ class GaussianField(FeatureField):
         for t in self.targets:
             target = data.features[t.name][i].to(dev, non_blocking=True).float()  # [D, h, w]
             at_grid = resample_hwc(emb, target.shape[-2:])  # [h, w, E]
-            if t.name in self.spills:
-                at_grid = self.spills[t.name](at_grid)
-            pred = self.decoders[t.name](at_grid)  # [h, w, D]
+            alpha_grid = resample_hwc(alpha, target.shape[-2:]) if t.name in self.backgrounds else None
+            pred = self.as_teacher_sees(t.name, at_grid, alpha_grid)  # [h, w, D]
             fl = losses.feature_loss(pred.permute(2, 0, 1), target, cfg.feature_loss, dim=0)
             total = total + cfg.feature_weight * t.weight * fl
             out[f"feature/{t.name}"] = fl.detach()
@@ -483,6 +500,9 @@ class GaussianField(FeatureField):
                 groups.append({"params": decoder_params, "lr": cfg.lr_decoder, "eps": 1e-8, "name": "decoders"})
             if len(self.spills):
                 groups.append({"params": list(self.spills.parameters()), "lr": cfg.lr_spill, "eps": 1e-8, "name": "spills"})
+            if len(self.backgrounds):
+                groups.append({"params": list(self.backgrounds.parameters()), "lr": cfg.lr_background, "eps": 1e-8,
+                               "name": "backgrounds"})
             self._optimizers = {"adam": torch.optim.Adam(groups, fused=self.device.type == "cuda")}
         return self._optimizers
 
@@ -580,7 +600,8 @@ class GaussianField(FeatureField):
         means = state.get("params.means")
         if means is None:
             raise FeatureFieldError("checkpoint has no Gaussian parameters (params.means); it is not a splat run")
-        field = cls(SplatConfig.from_dict(config["config"]), targets, int(means.shape[0]),
+        settings = {"feature_background": "constant", **config["config"]}  # runs from before the map
+        field = cls(SplatConfig.from_dict(settings), targets, int(means.shape[0]),
                     scene_scale=config.get("scene_scale", 1.0), max_steps=config.get("max_steps", 30_000),
                     background=config.get("background"))
         field = field.to(means.device)

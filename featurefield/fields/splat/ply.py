@@ -65,6 +65,9 @@ def export_splat(field, normalization: Normalization, out_dir: str | Path, name:
         "normalization": normalization.to_dict(),
         "field_config": field.config_dict(),
         "decoders": {k: {n_: t.detach().cpu() for n_, t in d.state_dict().items()} for k, d in field.decoders.items()},
+        # the field's 2D model of each teacher (learnt spill, background map), to rebuild it whole
+        "teacher_model": {k: t.detach().cpu() for k, t in field.state_dict().items()
+                          if k.startswith(("spills.", "backgrounds."))},
     }
     dec_path = out_dir / f"{name}.decoders.pt"
     _atomic_write(dec_path, lambda t: torch.save(side, t))
@@ -80,7 +83,8 @@ def read_splat_ply(path: str | Path, frame: str = "world") -> dict:
     Returns:
         ``{"means" [P, 3], "scales" [P, 3] (log), "quats" [P, 4], "opacities" [P] (logit),
         "sh0" [P, 1, 3], "shN" [P, K-1, 3], "embedding" [P, E] (E may be 0), "decoders"
-        {teacher: state_dict}, "normalization" (Normalization or None), "field_config" (dict or None)}``.
+        {teacher: state_dict}, "teacher_model" (the spill and background maps' state), "normalization"
+        (Normalization or None), "field_config" (dict or None)}``.
     """
     from plyfile import PlyData
 
@@ -109,12 +113,13 @@ def read_splat_ply(path: str | Path, frame: str = "world") -> dict:
         "sh0": torch.from_numpy(cols("f_dc_"))[:, None, :],
         "shN": rest.reshape(n, 3, -1).transpose(1, 2).contiguous(),
         "embedding": torch.from_numpy(cols("emb_")),
-        "decoders": {}, "normalization": None, "field_config": None,
+        "decoders": {}, "teacher_model": {}, "normalization": None, "field_config": None,
     }
     side = path.with_name(path.name[: -len(".ply")] + ".decoders.pt") if path.name.endswith(".ply") else None
     if side is not None and side.exists():
         meta = torch.load(side, map_location="cpu", weights_only=False)
         out["decoders"] = meta.get("decoders", {})
+        out["teacher_model"] = meta.get("teacher_model", {})
         out["normalization"] = Normalization.from_dict(meta["normalization"]) if "normalization" in meta else None
         out["field_config"] = meta.get("field_config")
     if frame == "canonical":
@@ -139,6 +144,7 @@ def field_from_ply(path: str | Path):
     for t, sd in data["decoders"].items():
         for k, val in sd.items():
             state[f"decoders.{t}.{k}"] = val
+    state.update(data["teacher_model"])
     cfg = data["field_config"]
     state["_extra_state"] = {"strategy_state": {}, "perm": None, "cursor": 0}
     return GaussianField.from_config(cfg, state)
