@@ -16,6 +16,7 @@
 #   bash bench/device_lego.sh sweep-resume | sweep-eval  # continue / evaluate the sweep runs
 #   bash bench/device_lego.sh eval-run RUN; bash bench/device_lego.sh views RUN [N]  # eval; worst views as PNGs
 #   bash bench/device_lego.sh tests     # the CUDA tests (gsplat vs torch twin, Triton hash grid)
+#   bash bench/device_lego.sh pair "PHASE ARGS" "PHASE ARGS"  # two phases at once, one per GPU (2-GPU machines)
 #
 # Carried (git-ignored, made by bench/carry_tools.py): .carry/whl_gpu (wheels missing there),
 # .carry/sam16 and .carry/samdec16 (SAM encoder and prompt decoder, fp16 weights), .carry/lego_a
@@ -183,6 +184,14 @@ eval-run)  # eval-run RUN [ARGS]: featurefield eval of any run folder (e.g. a sw
 views)  # views RUN [N]: the N worst test views of RUN (after eval-run) beside their ground truth, PNGs in $OUT
     python3 bench/render_views.py "$2" --eval "$OUT/$(basename "$2").json" --worst "${3:-6}" \
         --out "$OUT/views-$(basename "$2")" 2>&1 | tail -20
+    ;;
+pair)  # e.g. pair "nerf 30000" "splat 30000 --splat.feature-geometry-weight 0.25"; logs $OUT/gpu0.log, gpu1.log
+    # (the second phase's splat run and feature cache are its own, so the NeRF's cache is left alone)
+    ( CUDA_VISIBLE_DEVICES=0 bash "$0" $2 > "$OUT/gpu0.log" 2>&1 ) &
+    ( CUDA_VISIBLE_DEVICES=1 SPLAT_RUN=${SPLAT_RUN1:-runs/lego-splat1} SPLAT_CACHE=${SPLAT_CACHE1:-runs/cache-splat1} \
+        bash "$0" $3 > "$OUT/gpu1.log" 2>&1 ) &
+    wait
+    tail -n 30 "$OUT/gpu0.log" "$OUT/gpu1.log"
     ;;
 tests)
     timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_splat_training_parts.py tests/test_splat_rasterizer.py \
