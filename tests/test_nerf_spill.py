@@ -85,6 +85,11 @@ def test_nerf_trains_its_spill_and_compares_through_it(setup):
     boxed = F.avg_pool2d(F.pad(own[None], (1, 1, 1, 1), mode="replicate"), 3, 1)[0]
     torch.testing.assert_close(fld.decode(r, "toy", grid, as_teacher=True), boxed)
     torch.testing.assert_close(fld.decode(r, "toy", grid, as_teacher=True, spill=False), own)
+    with torch.no_grad():  # rendered at the grid's own size: read as it is, still through the spill
+        small = fld.render(scene.canonical_cameras()[1].scaled(0.25))
+    own = small.features["toy"].float().permute(2, 0, 1)
+    boxed = F.avg_pool2d(F.pad(own[None], (1, 1, 1, 1), mode="replicate"), 3, 1)[0]
+    torch.testing.assert_close(fld.decode(small, "toy", grid, as_teacher=True), boxed)
     again = NerfField.from_config(json.loads(json.dumps(fld.config_dict())), fld.state_dict())
     assert torch.equal(again.spills["toy"].logits, fld.spills["toy"].logits)  # checkpoints keep it
 

@@ -444,12 +444,15 @@ class NerfField(FeatureField):
             raise FeatureFieldError(f"the render holds no features for {teacher!r}; render with features=True "
                                     f"(teachers: {[t.name for t in self.targets]})")
         f = render.features[teacher].float().permute(2, 0, 1)  # [D, H, W]
-        if grid is None or tuple(grid) == tuple(f.shape[-2:]):
+        if grid is None:
             return f
+        same = tuple(grid) == tuple(f.shape[-2:])
         if as_teacher:
-            f = sample_at_cell_centres(f, tuple(grid))
+            f = f if same else sample_at_cell_centres(f, tuple(grid))
             if spill and teacher in self.spills:
                 f = self.spills[teacher](f.permute(1, 2, 0)).permute(2, 0, 1)
+            return f
+        if same:
             return f
         return F.interpolate(f[None], size=tuple(grid), mode="bilinear", align_corners=False, antialias=True)[0]
 
