@@ -46,7 +46,9 @@ class TrainConfig:
         steps: optimisation steps (``None``: the backend's default for the device).
         seed: seeds parameters init and batch sampling.
         eval_every: evaluate on held-out views every this many steps (0: only at the end).
-        eval_views: at most this many test views in intermediate evaluations (all at the end).
+        eval_views: at most this many test views in intermediate evaluations.
+        final_eval_views: at most this many test views in the final evaluation (None: all; on a CPU a
+            large test set takes minutes, e.g. lego's 200 views).
         checkpoint_every: write ``checkpoints/latest.pt`` every this many steps (and at the end).
         log_every: append a line to ``metrics.jsonl`` every this many steps.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
@@ -59,6 +61,7 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 0
     eval_views: int = 8
+    final_eval_views: int | None = None
     checkpoint_every: int = 1000
     log_every: int = 100
     device: str = "auto"
@@ -403,7 +406,7 @@ class Trainer:
             summary["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
             summary["gpu"] = torch.cuda.get_device_name(self.device)
         t_eval = time.perf_counter()
-        summary.update(self.evaluate(fld, None))
+        summary.update(self.evaluate(fld, self.config.final_eval_views))
         summary["eval_seconds"] = time.perf_counter() - t_eval  # test-view features included
         summary.update({k: float(v) for k, v in fld.stats().items()})
         atomic_write_json(self.run_dir / "metrics.json", summary)
@@ -498,6 +501,7 @@ def train_command(
     device: str = "auto",
     seed: int = 0,
     eval_every: int = 0,
+    final_eval_views: int | None = None,
     checkpoint_every: int = 1000,
     cache_dir: Path | None = None,
     no_features: bool = False,
@@ -518,6 +522,10 @@ def train_command(
         downscale: shrink images by this factor.
         resume: continue the run in --output from its last checkpoint.
         device: auto, cpu or cuda.
+        eval_every: evaluate on a few held-out views every this many steps (0: only at the end).
+        final_eval_views: at most this many test views in the final evaluation (default: all of them).
+        checkpoint_every: write the checkpoint every this many steps.
+        cache_dir: feature cache folder (default: $FEATUREFIELD_CACHE or the per-user cache).
         no_features: train colour only (no teacher).
         scene_option: loader options as key=value, e.g. `size=96 views=24` for the demo scene.
         splat: Gaussian-field settings (used with --field splat).
@@ -527,7 +535,7 @@ def train_command(
     name = "demo" if scene.startswith("demo") else Path(scene).resolve().name
     output = output or Path("runs") / f"{name}-{field}"
     cfg = TrainConfig(steps=steps, seed=seed, eval_every=eval_every, checkpoint_every=checkpoint_every,
-                      device=device, cache_dir=cache_dir)
+                      device=device, cache_dir=cache_dir, final_eval_views=final_eval_views)
     run = train(scene, output, field=field, teachers=[] if no_features else list(teacher), config=cfg,
                 field_config=splat if field == "splat" else nerf,
                 format=format, downscale=downscale, weights=weights, resume=resume, scene_options=options)

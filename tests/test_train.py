@@ -35,6 +35,15 @@ def test_parse_teacher_options_and_weight():
         parse_teacher("clip:model")
 
 
+def test_the_final_evaluation_covers_all_test_views_unless_capped(tmp_path):
+    capped = TrainConfig(steps=2, device="cpu", progress=False, final_eval_views=1)
+    train("demo:1", tmp_path / "capped", field="splat", teachers=[], config=capped, scene_options=DEMO)
+    train("demo:1", tmp_path / "all", field="splat", teachers=[], config=TrainConfig(steps=2, device="cpu", progress=False),
+          scene_options=DEMO)
+    views = {k: json.loads((tmp_path / k / "metrics.json").read_text())["test/views"] for k in ("capped", "all")}
+    assert views["capped"] == 1 < views["all"]
+
+
 def test_run_folder_is_complete_and_reloads(tmp_path):
     run = train("demo:1", tmp_path / "run", field="splat", teachers=[],
                 config=TrainConfig(steps=30, checkpoint_every=10, device="cpu", progress=False), scene_options=DEMO)
