@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import torch
 import torch.nn.functional as F
 
 from featurefield.data import load_scene
+from featurefield.errors import FeatureFieldError
 from featurefield.teachers.sam import SamTeacher
 from featurefield.teachers.store import FeatureStore
 
@@ -31,10 +33,16 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    scene = load_scene(args.scene)
-    test = scene.split["test"]
-    views = test[:: max(1, len(test) // args.views)][: args.views]
-    feats = FeatureStore(args.cache).load_or_extract(scene, SamTeacher(weights=args.weights), views).float()
+    try:
+        scene = load_scene(args.scene)
+        test = scene.split.get("test", [])
+        if not test or scene.alpha(test[0]) is None:
+            raise FeatureFieldError(f"{args.scene}: needs test views with alpha (a NeRF-synthetic scene)")
+        views = test[:: max(1, len(test) // args.views)][: args.views]
+        feats = FeatureStore(args.cache).load_or_extract(scene, SamTeacher(weights=args.weights), views).float()
+    except (FeatureFieldError, OSError) as err:
+        print(f"teacher_background: error: {err}", file=sys.stderr)
+        sys.exit(2)
     V, D, h, w = feats.shape
     alphas = torch.stack([scene.alpha(v).float() for v in views])[:, None]  # [V, 1, H, W]
     cover = F.interpolate(alphas, size=(h, w), mode="area")[:, 0]  # [V, h, w]

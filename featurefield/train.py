@@ -69,6 +69,12 @@ class TrainConfig:
     cache_dir: Path | None = None
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        if self.eval_views < 1:
+            raise FeatureFieldError(f"eval views must be at least 1, got {self.eval_views}")
+        if self.final_eval_views is not None and self.final_eval_views < 1:
+            raise FeatureFieldError(f"--final-eval-views must be at least 1 (or left out for all), got {self.final_eval_views}")
+
 
 def parse_options(items, what: str) -> dict:
     """``["k=v", ...]`` -> ``{k: v}`` with JSON values parsed (numbers, booleans), strings kept."""

@@ -114,46 +114,6 @@ def test_separate_feature_pass_size_and_detached_geometry():
     assert F.cosine_similarity(low.reshape(-1, 16), full.reshape(-1, 16), dim=-1).mean() > 0.97
 
 
-def _toy_field_state():
-    """A toy scene, its training data and the state of a fresh field on it with random embeddings."""
-    torch.manual_seed(0)
-    scene, feats = toy_scene(n_views=3, size=64, grid=(4, 4))
-    data = train_data(scene, feats)
-    field = make_field(scene, feats, 10)
-    with torch.no_grad():
-        field.params["embedding"].normal_()
-    return scene, feats, data, {k: v.clone() if torch.is_tensor(v) else v for k, v in field.state_dict().items()}
-
-
-def test_feature_densify_counts_the_feature_pass_in_the_densification_statistics():
-    """--splat.feature-densify: the separate pass's screen-space gradients reach the strategy's statistics
-    (in the colour pass's pixel units), while the geometry still gets the colour's gradients alone."""
-    scene, feats, data, state = _toy_field_state()
-
-    def step(**cfg):
-        fld = make_field(scene, feats, 10, feature_render="separate", **cfg)
-        fld.load_state_dict(state)
-        fld.training_loss({"view": 0}, data, 0)["loss"].backward()
-        colour_grad = fld._info["means2d"].grad.clone()  # [1, N, 2]
-        feature = fld._feature_info
-        expected = colour_grad
-        if feature is not None:
-            scale = torch.tensor([feature["width"] / fld._info["width"], feature["height"] / fld._info["height"]])
-            expected = colour_grad + feature["means2d"].grad * scale
-        means_grad = fld.params["means"].grad.clone()
-        fld.after_optimizer_step(0)
-        norm = torch.hypot(expected[..., 0] * 32, expected[..., 1] * 32)[0]  # NDC: x W/2, one camera
-        visible = (fld._info is None) and fld._strategy_state["count"] > 0
-        return fld._strategy_state["grad2d"], norm, visible, means_grad
-
-    plain, plain_norm, plain_visible, plain_means = step()
-    dense, dense_norm, visible, dense_means = step(feature_densify=True)
-    assert torch.allclose(plain[plain_visible], plain_norm[plain_visible], rtol=1e-5, atol=1e-9)
-    assert torch.allclose(dense[visible], dense_norm[visible], rtol=1e-5, atol=1e-9)
-    assert float((dense - plain).abs().sum()) > 1e-3 * float(plain.abs().sum())  # the features are counted
-    assert torch.equal(dense_means, plain_means)  # and still move nothing
-
-
 def test_training_with_separate_feature_pass_fits_colour_and_features():
     torch.manual_seed(0)
     scene, feats = toy_scene(size=48, grid=(6, 6))
@@ -246,7 +206,13 @@ def test_random_background_recomposites_the_target():
 def test_feature_geometry_weight_scales_what_the_features_do_to_the_geometry_alone():
     """--splat.feature-geometry-weight w: the geometry's gradient is colour + w x the features' share; the
     embedding's gradient is w x its own (the same Adam step), the decoder's unchanged."""
-    scene, feats, data, state = _toy_field_state()
+    torch.manual_seed(0)
+    scene, feats = toy_scene(n_views=3, size=64, grid=(4, 4))
+    data = train_data(scene, feats)
+    field = make_field(scene, feats, 10)
+    with torch.no_grad():
+        field.params["embedding"].normal_()
+    state = {k: v.clone() if torch.is_tensor(v) else v for k, v in field.state_dict().items()}
 
     def grads(**cfg):
         fld = make_field(scene, feats, 10, **cfg)

@@ -42,6 +42,8 @@ def test_the_final_evaluation_covers_all_test_views_unless_capped(tmp_path):
           scene_options=DEMO)
     views = {k: json.loads((tmp_path / k / "metrics.json").read_text())["test/views"] for k in ("capped", "all")}
     assert views["capped"] == 1 < views["all"]
+    with pytest.raises(FeatureFieldError, match="--final-eval-views"):
+        TrainConfig(final_eval_views=0)
 
 
 def test_run_folder_is_complete_and_reloads(tmp_path):

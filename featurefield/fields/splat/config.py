@@ -47,10 +47,6 @@ class SplatConfig:
         feature_supersample: the separate pass's resolution in multiples of the largest teacher grid.
         feature_detach: in the separate pass, features do not move the Gaussians (False: they move
             them as in the joint pass, but still do not drive densification).
-        feature_densify: in the separate pass, densification also counts the feature pass's screen-space
-            gradients (as the joint pass does), so Gaussians grow where the features need detail, while
-            the geometry stays detached (``feature_detach``). Measured on lego at 6k steps (BENCHMARKS.md,
-            sixth session): no change (cosine 0.866 vs 0.865, 219k vs 216k Gaussians), so it stays off.
         feature_spill: size (odd, in teacher-grid cells) of a learnt blur applied to the embedding at each
             teacher's grid where the field is compared with the teacher (training and fidelity metrics):
             it explains the teacher's features spilling past object outlines in 2D, instead of with halo
@@ -113,7 +109,6 @@ class SplatConfig:
     feature_geometry_weight: float = 1.0
     feature_supersample: int = 4
     feature_detach: bool = True
-    feature_densify: bool = False
     feature_spill: int = 0
     feature_background: Literal["image", "constant"] = "image"
     lr_background: float = 5e-3

@@ -105,7 +105,6 @@ class GaussianField(FeatureField):
         self._perm: Tensor | None = None
         self._cursor = 0
         self._info: dict[str, Any] | None = None
-        self._feature_info: dict[str, Any] | None = None  # the separate feature pass's, with feature_densify
         self._views: tuple[Cameras, list[View]] | None = None  # training views, prepared once
         self._feature_views: dict[int, View] = {}
 
@@ -231,8 +230,8 @@ class GaussianField(FeatureField):
         return views_of(camera, self.device)[0]
 
     def rasterize(self, camera: Cameras | View, extra: Tensor | None = None, background: Tensor | None = None,
-                  sh_degree: int | None = None, rgb: bool = True, depth: bool = True, detach_geometry: bool = False,
-                  means2d_grad: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor, dict]:
+                  sh_degree: int | None = None, rgb: bool = True, depth: bool = True, detach_geometry: bool = False
+                  ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor, dict]:
         """One rasterization pass of ``[rgb, extra, depth]`` channels.
 
         Args:
@@ -243,8 +242,6 @@ class GaussianField(FeatureField):
             rgb: render colour (False renders only ``extra`` and depth).
             depth: render the expected depth (training skips it: one channel less to rasterize).
             detach_geometry: no gradient reaches means, rotations, scales or opacities.
-            means2d_grad: with ``detach_geometry``, ``info["means2d"]`` still gets a gradient (for the
-                densification statistics), through a detached copy of the means.
         Returns:
             rgb ``[H, W, 3]`` (or None), extra ``[H, W, X]`` (or None), depth ``[H, W, 1]`` (or None),
             alpha ``[H, W, 1]``, and the rasterizer's info dict (``means2d``, ``radii``...).
@@ -268,8 +265,6 @@ class GaussianField(FeatureField):
         means, quats, scales, opacities = p["means"], p["quats"], p["scales"], p["opacities"]
         if detach_geometry:
             means, quats, scales, opacities = means.detach(), quats.detach(), scales.detach(), opacities.detach()
-            if means2d_grad:
-                means.requires_grad_(True)  # a leaf of its own: its gradient is dropped, means2d's is kept
         args = (means, quats, torch.exp(scales), torch.sigmoid(opacities), colors, view.viewmat, view.K, W, H, bg)
         kw = dict(near_plane=self.config.near_plane, far_plane=self.config.far_plane, expected_depth=depth)
         try:
@@ -427,12 +422,8 @@ class GaussianField(FeatureField):
         fview = self._feature_views.get(i)
         if fview is None:
             fview = self._feature_views[i] = view.resized(*size)
-        densify = self.config.feature_densify and torch.is_grad_enabled()
-        _, emb, _, _, info = self.rasterize(fview, self.params["embedding"], rgb=False, depth=False,
-                                            detach_geometry=self.config.feature_detach, means2d_grad=densify)
-        if densify and info["means2d"].requires_grad:
-            info["means2d"].retain_grad()
-            self._feature_info = info
+        _, emb, _, _, _ = self.rasterize(fview, self.params["embedding"], rgb=False, depth=False,
+                                         detach_geometry=self.config.feature_detach)
         return emb
 
     def training_loss(self, batch: dict[str, Any], data: TrainData, step: int) -> dict[str, Tensor]:
@@ -529,13 +520,8 @@ class GaussianField(FeatureField):
     def after_optimizer_step(self, step: int) -> None:
         """Densify / prune / relocate with the gsplat strategy (gsplat's order: after the optimizer step)."""
         info, self._info = self._info, None
-        feature_info, self._feature_info = self._feature_info, None
         if info is None:
             return
-        if feature_info is not None:
-            from featurefield.fields.splat.strategy import add_feature_pass_gradient
-
-            add_feature_pass_gradient(info, feature_info)
         from gsplat.strategy import MCMCStrategy
 
         params, opts = self.params, self._gaussian_optimizers()

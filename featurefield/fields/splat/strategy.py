@@ -75,23 +75,6 @@ class SyncFreeDefaultStrategy(DefaultStrategy):
             state["radii"] = torch.maximum(state["radii"], torch.where(visible, radii, 0.0).amax(0))
 
 
-def add_feature_pass_gradient(info: dict[str, Any], feature_info: dict[str, Any]) -> None:
-    """Add a second pass's screen-space mean gradients to the colour pass's, which the strategy reads.
-
-    Both passes see the same camera at different image sizes; a gradient per feature-pass pixel is
-    converted to the colour pass's pixels (``d/dx_colour = d/dx_feature * W_feature / W_colour``), as if
-    the two losses had been drawn in one pass (the joint pass). ``grad`` and ``absgrad`` (``[C, N, 2]``)
-    are edited in place.
-    """
-    ours, theirs = info["means2d"], feature_info["means2d"]
-    scale = torch.tensor([feature_info["width"] / info["width"], feature_info["height"] / info["height"]],
-                         device=ours.device)
-    for attr in ("grad", "absgrad"):
-        a, b = getattr(ours, attr, None), getattr(theirs, attr, None)
-        if a is not None and b is not None:
-            a.add_(b * scale)
-
-
 class GroupLambdaLR(torch.optim.lr_scheduler.LambdaLR):
     """``LambdaLR`` with one factor per group whose ``load_state_dict`` also restores the groups' rates.
 
