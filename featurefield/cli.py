@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from featurefield.errors import FeatureFieldError
+from featurefield.stopping import TrainingStopped
 
 #: subcommand -> ("module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -58,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
         result = tyro.cli(fn, args=rest, prog=f"featurefield {name}", description=help_)
         return int(result) if isinstance(result, int) else 0
+    except TrainingStopped as err:  # not an error: the run is intact and resumable
+        print(f"featurefield {name}: {err}", file=sys.stderr)
+        return err.exit_code
     except FeatureFieldError as err:
         print(f"featurefield {name}: error: {err}", file=sys.stderr)
         return 2

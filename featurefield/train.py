@@ -32,6 +32,7 @@ from featurefield.fields.base import FeatureField, TeacherTarget, TrainData, fie
 from featurefield.fields.nerf.config import NerfConfig
 from featurefield.fields.splat.config import SplatConfig
 from featurefield.metrics import cosine_map
+from featurefield.stopping import StopRequest, TrainingStopped
 from featurefield.run import (
     CHECKPOINT, CONFIG, NORMALIZATION, Run, atomic_torch_save, atomic_write_json, load_checkpoint, load_run,
     resolve_device, scene_from_config, teacher_from_spec,
@@ -365,7 +366,8 @@ class Trainer:
                    TextColumn("{task.fields[info]}"), TimeRemainingColumn()]
         t_loop = self._t_loop = time.perf_counter()
         last: dict[str, float] = {}
-        with Progress(*columns, console=self.console, disable=not self.config.progress, transient=False) as bar:
+        with StopRequest() as stop, Progress(*columns, console=self.console, disable=not self.config.progress,
+                                             transient=False) as bar:
             task = bar.add_task(f"train {self.kind}", total=self.steps, completed=start, info="")
             nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
             for step in range(start, self.steps):
@@ -399,9 +401,12 @@ class Trainer:
                     with open(log_path, "a") as f:
                         f.write(json.dumps({"step": done, **metrics}) + "\n")
                     self.console.print(f"step {done}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-                if checkpoint_now:
+                if checkpoint_now or (stop and done < self.steps):
                     self.save_checkpoint(fld, done, generator)
                 bar.update(task, completed=done)
+                if stop and done < self.steps:
+                    raise TrainingStopped(stop.signum, f"stopped by {stop.signal_name} at step {done} of {self.steps}; "
+                                          f"checkpoint written to {ckpt_path}; continue with --output {self.run_dir} --resume")
         t_train = time.perf_counter() - t_loop
         if start >= self.steps:
             self.save_checkpoint(fld, self.steps, generator)

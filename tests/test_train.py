@@ -1,4 +1,4 @@
-"""The shared trainer: run folders, checkpoints, resume after a kill, NaN guard, CLI errors."""
+"""The shared trainer: run folders, checkpoints, resume after a kill or a stop signal, NaN guard, CLI errors."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch
 from featurefield.cli import main
 from featurefield.errors import FeatureFieldError
 from featurefield.run import CHECKPOINT, load_run
+from featurefield.stopping import StopRequest
 from featurefield.train import TrainConfig, parse_teacher, train
 
 DEMO = {"size": 32, "views": 12}
@@ -67,7 +68,7 @@ def test_run_folder_is_complete_and_reloads(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_kill_reaches_the_same_result(tmp_path):
+def test_resume_after_kill_or_stop_reaches_the_same_result(tmp_path):
     # One thread in every leg: CPU index_put_(accumulate=True) (the backward of gathers) sums in a
     # thread-dependent order, so two multi-threaded runs may differ in the last bits even without a kill.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -104,6 +105,41 @@ def test_resume_after_kill_reaches_the_same_result(tmp_path):
     for k, v in a["field_state"].items():
         if torch.is_tensor(v) and v.is_floating_point():
             assert torch.allclose(v, b["field_state"][k], atol=1e-5, rtol=1e-4), k
+
+    # SIGTERM (a scheduler's limit, `timeout`): the step finishes, a checkpoint is written at it, exit 143;
+    # no periodic checkpoint here, so the one found is the stop's
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen(_train_cmd(stopped, steps, ["--checkpoint-every", "1000"]), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (stopped / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    if proc.poll() is not None:
+        pytest.fail("training finished before it could be stopped; raise the step count")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    step_at_stop = torch.load(stopped / CHECKPOINT, weights_only=False)["step"]
+    assert 1 <= step_at_stop < steps and f"at step {step_at_stop} of {steps}" in err and "--resume" in err
+    assert not (stopped / "metrics.json").exists()
+    resumed = subprocess.run([sys.executable, "-m", "featurefield.cli", "train", "demo:1", "--output", str(stopped),
+                              "--resume", "--device", "cpu"], capture_output=True, text=True, timeout=600, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    c = torch.load(stopped / CHECKPOINT, weights_only=False)
+    for k, v in a["field_state"].items():
+        if torch.is_tensor(v) and v.is_floating_point():
+            assert torch.allclose(v, c["field_state"][k], atol=1e-5, rtol=1e-4), k
+
+
+def test_stop_request_catches_the_first_signal_and_interrupts_on_the_second():
+    previous = signal.getsignal(signal.SIGTERM)
+    with StopRequest() as stop:
+        assert not stop
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop and stop.signal_name == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) is previous
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

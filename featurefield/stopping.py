@@ -1,0 +1,58 @@
+"""Stopping a training cleanly: on SIGTERM or Ctrl-C the trainer finishes its step, writes a checkpoint
+and exits, so a scheduler's time limit, a pre-emption or a `timeout` loses no steps.
+
+A second signal while the first is being honoured interrupts at once (``KeyboardInterrupt``).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+from featurefield.errors import FeatureFieldError
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingStopped(FeatureFieldError):
+    """Training stopped on a signal after writing its checkpoint; ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
+
+
+class StopRequest:
+    """A context manager that turns SIGINT / SIGTERM into a request to stop after the current step.
+
+    ``bool(request)`` says whether one arrived; ``signal_name`` and ``signum`` say which. Signal handlers
+    can only be installed from the main thread: elsewhere (a training started from a worker thread)
+    the signals keep their usual behaviour and the request stays false.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    @property
+    def signal_name(self) -> str | None:
+        return None if self.signum is None else signal.Signals(self.signum).name
+
+    def __bool__(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
