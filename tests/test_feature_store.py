@@ -157,3 +157,79 @@ def test_processes_sharing_a_cache_take_turns(tmp_path):
     assert sorted(t.images_seen for t in teachers) == [0, 6]
     for f in results:
         assert torch.equal(f, expected(scene, range(6)))
+
+
+def test_different_sets_extract_side_by_side_and_both_stay_indexed(tmp_path):
+    """Two processes extracting different views do not wait for each other, and neither loses the other's entry."""
+    import json
+    import threading
+    import time
+
+    inside, overlap = [0], []
+
+    class Slow(Pooled):
+        def extract(self, images):
+            inside[0] += 1
+            overlap.append(inside[0])
+            time.sleep(0.05)
+            inside[0] -= 1
+            return super().extract(images)
+
+    scene = make_scene(n=8)
+    halves, errors = [[0, 2, 4, 6], [1, 3, 5, 7]], []
+    start = threading.Barrier(2)
+
+    def work(k):
+        try:
+            start.wait()
+            FeatureStore(tmp_path, shard_images=1).load_or_extract(scene, Slow(), halves[k], device="cpu", batch_size=1,
+                                                                    progress=False)
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and max(overlap) == 2  # both were extracting at the same time
+    store = FeatureStore(tmp_path, shard_images=1)
+    index = json.loads((store.teacher_dir(Pooled()) / "index.json").read_text())
+    assert len(index["sets"]) == 2 and all(len(e["shards"]) == 4 for e in index["sets"].values())
+    t = Pooled()
+    f = store.load_or_extract(scene, t, list(range(8)), device="cpu", progress=False)
+    assert t.images_seen == 0 and torch.equal(f, expected(scene, range(8)))  # every row copied from the halves
+    store.discard(scene, t, halves[0])
+    index = json.loads((store.teacher_dir(t) / "index.json").read_text())
+    files = {p.stem for p in store.teacher_dir(t).glob("*.npy")}
+    assert len(index["sets"]) == 2 and files == set(index["sets"])  # the half and the whole remain
+
+
+@pytest.mark.slow
+def test_torchrun_shards_the_extraction_into_one_set(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from featurefield.data.registry import load_scene
+    from featurefield.teachers.dino import DinoTeacher
+
+    cache = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "featurefield.cli",
+           "features", "demo", "--teacher", "dino:pretrained=random,resolution=28", "--views", "all", "--pca", "0",
+           "--cache-dir", str(cache), "--device", "cpu"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    scene = load_scene("demo")
+    n = len(scene)
+    for r in range(2):
+        assert f"dino: rank {r} of 2 extracted {len(range(r, n, 2))} views" in res.stdout
+    teacher = DinoTeacher(pretrained="random", resolution=28)
+    folder = FeatureStore(cache).teacher_dir(teacher)
+    index = json.loads((folder / "index.json").read_text())
+    assert [e["shape"][0] for e in index["sets"].values()] == [n]  # the shards were merged and dropped
+    assert len(list(folder.glob("*.npy"))) == 1
+    sharded = FeatureStore(cache).load_or_extract(scene, teacher, None, device="cpu", progress=False)
+    alone = FeatureStore(tmp_path / "alone").load_or_extract(scene, teacher, None, device="cpu", progress=False)
+    assert torch.allclose(sharded.float(), alone.float(), atol=2e-3, rtol=1e-2)

@@ -102,3 +102,11 @@ def test_offline_error_names_model(monkeypatch, tmp_path):
         ClipTeacher()
     with pytest.raises(FeatureFieldError, match="not found"):
         ClipTeacher(model=MODEL, weights=tmp_path / "missing.pt")
+
+
+def test_random_weights_are_rebuilt_identically(clip):
+    # a random teacher's cached features must come from the model every process builds
+    again = ClipTeacher(model=MODEL, pretrained="random")
+    assert clip.settings()["weights"] == again.settings()["weights"] == "random-seed0"
+    pa, pb = clip.model.state_dict(), again.model.state_dict()
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)

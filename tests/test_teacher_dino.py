@@ -39,7 +39,19 @@ def test_normalize_option_and_settings():
     t = DinoTeacher(pretrained=None, resolution=28, normalize=True)
     f = t.extract(torch.rand(1, 3, 28, 28))
     assert torch.allclose(f.norm(dim=1), torch.ones(1, 2, 2), atol=1e-4)
-    assert t.settings()["normalize"] is True and t.settings()["weights"] == "random"
+    assert t.settings()["normalize"] is True and t.settings()["weights"] == "random-seed0"
+
+
+def test_random_weights_are_the_same_in_every_process_and_leave_the_rng_alone():
+    # the cache keys a random teacher by its settings: another process (an eval, a shard) must rebuild it exactly
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a, b = DinoTeacher(pretrained="random", resolution=28), DinoTeacher(pretrained=None, resolution=28)
+    assert torch.equal(torch.get_rng_state(), before)
+    pa, pb = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    x = torch.rand(1, 3, 28, 28)
+    assert torch.equal(a.extract(x), b.extract(x))
 
 
 def test_offline_error(monkeypatch):

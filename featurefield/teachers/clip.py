@@ -35,6 +35,7 @@ from torch import Tensor
 
 from featurefield.errors import FeatureFieldError
 from featurefield.teachers.base import PatchGridTeacher, register_teacher
+from featurefield.teachers.weights import RANDOM_WEIGHTS_ID, seeded_random_init
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -85,7 +86,7 @@ def _load_open_clip(model: str, pretrained: str | None, weights: str | Path | No
             raise FeatureFieldError(f"{path}: CLIP checkpoint not found; pass an existing open_clip checkpoint file")
         ckpt, weights_id = str(path), f"file:{path.resolve()}:{path.stat().st_size}"
     elif pretrained in (None, "", "random", "none"):
-        ckpt, weights_id = None, "random"
+        ckpt, weights_id = None, RANDOM_WEIGHTS_ID
     else:
         from open_clip.pretrained import get_pretrained_cfg
 
@@ -101,7 +102,11 @@ def _load_open_clip(model: str, pretrained: str | None, weights: str | Path | No
         mean, std = tuple(cfg.get("mean") or mean), tuple(cfg.get("std") or std)
         ckpt, weights_id = str(found), f"{model}/{pretrained}"
     try:
-        net = open_clip.create_model(model, pretrained=ckpt)
+        if ckpt is None:
+            with seeded_random_init():
+                net = open_clip.create_model(model, pretrained=None)
+        else:
+            net = open_clip.create_model(model, pretrained=ckpt)
     except (RuntimeError, OSError, KeyError) as err:
         raise FeatureFieldError(f"{ckpt}: cannot load it as {model} ({err}); pass a matching checkpoint") from err
     return net.eval(), mean, std, weights_id

@@ -100,14 +100,27 @@ def _private_pca(feats: torch.Tensor) -> list[np.ndarray]:
     return [(img.reshape(v, h, w, 3)[i].numpy() * 255).astype(np.uint8) for i in range(v)]
 
 
+def _torchrun_ranks() -> tuple[int, int, int]:
+    """``(rank, world size, local rank)`` from torchrun's environment; ``(0, 1, 0)`` outside it."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, world, int(os.environ.get("LOCAL_RANK", str(rank)))
+
+
 def features_command(scene: str, /, teacher: list[str] = ["sam"], views: str = "train", weights: Path | None = None,  # noqa: B006
                      cache_dir: Path | None = None, pca: int = 4, output: Path | None = None, device: str = "auto",
                      format: str | None = None, downscale: float = 1.0) -> int:
     """Extract and cache teacher features of a scene; write PCA pictures of a few views.
 
+    Under ``torchrun --nproc-per-node N`` the views are sharded: rank ``r`` extracts every N-th view from
+    the r-th on its own GPU (``cuda:LOCAL_RANK``), then rank 0 gathers them into the one cached set that
+    training reads (rows copied, not recomputed) and drops the shards.
+
     Args:
         scene: scene folder (or ``demo``).
-        teacher: one or more teachers (each is an independent target).
+        teacher: one or more teachers, as for ``train`` (``clip:model=ViT-B-16,pretrained=random``).
         views: split name (train, test), ``all``, or comma-separated indices.
         weights: weight file/folder passed to every teacher as ``weights=``.
         cache_dir: feature cache root (default ``$FEATUREFIELD_CACHE`` or ~/.cache/featurefield/features).
@@ -122,24 +135,52 @@ def features_command(scene: str, /, teacher: list[str] = ["sam"], views: str = "
     from featurefield.data.registry import load_scene
     from featurefield.teachers.base import create_teacher
     from featurefield.teachers.store import FeatureStore
+    from featurefield.train import parse_teacher
 
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
+    rank, world, local_rank = _torchrun_ranks()
+    if device == "auto":
+        dev = torch.device(f"cuda:{local_rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
+    else:
+        dev = torch.device(device)
     sc = load_scene(scene, format=format, downscale=downscale)
     ids = _parse_views(sc, views)
     store = FeatureStore(cache_dir)
     out_dir = Path(output) if output is not None else Path("outputs") / "features" / sc.name
-    for name in teacher:
-        opts = {"weights": weights} if weights is not None else {}
-        t = create_teacher(name, **opts)
-        feats = store.load_or_extract(sc, t, ids, device=dev)
-        print(f"{name}: {tuple(feats.shape)} fp16 cached in {store.teacher_dir(t)}")
-        if pca > 0:
-            pick = sorted(set(np.linspace(0, len(ids) - 1, min(pca, len(ids))).round().astype(int).tolist()))
-            (out_dir / name).mkdir(parents=True, exist_ok=True)
-            for j, picture in zip(pick, _pca_pictures(feats[pick])):
-                im = Image.fromarray(picture)
-                H, W = int(sc.cameras.height[ids[j]]), int(sc.cameras.width[ids[j]])
-                im.resize((W, int(round(W * picture.shape[0] / picture.shape[1]))) if W else im.size, Image.NEAREST).save(
-                    out_dir / name / f"view_{ids[j]:04d}.png")
-            print(f"{name}: PCA pictures in {out_dir / name}")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")  # only for barriers: the features travel through the cache folder
+    try:
+        for spec in teacher:
+            parsed = parse_teacher(spec)
+            opts = {**({"weights": str(weights)} if weights is not None else {}), **parsed["options"]}
+            t = create_teacher(parsed["name"], **opts)
+            name = t.name
+            if world > 1:
+                shards = [ids[r::world] for r in range(world)]
+                if shards[rank]:
+                    store.load_or_extract(sc, t, shards[rank], device=dev, progress=rank == 0)
+                print(f"{name}: rank {rank} of {world} extracted {len(shards[rank])} views")
+                dist.barrier()
+                if rank != 0:
+                    continue
+            feats = store.load_or_extract(sc, t, ids, device=dev)
+            if world > 1:
+                for shard in shards:
+                    if shard and shard != ids:
+                        store.discard(sc, t, shard)
+            print(f"{name}: {tuple(feats.shape)} fp16 cached in {store.teacher_dir(t)}")
+            if pca > 0:
+                pick = sorted(set(np.linspace(0, len(ids) - 1, min(pca, len(ids))).round().astype(int).tolist()))
+                (out_dir / name).mkdir(parents=True, exist_ok=True)
+                for j, picture in zip(pick, _pca_pictures(feats[pick])):
+                    im = Image.fromarray(picture)
+                    H, W = int(sc.cameras.height[ids[j]]), int(sc.cameras.width[ids[j]])
+                    im.resize((W, int(round(W * picture.shape[0] / picture.shape[1]))) if W else im.size, Image.NEAREST).save(
+                        out_dir / name / f"view_{ids[j]:04d}.png")
+                print(f"{name}: PCA pictures in {out_dir / name}")
+    finally:
+        if world > 1:
+            dist.barrier()  # the others wait for rank 0's gathering before the group goes
+            dist.destroy_process_group()
     return 0

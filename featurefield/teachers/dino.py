@@ -19,6 +19,7 @@ from torch import Tensor
 
 from featurefield.errors import FeatureFieldError
 from featurefield.teachers.base import PatchGridTeacher, register_teacher
+from featurefield.teachers.weights import RANDOM_WEIGHTS_ID, seeded_random_init
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -78,8 +79,9 @@ class DinoTeacher(PatchGridTeacher):
             net = timm.create_model(model, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
             self.weights_id = f"file:{path.resolve()}:{path.stat().st_size}"
         elif pretrained in (None, "", "random", "none"):
-            net = timm.create_model(model, pretrained=False, **kwargs)
-            self.weights_id = "random"
+            with seeded_random_init():
+                net = timm.create_model(model, pretrained=False, **kwargs)
+            self.weights_id = RANDOM_WEIGHTS_ID
         else:
             tag = None if pretrained == "auto" else pretrained
             hub, found = _cached_hub_file(model, tag)

