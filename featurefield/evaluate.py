@@ -91,8 +91,9 @@ def class_prototypes(run: Run, teacher: str, num_classes: int, max_views: int = 
     scene = run.scene()
     views = _spread(run.view_indices("train"), max_views)
     sums, counts = None, torch.zeros(num_classes)
-    for v in views:
-        f = run.features(teacher, [v])[0].float() if source == "teacher" else _field_features(run, teacher, v)
+    cached = run.features(teacher, views) if source == "teacher" else None  # one batched set, memory-mapped
+    for k, v in enumerate(views):
+        f = cached[k].float() if cached is not None else _field_features(run, teacher, v)
         labels = _labels_to_grid(scene.semantic(v), f.shape[-2:]).flatten().cpu()
         fn = F.normalize(f.flatten(1), dim=0).T.cpu()  # [h*w, D]
         if sums is None:
@@ -198,6 +199,9 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
                       "field": torch.zeros(ncls, ncls, dtype=torch.int64),
                       "teacher": torch.zeros(ncls, ncls, dtype=torch.int64)}
 
+    # the teachers' features of every evaluated view as one cached set (batched extraction of what is missing;
+    # the trainer's final evaluation of the same views already wrote it), memory-mapped
+    targets = {t: run.features(t, views) for t in teachers}
     it = track(range(len(views)), description="evaluate", transient=True) if progress else range(len(views))
     for k in it:
         v, cam = views[k], cams[k]
@@ -214,7 +218,7 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
         else:
             depths.append(surface_depth(r))
         for t in teachers:
-            target = run.features(t, [v])[0].to(run.device, torch.float32)
+            target = targets[t][k].to(run.device, torch.float32)
             pred = fld.decode(r, t, tuple(target.shape[-2:]), as_teacher=True).float()
             for key, val in feature_fidelity(pred, target).items():
                 fid[t][key].append(val)

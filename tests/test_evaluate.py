@@ -60,8 +60,13 @@ def demo_run(tmp_path_factory):
 
 def test_evaluate_run_reports_every_section(demo_run):
     from featurefield.evaluate import evaluate_run
+    from featurefield.teachers.store import FeatureStore
 
     m = evaluate_run(demo_run, max_views=3, progress=False)
+    # the evaluated views' teacher features are fetched as one set, not one set per view
+    folder = FeatureStore(demo_run.config["cache_dir"]).teacher_dir(demo_run.teacher("toycolour"))
+    sets = json.loads((folder / "index.json").read_text())["sets"].values()
+    assert 3 in [e["shape"][0] for e in sets] and 1 not in [e["shape"][0] for e in sets]
     assert m["views"] == 3 and m["image"]["psnr"] > 8 and 0 < m["image"]["ssim"] <= 1
     per_view = m["image"]["psnr_per_view"]
     assert len(per_view) == 3 and abs(sum(per_view.values()) / 3 - m["image"]["psnr"]) < 1e-2
