@@ -12,6 +12,7 @@
 #   bash bench/device_lego.sh nerf [STEPS] [EXTRA...]    # featurefield train ... --field nerf (SAM cache of the splat run)
 #   bash bench/device_lego.sh nerf-resume                # continue it; the trainer's final eval covers all test views
 #   bash bench/device_lego.sh features  # SAM features of every carried view into the shared cache
+#   bash bench/device_lego.sh sharded   # the same, one process vs torchrun with one rank per GPU (seconds each)
 #   bash bench/device_lego.sh sweep STEPS NAME=ARGS...  # concurrent runs sharing the GPU (quality only), then eval
 #   bash bench/device_lego.sh sweep-resume | sweep-eval  # continue / evaluate the sweep runs
 #   bash bench/device_lego.sh eval-run RUN; bash bench/device_lego.sh views RUN [N]  # eval; worst views as PNGs
@@ -170,6 +171,17 @@ features)  # merge the carried lego parts; extract (or find cached) the SAM feat
     t0=$(date +%s)
     python3 -m featurefield.cli features "$LEGO" --teacher sam --weights "$ENC" --views all --pca 0 2>&1 | tail -3
     echo "features: $(( $(date +%s) - t0 )) s"
+    ;;
+sharded)  # SAM features of every carried view: one process vs torchrun with one rank per GPU (fresh caches)
+    merge_lego
+    gpus=${GPUS:-$(nvidia-smi -L | wc -l)}
+    for n in 1 "$gpus"; do
+        rm -rf "runs/cache-shard$n"; t0=$(date +%s.%N)
+        FEATUREFIELD_CACHE=$PWD/runs/cache-shard$n timeout "$(limit 300)" python3 -m torch.distributed.run --standalone \
+            --nproc-per-node "$n" -m featurefield.cli features "$LEGO" --teacher sam --weights "$ENC" --views all --pca 0 \
+            2>&1 | grep -E "extracted|cached" | tail -4
+        echo "ranks $n: $(python3 -c "import time; print(f'{time.time() - $t0:.1f}')") s"
+    done
     ;;
 sweep-resume)  # continue every unfinished sweep run, then evaluate them all
     merge_lego
