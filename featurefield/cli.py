@@ -8,6 +8,7 @@ on one line and exits with code 2.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from featurefield.errors import FeatureFieldError
@@ -27,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "query": ("featurefield.query.commands:query_command", "text or prompt queries on a trained run; extract objects in 3D"),
     "eval": ("featurefield.evaluate:eval_command", "evaluate a trained run: PSNR/SSIM/LPIPS, feature fidelity, mask IoU, PCK, mIoU"),
 }
+
+
+#: commands that may run under torchrun (one process per GPU)
+DISTRIBUTED_COMMANDS = {"features"}
 
 
 def _usage() -> str:
@@ -52,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"featurefield: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     target, help_ = COMMANDS[name]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and name not in DISTRIBUTED_COMMANDS:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"featurefield {name}: error: runs in one process; under torchrun only `featurefield features` "
+                  "works (sharded extraction); run it there first, then this command alone finds the features cached",
+                  file=sys.stderr)
+        return 2
     try:
         module, func = target.split(":")
         fn = getattr(importlib.import_module(module), func)
