@@ -35,13 +35,59 @@ def focus_point(cameras: Cameras) -> Tensor:
 
 
 def world_up(cameras: Cameras) -> Tensor:
-    """Average "up" of the cameras (OpenCV y points down, so up is -y). ``[3]`` unit."""
-    up = -cameras.c2w[:, :3, 1].mean(0)
-    return up / up.norm().clamp_min(1e-9)
+    """The scene's "up". ``[3]`` unit.
+
+    Cameras that spread over a plane (a ring or an arc around an object, at about one height) give its
+    normal, turned to agree with their average up (OpenCV y points down, so up is -y). Their average up
+    alone leans towards the object when they all look down at it from one side; it is the answer only
+    where the centres do not span a plane (a line of cameras, a forward-facing capture).
+    """
+    mean_up = -cameras.c2w[:, :3, 1].mean(0)
+    mean_up = mean_up / mean_up.norm().clamp_min(1e-9)
+    centres = cameras.centers
+    if len(centres) >= 3:
+        _, s, vt = torch.linalg.svd(centres - centres.mean(0), full_matrices=False)
+        normal = vt[2]
+        planar = s[1] > 0.3 * s[0] and s[2] < 0.3 * s[1]
+        if planar and float(normal @ mean_up) < 0:
+            normal = -normal
+        if planar and float(normal @ mean_up) > 0.7:  # within 45 degrees of the cameras' own up
+            return normal / normal.norm()
+    return mean_up
 
 
-def orbit_path(cameras: Cameras, frames: int = 120, template: int = 0) -> Cameras:
-    """A full circle around :func:`focus_point` at the cameras' mean distance and height."""
+def captured_arc(cameras: Cameras, target: Tensor, a: Tensor, b: Tensor, trim: float = 0.05) -> tuple[float, float]:
+    """``(start, span)`` in radians of the azimuths the cameras cover about ``target`` (0 along ``a``, pi/2
+    along ``b``, two unit vectors orthogonal to up).
+
+    The circle minus its largest empty gap, less the ``trim`` fraction of cameras at either end (the few
+    views at the edges of a capture see too little to look from).
+    """
+    rel = cameras.centers - target
+    azimuth = torch.atan2(rel @ b, rel @ a).sort().values
+    gaps = torch.diff(torch.cat([azimuth, azimuth[:1] + 2 * math.pi]))
+    i = int(gaps.argmax())
+    start = azimuth[(i + 1) % len(azimuth)]
+    unwrapped = torch.remainder(azimuth - start, 2 * math.pi)  # 0 .. span, from one edge of the gap round
+    lo, hi = torch.quantile(unwrapped, torch.tensor([trim, 1 - trim]))
+    return float(start + lo), float(hi - lo)
+
+
+def orbit_path(cameras: Cameras, frames: int = 120, template: int = 0, arc: str = "auto",
+               max_gap_deg: float = 90.0) -> Cameras:
+    """An orbit around :func:`focus_point` at the cameras' mean distance and height.
+
+    Args:
+        cameras: the capture's cameras (train views).
+        frames: path length.
+        template: camera whose intrinsics the path keeps.
+        arc: ``"full"``: a whole circle; ``"captured"``: a sweep over the azimuths the cameras cover and
+            back (eased at both ends, so the video loops); ``"auto"``: ``"captured"`` when the capture leaves
+            a gap wider than ``max_gap_deg`` (a phone capture from one side), else ``"full"``. Outside what
+            was captured a field shows only guesses.
+    """
+    if arc not in ("auto", "full", "captured"):
+        raise ValueError(f"arc must be auto, full or captured, got {arc!r}")
     target = focus_point(cameras)
     up = world_up(cameras)
     rel = cameras.centers - target
@@ -50,7 +96,12 @@ def orbit_path(cameras: Cameras, frames: int = 120, template: int = 0) -> Camera
     radius = float(planar.norm(dim=-1).mean())
     a = planar[0] / planar[0].norm().clamp_min(1e-9)
     b = torch.linalg.cross(up, a)
-    t = torch.linspace(0, 2 * math.pi, frames + 1)[:-1]
+    start, span = captured_arc(cameras, target, a, b)
+    if arc == "captured" or (arc == "auto" and 2 * math.pi - span > math.radians(max_gap_deg)):
+        phase = torch.arange(frames) / frames * 2 * math.pi
+        t = start + span * (0.5 - 0.5 * torch.cos(phase))
+    else:
+        t = torch.linspace(0, 2 * math.pi, frames + 1)[:-1]
     eyes = target + radius * (torch.cos(t)[:, None] * a + torch.sin(t)[:, None] * b) + height * up
     c2w = look_at(eyes, target, up)
     return _with_intrinsics(cameras[template], c2w)

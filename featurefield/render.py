@@ -92,6 +92,7 @@ def render_command(
     output: Path | None = None,
     path: Literal["test", "train", "orbit", "interpolate"] = "test",
     frames: int = 120,
+    orbit: Literal["auto", "full", "captured"] = "auto",
     fps: int = 30,
     outputs: tuple[str, ...] = ("rgb", "depth", "pca"),
     max_views: int | None = None,
@@ -104,6 +105,8 @@ def render_command(
         output: where to write (default RUN/renders/<path>).
         path: `test`/`train` views, a smooth `orbit`, or an `interpolate`d path through the train views.
         frames: frames of an orbit or interpolated path.
+        orbit: `full` circle, `captured` (a sweep over the azimuths the train views cover, and back), or
+            `auto` (captured when the capture leaves a gap over 90 degrees, e.g. a phone capture from one side).
         outputs: any of rgb, depth, pca.
         max_views: render at most this many views of a split (evenly spaced).
     """
@@ -123,10 +126,12 @@ def render_command(
         names = [f"view_{v:04d}" for v in views]
     else:
         train = loaded.cameras("train").to("cpu")
-        cams = (orbit_path(train, frames) if path == "orbit" else interpolate_path(train, frames)).to(loaded.device)
+        cams = (orbit_path(train, frames, arc=orbit) if path == "orbit" else interpolate_path(train, frames)).to(loaded.device)
         names = None
     out = output or loaded.path / "renders" / path
     written = render_path(loaded, cams, out, tuple(outputs), fps=fps, names=names)
     for kind, files in written.items():
-        print(f"{kind}: {len(files)} files in {out / kind}")
+        pngs = [f for f in files if f.suffix == ".png"]
+        videos = [f for f in files if f.suffix != ".png"]
+        print(f"{kind}: {len(pngs)} frames in {out / kind}" + "".join(f", video {v}" for v in videos))
     return 0
