@@ -265,6 +265,8 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
     if sam is not None:
         if "unavailable" in sam:
             out["sam"] = sam
+        elif not sam["rendered_vs_teacher"]:
+            out["sam"] = {"unavailable": "no box prompts (the scene has no alpha or instance masks to draw them from)"}
         else:
             out["sam"] = {"prompts": len(sam["rendered_vs_teacher"]), "gt": sam["gt"],
                           "mask_iou_rendered_vs_teacher": _mean(sam["rendered_vs_teacher"]),
