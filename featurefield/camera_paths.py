@@ -37,23 +37,27 @@ def focus_point(cameras: Cameras) -> Tensor:
 def world_up(cameras: Cameras) -> Tensor:
     """The scene's "up". ``[3]`` unit.
 
-    Cameras that spread over a plane (a ring or an arc around an object, at about one height) give its
-    normal, turned to agree with their average up (OpenCV y points down, so up is -y). Their average up
-    alone leans towards the object when they all look down at it from one side; it is the answer only
-    where the centres do not span a plane (a line of cameras, a forward-facing capture).
+    People rarely roll a camera, so the cameras' x axes (image right) lie about level: up is the direction
+    most perpendicular to all of them (the smallest eigenvector of their scatter), turned to agree with
+    the cameras' average up (OpenCV y points down, so up is -y). That average alone leans towards the
+    object when every camera looks down at it from one side, and tilts a video's horizon. Where the
+    x axes do not spread over a plane (all parallel: a forward-facing capture), the average up is used,
+    made perpendicular to their mean.
     """
     mean_up = -cameras.c2w[:, :3, 1].mean(0)
     mean_up = mean_up / mean_up.norm().clamp_min(1e-9)
-    centres = cameras.centers
-    if len(centres) >= 3:
-        _, s, vt = torch.linalg.svd(centres - centres.mean(0), full_matrices=False)
-        normal = vt[2]
-        planar = s[1] > 0.3 * s[0] and s[2] < 0.3 * s[1]
-        if planar and float(normal @ mean_up) < 0:
-            normal = -normal
-        if planar and float(normal @ mean_up) > 0.7:  # within 45 degrees of the cameras' own up
-            return normal / normal.norm()
-    return mean_up
+    right = cameras.c2w[:, :3, 0]
+    right = right / right.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+    evals, evecs = torch.linalg.eigh(right.T @ right / len(right))
+    up = evecs[:, 0]
+    if float(up @ mean_up) < 0:
+        up = -up
+    if evals[1] > 0.05 * evals[2] and float(up @ mean_up) > 0.5:
+        return up / up.norm()
+    mean_right = right.mean(0)
+    mean_right = mean_right / mean_right.norm().clamp_min(1e-9)
+    level = mean_up - (mean_up @ mean_right) * mean_right
+    return level / level.norm().clamp_min(1e-9)
 
 
 def captured_arc(cameras: Cameras, target: Tensor, a: Tensor, b: Tensor, trim: float = 0.05) -> tuple[float, float]:

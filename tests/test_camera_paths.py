@@ -47,3 +47,17 @@ def test_orbit_of_an_all_round_capture_is_a_full_circle():
     assert gaps.max() < 11  # evenly around (10 degrees a frame)
     with pytest.raises(ValueError):
         orbit_path(ring([0.0, 90.0]), arc="half")
+
+
+def test_up_is_level_for_cameras_looking_down_from_one_side():
+    from featurefield.camera_paths import world_up
+
+    cams = ring([float(x) for x in range(-20, 101, 10)], height=2.0)  # all looking down at the object
+    mean_up = -cams.c2w[:, :3, 1].mean(0)
+    assert float(mean_up[2] / mean_up.norm()) < 0.95  # the naive average leans towards the object
+    assert torch.allclose(world_up(cams), torch.tensor([0.0, 0.0, 1.0]), atol=1e-4)
+    # a forward-facing capture (every camera the same way, slid sideways): level, and up where the cameras' up is
+    c2w = look_at(torch.stack([torch.arange(5.0), torch.zeros(5), torch.zeros(5)], -1),
+                  torch.stack([torch.arange(5.0), torch.full((5,), 4.0), torch.full((5,), -1.0)], -1))
+    up = world_up(Cameras(c2w=c2w, fx=50.0, fy=50.0, cx=32.0, cy=24.0, width=64, height=48))
+    assert abs(float(up @ c2w[0, :3, 0])) < 1e-5 and float(up @ -c2w[0, :3, 1]) > 0.99
