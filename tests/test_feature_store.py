@@ -126,9 +126,30 @@ def test_features_command_writes_pca(tmp_path, monkeypatch):
     assert len(pics) == 2
 
 
+def run_together(*works) -> None:
+    """Call ``works[k](k)`` in threads released at the same moment (each as if another process); re-raise."""
+    import threading
+
+    start, errors = threading.Barrier(len(works)), []
+
+    def go(k):
+        try:
+            start.wait()
+            works[k](k)
+        except Exception as err:  # pragma: no cover - re-raised below
+            errors.append(err)
+
+    threads = [threading.Thread(target=go, args=(k,)) for k in range(len(works))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
 def test_processes_sharing_a_cache_take_turns(tmp_path):
     """Two extractions of the same views at once: one extracts, the other waits and reads its shards."""
-    import threading
     import time
 
     class Slow(Pooled):
@@ -137,23 +158,13 @@ def test_processes_sharing_a_cache_take_turns(tmp_path):
             return super().extract(images)
 
     scene = make_scene(n=6)
-    teachers, results, errors = [Slow(), Slow()], [None, None], []
-    start = threading.Barrier(2)
+    teachers, results = [Slow(), Slow()], [None, None]
 
     def work(k):
-        try:
-            start.wait()
-            store = FeatureStore(tmp_path, shard_images=2)  # each its own store and lock file handle
-            results[k] = store.load_or_extract(scene, teachers[k], None, device="cpu", batch_size=1, progress=False)
-        except Exception as err:  # pragma: no cover - reported below
-            errors.append(err)
+        store = FeatureStore(tmp_path, shard_images=2)  # each its own store and lock file handle
+        results[k] = store.load_or_extract(scene, teachers[k], None, device="cpu", batch_size=1, progress=False)
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    run_together(work, work)
     assert sorted(t.images_seen for t in teachers) == [0, 6]
     for f in results:
         assert torch.equal(f, expected(scene, range(6)))
@@ -162,7 +173,6 @@ def test_processes_sharing_a_cache_take_turns(tmp_path):
 def test_different_sets_extract_side_by_side_and_both_stay_indexed(tmp_path):
     """Two processes extracting different views do not wait for each other, and neither loses the other's entry."""
     import json
-    import threading
     import time
 
     inside, overlap = [0], []
@@ -176,23 +186,14 @@ def test_different_sets_extract_side_by_side_and_both_stay_indexed(tmp_path):
             return super().extract(images)
 
     scene = make_scene(n=8)
-    halves, errors = [[0, 2, 4, 6], [1, 3, 5, 7]], []
-    start = threading.Barrier(2)
+    halves = [[0, 2, 4, 6], [1, 3, 5, 7]]
 
     def work(k):
-        try:
-            start.wait()
-            FeatureStore(tmp_path, shard_images=1).load_or_extract(scene, Slow(), halves[k], device="cpu", batch_size=1,
-                                                                    progress=False)
-        except Exception as err:  # pragma: no cover - reported below
-            errors.append(err)
+        FeatureStore(tmp_path, shard_images=1).load_or_extract(scene, Slow(), halves[k], device="cpu", batch_size=1,
+                                                                progress=False)
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors and max(overlap) == 2  # both were extracting at the same time
+    run_together(work, work)
+    assert max(overlap) == 2  # both were extracting at the same time
     store = FeatureStore(tmp_path, shard_images=1)
     index = json.loads((store.teacher_dir(Pooled()) / "index.json").read_text())
     assert len(index["sets"]) == 2 and all(len(e["shards"]) == 4 for e in index["sets"].values())
