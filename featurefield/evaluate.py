@@ -130,6 +130,13 @@ def _sam_boxes(scene, view: int, min_area: float = 0.005, max_boxes: int = 6) ->
     return boxes, masks, "instances"
 
 
+def _grid_points(height: int, width: int, n: int = 3) -> Tensor:
+    """``[n * n, 2]`` (x, y) pixels of an even grid over the image, away from its border."""
+    xs = (torch.arange(n) + 0.5) / n * width
+    ys = (torch.arange(n) + 0.5) / n * height
+    return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)
+
+
 def _coverage(scene, view: int) -> Tensor | None:
     """``[H, W]`` scene content of a view in [0, 1]: ground-truth alpha, else depth > 0, else None."""
     alpha = scene.alpha(view)
@@ -237,13 +244,16 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
             if t == "sam" and sam is not None and "unavailable" not in sam:
                 boxes, gts, kind = _sam_boxes(scene, v)
                 sam["gt"] = kind
-                rendered = fld.decode(r, "sam", valid_grid(H, W)).float() if boxes else None
-                for box, m in zip(boxes, gts):
-                    mr, _ = prompt_mask(sam_decoder, rendered, (H, W), box=box)
-                    mt, _ = prompt_mask(sam_decoder, target, (H, W), box=box)
+                # without masks to draw boxes from, the same point prompts on both: rendered vs teacher only
+                prompts = [{"box": box} for box in boxes] or [{"points": p[None]} for p in _grid_points(H, W)]
+                rendered = fld.decode(r, "sam", valid_grid(H, W)).float()
+                for k, prompt in enumerate(prompts):
+                    mr, _ = prompt_mask(sam_decoder, rendered, (H, W), **prompt)
+                    mt, _ = prompt_mask(sam_decoder, target, (H, W), **prompt)
                     sam["rendered_vs_teacher"].append(mask_iou(mr, mt))
-                    sam["rendered_vs_gt"].append(mask_iou(mr, m))
-                    sam["teacher_vs_gt"].append(mask_iou(mt, m))
+                    if boxes:
+                        sam["rendered_vs_gt"].append(mask_iou(mr, gts[k]))
+                        sam["teacher_vs_gt"].append(mask_iou(mt, gts[k]))
             if t in sem:
                 s = sem[t]
                 gt_labels = scene.semantic(v)
@@ -265,13 +275,13 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
     if sam is not None:
         if "unavailable" in sam:
             out["sam"] = sam
-        elif not sam["rendered_vs_teacher"]:
-            out["sam"] = {"unavailable": "no box prompts (the scene has no alpha or instance masks to draw them from)"}
         else:
             out["sam"] = {"prompts": len(sam["rendered_vs_teacher"]), "gt": sam["gt"],
-                          "mask_iou_rendered_vs_teacher": _mean(sam["rendered_vs_teacher"]),
-                          "iou_rendered_vs_gt": _mean(sam["rendered_vs_gt"]),
-                          "iou_teacher_vs_gt": _mean(sam["teacher_vs_gt"])}
+                          "prompt": "boxes" if sam["rendered_vs_gt"] else "points (3 x 3 grid)",
+                          "mask_iou_rendered_vs_teacher": _mean(sam["rendered_vs_teacher"])}
+            if sam["rendered_vs_gt"]:
+                out["sam"].update({"iou_rendered_vs_gt": _mean(sam["rendered_vs_gt"]),
+                                   "iou_teacher_vs_gt": _mean(sam["teacher_vs_gt"])})
 
     # correspondence PCK between consecutive evaluated views
     if teachers and len(views) > 1:
@@ -340,9 +350,11 @@ def metrics_table(metrics: dict):
         if "unavailable" in sam:
             table.add_row("sam mask IoU", sam["unavailable"])
         else:
-            table.add_row(f"sam mask IoU rendered vs teacher ({sam['prompts']} boxes)", fmt(sam["mask_iou_rendered_vs_teacher"]))
-            table.add_row(f"sam IoU rendered vs {sam['gt']}", fmt(sam["iou_rendered_vs_gt"]))
-            table.add_row(f"sam IoU teacher vs {sam['gt']}", fmt(sam["iou_teacher_vs_gt"]))
+            kind = sam.get("prompt", "boxes").split(" ")[0]
+            table.add_row(f"sam mask IoU rendered vs teacher ({sam['prompts']} {kind})", fmt(sam["mask_iou_rendered_vs_teacher"]))
+            if "iou_rendered_vs_gt" in sam:
+                table.add_row(f"sam IoU rendered vs {sam['gt']}", fmt(sam["iou_rendered_vs_gt"]))
+                table.add_row(f"sam IoU teacher vs {sam['gt']}", fmt(sam["iou_teacher_vs_gt"]))
     for t, d in metrics.get("pck", {}).items():
         table.add_row(f"{t} PCK@1/2/5% ({d['points']} pts, {d['depth']} depth)",
                       " / ".join(fmt(d[k]) for k in ("pck@0.01", "pck@0.02", "pck@0.05")))

