@@ -265,8 +265,10 @@ def run_demo(output: Path = Path("featurefield-demo"), field: str = "splat", tea
             renders[v] = r
             gt = scene.image(v)
             size_hw = tuple(gt.shape[:2])
-            pred_feats = fld.decode(r, name, tuple(teacher_feats.shape[-2:])).float().cpu()
-            cos = float(F.cosine_similarity(pred_feats, teacher_feats[k], dim=0).mean())
+            pred_feats = fld.decode(r, name, tuple(teacher_feats.shape[-2:])).float().cpu()  # the field's own
+            # compared as `featurefield eval` does: through what the teacher sees (its background, spill)
+            seen = fld.decode(r, name, tuple(teacher_feats.shape[-2:]), as_teacher=True).float().cpu()
+            cos = float(F.cosine_similarity(seen, teacher_feats[k], dim=0).mean())
             psnr = _psnr(r.rgb.cpu(), gt)
             per_view.append([v, psnr, cos])
             err = (r.rgb.cpu().clamp(0, 1) - gt).abs().mean(-1)

@@ -121,6 +121,10 @@ def test_demo_end_to_end_writes_a_complete_report(tmp_path, no_sam_weights, caps
     assert re.search(r"<td>image · psnr</td><td>\d+\.\d+</td>", html)
     record = json.loads((out / "metrics.json").read_text())
     assert record["evaluate"]["image"]["psnr"] > 5 and record["teacher"]["name"] == "dino"
+    # the per-view feature cosines are read as the evaluation reads them (their mean is its figure)
+    per_view = [p["cosine"] for p in record["per_view"]]
+    assert len(per_view) == record["evaluate"]["views"]
+    assert abs(sum(per_view) / len(per_view) - record["evaluate"]["features"]["dino"]["cosine"]) < 1e-3
     # the fallback is said in the report and on the console
     assert res.fallback and "RANDOM weights" in html and "warning" in html
     assert "random weights" in capsys.readouterr().err.lower()
