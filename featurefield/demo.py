@@ -38,10 +38,6 @@ CPU_STEPS = 520
 #: Training steps of the demo on CUDA.
 CUDA_STEPS = 7000
 
-_PALETTE = np.array([[255, 255, 255], [150, 120, 90], [230, 60, 60], [60, 170, 80], [70, 110, 230], [240, 200, 40],
-                     [170, 80, 200], [60, 200, 210], [240, 130, 40], [120, 120, 120]], dtype=np.uint8)
-
-
 @dataclass
 class DemoResult:
     """What :func:`run_demo` produced."""
@@ -88,12 +84,6 @@ def choose_teacher(teacher: str, weights: Path | None = None, fetch: bool = Fals
               "This demo uses DINOv2 with RANDOM weights instead: "
               "the pipeline runs end to end, but its features carry no learned meaning, and the SAM box prompt is skipped.")
     return {"name": "dino", "options": {"pretrained": "random", "resolution": 224}, "weight": spec["weight"]}, reason
-
-
-def labels_image(labels: Tensor) -> np.ndarray:
-    """``[H, W]`` integer labels -> ``[H, W, 3]`` uint8 with a fixed palette (0 is white)."""
-    lab = labels.cpu().numpy().astype(np.int64)
-    return _PALETTE[np.mod(lab, len(_PALETTE))]
 
 
 def _uint8(img: Tensor) -> np.ndarray:
@@ -280,7 +270,7 @@ def run_demo(output: Path = Path("featurefield-demo"), field: str = "splat", tea
                 (save(f"view{v:03d}_depth_gt", viz.depth_image(scene.depth(v), near=near, far=far)), "true depth"),
                 (save(f"view{v:03d}_depth", viz.depth_image(r.depth[..., 0].cpu() / scale, r.alpha[..., 0].cpu(),
                                                             near=near, far=far)), "rendered depth"),
-                (save(f"view{v:03d}_instances", labels_image(scene.instance(v))), "true instances"),
+                (save(f"view{v:03d}_instances", viz.labels_image(scene.instance(v))), "true instances"),
                 (save(f"view{v:03d}_pca_teacher", _upsample(viz.pca_image(teacher_feats[k], basis), size_hw)),
                  f"{name} features of the image (PCA)"),
                 (save(f"view{v:03d}_pca_rendered", _upsample(viz.pca_image(pred_feats, basis), size_hw)),

@@ -119,6 +119,17 @@ def depth_image(depth, alpha=None, cmap: str = "turbo", background: Sequence[int
     return np.round(out).astype(np.uint8)
 
 
+#: label colours: 0 (background) white, then distinct hues
+LABEL_PALETTE = np.array([[255, 255, 255], [150, 120, 90], [230, 60, 60], [60, 170, 80], [70, 110, 230], [240, 200, 40],
+                          [170, 80, 200], [60, 200, 210], [240, 130, 40], [120, 120, 120]], dtype=np.uint8)
+
+
+def labels_image(labels) -> np.ndarray:
+    """``[H, W]`` integer labels -> ``[H, W, 3]`` uint8 with :data:`LABEL_PALETTE` (0 is white; it repeats after 9)."""
+    lab = _numpy(labels).astype(np.int64)
+    return LABEL_PALETTE[np.mod(lab, len(LABEL_PALETTE))]
+
+
 def overlay_mask(rgb, mask, color: Sequence[int] = (255, 40, 40), opacity: float = 0.5, outline: bool = True) -> np.ndarray:
     """Tint the pixels of ``mask`` with ``color`` and draw the mask's outline.
 

