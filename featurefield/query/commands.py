@@ -14,40 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 
+from featurefield import viz
 from featurefield.errors import FeatureFieldError
 from featurefield.run import Run, load_run
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:40] or "query"
-
-
-def heatmap(values: Tensor, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
-    """``[H, W]`` values -> ``[H, W, 3]`` uint8 turbo-like colours (blue low, red high)."""
-    x = ((values.float().cpu() - lo) / max(hi - lo, 1e-6)).clamp(0, 1)
-    r = (1.5 - (4 * x - 3).abs()).clamp(0, 1)
-    g = (1.5 - (4 * x - 2).abs()).clamp(0, 1)
-    b = (1.5 - (4 * x - 1).abs()).clamp(0, 1)
-    return (torch.stack([r, g, b], -1) * 255).round().to(torch.uint8).numpy()
-
-
-def overlay(rgb: Tensor, mask: Tensor, color=(1.0, 0.2, 0.2), strength: float = 0.5) -> np.ndarray:
-    """``[H, W, 3]`` uint8: the render with ``mask [H, W]`` tinted."""
-    img = rgb.float().cpu().clamp(0, 1)
-    m = mask.cpu().bool()[..., None].float() * strength
-    out = img * (1 - m) + torch.tensor(color) * m
-    return (out * 255).round().to(torch.uint8).numpy()
-
-
-def _save_png(path: Path, array: np.ndarray) -> Path:
-    import imageio.v3 as iio
-
-    from featurefield.run import atomic_write_bytes
-
-    atomic_write_bytes(path, iio.imwrite("<bytes>", array, extension=".png"))
-    return path
 
 
 def text_teacher(run: Run, name: str | None = None):
@@ -147,11 +121,11 @@ def _text_query(run: Run, cam, text, negatives, threshold, out: Path, extract: b
 
     t = text_teacher(run, teacher)
     q = relevancy_map(run.field, cam, t, text, negatives, background=run.background)
-    written = [_save_png(out / "rgb.png", (q.render.rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())]
+    written = [viz.save_png(out / "rgb.png", (q.render.rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())]
     masks = q.masks(threshold)
     for k, phrase in enumerate(q.positives):
-        written.append(_save_png(out / f"relevancy_{_slug(phrase)}.png", heatmap(q.relevancy[k], 0.5, 1.0)))
-        written.append(_save_png(out / f"mask_{_slug(phrase)}.png", overlay(q.render.rgb, masks[k])))
+        written.append(viz.save_png(out / f"relevancy_{_slug(phrase)}.png", viz.heatmap(q.relevancy[k], 0.5, 1.0)))
+        written.append(viz.save_png(out / f"mask_{_slug(phrase)}.png", viz.overlay_mask(q.render.rgb, masks[k])))
     if extract:
         pq = point_relevancy(run.field, t, text, negatives)
         for k, phrase in enumerate(pq.positives):
@@ -176,7 +150,6 @@ def _sam_decoder(run: Run, what: str):
 
 
 def _everything_query(run: Run, cam, points_per_side: int, out: Path, extract: bool) -> list[Path]:
-    from featurefield import viz
     from featurefield.query.prompts import render_sam_features, segment_everything
     from featurefield.query.selection import lift_masks
     from featurefield.query.text import export_selection_ply
@@ -191,8 +164,8 @@ def _everything_query(run: Run, cam, points_per_side: int, out: Path, extract: b
         labels[segments[k].mask.cpu()] = k + 1
     rgb = (r.rgb.clamp(0, 1).cpu().numpy() * 255).round()
     tinted = np.where((labels > 0).numpy()[..., None], 0.45 * rgb + 0.55 * viz.labels_image(labels), rgb)
-    written = [_save_png(out / "rgb.png", rgb.astype(np.uint8)),
-               _save_png(out / "segments.png", tinted.round().astype(np.uint8))]
+    written = [viz.save_png(out / "rgb.png", rgb.astype(np.uint8)),
+               viz.save_png(out / "segments.png", tinted.round().astype(np.uint8))]
     print(f"segments: {len(segments)} (scores {', '.join(f'{s.score:.2f}' for s in segments[:8])}"
           f"{', ...' if len(segments) > 8 else ''})")
     if extract and segments:
@@ -212,8 +185,8 @@ def _prompt_query(run: Run, cam, box, point, out: Path, extract: bool) -> list[P
     decoder = _sam_decoder(run, "box/point prompts need")
     pts = None if point is None else torch.tensor([point], dtype=torch.float32)
     mask, score, r = prompt_view(run.field, cam, decoder, points=pts, box=box, background=run.background)
-    written = [_save_png(out / "rgb.png", (r.rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()),
-               _save_png(out / "mask_prompt.png", overlay(r.rgb, mask))]
+    written = [viz.save_png(out / "rgb.png", (r.rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()),
+               viz.save_png(out / "mask_prompt.png", viz.overlay_mask(r.rgb, mask))]
     print(f"mask: {int(mask.sum())} pixels, SAM score {score:.3f}")
     if extract:
         sel, points = lift_masks(run.field, cam, [mask])
