@@ -25,6 +25,7 @@ open_clip's/Hugging Face's cache, or a checkpoint file (``weights=PATH``); ``pre
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -102,9 +103,15 @@ def _load_open_clip(model: str, pretrained: str | None, weights: str | Path | No
         mean, std = tuple(cfg.get("mean") or mean), tuple(cfg.get("std") or std)
         ckpt, weights_id = str(found), f"{model}/{pretrained}"
     try:
-        if ckpt is None:
-            with seeded_random_init():
-                net = open_clip.create_model(model, pretrained=None)
+        if ckpt is None:  # random on purpose: open_clip's root-logger warning that it is random says nothing new
+            root = logging.getLogger()
+            level = root.level
+            root.setLevel(max(level, logging.ERROR))
+            try:
+                with seeded_random_init():
+                    net = open_clip.create_model(model, pretrained=None)
+            finally:
+                root.setLevel(level)
         else:
             net = open_clip.create_model(model, pretrained=ckpt)
     except (RuntimeError, OSError, KeyError) as err:
