@@ -275,6 +275,8 @@ def run_demo(output: Path = Path("featurefield-demo"), field: str = "splat", tea
                  f"{name} features of the image (PCA)"),
                 (save(f"view{v:03d}_pca_rendered", _upsample(viz.pca_image(pred_feats, basis), size_hw)),
                  f"rendered {name} features (PCA)"),
+                (save(f"view{v:03d}_pca_seen", _upsample(viz.pca_image(seen, basis), size_hw)),
+                 "the same as compared with the teacher: with what it sees through empty space (PCA)"),
             ]))
     timings["render test views"] = time.perf_counter() - t
 
