@@ -131,6 +131,32 @@ def test_resume_after_kill_or_stop_reaches_the_same_result(tmp_path):
             assert torch.allclose(v, c["field_state"][k], atol=1e-5, rtol=1e-4), k
 
 
+@pytest.mark.slow
+def test_a_nerf_stopped_by_sigterm_resumes_to_the_same_result(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "featurefield.cli", "train", "demo:1", "--field", "nerf", "--no-features", "--steps", "80",
+            "--checkpoint-every", "1000", "--device", "cpu", "--scene-option", "size=32", "views=12", "--output"]
+    subprocess.run([*base, str(tmp_path / "reference")], check=True, capture_output=True, timeout=600, env=env)
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen([*base, str(stopped)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (stopped / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    if proc.poll() is not None:
+        pytest.fail("training finished before it could be stopped; raise the step count")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert 1 <= torch.load(stopped / CHECKPOINT, weights_only=False)["step"] < 80
+    subprocess.run([sys.executable, "-m", "featurefield.cli", "train", "demo:1", "--output", str(stopped), "--resume",
+                    "--device", "cpu"], check=True, capture_output=True, timeout=600, env=env)
+    a = torch.load(tmp_path / "reference" / CHECKPOINT, weights_only=False)["field_state"]
+    b = torch.load(stopped / CHECKPOINT, weights_only=False)["field_state"]
+    for k, v in a.items():  # the proposal schedule, the step counter and the RNG all continue where they stopped
+        if torch.is_tensor(v):
+            assert torch.allclose(v.float(), b[k].float(), atol=1e-5, rtol=1e-4), k
+
+
 def test_stop_request_catches_the_first_signal_and_interrupts_on_the_second():
     previous = signal.getsignal(signal.SIGTERM)
     with StopRequest() as stop:
