@@ -407,6 +407,9 @@ class Trainer:
                 if stop and done < self.steps:
                     raise TrainingStopped(stop.signum, f"stopped by {stop.signal_name} at step {done} of {self.steps}; "
                                           f"checkpoint written to {ckpt_path}; continue with --output {self.run_dir} --resume")
+        if stop:  # asked during the last step: the final checkpoint is written, the final evaluation waits
+            raise TrainingStopped(stop.signum, f"stopped by {stop.signal_name} after the last step ({self.steps}); "
+                                  f"checkpoint written to {ckpt_path}; --output {self.run_dir} --resume runs the final evaluation")
         t_train = time.perf_counter() - t_loop
         if start >= self.steps:
             self.save_checkpoint(fld, self.steps, generator)

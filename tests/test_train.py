@@ -157,6 +157,29 @@ def test_a_nerf_stopped_by_sigterm_resumes_to_the_same_result(tmp_path):
             assert torch.allclose(v.float(), b[k].float(), atol=1e-5, rtol=1e-4), k
 
 
+def test_a_stop_during_the_last_step_leaves_the_final_evaluation_to_resume(tmp_path, monkeypatch):
+    from featurefield.stopping import TrainingStopped
+    from featurefield.train import Trainer
+
+    original = Trainer.step
+
+    def step(self, fld, step, generator, nonfinite):
+        if step == 4:  # the last of 5
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, fld, step, generator, nonfinite)
+
+    monkeypatch.setattr(Trainer, "step", step)
+    cfg = TrainConfig(steps=5, checkpoint_every=100, device="cpu", progress=False)
+    with pytest.raises(TrainingStopped, match="after the last step") as stopped:
+        train("demo:1", tmp_path / "run", field="splat", teachers=[], config=cfg, scene_options=DEMO)
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    assert torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)["step"] == 5
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    monkeypatch.setattr(Trainer, "step", original)
+    train("demo:1", tmp_path / "run", field="splat", teachers=[], config=cfg, scene_options=DEMO, resume=True)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 5
+
+
 def test_stop_request_catches_the_first_signal_and_interrupts_on_the_second():
     previous = signal.getsignal(signal.SIGTERM)
     with StopRequest() as stop:
