@@ -247,13 +247,13 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
                 # without masks to draw boxes from, the same point prompts on both: rendered vs teacher only
                 prompts = [{"box": box} for box in boxes] or [{"points": p[None]} for p in _grid_points(H, W)]
                 rendered = fld.decode(r, "sam", valid_grid(H, W)).float()
-                for k, prompt in enumerate(prompts):
+                for j, prompt in enumerate(prompts):
                     mr, _ = prompt_mask(sam_decoder, rendered, (H, W), **prompt)
                     mt, _ = prompt_mask(sam_decoder, target, (H, W), **prompt)
                     sam["rendered_vs_teacher"].append(mask_iou(mr, mt))
                     if boxes:
-                        sam["rendered_vs_gt"].append(mask_iou(mr, gts[k]))
-                        sam["teacher_vs_gt"].append(mask_iou(mt, gts[k]))
+                        sam["rendered_vs_gt"].append(mask_iou(mr, gts[j]))
+                        sam["teacher_vs_gt"].append(mask_iou(mt, gts[j]))
             if t in sem:
                 s = sem[t]
                 gt_labels = scene.semantic(v)

@@ -401,15 +401,14 @@ class Trainer:
                     with open(log_path, "a") as f:
                         f.write(json.dumps({"step": done, **metrics}) + "\n")
                     self.console.print(f"step {done}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-                if checkpoint_now or (stop and done < self.steps):
+                if checkpoint_now or stop:
                     self.save_checkpoint(fld, done, generator)
                 bar.update(task, completed=done)
-                if stop and done < self.steps:
-                    raise TrainingStopped(stop.signum, f"stopped by {stop.signal_name} at step {done} of {self.steps}; "
-                                          f"checkpoint written to {ckpt_path}; continue with --output {self.run_dir} --resume")
-        if stop:  # asked during the last step: the final checkpoint is written, the final evaluation waits
-            raise TrainingStopped(stop.signum, f"stopped by {stop.signal_name} after the last step ({self.steps}); "
-                                  f"checkpoint written to {ckpt_path}; --output {self.run_dir} --resume runs the final evaluation")
+                if stop:
+                    break
+        if stop:  # also after the last step: the final evaluation is left to --resume
+            raise TrainingStopped(stop.signum, f"stopped by {stop.signal_name} at step {done} of {self.steps}; "
+                                  f"checkpoint written to {ckpt_path}; continue with --output {self.run_dir} --resume")
         t_train = time.perf_counter() - t_loop
         if start >= self.steps:
             self.save_checkpoint(fld, self.steps, generator)

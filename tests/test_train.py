@@ -102,33 +102,42 @@ def test_resume_after_kill_or_stop_reaches_the_same_result(tmp_path):
     assert a["elapsed"]["sessions"] == 1 and b["elapsed"]["sessions"] == 2
     summary = json.loads((killed / "metrics.json").read_text())  # timings add up over both sessions
     assert summary["sessions"] == 2 and summary["train_seconds"] > summary["session_train_seconds"] > 0
-    for k, v in a["field_state"].items():
-        if torch.is_tensor(v) and v.is_floating_point():
-            assert torch.allclose(v, b["field_state"][k], atol=1e-5, rtol=1e-4), k
+    _assert_same_state(a["field_state"], b["field_state"])
 
     # SIGTERM (a scheduler's limit, `timeout`): the step finishes, a checkpoint is written at it, exit 143;
     # no periodic checkpoint here, so the one found is the stop's
     stopped = tmp_path / "stopped"
-    proc = subprocess.Popen(_train_cmd(stopped, steps, ["--checkpoint-every", "1000"]), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    step_at_stop, err = _stop_with_sigterm(_train_cmd(stopped, steps, ["--checkpoint-every", "1000"]), stopped, env)
+    assert 1 <= step_at_stop < steps and f"at step {step_at_stop} of {steps}" in err and "--resume" in err
+    assert not (stopped / "metrics.json").exists()
+    _resume(stopped, env)
+    _assert_same_state(a["field_state"], torch.load(stopped / CHECKPOINT, weights_only=False)["field_state"])
+
+
+def _stop_with_sigterm(cmd: list[str], out: Path, env: dict) -> tuple[int, str]:
+    """Start a training, send SIGTERM once it is in its loop; the step its checkpoint holds, and its stderr."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not (stopped / "metrics.jsonl").exists():
+    while time.time() < deadline and proc.poll() is None and not (out / "metrics.jsonl").exists():
         time.sleep(0.05)
     if proc.poll() is not None:
         pytest.fail("training finished before it could be stopped; raise the step count")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM, err
-    step_at_stop = torch.load(stopped / CHECKPOINT, weights_only=False)["step"]
-    assert 1 <= step_at_stop < steps and f"at step {step_at_stop} of {steps}" in err and "--resume" in err
-    assert not (stopped / "metrics.json").exists()
-    resumed = subprocess.run([sys.executable, "-m", "featurefield.cli", "train", "demo:1", "--output", str(stopped),
-                              "--resume", "--device", "cpu"], capture_output=True, text=True, timeout=600, env=env)
+    return int(torch.load(out / CHECKPOINT, weights_only=False)["step"]), err
+
+
+def _resume(out: Path, env: dict) -> None:
+    resumed = subprocess.run([sys.executable, "-m", "featurefield.cli", "train", "demo:1", "--output", str(out), "--resume",
+                              "--device", "cpu"], capture_output=True, text=True, timeout=600, env=env)
     assert resumed.returncode == 0, resumed.stderr
-    c = torch.load(stopped / CHECKPOINT, weights_only=False)
-    for k, v in a["field_state"].items():
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    for k, v in a.items():
         if torch.is_tensor(v) and v.is_floating_point():
-            assert torch.allclose(v, c["field_state"][k], atol=1e-5, rtol=1e-4), k
+            assert torch.allclose(v, b[k], atol=1e-5, rtol=1e-4), k
 
 
 @pytest.mark.slow
@@ -138,23 +147,14 @@ def test_a_nerf_stopped_by_sigterm_resumes_to_the_same_result(tmp_path):
             "--checkpoint-every", "1000", "--device", "cpu", "--scene-option", "size=32", "views=12", "--output"]
     subprocess.run([*base, str(tmp_path / "reference")], check=True, capture_output=True, timeout=600, env=env)
     stopped = tmp_path / "stopped"
-    proc = subprocess.Popen([*base, str(stopped)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not (stopped / "metrics.jsonl").exists():
-        time.sleep(0.05)
-    if proc.poll() is not None:
-        pytest.fail("training finished before it could be stopped; raise the step count")
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    assert 1 <= torch.load(stopped / CHECKPOINT, weights_only=False)["step"] < 80
-    subprocess.run([sys.executable, "-m", "featurefield.cli", "train", "demo:1", "--output", str(stopped), "--resume",
-                    "--device", "cpu"], check=True, capture_output=True, timeout=600, env=env)
+    step, _ = _stop_with_sigterm([*base, str(stopped)], stopped, env)
+    assert 1 <= step < 80
+    _resume(stopped, env)
+    # the proposal schedule, the step counter (a buffer) and the RNG all continue where they stopped
     a = torch.load(tmp_path / "reference" / CHECKPOINT, weights_only=False)["field_state"]
     b = torch.load(stopped / CHECKPOINT, weights_only=False)["field_state"]
-    for k, v in a.items():  # the proposal schedule, the step counter and the RNG all continue where they stopped
-        if torch.is_tensor(v):
-            assert torch.allclose(v.float(), b[k].float(), atol=1e-5, rtol=1e-4), k
+    _assert_same_state(a, b)
+    assert torch.equal(a["steps_done"], b["steps_done"])
 
 
 def test_a_stop_during_the_last_step_leaves_the_final_evaluation_to_resume(tmp_path, monkeypatch):
@@ -170,7 +170,7 @@ def test_a_stop_during_the_last_step_leaves_the_final_evaluation_to_resume(tmp_p
 
     monkeypatch.setattr(Trainer, "step", step)
     cfg = TrainConfig(steps=5, checkpoint_every=100, device="cpu", progress=False)
-    with pytest.raises(TrainingStopped, match="after the last step") as stopped:
+    with pytest.raises(TrainingStopped, match="at step 5 of 5") as stopped:
         train("demo:1", tmp_path / "run", field="splat", teachers=[], config=cfg, scene_options=DEMO)
     assert stopped.value.exit_code == 128 + signal.SIGTERM
     assert torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)["step"] == 5
