@@ -210,7 +210,8 @@ sweep-eval)  # evaluate the finished sweep runs on the test views present, two a
     python3 bench/sweep_table.py "$OUT" runs/sweep-*
     ;;
 eval-run)  # eval-run RUN [ARGS]: featurefield eval of any run folder (e.g. a sweep's last checkpoint)
-    export FEATUREFIELD_CACHE=$PWD/runs/cache-splat
+    merge_lego
+    export FEATUREFIELD_CACHE=$SPLAT_CACHE  # runs/cache-splat unless SPLAT_CACHE names the run's own
     timeout "$(limit "${EVAL_LIMIT:-300}")" python3 -m featurefield.cli eval "$2" --output "$OUT/$(basename "$2").json" "${@:3}" 2>&1 | tail -30
     ;;
 views)  # views RUN [N]: the N worst test views of RUN (after eval-run) beside their ground truth, PNGs in $OUT
