@@ -34,6 +34,10 @@
 #   call 2 (carry the other test views): setup as above; bash bench/device_lego.sh build &  (CPU: the GPU stays the NeRF's)
 #           EVAL_RESERVE=200 bash bench/device_lego.sh nerf-resume; wait; SKIP_EVAL=1 bash bench/device_lego.sh splat 30000
 #   call 3: bash bench/device_lego.sh resume
+# Two GPUs (nvidia-h200-x2), 30 minutes: both fields' protocol in two calls (the eighth session's plan):
+#   call 1 (carry whl_gpu, sam16, lego_a, lego_b): export DEADLINE=...; bash bench/device_lego.sh two-gpu-1 [SPLAT ARGS]
+#   call 2 (carry lego_b2, samdec16):              export DEADLINE=...; bash bench/device_lego.sh two-gpu-2 [SPLAT ARGS]
+#   (call 2's SPLAT ARGS train a second Gaussian run on GPU 1 and evaluate it; without them GPU 1 rests)
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
@@ -169,7 +173,7 @@ features)  # merge the carried lego parts; extract (or find cached) the SAM feat
     merge_lego
     export FEATUREFIELD_CACHE=$PWD/runs/cache-splat
     t0=$(date +%s)
-    python3 -m featurefield.cli features "$LEGO" --teacher sam --weights "$ENC" --views all --pca 0 2>&1 | tail -3
+    timeout "$(limit 300)" python3 -m featurefield.cli features "$LEGO" --teacher sam --weights "$ENC" --views all --pca 0 2>&1 | tail -3
     echo "features: $(( $(date +%s) - t0 )) s"
     ;;
 sharded)  # SAM features of every carried view: one process vs torchrun with one rank per GPU (fresh caches)
@@ -225,6 +229,25 @@ pair)  # e.g. pair "nerf 30000" "splat 30000 --splat.feature-geometry-weight 0.2
         bash "$0" $3 > "$OUT/gpu1.log" 2>&1 ) &
     wait
     tail -n 30 "$OUT/gpu0.log" "$OUT/gpu1.log"
+    ;;
+two-gpu-1)  # GPU 0: features, then the NeRF until DEADLINE; GPU 1: gsplat's build, then a Gaussian run of 30k
+    NO_GSPLAT=1 bash "$0" setup || exit 1
+    ( export CUDA_VISIBLE_DEVICES=1 SPLAT_RUN=runs/lego-splat1 SPLAT_CACHE=runs/cache-splat1 SKIP_EVAL=1
+      bash "$0" build; bash "$0" splat 30000 "${@:2}" ) > "$OUT/gpu1.log" 2>&1 &
+    ( export CUDA_VISIBLE_DEVICES=0; bash "$0" features; bash "$0" nerf 30000 ) > "$OUT/gpu0.log" 2>&1
+    wait
+    tail -n 25 "$OUT/gpu0.log" "$OUT/gpu1.log"
+    ;;
+two-gpu-2)  # GPU 0: finish and evaluate the NeRF, then evaluate call 1's Gaussian run (the NeRF's cache has every view)
+    NO_GSPLAT=1 bash "$0" setup || exit 1
+    if [ $# -gt 1 ]; then
+        ( export CUDA_VISIBLE_DEVICES=1 SPLAT_RUN=runs/lego-splat2 SPLAT_CACHE=runs/cache-splat2
+          SKIP_EVAL=1 bash "$0" splat 30000 "${@:2}"; bash "$0" eval-run runs/lego-splat2 ) > "$OUT/gpu1.log" 2>&1 &
+    fi
+    ( export CUDA_VISIBLE_DEVICES=0; EVAL_RESERVE=${EVAL_RESERVE:-200} bash "$0" nerf-resume
+      bash "$0" eval-run runs/lego-splat1 ) > "$OUT/gpu0.log" 2>&1
+    wait
+    tail -n 40 "$OUT"/gpu*.log
     ;;
 tests)
     timeout "$(limit 300)" python3 -m pytest -q -p no:cacheprovider tests/test_splat_training_parts.py tests/test_splat_rasterizer.py \
