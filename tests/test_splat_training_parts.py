@@ -235,3 +235,39 @@ def test_feature_geometry_weight_scales_what_the_features_do_to_the_geometry_alo
 
     with pytest.raises(FeatureFieldError, match="--splat.feature-geometry-weight"):
         make_field(scene, feats, 10, feature_geometry_weight=0.0)
+
+
+def _mcmc_field(scene, feats, steps: int, device: str):
+    from featurefield.fields.base import TeacherTarget
+    from featurefield.fields.splat.config import SplatConfig
+    from featurefield.fields.splat.model import GaussianField
+
+    targets = [TeacherTarget("toy", feats.shape[1], tuple(feats.shape[-2:]))]
+    config = SplatConfig(sh_degree=1, strategy="mcmc", mcmc_cap_max=900, init_points_random=500)
+    return GaussianField.create(scene, targets, config, max_steps=steps, device=device)
+
+
+def test_mcmc_strategy_off_cuda_is_a_clear_error():
+    from featurefield.errors import FeatureFieldError
+
+    scene, feats = toy_scene(n_views=3)
+    with pytest.raises(FeatureFieldError, match="relocation kernel"):
+        _mcmc_field(scene, feats, 10, "cpu")
+
+
+@cuda
+def test_mcmc_strategy_grows_to_its_cap_and_fits():
+    """gsplat's MCMC strategy through the field: Gaussians added up to the cap, colour and features fitted."""
+    pytest.importorskip("gsplat")
+    torch.manual_seed(0)
+    scene, feats = toy_scene(size=48, grid=(6, 6))
+    data = train_data(scene, feats)
+    data = type(data)(data.cameras.to("cuda"), data.images.to("cuda"), data.alphas.to("cuda"),
+                      {k: v.to("cuda") for k, v in data.features.items()}, data.background.to("cuda"))
+    field = _mcmc_field(scene, feats, 200, "cuda")
+    assert field.num_gaussians == 500
+    first = run_steps(field, data, 1)
+    last = run_steps(field, data, 199, start=1)
+    assert field.num_gaussians == 900  # 5% more per refinement (every 10 steps here), capped
+    assert last["psnr"] > first["psnr"] + 3
+    assert last["feature/toy"] < 0.8 * first["feature/toy"]
