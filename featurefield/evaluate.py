@@ -32,6 +32,10 @@ Protocol (all on the held-out test views, at the scene's image size):
   features of those train views, applied to its rendered test-view features at full image
   resolution (a 3D field can be read at any resolution; the 2D teacher cannot). Both are scored
   against the ground truth with one confusion matrix over all test views.
+
+Where a run loses PSNR: the table names the lowest-scoring views, and ``featurefield eval RUN --worst N``
+(or :func:`save_view_pictures`) draws each of the N worst as ground truth | render | error | opacity |
+depth, one PNG a view.
 """
 
 from __future__ import annotations
@@ -310,6 +314,43 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
     return out
 
 
+def worst_views(metrics: dict, n: int) -> list[tuple[int, float]]:
+    """The ``n`` lowest-PSNR views of an :func:`evaluate_run` result, worst first, as ``(view, psnr)``."""
+    per_view = metrics["image"]["psnr_per_view"]
+    return sorted(((int(v), float(p)) for v, p in per_view.items()), key=lambda vp: vp[1])[:n]
+
+
+def view_picture(run: Run, view: int) -> tuple[np.ndarray, float]:
+    """One view of the run's scene: ground truth | render | error | opacity | depth, and the render's PSNR.
+
+    The error is the per-pixel mean absolute colour difference, coloured from 0 to 0.25 (turbo: dark blue
+    where render and truth agree). Returns ``([H + caption, 5 W + padding, 3]`` uint8, PSNR in dB).
+    """
+    from featurefield.viz import depth_image, heatmap, side_by_side
+
+    scene = run.scene()
+    cam = run.normalization.cameras_to_canonical(scene.cameras[[view]]).to(run.device)[0]
+    with torch.no_grad():
+        r = run.field.render(cam, background=run.background, features=False)
+    gt = scene.image(view).to(run.device)
+    H, W = gt.shape[:2]
+    rgb = r.rgb.reshape(H, W, 3).clamp(0, 1)
+    alpha = r.alpha.reshape(H, W).float()
+    error = (rgb - gt).abs().mean(-1)
+    db = psnr(rgb, gt)
+    picture = side_by_side([gt, rgb, heatmap(error, 0.0, 0.25), alpha,
+                            depth_image(r.depth.reshape(H, W), alpha)],
+                           labels=[f"view {view}", f"render {db:.2f} dB", "|error| 0-0.25", "opacity", "depth"])
+    return picture, db
+
+
+def save_view_pictures(run: Run, views: list[int], folder: Path) -> list[Path]:
+    """:func:`view_picture` of each view saved as ``folder/view_NNNN.png``; returns the paths in order."""
+    from featurefield.viz import save_png
+
+    return [save_png(Path(folder) / f"view_{v:04d}.png", view_picture(run, v)[0]) for v in views]
+
+
 def jsonable(obj):
     """``nan``/``inf`` floats become ``None`` (strict JSON), recursively."""
     if isinstance(obj, float):
@@ -336,6 +377,9 @@ def metrics_table(metrics: dict):
     for k, v in metrics["image"].items():
         if not isinstance(v, dict):  # psnr_per_view stays in the JSON
             table.add_row(k.upper(), fmt(v))
+    if len(metrics["image"].get("psnr_per_view", {})) > 1:
+        worst = worst_views(metrics, 3)
+        table.add_row(f"lowest PSNR ({len(worst)} views)", ", ".join(f"#{v} {p:.2f}" for v, p in worst))
     for t, d in metrics.get("features", {}).items():
         table.add_row(f"{t} feature cosine", fmt(d["cosine"]))
         if "cosine_without_spill" in d:
@@ -365,7 +409,7 @@ def metrics_table(metrics: dict):
 
 
 def eval_command(run: Path, /, output: Path | None = None, max_views: int | None = None, device: str = "auto",
-                 split: str = "test", no_lpips: bool = False) -> int:
+                 split: str = "test", no_lpips: bool = False, worst: int = 0) -> int:
     """Evaluate a trained RUN: PSNR/SSIM/LPIPS, feature fidelity, SAM mask IoU, PCK, semantic mIoU.
 
     Args:
@@ -374,13 +418,22 @@ def eval_command(run: Path, /, output: Path | None = None, max_views: int | None
         max_views: evaluate at most this many views (evenly spaced).
         split: which views (test, train or all).
         no_lpips: skip LPIPS.
+        worst: also draw the N lowest-PSNR views (ground truth | render | error | opacity | depth) as PNGs
+            in a folder worst/ beside the JSON (default RUN/eval/worst/).
     """
     from rich.console import Console
 
-    metrics = evaluate_run(run, split, max_views, lpips=not no_lpips, device=device)
+    if worst < 0:
+        raise FeatureFieldError(f"--worst must be 0 or more, got {worst}")
+    loaded = load_run(run, device=device)
+    metrics = evaluate_run(loaded, split, max_views, lpips=not no_lpips)
     path = output or Path(run) / "eval" / "metrics.json"
     atomic_write_json(path, jsonable(metrics))
     console = Console()
     console.print(metrics_table(metrics))
     console.print(f"wrote {path}")
+    if worst:
+        folder = path.parent / "worst"
+        saved = save_view_pictures(loaded, [v for v, _ in worst_views(metrics, worst)], folder)
+        console.print(f"{len(saved)} lowest-PSNR views drawn in {folder}")
     return 0

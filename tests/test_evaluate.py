@@ -93,6 +93,30 @@ def test_eval_command_writes_json(demo_run, capsys):
     assert data["views"] == 2 and "PSNR" in capsys.readouterr().out
 
 
+def test_eval_draws_the_lowest_psnr_views(demo_run, capsys):
+    """--worst N: the N views the JSON scores lowest, each drawn with its render's PSNR (the JSON's)."""
+    from PIL import Image
+
+    from featurefield.evaluate import view_picture, worst_views
+
+    shutil.rmtree(demo_run.path / "eval", ignore_errors=True)
+    assert main(["eval", str(demo_run.path), "--device", "cpu", "--no-lpips", "--worst", "2"]) == 0
+    out = capsys.readouterr().out
+    data = json.loads((demo_run.path / "eval" / "metrics.json").read_text())
+    per_view = {int(v): p for v, p in data["image"]["psnr_per_view"].items()}
+    assert len(per_view) == 3
+    worst = worst_views(data, 2)
+    assert [v for v, _ in worst] == sorted(per_view, key=per_view.get)[:2]
+    assert "lowest PSNR" in out and f"#{worst[0][0]} " in out
+    drawn = sorted((demo_run.path / "eval" / "worst").glob("view_*.png"))
+    assert [p.name for p in drawn] == sorted(f"view_{v:04d}.png" for v, _ in worst)
+    picture, db = view_picture(demo_run, worst[0][0])
+    assert abs(db - per_view[worst[0][0]]) < 1e-2  # the same render as the evaluation's
+    size = demo_run.scene().image(worst[0][0]).shape[1]
+    assert picture.shape[1] >= 5 * size and Image.open(drawn[0]).size[0] == picture.shape[1]
+    assert main(["eval", str(demo_run.path), "--device", "cpu", "--no-lpips", "--worst", "-1"]) == 2
+
+
 def test_query_command_text_and_errors(demo_run, tmp_path, capsys):
     out = tmp_path / "q"
     assert main(["query", str(demo_run.path), "--text", "red thing", "--output", str(out), "--extract",
