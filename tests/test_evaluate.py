@@ -141,7 +141,7 @@ def test_query_command_text_and_errors(demo_run, tmp_path, capsys):
 
 
 def test_nerf_run_is_compared_at_cell_centres_and_reports_the_cell_mean_too(tmp_path):
-    from featurefield.evaluate import evaluate_run
+    from featurefield.evaluate import evaluate_run, view_picture, worst_views
     from featurefield.train import TrainConfig, train
 
     cfg = TrainConfig(steps=6, checkpoint_every=6, device="cpu", progress=False, cache_dir=tmp_path / "cache")
@@ -151,6 +151,9 @@ def test_nerf_run_is_compared_at_cell_centres_and_reports_the_cell_mean_too(tmp_
     f = m["features"]["toycolour"]
     assert {"cosine", "cosine_area_averaged"} <= set(f)
     assert f["cosine"] != f["cosine_area_averaged"]
+    (view, score), = worst_views(m, 1)
+    _, db = view_picture(run, view)  # the NeRF field is drawn too, from the same render
+    assert abs(db - score) < 1e-2
 
 
 @pytest.mark.slow
