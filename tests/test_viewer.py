@@ -1,0 +1,171 @@
+"""`featurefield view`: viser's camera to ours and back, every output rendered, previews then full size,
+the browser client served."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import urllib.request
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import tests.test_evaluate  # noqa: F401 - registers the toy teachers (toycolour, toytext)
+from featurefield.cli import main
+from featurefield.viewer import ClientView, ViewRenderer, camera_pose, relevancy_overlay, serve, viewer_camera
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from featurefield.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("view") / "run"
+    cfg = TrainConfig(steps=15, checkpoint_every=15, device="cpu", progress=False, cache_dir=out.parent / "cache")
+    return train("demo:2", out, field="splat", teachers=["toycolour", "toytext"], config=cfg,
+                 scene_options={"size": 24, "views": 12, "test_every": 4, "points": 300})
+
+
+def test_a_training_camera_survives_the_trip_through_viser(run):
+    cams = run.cameras("train").to("cpu")
+    for i in (0, len(cams) - 1):
+        wxyz, position, fov_y = camera_pose(cams, i)
+        back = viewer_camera(wxyz, position, fov_y, int(cams.width[i]), int(cams.height[i]))
+        assert torch.allclose(back.c2w[0], cams.c2w[i], atol=1e-5)
+        assert torch.allclose(back.fy, cams.fy[i : i + 1], rtol=1e-5)
+        assert float(back.cx[0]) == cams.width[i] / 2
+
+
+def test_every_output_of_a_run_is_rendered(run):
+    renderer = ViewRenderer(run)
+    assert renderer.outputs == ["colour", "depth", "opacity", "features: toycolour", "features: toytext", "text: toytext"]
+    cam = run.cameras("test")[0]
+    H, W = int(cam.height[0]), int(cam.width[0])
+    pictures = {}
+    for output in renderer.outputs:
+        picture, depth = renderer.render(cam, output)
+        assert picture.shape == (H, W, 3) and picture.dtype == np.uint8 and depth.shape == (H, W)
+        pictures[output] = picture
+    direct = run.field.render(cam, background=run.background, features=False)
+    assert np.array_equal(pictures["colour"], (direct.rgb.clamp(0, 1) * 255).round().to(torch.uint8).numpy())
+    assert np.array_equal(pictures["text: toytext"], pictures["colour"])  # no phrase yet: the colour
+    assert not np.array_equal(pictures["features: toycolour"], pictures["colour"])
+    assert (depth > 0).any() and np.isfinite(depth).all()
+    with pytest.raises(Exception, match="unknown output"):
+        renderer.render(cam, "normals")
+
+
+def test_a_text_query_is_drawn_over_the_colour(run, monkeypatch):
+    import featurefield.query.text as text
+
+    renderer = ViewRenderer(run)
+    cam = run.cameras("test")[0]
+    colour, _ = renderer.render(cam, "colour")
+    q = text.relevancy_map(run.field, cam, run.teacher("toytext"), ["red thing"], background=run.background)
+    queried, _ = renderer.render(cam, "text: toytext", "red thing")
+    assert np.array_equal(queried, relevancy_overlay(q.render.rgb, q.relevancy[0]))
+    # a phrase that matches everywhere (relevancy 1) paints the whole view the heatmap's top colour
+    monkeypatch.setattr(text, "lerf_relevancy", lambda pos, neg, *a, **k: torch.ones_like(pos))
+    everywhere, _ = renderer.render(cam, "text: toytext", "red thing")
+    assert (everywhere == everywhere[0, 0]).all() and not np.array_equal(everywhere, colour)
+
+
+def test_relevancy_overlay_leaves_what_does_not_match_alone():
+    rgb = torch.rand(4, 5, 3)
+    relevancy = torch.tensor([0.0, 0.5, 0.75, 1.0, 0.3]).expand(4, 5)
+    out = relevancy_overlay(rgb, relevancy)
+    base = (rgb * 255).round().to(torch.uint8).numpy()
+    assert np.array_equal(out[:, [0, 1, 4]], base[:, [0, 1, 4]])
+    assert not np.array_equal(out[:, [2, 3]], base[:, [2, 3]])
+    assert (out[:, 3] == out[0, 3]).all()  # opaque heatmap colour at 1, whatever lies below
+
+
+class FakeClient:
+    """What ClientView reads of a viser client: its camera, and where the pictures go."""
+
+    def __init__(self, run):
+        wxyz, position, fov = camera_pose(run.cameras("train").to("cpu"), 0)
+        self.camera = SimpleNamespace(wxyz=wxyz, position=position, fov=fov, image_width=320, image_height=240)
+        self.shown: list[tuple[int, int]] = []
+        self.changed = threading.Condition()
+        self.scene = SimpleNamespace(set_background_image=self._show)
+
+    def _show(self, image, format, depth):
+        assert image.dtype == np.uint8 and depth.shape == image.shape[:2]
+        with self.changed:
+            self.shown.append(image.shape[:2])
+            self.changed.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 20.0) -> list[tuple[int, int]]:
+        with self.changed:
+            self.changed.wait_for(lambda: len(self.shown) >= count, timeout=timeout)
+            return list(self.shown)
+
+
+def test_a_moving_camera_gets_previews_then_the_full_size_once_it_rests(run):
+    client, lines = FakeClient(run), []
+    view = ClientView(client, ViewRenderer(run), lambda: ("colour", "", 96), preview_side=32, on_status=lines.append)
+    try:
+        view.request()
+        assert client.wait_for(2)[:2] == [(24, 32), (72, 96)]  # 4:3 canvas, longer side 32, then 96
+        view.request()
+        assert client.wait_for(4)[2:4] == [(24, 32), (72, 96)]
+        time.sleep(0.5)
+    finally:
+        view.stop()
+    assert len(client.shown) == 4  # nothing more once it rests
+    assert len(lines) == 4 and lines[-1].startswith("colour · 96 x 72 · ")
+
+
+def test_the_server_serves_the_browser_client(run):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = serve(run, port=port, max_side=64, verbose=False)
+    try:
+        page = urllib.request.urlopen(f"http://127.0.0.1:{server.get_port()}/", timeout=10).read().decode()
+        assert "<html" in page.lower()
+    finally:
+        server.stop()
+
+
+def test_view_command_errors_in_one_line(tmp_path, capsys):
+    assert main(["view", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("featurefield view: error:") and "\n" not in err
+    assert main(["view", str(tmp_path), "--max-side", "4"]) == 2
+
+
+def test_a_browser_camera_over_the_websocket_gets_rendered(run, monkeypatch):
+    """End to end through viser's server: a client's camera message leads to a preview and a full render."""
+    import msgspec
+    import viser
+    from viser._messages import ViewerCameraMessage
+    from websockets.sync.client import connect
+
+    sizes, done = [], threading.Event()
+    real_render = ViewRenderer.render
+
+    def recording_render(self, camera, output="colour", text=""):
+        sizes.append((int(camera.width[0]), int(camera.height[0])))
+        if len(sizes) >= 2:
+            done.set()
+        return real_render(self, camera, output, text)
+
+    monkeypatch.setattr(ViewRenderer, "render", recording_render)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = serve(run, port=port, max_side=96, preview_side=32, verbose=False)
+    try:
+        with connect(f"ws://127.0.0.1:{port}", subprotocols=[f"viser-v{viser.__version__}"]) as ws:
+            camera = ViewerCameraMessage(wxyz=(1.0, 0.0, 0.0, 0.0), position=(0.0, 0.0, -3.0), fov=0.8, near=0.01,
+                                         far=100.0, image_height=300, image_width=400, look_at=(0.0, 0.0, 0.0),
+                                         up_direction=(0.0, -1.0, 0.0))
+            ws.send(msgspec.msgpack.encode(camera.as_serializable_dict()))
+            assert done.wait(timeout=30)
+    finally:
+        server.stop()
+    assert sizes[:2] == [(32, 24), (96, 72)]  # the browser canvas's 4:3, a preview then the full size
