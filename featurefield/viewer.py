@@ -3,8 +3,9 @@
 The browser's camera drives renders made here, by the field's own renderer, so the viewer shows every
 output a run has: colour, depth, opacity, a PCA picture of each teacher's features (the run's basis,
 as ``featurefield render`` uses) and, for a teacher with a text encoder, the LERF relevancy of a
-phrase typed in the panel, over the colour. The training cameras are drawn as frustums; clicking one
-moves the view there. While the camera moves, renders are small (``preview_side``); once it rests for
+phrase typed in the panel, over the colour; for a run with the ``sam`` teacher, a click on an object
+prompts SAM with the field's features (the point is kept in 3D, so the mask follows the object as the
+view moves). The training cameras are drawn as frustums; clicking one moves the view there. While the camera moves, renders are small (``preview_side``); once it rests for
 a moment, the view is rendered again at ``max_side``.
 
 Everything is in the run's canonical frame (the one ``field.render`` takes). Usable from Python:
@@ -76,25 +77,39 @@ def relevancy_overlay(rgb, relevancy) -> np.ndarray:
 class ViewRenderer:
     """Renders one output of a run for a camera; thread-safe (renders take turns)."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, decoder=None, prompt_teacher: str = "sam") -> None:
+        """``decoder``: SAM's prompt decoder (default: loaded from the run's sam weights when first needed);
+        ``prompt_teacher``: the teacher whose features it reads."""
         self.run = run
         self.text_teachers = [t for t in run.teacher_names if run.teacher(t).has_text]
+        self.prompt_teacher = prompt_teacher if prompt_teacher in run.teacher_names else None
+        self._decoder = decoder
         self._bases: dict = {}
         self._lock = threading.Lock()
 
     @property
     def outputs(self) -> list[str]:
-        """What can be shown: :data:`BASE_OUTPUTS`, then each teacher's PCA, then each text teacher's query."""
+        """What can be shown: :data:`BASE_OUTPUTS`, each teacher's PCA, each text teacher's query, SAM prompts."""
         return [*BASE_OUTPUTS, *(f"features: {t}" for t in self.run.teacher_names),
-                *(f"text: {t}" for t in self.text_teachers)]
+                *(f"text: {t}" for t in self.text_teachers),
+                *([f"prompt: {self.prompt_teacher}"] if self.prompt_teacher else [])]
+
+    def decoder(self):
+        if self._decoder is None:
+            from featurefield.query.commands import _sam_decoder
+
+            self._decoder = _sam_decoder(self.run, "SAM prompts need")
+        return self._decoder
 
     @torch.no_grad()
-    def render(self, camera: Cameras, output: str = "colour", text: str = "") -> tuple[np.ndarray, np.ndarray]:
+    def render(self, camera: Cameras, output: str = "colour", text: str = "",
+               prompt: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(picture [H, W, 3] uint8, depth [H, W] float32)`` of ``output`` at ``camera`` (canonical frame).
 
-        ``text`` is the phrase of a ``"text: NAME"`` output; without one, that output shows the colour.
-        The depth (canonical units, 0 where nothing was rendered) lets viser draw its frustums behind
-        the rendered surface.
+        ``text`` is the phrase of a ``"text: NAME"`` output; ``prompt`` ``[P, 3]`` the 3D points (canonical)
+        of a ``"prompt: NAME"`` output, of which those the camera sees prompt SAM. Without them, those
+        outputs show the colour. The depth (canonical units, 0 where nothing was rendered) lets viser
+        draw its frustums behind the rendered surface.
         """
         from featurefield import viz
         from featurefield.render import pca_basis, render_pca
@@ -109,6 +124,8 @@ class ViewRenderer:
                     self._bases[teacher] = pca_basis(self.run, teacher)
                 picture = render_pca(self.run, camera, teacher, self._bases[teacher])
                 r = self.run.field.render(camera, background=self.run.background, features=False)
+            elif kind == "prompt" and prompt is not None and len(prompt):
+                picture, r = self._prompted(camera, teacher, prompt)
             elif kind == "text" and text.strip():
                 from featurefield.query.text import relevancy_map
 
@@ -127,6 +144,21 @@ class ViewRenderer:
         depth = torch.where(r.alpha[..., 0] > 0.5, r.depth[..., 0], torch.zeros_like(r.depth[..., 0]))
         return np.ascontiguousarray(picture[..., :3]), depth.float().cpu().numpy()
 
+    def _prompted(self, camera: Cameras, teacher: str, prompt: torch.Tensor):
+        """The colour with SAM's mask for the prompt points this camera sees (unoccluded), and the render."""
+        from featurefield import viz
+        from featurefield.query.prompts import prompt_mask, render_sam_features
+        from featurefield.query.selection import surface_depth, visibility
+
+        feats, r = render_sam_features(self.run.field, camera, teacher, self.run.background)
+        uv, seen = visibility(prompt.to(camera.device), camera, surface_depth(r))
+        picture = viz.to_uint8(r.rgb)
+        if seen.any():
+            H, W = int(camera.height[0]), int(camera.width[0])
+            mask, _ = prompt_mask(self.decoder(), feats, (H, W), points=uv[seen].cpu())
+            picture = viz.overlay_mask(picture, mask.cpu())
+        return picture, r
+
 
 # ---------------------------------------------------------------------------------------------- clients
 class ClientView:
@@ -140,6 +172,8 @@ class ClientView:
     def __init__(self, client, renderer: ViewRenderer, settings, preview_side: int = 256, on_status=None) -> None:
         self.client, self.renderer, self.settings = client, renderer, settings
         self.preview_side, self.on_status = preview_side, on_status
+        self.prompt: torch.Tensor | None = None  # [P, 3] canonical points clicked on
+        self._last: tuple[Cameras, np.ndarray] | None = None  # the latest render's camera and depth
         self._moved, self._stopped = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"featurefield-view-{id(client)}", daemon=True)
         self._thread.start()
@@ -147,6 +181,32 @@ class ClientView:
     def request(self) -> None:
         """The camera or a setting changed: render again (a preview first)."""
         self._moved.set()
+
+    def click(self, x: float, y: float) -> bool:
+        """A click at ``(x, y)`` of the canvas (0..1 from the top left) becomes the SAM prompt: the surface
+        point there in the latest render, in 3D. False (and no prompt) where nothing was rendered."""
+        from featurefield.query.correspondence import unproject
+
+        if self._last is None:
+            return False
+        camera, depth = self._last
+        H, W = depth.shape
+        u, v = min(int(x * W), W - 1), min(int(y * H), H - 1)
+        if depth[v, u] <= 0:
+            self._status("nothing there to prompt: click on the scene")
+            return False
+        uv = torch.tensor([[u + 0.5, v + 0.5]])
+        self.prompt = unproject(camera.to("cpu"), uv, torch.tensor([float(depth[v, u])]))
+        self.request()
+        return True
+
+    def clear(self) -> None:
+        self.prompt = None
+        self.request()
+
+    def _status(self, line: str) -> None:
+        if self.on_status:
+            self.on_status(line)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -176,17 +236,19 @@ class ClientView:
         camera = _sized(viewer_camera(cam.wxyz, cam.position, cam.fov, width, height), side)
         start = time.perf_counter()
         try:
-            picture, depth = self.renderer.render(camera, output, text)
+            picture, depth = self.renderer.render(camera, output, text, self.prompt)
         except FeatureFieldError as err:
-            if self.on_status:
-                self.on_status(f"error: {err}")
+            self._status(f"error: {err}")
+            return
+        except Exception as err:  # noqa: BLE001 - the tab stays usable (e.g. out of memory at a large size)
+            self._status(f"error: {type(err).__name__}: {err}")
             return
         if self._stopped.is_set():  # the tab closed while this was rendering
             return
+        self._last = (camera, depth)
         self.client.scene.set_background_image(picture, format="jpeg", depth=depth)
-        if self.on_status:
-            size = f"{int(camera.width[0])} x {int(camera.height[0])}"
-            self.on_status(f"{output} · {size} · {(time.perf_counter() - start) * 1e3:.0f} ms")
+        size = f"{int(camera.width[0])} x {int(camera.height[0])}"
+        self._status(f"{output} · {size} · {(time.perf_counter() - start) * 1e3:.0f} ms")
 
 
 # ---------------------------------------------------------------------------------------------- server
@@ -224,6 +286,9 @@ def _build(server, renderer: ViewRenderer, train: Cameras, max_side: int, previe
     resolution = server.gui.add_slider("resolution", min=16, max=max(4096, int(max_side)), step=16,
                                        initial_value=int(max_side))
     home = server.gui.add_button("first training view")
+    clear = server.gui.add_button("clear SAM prompt", visible=renderer.prompt_teacher is not None)
+    server.gui.add_markdown("With a *prompt* output, click an object to prompt SAM.",
+                            visible=renderer.prompt_teacher is not None)
     status = server.gui.add_markdown("")
     views: dict[int, ClientView] = {}
 
@@ -267,6 +332,13 @@ def _build(server, renderer: ViewRenderer, train: Cameras, max_side: int, previe
     for handle in (output, phrase, resolution):
         handle.on_update(rerender)
     home.on_click(lambda event: move_to(event.client, 0) if event.client is not None else None)
+    clear.on_click(lambda event: views[event.client.client_id].clear() if event.client.client_id in views else None)
+
+    @server.scene.on_click()
+    def _clicked(event) -> None:
+        view = views.get(event.client_id)
+        if view is not None and output.value.startswith("prompt: "):
+            view.click(*event.screen_pos)
 
 
 def view_command(run: Path, /, host: str = "127.0.0.1", port: int = 8080, max_side: int = 1024,

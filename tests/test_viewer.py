@@ -148,11 +148,11 @@ def test_a_browser_camera_over_the_websocket_gets_rendered(run, monkeypatch):
     sizes, done = [], threading.Event()
     real_render = ViewRenderer.render
 
-    def recording_render(self, camera, output="colour", text=""):
+    def recording_render(self, camera, *args, **kwargs):
         sizes.append((int(camera.width[0]), int(camera.height[0])))
         if len(sizes) >= 2:
             done.set()
-        return real_render(self, camera, output, text)
+        return real_render(self, camera, *args, **kwargs)
 
     monkeypatch.setattr(ViewRenderer, "render", recording_render)
     with socket.socket() as s:
@@ -169,3 +169,55 @@ def test_a_browser_camera_over_the_websocket_gets_rendered(run, monkeypatch):
     finally:
         server.stop()
     assert sizes[:2] == [(32, 24), (96, 72)]  # the browser canvas's 4:3, a preview then the full size
+
+
+class DiskDecoder:
+    """A stand-in for SAM's prompt decoder: a disk of radius 3 pixels around the first point; records the points."""
+
+    def __init__(self):
+        self.points = []
+
+    def predict(self, embedding, image_size, points=None, labels=None, box=None):
+        self.points.append(points.clone())
+        H, W = image_size
+        v, u = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+        return (u - points[0, 0]) ** 2 + (v - points[0, 1]) ** 2 <= 9, 1.0
+
+
+def test_a_click_prompts_sam_at_the_same_3d_point_from_another_view(run):
+    from featurefield.query.selection import project_points
+
+    decoder = DiskDecoder()
+    renderer = ViewRenderer(run, decoder=decoder, prompt_teacher="toycolour")
+    assert renderer.outputs[-1] == "prompt: toycolour"
+    client, lines = FakeClient(run), []
+    view = ClientView(client, renderer, lambda: ("prompt: toycolour", "", 96), preview_side=96, on_status=lines.append)
+    try:
+        view.request()
+        client.wait_for(1)
+        time.sleep(0.3)
+        assert not decoder.points  # no prompt yet: the colour only
+        assert not view.click(0.01, 0.01)  # a corner of the frame: empty space
+        assert view.prompt is None and "nothing there" in lines[-1]
+        assert view.click(0.5, 0.6)  # the table in the middle
+        client.wait_for(2)
+        time.sleep(0.3)
+    finally:
+        view.stop()
+    point = view.prompt
+    assert point.shape == (1, 3) and len(decoder.points) == 1
+    camera, _ = view._last
+    uv, _, inside = project_points(point, camera.to("cpu"))
+    assert inside.all() and torch.allclose(decoder.points[0], uv, atol=1e-3)
+    assert abs(float(uv[0, 0]) - 0.5 * 96) < 1 and abs(float(uv[0, 1]) - 0.6 * 72) < 1  # where it was clicked
+    # another view of the same point: the prompt lands where that camera sees it, and the mask is drawn there
+    other = run.cameras("train")[3]
+    picture, _ = renderer.render(other, "prompt: toycolour", prompt=point)
+    colour, _ = renderer.render(other, "colour")
+    seen_uv, _, seen = project_points(point, other)
+    assert seen.all()  # in front of that camera and inside its image
+    assert torch.allclose(decoder.points[-1], seen_uv.cpu(), atol=1e-3)
+    u, v = int(seen_uv[0, 0]), int(seen_uv[0, 1])
+    assert not np.array_equal(picture[v, u], colour[v, u])
+    changed = np.argwhere((picture != colour).any(-1))
+    assert len(changed) and np.abs(changed[:, ::-1] + 0.5 - decoder.points[-1][0].numpy()).max() <= 4.5
