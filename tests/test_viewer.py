@@ -13,19 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-import tests.test_evaluate  # noqa: F401 - registers the toy teachers (toycolour, toytext)
 from featurefield.cli import main
 from featurefield.viewer import ClientView, ViewRenderer, camera_pose, relevancy_overlay, serve, viewer_camera
+from tests.test_evaluate import demo_run  # noqa: F401 - a tiny toy run (and its toy teachers, toycolour and toytext)
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    from featurefield.train import TrainConfig, train
-
-    out = tmp_path_factory.mktemp("view") / "run"
-    cfg = TrainConfig(steps=15, checkpoint_every=15, device="cpu", progress=False, cache_dir=out.parent / "cache")
-    return train("demo:2", out, field="splat", teachers=["toycolour", "toytext"], config=cfg,
-                 scene_options={"size": 24, "views": 12, "test_every": 4, "points": 300})
+def run(demo_run):  # noqa: F811
+    return demo_run
 
 
 def test_a_training_camera_survives_the_trip_through_viser(run):
