@@ -147,17 +147,44 @@ class ViewRenderer:
     def _prompted(self, camera: Cameras, teacher: str, prompt: torch.Tensor):
         """The colour with SAM's mask for the prompt points this camera sees (unoccluded), and the render."""
         from featurefield import viz
+
+        mask, r = self._prompt_mask(camera, teacher, prompt)
+        picture = viz.to_uint8(r.rgb)
+        return (picture if mask is None else viz.overlay_mask(picture, mask.cpu())), r
+
+    def _prompt_mask(self, camera: Cameras, teacher: str, prompt: torch.Tensor):
+        """``(mask [H, W] bool or None where the camera sees none of the points, render)``."""
         from featurefield.query.prompts import prompt_mask, render_sam_features
         from featurefield.query.selection import surface_depth, visibility
 
         feats, r = render_sam_features(self.run.field, camera, teacher, self.run.background)
         uv, seen = visibility(prompt.to(camera.device), camera, surface_depth(r))
-        picture = viz.to_uint8(r.rgb)
-        if seen.any():
-            H, W = int(camera.height[0]), int(camera.width[0])
-            mask, _ = prompt_mask(self.decoder(), feats, (H, W), points=uv[seen].cpu())
-            picture = viz.overlay_mask(picture, mask.cpu())
-        return picture, r
+        if not seen.any():
+            return None, r
+        H, W = int(camera.height[0]), int(camera.width[0])
+        return prompt_mask(self.decoder(), feats, (H, W), points=uv[seen].cpu())[0], r
+
+    @torch.no_grad()
+    def extract(self, camera: Cameras, prompt: torch.Tensor, path: Path) -> tuple[Path | None, torch.Tensor]:
+        """Cut out in 3D what SAM selects for ``prompt`` at ``camera``: the field's points inside the mask and
+        visible there, written to ``path`` as a PLY in the scene's world frame. ``(path or None when
+        nothing is selected, the selected points' canonical xyz [K, 3])``."""
+        from featurefield.query.selection import lift_masks
+        from featurefield.query.text import export_selection_ply
+
+        if self.prompt_teacher is None:
+            raise FeatureFieldError(f"{self.run.path}: SAM prompts need a run trained with the sam teacher")
+        camera = camera.to(self.run.device)
+        with self._lock:
+            mask, _ = self._prompt_mask(camera, self.prompt_teacher, prompt)
+            if mask is None or not mask.any():
+                return None, torch.zeros(0, 3)
+            selection, points = lift_masks(self.run.field, camera, [mask.to(self.run.device)])
+        keep = selection.keep
+        if not keep.any():
+            return None, torch.zeros(0, 3)
+        written = export_selection_ply(path, points, keep, self.run.normalization)
+        return written, points["xyz"][keep.to(points["xyz"].device)].float().cpu()
 
 
 # ---------------------------------------------------------------------------------------------- clients
@@ -203,6 +230,17 @@ class ClientView:
     def clear(self) -> None:
         self.prompt = None
         self.request()
+
+    def extract(self, folder: Path) -> tuple[Path | None, torch.Tensor]:
+        """:meth:`ViewRenderer.extract` of the current prompt at the latest view, as ``folder/selection_NN.ply``."""
+        if self.prompt is None or self._last is None:
+            self._status("click an object first (with a prompt output)")
+            return None, torch.zeros(0, 3)
+        folder = Path(folder)
+        number = len(list(folder.glob("selection_*.ply"))) if folder.is_dir() else 0
+        path, xyz = self.renderer.extract(self._last[0], self.prompt, folder / f"selection_{number:02d}.ply")
+        self._status(f"{len(xyz)} points written to {path}" if path else "SAM's mask holds none of the field's points")
+        return path, xyz
 
     def _status(self, line: str) -> None:
         if self.on_status:
@@ -257,7 +295,8 @@ def serve(run: Run | str | Path, host: str = "127.0.0.1", port: int = 8080, max_
     """Start a viser server for ``run`` and return it (``server.stop()`` ends it; it runs in threads).
 
     The panel: the output to show, the phrase of a text query, the full-size resolution, a button back
-    to the first training view, and a status line.
+    to the first training view, for SAM prompts buttons to clear the prompt and to cut its selection
+    out as ``RUN/view/selection_NN.ply``, and a status line.
     """
     import viser
 
@@ -287,6 +326,7 @@ def _build(server, renderer: ViewRenderer, train: Cameras, max_side: int, previe
                                        initial_value=int(max_side))
     home = server.gui.add_button("first training view")
     clear = server.gui.add_button("clear SAM prompt", visible=renderer.prompt_teacher is not None)
+    extract = server.gui.add_button("cut out the SAM selection (PLY)", visible=renderer.prompt_teacher is not None)
     server.gui.add_markdown("With a *prompt* output, click an object to prompt SAM.",
                             visible=renderer.prompt_teacher is not None)
     status = server.gui.add_markdown("")
@@ -333,6 +373,16 @@ def _build(server, renderer: ViewRenderer, train: Cameras, max_side: int, previe
         handle.on_update(rerender)
     home.on_click(lambda event: move_to(event.client, 0) if event.client is not None else None)
     clear.on_click(lambda event: views[event.client.client_id].clear() if event.client.client_id in views else None)
+
+    @extract.on_click
+    def _extract(event) -> None:
+        view = views.get(event.client.client_id) if event.client is not None else None
+        if view is None:
+            return
+        path, xyz = view.extract(renderer.run.path / "view")
+        if path is not None:  # the cut-out drawn in the scene, over the render
+            event.client.scene.add_point_cloud("/selection", points=xyz.numpy(), colors=(255, 40, 40),
+                                               point_size=0.01)
 
     @server.scene.on_click()
     def _clicked(event) -> None:

@@ -167,16 +167,16 @@ def test_a_browser_camera_over_the_websocket_gets_rendered(run, monkeypatch):
 
 
 class DiskDecoder:
-    """A stand-in for SAM's prompt decoder: a disk of radius 3 pixels around the first point; records the points."""
+    """A stand-in for SAM's prompt decoder: a disk of ``radius`` pixels around the first point; records the points."""
 
-    def __init__(self):
-        self.points = []
+    def __init__(self, radius: float = 3.0):
+        self.points, self.radius = [], radius
 
     def predict(self, embedding, image_size, points=None, labels=None, box=None):
         self.points.append(points.clone())
         H, W = image_size
         v, u = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
-        return (u - points[0, 0]) ** 2 + (v - points[0, 1]) ** 2 <= 9, 1.0
+        return (u - points[0, 0]) ** 2 + (v - points[0, 1]) ** 2 <= self.radius**2, 1.0
 
 
 def test_a_click_prompts_sam_at_the_same_3d_point_from_another_view(run):
@@ -216,3 +216,34 @@ def test_a_click_prompts_sam_at_the_same_3d_point_from_another_view(run):
     assert not np.array_equal(picture[v, u], colour[v, u])
     changed = np.argwhere((picture != colour).any(-1))
     assert len(changed) and np.abs(changed[:, ::-1] + 0.5 - decoder.points[-1][0].numpy()).max() <= 4.5
+
+
+def test_the_clicked_object_is_cut_out_in_3d(run, tmp_path):
+    from plyfile import PlyData
+
+    from featurefield.query.selection import project_points
+
+    renderer = ViewRenderer(run, decoder=DiskDecoder(radius=15), prompt_teacher="toycolour")
+    client, lines = FakeClient(run), []
+    view = ClientView(client, renderer, lambda: ("prompt: toycolour", "", 96), preview_side=96, on_status=lines.append)
+    try:
+        path, _ = view.extract(tmp_path)
+        assert path is None and "click an object first" in lines[-1]
+        view.request()
+        client.wait_for(1)
+        assert view.click(0.5, 0.6)
+        client.wait_for(2)
+        time.sleep(0.3)
+        path, xyz = view.extract(tmp_path)
+    finally:
+        view.stop()
+    assert path == tmp_path / "selection_00.ply" and len(xyz) > 0 and "points written" in lines[-1]
+    assert len(xyz) < run.field.num_gaussians / 2  # the clicked region, not the scene
+    camera, _ = view._last
+    uv, _, inside = project_points(xyz, camera.to("cpu"))
+    centre = torch.tensor([0.5 * 96, 0.6 * 72])
+    assert inside.all() and ((uv - centre).norm(dim=-1) <= 15.5).all()  # all within the disk the decoder drew
+    world = PlyData.read(str(path))["vertex"]
+    assert len(world["x"]) == len(xyz)
+    expected = run.normalization.to_world(xyz)
+    assert np.allclose(np.stack([world["x"], world["y"], world["z"]], -1), expected.numpy(), atol=1e-4)
