@@ -141,7 +141,10 @@ class ViewRenderer:
                     picture = viz.to_uint8(r.alpha[..., 0])
                 else:
                     picture = viz.to_uint8(r.rgb)
-        depth = torch.where(r.alpha[..., 0] > 0.5, r.depth[..., 0], torch.zeros_like(r.depth[..., 0]))
+        from featurefield.query.selection import surface_depth
+
+        depth = surface_depth(r)  # where the render is opaque enough to click on (the 3D queries' rule)
+        depth = torch.where(torch.isfinite(depth), depth, torch.zeros_like(depth))
         return np.ascontiguousarray(picture[..., :3]), depth.float().cpu().numpy()
 
     def _prompted(self, camera: Cameras, teacher: str, prompt: torch.Tensor):

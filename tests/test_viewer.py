@@ -247,3 +247,25 @@ def test_the_clicked_object_is_cut_out_in_3d(run, tmp_path):
     assert len(world["x"]) == len(xyz)
     expected = run.normalization.to_world(xyz)
     assert np.allclose(np.stack([world["x"], world["y"], world["z"]], -1), expected.numpy(), atol=1e-4)
+
+
+def test_a_nerf_run_shows_every_output_too(tmp_path):
+    from featurefield.query.correspondence import unproject
+    from featurefield.train import TrainConfig, train
+
+    cfg = TrainConfig(steps=6, checkpoint_every=6, device="cpu", progress=False, cache_dir=tmp_path / "cache")
+    nerf = train("demo:2", tmp_path / "run", field="nerf", teachers=["toycolour", "toytext"], config=cfg,
+                 scene_options={"size": 24, "views": 6, "test_every": 3, "points": 200})
+    decoder = DiskDecoder(radius=4)
+    renderer = ViewRenderer(nerf, decoder=decoder, prompt_teacher="toycolour")
+    cam = nerf.cameras("test")[0]
+    for output in renderer.outputs:
+        picture, depth = renderer.render(cam, output, "red thing")
+        assert picture.shape == (24, 24, 3) and depth.shape == (24, 24)
+    _, depth = renderer.render(cam, "colour")
+    assert (depth > 0).any()
+    v, u = np.argwhere(depth > 0)[len(np.argwhere(depth > 0)) // 2]
+    clicked = torch.tensor([[u + 0.5, v + 0.5]], dtype=torch.float32)
+    point = unproject(cam, clicked, torch.tensor([float(depth[v, u])]))
+    renderer.render(cam, "prompt: toycolour", prompt=point)
+    assert len(decoder.points) == 1 and torch.allclose(decoder.points[0], clicked, atol=1e-2)
