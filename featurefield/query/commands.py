@@ -58,6 +58,11 @@ def query_command(
     point: tuple[float, float] | None = None,
     everything: bool = False,
     points_per_side: int = 16,
+    keypoints: tuple[float, ...] = (),
+    to_view: int | None = None,
+    to_run: Path | None = None,
+    to_split: str | None = None,
+    match_side: int = 256,
     view: int = 0,
     split: str = "test",
     threshold: float = 0.5,
@@ -66,7 +71,8 @@ def query_command(
     teacher: str | None = None,
     device: str = "auto",
 ) -> int:
-    """Query a trained RUN at one view by text (clip runs) or by a SAM point/box prompt (sam runs).
+    """Query a trained RUN at one view by text (clip runs), by a SAM point/box prompt (sam runs), or carry
+    keypoints to another view of it or of another run (any teacher; DINO's features suit it best).
 
     Args:
         run: run folder written by `featurefield train`.
@@ -76,15 +82,26 @@ def query_command(
         point: SAM point prompt x y in pixels of the view.
         everything: SAM "segment everything" at the view: a grid of point prompts, duplicates removed.
         points_per_side: the grid of --everything is this many points a side.
+        keypoints: pixels x y [x y ...] of the view to find in the --to-view (keypoint transfer).
+        to_view: the view (index within --to-split) the keypoints go to (default: the same index).
+        to_run: another run to find them in (an instance of the same kind of object, same teacher).
+        to_split: split of --to-view (default: --split).
+        match_side: features are matched at this many pixels on the longer side (finer: slower).
         view: index within the split.
         split: test, train or all.
         threshold: relevancy threshold for text masks (LERF: 0.5).
         output: folder for PNGs/PLYs (default RUN/queries/view_NNNN).
         extract: also write the selected Gaussians/points as a PLY in world coordinates.
-        teacher: which text teacher to use when several have a text encoder.
+        teacher: which teacher: for text, one with a text encoder (default the first); for keypoints, any
+            (default the first the runs share).
     """
-    if not text and box is None and point is None and not everything:
-        raise FeatureFieldError("nothing to query: give --text PHRASE, --box X0 Y0 X1 Y1, --point X Y or --everything")
+    if not text and box is None and point is None and not everything and not keypoints:
+        raise FeatureFieldError("nothing to query: give --text PHRASE, --box X0 Y0 X1 Y1, --point X Y, --everything "
+                                "or --keypoints X Y [X Y ...]")
+    if len(keypoints) % 2:
+        raise FeatureFieldError(f"--keypoints takes x y pairs; got {len(keypoints)} numbers")
+    if match_side < 8:
+        raise FeatureFieldError(f"--match-side must be at least 8 pixels, got {match_side}")
     if points_per_side < 1:
         raise FeatureFieldError(f"--points-per-side must be at least 1, got {points_per_side}")
     if text:
@@ -102,6 +119,10 @@ def query_command(
             check_box(box, (H, W))
         if point is not None:
             check_points(torch.tensor([point]), (H, W))
+    if keypoints:
+        from featurefield.query.prompts import check_points
+
+        check_points(torch.tensor(keypoints, dtype=torch.float32).reshape(-1, 2), (H, W))
     out = Path(output) if output else loaded.path / "queries" / f"view_{scene_index:04d}"
     written: list[Path] = []
     with torch.no_grad():
@@ -111,6 +132,11 @@ def query_command(
             written += _prompt_query(loaded, cam, box, point, out, extract)
         if everything:
             written += _everything_query(loaded, cam, points_per_side, out, extract)
+        if keypoints:
+            target = load_run(to_run, device=device) if to_run is not None else loaded
+            written += _keypoint_query(loaded, cam, scene_index, torch.tensor(keypoints, dtype=torch.float32).reshape(-1, 2),
+                                       target, to_split or split, view if to_view is None else to_view, teacher,
+                                       match_side, out)
     for p in written:
         print(p)
     return 0
@@ -136,6 +162,50 @@ def _text_query(run: Run, cam, text, negatives, threshold, out: Path, extract: b
             written.append(export_selection_ply(out / f"{_slug(phrase)}.ply", pq.points, keep, run.normalization,
                                                 extra={"relevancy": pq.relevancy[k]}))
     return written
+
+
+def _keypoint_query(run: Run, cam, scene_index: int, uv: torch.Tensor, target: Run, to_split: str, to_view: int,
+                    teacher: str | None, match_side: int, out: Path) -> list[Path]:
+    """Keypoints ``uv [M, 2]`` of ``run``'s view found in ``target``'s view: a picture of both, and a JSON with
+    each match's pixel, cosine score and 3D position (``target``'s world frame, from its rendered depth)."""
+    import json
+
+    from featurefield.query.correspondence import transfer_keypoints, unproject
+    from featurefield.query.selection import surface_depth
+    from featurefield.run import atomic_write_json
+
+    shared = [t for t in run.teacher_names if t in target.teacher_names]
+    if teacher is not None and teacher not in shared:
+        raise FeatureFieldError(f"keypoints: teacher {teacher!r} is not in both runs (shared: {', '.join(shared) or 'none'})")
+    if not shared:
+        raise FeatureFieldError(f"keypoints: {run.path} and {target.path} share no teacher; their features are not comparable")
+    name = teacher or shared[0]
+    specs = [next(t for t in r.config["teachers"] if t["name"] == name) for r in (run, target)]
+    if json.dumps(specs[0], sort_keys=True) != json.dumps(specs[1], sort_keys=True):
+        print(f"warning: the two runs' {name} teachers were set up differently ({specs[0]} vs {specs[1]}); "
+              "their features may not be comparable")
+    cam_b, index_b = _view_camera(target, to_split, to_view)
+    uv_b, score = transfer_keypoints(run.field, cam, cam_b, uv.to(run.device), name, match_side, run.background,
+                                     field_b=target.field, background_b=target.background)
+    r_a = run.field.render(cam, background=run.background, features=False)
+    r_b = target.field.render(cam_b, background=target.background, features=False)
+    depth_b = surface_depth(r_b)
+    H, W = depth_b.shape
+    u = uv_b[:, 0].long().clamp(0, W - 1).to(depth_b.device)
+    v = uv_b[:, 1].long().clamp(0, H - 1).to(depth_b.device)
+    z = depth_b[v, u]
+    xyz = target.normalization.to_world(unproject(cam_b, uv_b.to(cam_b.device), torch.where(torch.isfinite(z), z, 0)))
+    matches = [{"from": [round(float(a), 2) for a in uv[i]], "to": [round(float(b), 2) for b in uv_b[i]],
+                "score": round(float(score[i]), 4),
+                "xyz": [round(float(c), 5) for c in xyz[i]] if torch.isfinite(z[i]) else None} for i in range(len(uv))]
+    picture = viz.side_by_side([viz.draw_keypoints(r_a.rgb, uv), viz.draw_keypoints(r_b.rgb, uv_b.cpu())],
+                               labels=[f"{run.path.name} view {scene_index}", f"{target.path.name} view {index_b}"])
+    for i, m in enumerate(matches):
+        print(f"keypoint {i}: {tuple(m['from'])} -> {tuple(m['to'])}, cosine {m['score']:.3f}")
+    atomic_write_json(out / "keypoints.json", {"teacher": name, "match_side": match_side,
+                                               "from": {"run": str(run.path), "view": scene_index},
+                                               "to": {"run": str(target.path), "view": index_b}, "keypoints": matches})
+    return [viz.save_png(out / "keypoints.png", picture), out / "keypoints.json"]
 
 
 def _sam_decoder(run: Run, what: str):

@@ -1,5 +1,8 @@
 """Keypoint transfer between views by rendered features (FeatureNeRF), and its evaluation.
 
+Views may come from two runs (two instances of an object, distilled from the same teacher): their
+features live in the teacher's space, so a keypoint on one finds its counterpart on the other.
+
 For a pixel of view A, the match in view B is the pixel of B whose L2-normalized feature has the
 highest cosine similarity with A's feature at that pixel. Features are rendered and decoded at a
 reduced resolution (the longest side at most ``match_side`` pixels, intrinsics scaled about the
@@ -120,14 +123,19 @@ def rendered_features(field: FeatureField, camera: Cameras, teacher: str, match_
 @torch.no_grad()
 def transfer_keypoints(field: FeatureField, cam_a: Cameras, cam_b: Cameras, uv_a: Tensor, teacher: str,
                        match_side: int = 128, background: Tensor | None = None,
-                       foreground_only: bool = True) -> tuple[Tensor, Tensor]:
+                       foreground_only: bool = True, field_b: FeatureField | None = None,
+                       background_b: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """For pixels ``uv_a [M, 2]`` of view A, the matching pixels ``[M, 2]`` of view B and their scores ``[M]``.
 
     Args:
         foreground_only: only match onto rendered content of B (alpha > 0.5), when there is any.
+        field_b: B's field when B is a view of another scene (e.g. another instance of the object, trained
+            with the same teacher); default ``field``. background_b: its background colour.
     """
+    field_b = field if field_b is None else field_b
+    background_b = background if field_b is field else background_b
     fa, sa, _ = rendered_features(field, cam_a, teacher, match_side, background)
-    fb, sb, alpha_b = rendered_features(field, cam_b, teacher, match_side, background)
+    fb, sb, alpha_b = rendered_features(field_b, cam_b, teacher, match_side, background_b)
     valid_b = alpha_b > 0.5 if foreground_only else None
     uv_b, score = match_features(fa, uv_a.to(fa.device).float() * sa.to(fa.device), fb, valid_b)
     return uv_b / sb.to(uv_b.device), score
