@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("featurefield.export:export_command", "export a trained run (3DGS PLY with embeddings, or a point cloud)"),
     "query": ("featurefield.query.commands:query_command", "text or prompt queries on a trained run; extract objects in 3D"),
     "eval": ("featurefield.evaluate:eval_command", "evaluate a trained run: PSNR/SSIM/LPIPS, feature fidelity, mask IoU, PCK, mIoU"),
-    "view": ("featurefield.viewer:view_command", "open a trained run in the browser: colour, depth, feature PCA, text queries, SAM clicks"),
+    "view": ("featurefield.viewer.server:view_command", "open a trained run in the browser: colour, depth, feature PCA, text queries, SAM clicks"),
 }
 
 

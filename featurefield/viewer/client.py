@@ -1,0 +1,119 @@
+"""One browser tab: a render loop that previews while the camera moves and renders full size at rest."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from featurefield.cameras import Cameras
+from featurefield.errors import FeatureFieldError
+from featurefield.viewer.cameras import sized, viewer_camera
+from featurefield.viewer.renderer import ViewRenderer
+
+#: seconds the camera must rest before the full-size render
+REST_SECONDS = 0.25
+
+
+class ClientView:
+    """The renders of one browser tab: a preview while its camera moves, the full size once it rests.
+
+    ``client`` is a viser ``ClientHandle`` (anything with ``.camera`` — ``wxyz``, ``position``, ``fov``,
+    ``image_width``, ``image_height`` — and ``.scene.set_background_image``). ``settings()`` returns
+    ``(output, text, max_side)``; ``on_status`` receives a line after each render.
+    """
+
+    def __init__(self, client, renderer: ViewRenderer, settings, preview_side: int = 256, on_status=None) -> None:
+        self.client, self.renderer, self.settings = client, renderer, settings
+        self.preview_side, self.on_status = preview_side, on_status
+        self.prompt: torch.Tensor | None = None  # [P, 3] canonical points clicked on
+        self._last: tuple[Cameras, np.ndarray] | None = None  # the latest render's camera and depth
+        self._moved, self._stopped = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"featurefield-view-{id(client)}", daemon=True)
+        self._thread.start()
+
+    def request(self) -> None:
+        """The camera or a setting changed: render again (a preview first)."""
+        self._moved.set()
+
+    def click(self, x: float, y: float) -> bool:
+        """A click at ``(x, y)`` of the canvas (0..1 from the top left) becomes the SAM prompt: the surface
+        point there in the latest render, in 3D. False (and no prompt) where nothing was rendered."""
+        from featurefield.query.correspondence import unproject
+
+        if self._last is None:
+            return False
+        camera, depth = self._last
+        H, W = depth.shape
+        u, v = min(int(x * W), W - 1), min(int(y * H), H - 1)
+        if depth[v, u] <= 0:
+            self._status("nothing there to prompt: click on the scene")
+            return False
+        uv = torch.tensor([[u + 0.5, v + 0.5]])
+        self.prompt = unproject(camera.to("cpu"), uv, torch.tensor([float(depth[v, u])]))
+        self.request()
+        return True
+
+    def clear(self) -> None:
+        self.prompt = None
+        self.request()
+
+    def extract(self, folder: Path) -> tuple[Path | None, torch.Tensor]:
+        """:meth:`ViewRenderer.extract` of the current prompt at the latest view, as ``folder/selection_NN.ply``."""
+        if self.prompt is None or self._last is None:
+            self._status("click an object first (with a prompt output)")
+            return None, torch.zeros(0, 3)
+        folder = Path(folder)
+        number = len(list(folder.glob("selection_*.ply"))) if folder.is_dir() else 0
+        path, xyz = self.renderer.extract(self._last[0], self.prompt, folder / f"selection_{number:02d}.ply")
+        self._status(f"{len(xyz)} points written to {path}" if path else "SAM's mask holds none of the field's points")
+        return path, xyz
+
+    def _status(self, line: str) -> None:
+        if self.on_status:
+            self.on_status(line)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._moved.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        full_pending = False
+        while not self._stopped.is_set():
+            if self._moved.wait(timeout=REST_SECONDS):
+                self._moved.clear()
+                if self._stopped.is_set():
+                    break
+                _, _, max_side = self.settings()
+                self._show(min(self.preview_side, max_side))
+                full_pending = self.preview_side < max_side
+            elif full_pending:
+                full_pending = False
+                self._show(self.settings()[2])
+
+    def _show(self, side: int) -> None:
+        output, text, _ = self.settings()
+        cam = self.client.camera
+        width, height = int(cam.image_width), int(cam.image_height)
+        if width <= 0 or height <= 0:
+            return
+        camera = sized(viewer_camera(cam.wxyz, cam.position, cam.fov, width, height), side)
+        start = time.perf_counter()
+        try:
+            picture, depth = self.renderer.render(camera, output, text, self.prompt)
+        except FeatureFieldError as err:
+            self._status(f"error: {err}")
+            return
+        except Exception as err:  # noqa: BLE001 - the tab stays usable (e.g. out of memory at a large size)
+            self._status(f"error: {type(err).__name__}: {err}")
+            return
+        if self._stopped.is_set():  # the tab closed while this was rendering
+            return
+        self._last = (camera, depth)
+        self.client.scene.set_background_image(picture, format="jpeg", depth=depth)
+        size = f"{int(camera.width[0])} x {int(camera.height[0])}"
+        self._status(f"{output} · {size} · {(time.perf_counter() - start) * 1e3:.0f} ms")

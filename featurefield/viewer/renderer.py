@@ -1,0 +1,144 @@
+"""Any output of a run for a camera: colour, depth, opacity, feature PCA, text relevancy, SAM prompts, cut-outs."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from featurefield.cameras import Cameras
+from featurefield.errors import FeatureFieldError
+from featurefield.run import Run
+
+#: outputs every run has; teacher outputs are "features: NAME", "text: NAME" and "prompt: NAME"
+BASE_OUTPUTS = ("colour", "depth", "opacity")
+
+
+def relevancy_overlay(rgb, relevancy) -> np.ndarray:
+    """The colour ``[H, W, 3]`` with LERF relevancy ``[H, W]`` drawn over it: untouched at 0.5 and below
+    (no better than the negatives), the heatmap's colour for 0.5..1 blended in as the relevancy rises,
+    opaque at 1. ``[H, W, 3]`` uint8."""
+    from featurefield import viz
+
+    relevancy = torch.as_tensor(relevancy).float().cpu()
+    weight = ((relevancy - 0.5) * 2).clamp(0, 1)[..., None].numpy()
+    heat = viz.heatmap(relevancy, 0.5, 1.0).astype(np.float32)
+    return (viz.to_uint8(rgb)[..., :3] * (1 - weight) + heat * weight).round().astype(np.uint8)
+
+
+class ViewRenderer:
+    """Renders one output of a run for a camera; thread-safe (renders take turns)."""
+
+    def __init__(self, run: Run, decoder=None, prompt_teacher: str = "sam") -> None:
+        """``decoder``: SAM's prompt decoder (default: loaded from the run's sam weights when first needed);
+        ``prompt_teacher``: the teacher whose features it reads."""
+        self.run = run
+        self.text_teachers = [t for t in run.teacher_names if run.teacher(t).has_text]
+        self.prompt_teacher = prompt_teacher if prompt_teacher in run.teacher_names else None
+        self._decoder = decoder
+        self._bases: dict = {}
+        self._lock = threading.Lock()
+
+    @property
+    def outputs(self) -> list[str]:
+        """What can be shown: :data:`BASE_OUTPUTS`, each teacher's PCA, each text teacher's query, SAM prompts."""
+        return [*BASE_OUTPUTS, *(f"features: {t}" for t in self.run.teacher_names),
+                *(f"text: {t}" for t in self.text_teachers),
+                *([f"prompt: {self.prompt_teacher}"] if self.prompt_teacher else [])]
+
+    def decoder(self):
+        if self._decoder is None:
+            from featurefield.query.commands import _sam_decoder
+
+            self._decoder = _sam_decoder(self.run, "SAM prompts need")
+        return self._decoder
+
+    @torch.no_grad()
+    def render(self, camera: Cameras, output: str = "colour", text: str = "",
+               prompt: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(picture [H, W, 3] uint8, depth [H, W] float32)`` of ``output`` at ``camera`` (canonical frame).
+
+        ``text`` is the phrase of a ``"text: NAME"`` output; ``prompt`` ``[P, 3]`` the 3D points (canonical)
+        of a ``"prompt: NAME"`` output, of which those the camera sees prompt SAM. Without them, those
+        outputs show the colour. The depth (canonical units, 0 where nothing was rendered) lets viser
+        draw its frustums behind the rendered surface.
+        """
+        from featurefield import viz
+        from featurefield.render import pca_basis, render_pca
+
+        if output not in self.outputs:
+            raise FeatureFieldError(f"unknown output {output!r}; this run has: {', '.join(self.outputs)}")
+        camera = camera.to(self.run.device)
+        kind, _, teacher = output.partition(": ")
+        with self._lock:
+            if kind == "features":
+                if teacher not in self._bases:
+                    self._bases[teacher] = pca_basis(self.run, teacher)
+                picture = render_pca(self.run, camera, teacher, self._bases[teacher])
+                r = self.run.field.render(camera, background=self.run.background, features=False)
+            elif kind == "prompt" and prompt is not None and len(prompt):
+                picture, r = self._prompted(camera, teacher, prompt)
+            elif kind == "text" and text.strip():
+                from featurefield.query.text import relevancy_map
+
+                q = relevancy_map(self.run.field, camera, self.run.teacher(teacher), [text.strip()],
+                                  background=self.run.background)
+                r = q.render
+                picture = relevancy_overlay(r.rgb, q.relevancy[0])
+            else:
+                r = self.run.field.render(camera, background=self.run.background, features=False)
+                if kind == "depth":
+                    picture = viz.depth_image(r.depth[..., 0], r.alpha[..., 0])
+                elif kind == "opacity":
+                    picture = viz.to_uint8(r.alpha[..., 0])
+                else:
+                    picture = viz.to_uint8(r.rgb)
+        from featurefield.query.selection import surface_depth
+
+        depth = surface_depth(r)  # where the render is opaque enough to click on (the 3D queries' rule)
+        depth = torch.where(torch.isfinite(depth), depth, torch.zeros_like(depth))
+        return np.ascontiguousarray(picture[..., :3]), depth.float().cpu().numpy()
+
+    def _prompted(self, camera: Cameras, teacher: str, prompt: torch.Tensor):
+        """The colour with SAM's mask for the prompt points this camera sees (unoccluded), and the render."""
+        from featurefield import viz
+
+        mask, r = self._prompt_mask(camera, teacher, prompt)
+        picture = viz.to_uint8(r.rgb)
+        return (picture if mask is None else viz.overlay_mask(picture, mask.cpu())), r
+
+    def _prompt_mask(self, camera: Cameras, teacher: str, prompt: torch.Tensor):
+        """``(mask [H, W] bool or None where the camera sees none of the points, render)``."""
+        from featurefield.query.prompts import prompt_mask, render_sam_features
+        from featurefield.query.selection import surface_depth, visibility
+
+        feats, r = render_sam_features(self.run.field, camera, teacher, self.run.background)
+        uv, seen = visibility(prompt.to(camera.device), camera, surface_depth(r))
+        if not seen.any():
+            return None, r
+        H, W = int(camera.height[0]), int(camera.width[0])
+        return prompt_mask(self.decoder(), feats, (H, W), points=uv[seen].cpu())[0], r
+
+    @torch.no_grad()
+    def extract(self, camera: Cameras, prompt: torch.Tensor, path: Path) -> tuple[Path | None, torch.Tensor]:
+        """Cut out in 3D what SAM selects for ``prompt`` at ``camera``: the field's points inside the mask and
+        visible there, written to ``path`` as a PLY in the scene's world frame. ``(path or None when
+        nothing is selected, the selected points' canonical xyz [K, 3])``."""
+        from featurefield.query.selection import lift_masks
+        from featurefield.query.text import export_selection_ply
+
+        if self.prompt_teacher is None:
+            raise FeatureFieldError(f"{self.run.path}: SAM prompts need a run trained with the sam teacher")
+        camera = camera.to(self.run.device)
+        with self._lock:
+            mask, _ = self._prompt_mask(camera, self.prompt_teacher, prompt)
+            if mask is None or not mask.any():
+                return None, torch.zeros(0, 3)
+            selection, points = lift_masks(self.run.field, camera, [mask.to(self.run.device)])
+        keep = selection.keep
+        if not keep.any():
+            return None, torch.zeros(0, 3)
+        written = export_selection_ply(path, points, keep, self.run.normalization)
+        return written, points["xyz"][keep.to(points["xyz"].device)].float().cpu()

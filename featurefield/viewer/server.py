@@ -1,0 +1,139 @@
+"""The viser server of ``featurefield view``: the panel, the training frustums, one render loop per tab."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from featurefield.cameras import Cameras
+from featurefield.errors import FeatureFieldError
+from featurefield.run import Run, load_run
+from featurefield.viewer.cameras import camera_pose
+from featurefield.viewer.client import ClientView
+from featurefield.viewer.renderer import ViewRenderer
+
+
+def serve(run: Run | str | Path, host: str = "127.0.0.1", port: int = 8080, max_side: int = 1024,
+          preview_side: int = 256, device: str = "auto", verbose: bool = True):
+    """Start a viser server for ``run`` and return it (``server.stop()`` ends it; it runs in threads).
+
+    The panel: the output to show, the phrase of a text query, the full-size resolution, a button back
+    to the first training view, for SAM prompts buttons to clear the prompt and to cut its selection
+    out as ``RUN/view/selection_NN.ply``, and a status line.
+    """
+    import viser
+
+    from featurefield.camera_paths import world_up
+
+    if not isinstance(run, Run):
+        run = load_run(run, device=device)
+    renderer = ViewRenderer(run)
+    train = run.cameras("train").to("cpu")
+    server = viser.ViserServer(host=host, port=port, verbose=verbose)
+    try:
+        _build(server, renderer, train, max_side, preview_side, world_up(train))
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _build(server, renderer: ViewRenderer, train: Cameras, max_side: int, preview_side: int, up) -> None:
+    """The panel, the training frustums and the per-client render loops of :func:`serve`."""
+    server.scene.set_up_direction(tuple(float(x) for x in up))
+
+    output = server.gui.add_dropdown("output", renderer.outputs, initial_value="colour")
+    phrase = server.gui.add_text("text query", initial_value="", visible=bool(renderer.text_teachers),
+                                 hint="a phrase; shown with a 'text: ...' output")
+    resolution = server.gui.add_slider("resolution", min=16, max=max(4096, int(max_side)), step=16,
+                                       initial_value=int(max_side))
+    home = server.gui.add_button("first training view")
+    clear = server.gui.add_button("clear SAM prompt", visible=renderer.prompt_teacher is not None)
+    extract = server.gui.add_button("cut out the SAM selection (PLY)", visible=renderer.prompt_teacher is not None)
+    server.gui.add_markdown("With a *prompt* output, click an object to prompt SAM.",
+                            visible=renderer.prompt_teacher is not None)
+    status = server.gui.add_markdown("")
+    views: dict[int, ClientView] = {}
+
+    def settings() -> tuple[str, str, int]:
+        return output.value, phrase.value, int(resolution.value)
+
+    def set_status(line: str) -> None:
+        status.content = line
+
+    def move_to(client, index: int) -> None:
+        wxyz, position, fov_y = camera_pose(train, index)
+        with client.atomic():
+            client.camera.fov = fov_y
+            client.camera.wxyz = wxyz
+            client.camera.position = position
+
+    for i in range(len(train)):
+        wxyz, position, fov_y = camera_pose(train, i)
+        frustum = server.scene.add_camera_frustum(f"/train/{i:04d}", fov=fov_y, aspect=float(train.width[i] / train.height[i]),
+                                                  scale=0.05, wxyz=wxyz, position=position, color=(90, 90, 200))
+        frustum.on_click(lambda event, i=i: move_to(event.client, i))
+
+    @server.on_client_connect
+    def _connect(client) -> None:
+        move_to(client, 0)
+        view = ClientView(client, renderer, settings, preview_side=preview_side, on_status=set_status)
+        views[client.client_id] = view
+        client.camera.on_update(lambda _camera: view.request())
+        view.request()
+
+    @server.on_client_disconnect
+    def _disconnect(client) -> None:
+        view = views.pop(client.client_id, None)
+        if view is not None:
+            view.stop()
+
+    def rerender(_event=None) -> None:
+        for view in list(views.values()):
+            view.request()
+
+    for handle in (output, phrase, resolution):
+        handle.on_update(rerender)
+    home.on_click(lambda event: move_to(event.client, 0) if event.client is not None else None)
+    clear.on_click(lambda event: views[event.client.client_id].clear() if event.client.client_id in views else None)
+
+    @extract.on_click
+    def _extract(event) -> None:
+        view = views.get(event.client.client_id) if event.client is not None else None
+        if view is None:
+            return
+        path, xyz = view.extract(renderer.run.path / "view")
+        if path is not None:  # the cut-out drawn in the scene, over the render
+            event.client.scene.add_point_cloud("/selection", points=xyz.numpy(), colors=(255, 40, 40),
+                                               point_size=0.01)
+
+    @server.scene.on_click()
+    def _clicked(event) -> None:
+        view = views.get(event.client_id)
+        if view is not None and output.value.startswith("prompt: "):
+            view.click(*event.screen_pos)
+
+
+def view_command(run: Path, /, host: str = "127.0.0.1", port: int = 8080, max_side: int = 1024,
+                 preview_side: int = 256, device: str = "auto") -> int:
+    """Open a trained RUN in the browser (viser): colour, depth, feature PCA and text queries from any view.
+
+    Args:
+        run: run folder written by `featurefield train`.
+        host: address to listen on (0.0.0.0 to reach it from other machines, e.g. through an SSH tunnel).
+        port: port of the web page.
+        max_side: longer side in pixels of the render shown once the camera rests (also a slider).
+        preview_side: longer side of the renders made while the camera moves.
+    """
+    if max_side < 16 or preview_side < 16:
+        raise FeatureFieldError(f"--max-side and --preview-side must be at least 16 pixels, got {max_side} and {preview_side}")
+    server = serve(run, host, port, max_side, preview_side, device, verbose=False)
+    print(f"featurefield view: {run} on port {server.get_port()}; Ctrl-C stops it", flush=True)
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
