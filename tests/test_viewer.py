@@ -269,3 +269,25 @@ def test_a_nerf_run_shows_every_output_too(tmp_path):
     point = unproject(cam, clicked, torch.tensor([float(depth[v, u])]))
     renderer.render(cam, "prompt: toycolour", prompt=point)
     assert len(decoder.points) == 1 and torch.allclose(decoder.points[0], clicked, atol=1e-2)
+
+
+def test_what_matches_the_phrase_is_cut_out_in_3d(run, tmp_path, monkeypatch):
+    import featurefield.query.text as text
+    from plyfile import PlyData
+
+    renderer = ViewRenderer(run)
+    client, lines = FakeClient(run), []
+    settings = {"value": ("text: toytext", "", 64)}
+    view = ClientView(client, renderer, lambda: settings["value"], preview_side=64, on_status=lines.append)
+    try:
+        assert view.extract(tmp_path)[0] is None and "type a phrase" in lines[-1]
+        settings["value"] = ("text: toytext", "red thing", 64)
+        # relevancy 0.6 for the half of the points most similar to the phrase, 0.4 for the others
+        monkeypatch.setattr(text, "lerf_relevancy", lambda pos, neg, *a, **k: 0.4 + 0.2 * (pos > pos.median()).float())
+        path, xyz = view.extract(tmp_path)
+    finally:
+        view.stop()
+    everything = run.field.points_with_features("toytext")
+    assert path == tmp_path / "selection_00.ply" and 0 < len(xyz) < len(everything["xyz"])
+    ply = PlyData.read(str(path))["vertex"]
+    assert len(ply["x"]) == len(xyz) and (np.asarray(ply["relevancy"]) > 0.5).all()

@@ -62,14 +62,26 @@ class ClientView:
         self.request()
 
     def extract(self, folder: Path) -> tuple[Path | None, torch.Tensor]:
-        """:meth:`ViewRenderer.extract` of the current prompt at the latest view, as ``folder/selection_NN.ply``."""
-        if self.prompt is None or self._last is None:
-            self._status("click an object first (with a prompt output)")
+        """Cut out what the tab selects, as ``folder/selection_NN.ply``: with a text output, the points that
+        match its phrase (:meth:`ViewRenderer.extract_text`); otherwise SAM's mask for the clicked point at
+        the latest view (:meth:`ViewRenderer.extract`). ``(path or None, selected canonical xyz [K, 3])``."""
+        output, text, _ = self.settings()
+        kind, _, teacher = output.partition(": ")
+        if kind == "text" and not text.strip():
+            self._status("type a phrase first")
+            return None, torch.zeros(0, 3)
+        if kind != "text" and (self.prompt is None or self._last is None):
+            self._status("click an object first (with a prompt output), or type a phrase (with a text output)")
             return None, torch.zeros(0, 3)
         folder = Path(folder)
-        number = len(list(folder.glob("selection_*.ply"))) if folder.is_dir() else 0
-        path, xyz = self.renderer.extract(self._last[0], self.prompt, folder / f"selection_{number:02d}.ply")
-        self._status(f"{len(xyz)} points written to {path}" if path else "SAM's mask holds none of the field's points")
+        path = folder / f"selection_{len(list(folder.glob('selection_*.ply'))) if folder.is_dir() else 0:02d}.ply"
+        if kind == "text":
+            path, xyz = self.renderer.extract_text(teacher, text.strip(), path)
+            empty = f"no point's relevancy for {text.strip()!r} is above 0.5"
+        else:
+            path, xyz = self.renderer.extract(self._last[0], self.prompt, path)
+            empty = "SAM's mask holds none of the field's points"
+        self._status(f"{len(xyz)} points written to {path}" if path else empty)
         return path, xyz
 
     def _status(self, line: str) -> None:

@@ -142,3 +142,20 @@ class ViewRenderer:
             return None, torch.zeros(0, 3)
         written = export_selection_ply(path, points, keep, self.run.normalization)
         return written, points["xyz"][keep.to(points["xyz"].device)].float().cpu()
+
+    @torch.no_grad()
+    def extract_text(self, teacher: str, phrase: str, path: Path,
+                     threshold: float = 0.5) -> tuple[Path | None, torch.Tensor]:
+        """Cut out in 3D what matches ``phrase``: the field's points whose LERF relevancy exceeds ``threshold``
+        (``featurefield query --text --extract``), written to ``path`` with their relevancy. As :meth:`extract`."""
+        from featurefield.query.text import export_selection_ply, point_relevancy
+
+        if teacher not in self.text_teachers:
+            raise FeatureFieldError(f"{self.run.path}: teacher {teacher!r} has no text encoder")
+        with self._lock:
+            q = point_relevancy(self.run.field, self.run.teacher(teacher), [phrase])
+        keep = q.select(threshold)
+        if not keep.any():
+            return None, torch.zeros(0, 3)
+        written = export_selection_ply(path, q.points, keep, self.run.normalization, extra={"relevancy": q.relevancy[0]})
+        return written, q.points["xyz"][keep.to(q.points["xyz"].device)].float().cpu()

@@ -18,8 +18,8 @@ def serve(run: Run | str | Path, host: str = "127.0.0.1", port: int = 8080, max_
     """Start a viser server for ``run`` and return it (``server.stop()`` ends it; it runs in threads).
 
     The panel: the output to show, the phrase of a text query, the full-size resolution, a button back
-    to the first training view, for SAM prompts buttons to clear the prompt and to cut its selection
-    out as ``RUN/view/selection_NN.ply``, and a status line.
+    to the first training view, a button to clear the SAM prompt, one to cut the selection (SAM's mask, or
+    the phrase's matches) out as ``RUN/view/selection_NN.ply``, and a status line.
     """
     import viser
 
@@ -49,7 +49,9 @@ def _build(server, renderer: ViewRenderer, train: Cameras, max_side: int, previe
                                        initial_value=int(max_side))
     home = server.gui.add_button("first training view")
     clear = server.gui.add_button("clear SAM prompt", visible=renderer.prompt_teacher is not None)
-    extract = server.gui.add_button("cut out the SAM selection (PLY)", visible=renderer.prompt_teacher is not None)
+    extract = server.gui.add_button("cut out the selection (PLY)",
+                                    visible=renderer.prompt_teacher is not None or bool(renderer.text_teachers),
+                                    hint="SAM's mask for the clicked point, or what matches the phrase: RUN/view/")
     server.gui.add_markdown("With a *prompt* output, click an object to prompt SAM.",
                             visible=renderer.prompt_teacher is not None)
     status = server.gui.add_markdown("")
