@@ -415,10 +415,11 @@ def run_demo(output: Path = Path("featurefield-demo"), field: str = "splat", tea
         report.images(items, title=title, width=max(size, 128))
     report.heading("Run")
     report.table([(k, round(v, 2)) for k, v in timings.items()], headers=("stage", "seconds"), title="Timings")
-    report.paragraph(f"Run folder: {run_dir} (reload it with featurefield.run.load_run, or use `featurefield render`, "
-                     f"`featurefield query`, `featurefield eval` on it).")
+    report.paragraph(f"Run folder: {run_dir} (open it in the browser with `featurefield view {run_dir}`; reload it with "
+                     f"featurefield.run.load_run, or use `featurefield render`, `featurefield query`, `featurefield eval` on it).")
     report_path = report.write(output / "report.html")
-    console.print(f"[bold green]wrote[/bold green] {report_path} ({len(written)} pictures) in {timings['total']:.0f} s")
+    console.print(f"[bold green]wrote[/bold green] {report_path} ({len(written)} pictures) in {timings['total']:.0f} s; "
+                  f"explore the run with `featurefield view {run_dir}`")
     if fallback:
         console.print("[bold yellow]note:[/bold yellow] the teacher was DINOv2 with random weights (SAM weights missing)")
     return DemoResult(output, report_path, run_dir, name, fallback, record, written)
