@@ -291,3 +291,10 @@ def test_what_matches_the_phrase_is_cut_out_in_3d(run, tmp_path, monkeypatch):
     assert path == tmp_path / "selection_00.ply" and 0 < len(xyz) < len(everything["xyz"])
     ply = PlyData.read(str(path))["vertex"]
     assert len(ply["x"]) == len(xyz) and (np.asarray(ply["relevancy"]) > 0.5).all()
+
+
+def test_render_sizes_suit_the_device_and_the_images(run):
+    from featurefield.viewer.server import default_sides
+
+    top, preview = default_sides(run)  # a CPU run of 24-pixel images: twice their size, no more
+    assert (top, preview) == (48, 48)

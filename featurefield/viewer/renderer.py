@@ -66,7 +66,7 @@ class ViewRenderer:
         draw its frustums behind the rendered surface.
         """
         from featurefield import viz
-        from featurefield.render import pca_basis, render_pca
+        from featurefield.render import pca_basis, pca_render
 
         if output not in self.outputs:
             raise FeatureFieldError(f"unknown output {output!r}; this run has: {', '.join(self.outputs)}")
@@ -76,8 +76,7 @@ class ViewRenderer:
             if kind == "features":
                 if teacher not in self._bases:
                     self._bases[teacher] = pca_basis(self.run, teacher)
-                picture = render_pca(self.run, camera, teacher, self._bases[teacher])
-                r = self.run.field.render(camera, background=self.run.background, features=False)
+                picture, r = pca_render(self.run, camera, teacher, self._bases[teacher])
             elif kind == "prompt" and prompt is not None and len(prompt):
                 picture, r = self._prompted(camera, teacher, prompt)
             elif kind == "text" and text.strip():

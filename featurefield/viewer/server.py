@@ -13,9 +13,21 @@ from featurefield.viewer.client import ClientView
 from featurefield.viewer.renderer import ViewRenderer
 
 
-def serve(run: Run | str | Path, host: str = "127.0.0.1", port: int = 8080, max_side: int = 1024,
-          preview_side: int = 256, device: str = "auto", verbose: bool = True):
+def default_sides(run: Run) -> tuple[int, int]:
+    """``(max_side, preview_side)`` for a run: 1024 / 256 pixels on a GPU, 320 / 128 on the CPU (a frame
+    of the demo's Gaussians takes about 0.3 s at 256 pixels there), never above twice the training
+    images' longer side (finer than that shows nothing new)."""
+    on_gpu = run.device.type == "cuda"
+    cams = run.cameras("train")
+    native = 2 * int(max(int(cams.width.max()), int(cams.height.max())))
+    top = min(1024 if on_gpu else 320, native)
+    return top, min(256 if on_gpu else 128, top)
+
+
+def serve(run: Run | str | Path, host: str = "127.0.0.1", port: int = 8080, max_side: int | None = None,
+          preview_side: int | None = None, device: str = "auto", verbose: bool = True):
     """Start a viser server for ``run`` and return it (``server.stop()`` ends it; it runs in threads).
+    ``max_side`` / ``preview_side``: see :func:`default_sides` for the defaults.
 
     The panel: the output to show, the phrase of a text query, the full-size resolution, a button back
     to the first training view, a button to clear the SAM prompt, one to cut the selection (SAM's mask, or
@@ -28,6 +40,8 @@ def serve(run: Run | str | Path, host: str = "127.0.0.1", port: int = 8080, max_
     if not isinstance(run, Run):
         run = load_run(run, device=device)
     renderer = ViewRenderer(run)
+    top, preview = default_sides(run)
+    max_side, preview_side = max_side or top, preview_side or preview
     train = run.cameras("train").to("cpu")
     server = viser.ViserServer(host=host, port=port, verbose=verbose)
     try:
@@ -116,19 +130,21 @@ def _build(server, renderer: ViewRenderer, train: Cameras, max_side: int, previe
             view.click(*event.screen_pos)
 
 
-def view_command(run: Path, /, host: str = "127.0.0.1", port: int = 8080, max_side: int = 1024,
-                 preview_side: int = 256, device: str = "auto") -> int:
+def view_command(run: Path, /, host: str = "127.0.0.1", port: int = 8080, max_side: int | None = None,
+                 preview_side: int | None = None, device: str = "auto") -> int:
     """Open a trained RUN in the browser (viser): colour, depth, feature PCA and text queries from any view.
 
     Args:
         run: run folder written by `featurefield train`.
         host: address to listen on (0.0.0.0 to reach it from other machines, e.g. through an SSH tunnel).
         port: port of the web page.
-        max_side: longer side in pixels of the render shown once the camera rests (also a slider).
-        preview_side: longer side of the renders made while the camera moves.
+        max_side: longer side in pixels of the render shown once the camera rests (also a slider; default
+            1024 on a GPU, 320 on the CPU, at most twice the training images').
+        preview_side: longer side of the renders made while the camera moves (default 256 / 128).
     """
-    if max_side < 16 or preview_side < 16:
-        raise FeatureFieldError(f"--max-side and --preview-side must be at least 16 pixels, got {max_side} and {preview_side}")
+    for name, side in (("--max-side", max_side), ("--preview-side", preview_side)):
+        if side is not None and side < 16:
+            raise FeatureFieldError(f"{name} must be at least 16 pixels, got {side}")
     server = serve(run, host, port, max_side, preview_side, device, verbose=False)
     print(f"featurefield view: {run} on port {server.get_port()}; Ctrl-C stops it", flush=True)
     try:
