@@ -71,7 +71,7 @@ def timing(lego: Path, steps: int, test_views: int, backend: str, table_dtype: s
     peak = torch.cuda.max_memory_allocated() / 2**30
     fld.eval()
     cams = scene.canonical_cameras()
-    psnrs, cos = [], []
+    psnrs = []
     t1 = time.perf_counter()
     views = scene.split["test"][:test_views]
     for i in views:

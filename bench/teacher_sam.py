@@ -23,7 +23,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from featurefield.teachers.sam import BatchedEncoder, SamTeacher, convert_encoder, sam_preprocess  # noqa: E402
+from featurefield.teachers.sam import SamTeacher, convert_encoder, sam_preprocess  # noqa: E402
 
 
 def load_images(folder: Path, limit: int) -> tuple[torch.Tensor, list[Path]]:

@@ -26,7 +26,6 @@ open_clip's/Hugging Face's cache, or a checkpoint file (``weights=PATH``); ``pre
 from __future__ import annotations
 
 import logging
-import math
 import os
 from pathlib import Path
 

@@ -175,7 +175,7 @@ def features_command(scene: str, /, teacher: list[str] = ["sam"], views: str = "
                 (out_dir / name).mkdir(parents=True, exist_ok=True)
                 for j, picture in zip(pick, _pca_pictures(feats[pick])):
                     im = Image.fromarray(picture)
-                    H, W = int(sc.cameras.height[ids[j]]), int(sc.cameras.width[ids[j]])
+                    W = int(sc.cameras.width[ids[j]])
                     im.resize((W, int(round(W * picture.shape[0] / picture.shape[1]))) if W else im.size, Image.NEAREST).save(
                         out_dir / name / f"view_{ids[j]:04d}.png")
                 print(f"{name}: PCA pictures in {out_dir / name}")

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from featurefield.data.scene import Normalization
 from featurefield.errors import FeatureFieldError
