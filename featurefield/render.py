@@ -50,12 +50,13 @@ def render_pca(run: Run, camera: Cameras, teacher: str, basis) -> np.ndarray:
     return pca_render(run, camera, teacher, basis)[0]
 
 
-def pca_render(run: Run, camera: Cameras, teacher: str, basis):
+def pca_render(run: Run, camera: Cameras, teacher: str, basis, field=None):
     """``(PCA picture [H, W, 3] uint8, the Render it came from)``: the basis folded into the render, so the
-    features come out as 3 channels beside colour, depth and alpha in one pass."""
+    features come out as 3 channels beside colour, depth and alpha in one pass. ``field``: render this
+    one instead of the run's (e.g. a cut-out of it)."""
     comps = basis.components.to(run.device, torch.float32)  # [D, 3]
     bias = -(basis.mean.to(run.device, torch.float32) @ comps)
-    r = run.field.render(camera, background=run.background, projection=(teacher, comps, bias))
+    r = (field or run.field).render(camera, background=run.background, projection=(teacher, comps, bias))
     lo, hi = basis.lo.to(run.device), basis.hi.to(run.device)
     img = ((r.projected - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
     return (img * 255).round().to(torch.uint8).cpu().numpy(), r

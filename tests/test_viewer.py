@@ -227,17 +227,27 @@ def test_the_clicked_object_is_cut_out_in_3d(run, tmp_path):
     client, lines = FakeClient(run), []
     view = ClientView(client, renderer, lambda: ("prompt: toycolour", "", 96), preview_side=96, on_status=lines.append)
     try:
-        path, _ = view.extract(tmp_path)
-        assert path is None and "click an object first" in lines[-1]
+        assert view.extract(tmp_path) is None and "click an object first" in lines[-1]
         view.request()
         client.wait_for(1)
         assert view.click(0.5, 0.6)
         client.wait_for(2)
         time.sleep(0.3)
-        path, xyz = view.extract(tmp_path)
+        cut = view.extract(tmp_path)
+        path, xyz = cut.path, cut.xyz
+        assert "points written" in lines[-1]
+        # the cut-out alone, and the scene without it: the Gaussians it holds, and all the others
+        kept = int(cut.keep.sum())
+        for show, count in (("the cut-out alone", kept), ("without the cut-out", run.field.num_gaussians - kept)):
+            shown = len(client.shown)
+            view.show_cut(show)
+            client.wait_for(shown + 1)
+            assert view._field().num_gaussians == count
+        time.sleep(0.3)
+        alone = client.shown[-1]
     finally:
         view.stop()
-    assert path == tmp_path / "selection_00.ply" and len(xyz) > 0 and "points written" in lines[-1]
+    assert path == tmp_path / "selection_00.ply" and len(xyz) > 0 and alone == (72, 96)
     assert len(xyz) < run.field.num_gaussians / 2  # the clicked region, not the scene
     camera, _ = view._last
     uv, _, inside = project_points(xyz, camera.to("cpu"))
@@ -280,11 +290,12 @@ def test_what_matches_the_phrase_is_cut_out_in_3d(run, tmp_path, monkeypatch):
     settings = {"value": ("text: toytext", "", 64)}
     view = ClientView(client, renderer, lambda: settings["value"], preview_side=64, on_status=lines.append)
     try:
-        assert view.extract(tmp_path)[0] is None and "type a phrase" in lines[-1]
+        assert view.extract(tmp_path) is None and "type a phrase" in lines[-1]
         settings["value"] = ("text: toytext", "red thing", 64)
         # relevancy 0.6 for the half of the points most similar to the phrase, 0.4 for the others
         monkeypatch.setattr(text, "lerf_relevancy", lambda pos, neg, *a, **k: 0.4 + 0.2 * (pos > pos.median()).float())
-        path, xyz = view.extract(tmp_path)
+        cut = view.extract(tmp_path)
+        path, xyz = cut.path, cut.xyz
     finally:
         view.stop()
     everything = run.field.points_with_features("toytext")

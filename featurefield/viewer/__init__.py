@@ -17,9 +17,9 @@ view``).
 """
 
 from featurefield.viewer.cameras import camera_pose, viewer_camera
-from featurefield.viewer.client import REST_SECONDS, ClientView
-from featurefield.viewer.renderer import BASE_OUTPUTS, ViewRenderer, relevancy_overlay
+from featurefield.viewer.client import REST_SECONDS, SHOW, ClientView
+from featurefield.viewer.renderer import BASE_OUTPUTS, CutOut, ViewRenderer, relevancy_overlay
 from featurefield.viewer.server import serve, view_command
 
-__all__ = ["BASE_OUTPUTS", "REST_SECONDS", "ClientView", "ViewRenderer", "camera_pose", "relevancy_overlay", "serve",
-           "view_command", "viewer_camera"]
+__all__ = ["BASE_OUTPUTS", "REST_SECONDS", "SHOW", "ClientView", "CutOut", "ViewRenderer", "camera_pose",
+           "relevancy_overlay", "serve", "view_command", "viewer_camera"]

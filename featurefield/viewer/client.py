@@ -12,10 +12,12 @@ import torch
 from featurefield.cameras import Cameras
 from featurefield.errors import FeatureFieldError
 from featurefield.viewer.cameras import sized, viewer_camera
-from featurefield.viewer.renderer import ViewRenderer
+from featurefield.viewer.renderer import CutOut, ViewRenderer
 
 #: seconds the camera must rest before the full-size render
 REST_SECONDS = 0.25
+#: what a tab shows of its cut-out
+SHOW = ("everything", "the cut-out alone", "without the cut-out")
 
 
 class ClientView:
@@ -30,6 +32,9 @@ class ClientView:
         self.client, self.renderer, self.settings = client, renderer, settings
         self.preview_side, self.on_status = preview_side, on_status
         self.prompt: torch.Tensor | None = None  # [P, 3] canonical points clicked on
+        self.cut: CutOut | None = None  # the latest cut-out
+        self.show = "everything"  # or "the cut-out alone", "without the cut-out" (SHOW)
+        self._subsets: dict[str, object] = {}  # show -> the field rendered for it (for self.cut)
         self._last: tuple[Cameras, np.ndarray] | None = None  # the latest render's camera and depth
         self._moved, self._stopped = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"featurefield-view-{id(client)}", daemon=True)
@@ -61,28 +66,48 @@ class ClientView:
         self.prompt = None
         self.request()
 
-    def extract(self, folder: Path) -> tuple[Path | None, torch.Tensor]:
+    def extract(self, folder: Path) -> CutOut | None:
         """Cut out what the tab selects, as ``folder/selection_NN.ply``: with a text output, the points that
         match its phrase (:meth:`ViewRenderer.extract_text`); otherwise SAM's mask for the clicked point at
-        the latest view (:meth:`ViewRenderer.extract`). ``(path or None, selected canonical xyz [K, 3])``."""
+        the latest view (:meth:`ViewRenderer.extract`). It becomes :attr:`cut`; None when nothing is selected."""
         output, text, _ = self.settings()
         kind, _, teacher = output.partition(": ")
         if kind == "text" and not text.strip():
             self._status("type a phrase first")
-            return None, torch.zeros(0, 3)
+            return None
         if kind != "text" and (self.prompt is None or self._last is None):
             self._status("click an object first (with a prompt output), or type a phrase (with a text output)")
-            return None, torch.zeros(0, 3)
+            return None
         folder = Path(folder)
         path = folder / f"selection_{len(list(folder.glob('selection_*.ply'))) if folder.is_dir() else 0:02d}.ply"
         if kind == "text":
-            path, xyz = self.renderer.extract_text(teacher, text.strip(), path)
+            cut = self.renderer.extract_text(teacher, text.strip(), path)
             empty = f"no point's relevancy for {text.strip()!r} is above 0.5"
         else:
-            path, xyz = self.renderer.extract(self._last[0], self.prompt, path)
+            cut = self.renderer.extract(self._last[0], self.prompt, path)
             empty = "SAM's mask holds none of the field's points"
-        self._status(f"{len(xyz)} points written to {path}" if path else empty)
-        return path, xyz
+        if cut is None:
+            self._status(empty)
+            return None
+        self.cut, self._subsets = cut, {}
+        self._status(f"{len(cut.xyz)} points written to {cut.path}")
+        self.request()
+        return cut
+
+    def show_cut(self, show: str) -> None:
+        """Render everything, the cut-out alone, or the scene without it (one of :data:`SHOW`)."""
+        if show not in SHOW:
+            raise FeatureFieldError(f"show one of {', '.join(SHOW)}, not {show!r}")
+        self.show = show
+        self.request()
+
+    def _field(self):
+        """The field this tab renders: the run's, or a cut of it (made once per cut-out and choice)."""
+        if self.show == SHOW[0] or self.cut is None or not self.renderer.can_show_alone():
+            return None
+        if self.show not in self._subsets:
+            self._subsets[self.show] = self.renderer.subset(self.cut, without=self.show == SHOW[2])
+        return self._subsets[self.show]
 
     def _status(self, line: str) -> None:
         if self.on_status:
@@ -116,7 +141,7 @@ class ClientView:
         camera = sized(viewer_camera(cam.wxyz, cam.position, cam.fov, width, height), side)
         start = time.perf_counter()
         try:
-            picture, depth = self.renderer.render(camera, output, text, self.prompt)
+            picture, depth = self.renderer.render(camera, output, text, self.prompt, self._field())
         except FeatureFieldError as err:
             self._status(f"error: {err}")
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,26 @@ def relevancy_overlay(rgb, relevancy) -> np.ndarray:
     weight = ((relevancy - 0.5) * 2).clamp(0, 1)[..., None].numpy()
     heat = viz.heatmap(relevancy, 0.5, 1.0).astype(np.float32)
     return (viz.to_uint8(rgb)[..., :3] * (1 - weight) + heat * weight).round().astype(np.uint8)
+
+
+@dataclass
+class CutOut:
+    """A 3D selection made in the viewer: the field's points it indexes, which are kept, and the PLY written.
+
+    Attributes:
+        points: :meth:`FeatureField.points_with_features` output (canonical frame).
+        keep: ``[M]`` bool over those points.
+        path: the PLY (world frame).
+    """
+
+    points: dict
+    keep: torch.Tensor
+    path: Path
+
+    @property
+    def xyz(self) -> torch.Tensor:
+        """``[K, 3]`` canonical positions of the kept points."""
+        return self.points["xyz"][self.keep.to(self.points["xyz"].device)].float().cpu()
 
 
 class ViewRenderer:
@@ -57,13 +78,14 @@ class ViewRenderer:
 
     @torch.no_grad()
     def render(self, camera: Cameras, output: str = "colour", text: str = "",
-               prompt: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+               prompt: torch.Tensor | None = None, field=None) -> tuple[np.ndarray, np.ndarray]:
         """``(picture [H, W, 3] uint8, depth [H, W] float32)`` of ``output`` at ``camera`` (canonical frame).
 
         ``text`` is the phrase of a ``"text: NAME"`` output; ``prompt`` ``[P, 3]`` the 3D points (canonical)
         of a ``"prompt: NAME"`` output, of which those the camera sees prompt SAM. Without them, those
-        outputs show the colour. The depth (canonical units, 0 where nothing was rendered) lets viser
-        draw its frustums behind the rendered surface.
+        outputs show the colour. ``field``: render this instead of the run's field (a cut-out of it,
+        :meth:`subset`). The depth (canonical units, 0 where nothing was rendered) lets viser draw its
+        frustums behind the rendered surface.
         """
         from featurefield import viz
         from featurefield.render import pca_basis, pca_render
@@ -72,22 +94,22 @@ class ViewRenderer:
             raise FeatureFieldError(f"unknown output {output!r}; this run has: {', '.join(self.outputs)}")
         camera = camera.to(self.run.device)
         kind, _, teacher = output.partition(": ")
+        field = field or self.run.field
         with self._lock:
             if kind == "features":
                 if teacher not in self._bases:
                     self._bases[teacher] = pca_basis(self.run, teacher)
-                picture, r = pca_render(self.run, camera, teacher, self._bases[teacher])
+                picture, r = pca_render(self.run, camera, teacher, self._bases[teacher], field=field)
             elif kind == "prompt" and prompt is not None and len(prompt):
-                picture, r = self._prompted(camera, teacher, prompt)
+                picture, r = self._prompted(camera, teacher, prompt, field)
             elif kind == "text" and text.strip():
                 from featurefield.query.text import relevancy_map
 
-                q = relevancy_map(self.run.field, camera, self.run.teacher(teacher), [text.strip()],
-                                  background=self.run.background)
+                q = relevancy_map(field, camera, self.run.teacher(teacher), [text.strip()], background=self.run.background)
                 r = q.render
                 picture = relevancy_overlay(r.rgb, q.relevancy[0])
             else:
-                r = self.run.field.render(camera, background=self.run.background, features=False)
+                r = field.render(camera, background=self.run.background, features=False)
                 if kind == "depth":
                     picture = viz.depth_image(r.depth[..., 0], r.alpha[..., 0])
                 elif kind == "opacity":
@@ -100,20 +122,20 @@ class ViewRenderer:
         depth = torch.where(torch.isfinite(depth), depth, torch.zeros_like(depth))
         return np.ascontiguousarray(picture[..., :3]), depth.float().cpu().numpy()
 
-    def _prompted(self, camera: Cameras, teacher: str, prompt: torch.Tensor):
+    def _prompted(self, camera: Cameras, teacher: str, prompt: torch.Tensor, field=None):
         """The colour with SAM's mask for the prompt points this camera sees (unoccluded), and the render."""
         from featurefield import viz
 
-        mask, r = self._prompt_mask(camera, teacher, prompt)
+        mask, r = self._prompt_mask(camera, teacher, prompt, field)
         picture = viz.to_uint8(r.rgb)
         return (picture if mask is None else viz.overlay_mask(picture, mask.cpu())), r
 
-    def _prompt_mask(self, camera: Cameras, teacher: str, prompt: torch.Tensor):
+    def _prompt_mask(self, camera: Cameras, teacher: str, prompt: torch.Tensor, field=None):
         """``(mask [H, W] bool or None where the camera sees none of the points, render)``."""
         from featurefield.query.prompts import prompt_mask, render_sam_features
         from featurefield.query.selection import surface_depth, visibility
 
-        feats, r = render_sam_features(self.run.field, camera, teacher, self.run.background)
+        feats, r = render_sam_features(field or self.run.field, camera, teacher, self.run.background)
         uv, seen = visibility(prompt.to(camera.device), camera, surface_depth(r))
         if not seen.any():
             return None, r
@@ -121,10 +143,9 @@ class ViewRenderer:
         return prompt_mask(self.decoder(), feats, (H, W), points=uv[seen].cpu())[0], r
 
     @torch.no_grad()
-    def extract(self, camera: Cameras, prompt: torch.Tensor, path: Path) -> tuple[Path | None, torch.Tensor]:
+    def extract(self, camera: Cameras, prompt: torch.Tensor, path: Path) -> CutOut | None:
         """Cut out in 3D what SAM selects for ``prompt`` at ``camera``: the field's points inside the mask and
-        visible there, written to ``path`` as a PLY in the scene's world frame. ``(path or None when
-        nothing is selected, the selected points' canonical xyz [K, 3])``."""
+        visible there, written to ``path`` as a PLY in the scene's world frame; None when nothing is."""
         from featurefield.query.selection import lift_masks
         from featurefield.query.text import export_selection_ply
 
@@ -134,17 +155,14 @@ class ViewRenderer:
         with self._lock:
             mask, _ = self._prompt_mask(camera, self.prompt_teacher, prompt)
             if mask is None or not mask.any():
-                return None, torch.zeros(0, 3)
+                return None
             selection, points = lift_masks(self.run.field, camera, [mask.to(self.run.device)])
-        keep = selection.keep
-        if not keep.any():
-            return None, torch.zeros(0, 3)
-        written = export_selection_ply(path, points, keep, self.run.normalization)
-        return written, points["xyz"][keep.to(points["xyz"].device)].float().cpu()
+        if not selection.keep.any():
+            return None
+        return CutOut(points, selection.keep, export_selection_ply(path, points, selection.keep, self.run.normalization))
 
     @torch.no_grad()
-    def extract_text(self, teacher: str, phrase: str, path: Path,
-                     threshold: float = 0.5) -> tuple[Path | None, torch.Tensor]:
+    def extract_text(self, teacher: str, phrase: str, path: Path, threshold: float = 0.5) -> CutOut | None:
         """Cut out in 3D what matches ``phrase``: the field's points whose LERF relevancy exceeds ``threshold``
         (``featurefield query --text --extract``), written to ``path`` with their relevancy. As :meth:`extract`."""
         from featurefield.query.text import export_selection_ply, point_relevancy
@@ -155,6 +173,17 @@ class ViewRenderer:
             q = point_relevancy(self.run.field, self.run.teacher(teacher), [phrase])
         keep = q.select(threshold)
         if not keep.any():
-            return None, torch.zeros(0, 3)
-        written = export_selection_ply(path, q.points, keep, self.run.normalization, extra={"relevancy": q.relevancy[0]})
-        return written, q.points["xyz"][keep.to(q.points["xyz"].device)].float().cpu()
+            return None
+        return CutOut(q.points, keep, export_selection_ply(path, q.points, keep, self.run.normalization,
+                                                            extra={"relevancy": q.relevancy[0]}))
+
+    def can_show_alone(self) -> bool:
+        """Whether the field can render a cut-out alone or without it (Gaussians can; a NeRF's point samples cannot)."""
+        return self.run.field.kind == "splat"
+
+    def subset(self, cut: CutOut, without: bool = False):
+        """The run's field with only the cut-out's primitives (``without=True``: all but them)."""
+        from featurefield.query.selection import subset_field
+
+        with self._lock:
+            return subset_field(self.run.field, cut.points, cut.keep, invert=without)

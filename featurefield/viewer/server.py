@@ -9,7 +9,7 @@ from featurefield.cameras import Cameras
 from featurefield.errors import FeatureFieldError
 from featurefield.run import Run, load_run
 from featurefield.viewer.cameras import camera_pose
-from featurefield.viewer.client import ClientView
+from featurefield.viewer.client import SHOW, ClientView
 from featurefield.viewer.renderer import ViewRenderer
 
 
@@ -63,6 +63,8 @@ def _build(server, renderer: ViewRenderer, train: Cameras, max_side: int, previe
                                        initial_value=int(max_side))
     home = server.gui.add_button("first training view")
     clear = server.gui.add_button("clear SAM prompt", visible=renderer.prompt_teacher is not None)
+    show = server.gui.add_dropdown("show", SHOW, initial_value=SHOW[0], visible=False,
+                                   hint="the latest cut-out alone, or the scene without it")
     extract = server.gui.add_button("cut out the selection (PLY)",
                                     visible=renderer.prompt_teacher is not None or bool(renderer.text_teachers),
                                     hint="SAM's mask for the clicked point, or what matches the phrase: RUN/view/")
@@ -94,6 +96,7 @@ def _build(server, renderer: ViewRenderer, train: Cameras, max_side: int, previe
     def _connect(client) -> None:
         move_to(client, 0)
         view = ClientView(client, renderer, settings, preview_side=preview_side, on_status=set_status)
+        view.show = show.value
         views[client.client_id] = view
         client.camera.on_update(lambda _camera: view.request())
         view.request()
@@ -110,6 +113,11 @@ def _build(server, renderer: ViewRenderer, train: Cameras, max_side: int, previe
 
     for handle in (output, phrase, resolution):
         handle.on_update(rerender)
+
+    @show.on_update
+    def _show(event) -> None:
+        for view in list(views.values()):
+            view.show_cut(show.value)
     home.on_click(lambda event: move_to(event.client, 0) if event.client is not None else None)
     clear.on_click(lambda event: views[event.client.client_id].clear() if event.client.client_id in views else None)
 
@@ -118,10 +126,12 @@ def _build(server, renderer: ViewRenderer, train: Cameras, max_side: int, previe
         view = views.get(event.client.client_id) if event.client is not None else None
         if view is None:
             return
-        path, xyz = view.extract(renderer.run.path / "view")
-        if path is not None:  # the cut-out drawn in the scene, over the render
-            event.client.scene.add_point_cloud("/selection", points=xyz.numpy(), colors=(255, 40, 40),
+        cut = view.extract(renderer.run.path / "view")
+        if cut is not None and not renderer.can_show_alone():  # a NeRF's cut-out: its points, over the render
+            event.client.scene.add_point_cloud("/selection", points=cut.xyz.numpy(), colors=(255, 40, 40),
                                                point_size=0.01)
+        if cut is not None:
+            show.visible = renderer.can_show_alone()
 
     @server.scene.on_click()
     def _clicked(event) -> None:
