@@ -309,3 +309,13 @@ def test_render_sizes_suit_the_device_and_the_images(run):
 
     top, preview = default_sides(run)  # a CPU run of 24-pixel images: twice their size, no more
     assert (top, preview) == (48, 48)
+
+
+def test_training_frustums_are_sized_by_the_gaps_between_cameras(run):
+    from featurefield.viewer.server import frustum_scale
+
+    cams = run.cameras("train").to("cpu")
+    close = cams[[0, 0]].with_poses(cams.c2w[[0, 0]].clone())
+    close.c2w[1, 0, 3] += 0.02
+    assert abs(frustum_scale(close) - 0.01) < 1e-6  # half the gap between the two
+    assert frustum_scale(cams[[0]]) == 0.1 and 0 < frustum_scale(cams) <= 0.1

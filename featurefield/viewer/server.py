@@ -24,6 +24,19 @@ def default_sides(run: Run) -> tuple[int, int]:
     return top, min(256 if on_gpu else 128, top)
 
 
+def frustum_scale(cameras: Cameras) -> float:
+    """Size of the drawn training frustums: half the median distance from a camera to its nearest
+    neighbour (so that neighbours do not overlap), at most 0.1 (canonical units: the cameras lie within the
+    unit sphere)."""
+    import torch
+
+    centers = cameras.centers.float()
+    if len(centers) < 2:
+        return 0.1
+    gaps = torch.cdist(centers, centers) + torch.eye(len(centers)) * 1e9
+    return min(max(float(0.5 * gaps.min(dim=1).values.median()), 1e-3), 0.1)
+
+
 def serve(run: Run | str | Path, host: str = "127.0.0.1", port: int = 8080, max_side: int | None = None,
           preview_side: int | None = None, device: str = "auto", verbose: bool = True):
     """Start a viser server for ``run`` and return it (``server.stop()`` ends it; it runs in threads).
@@ -86,10 +99,12 @@ def _build(server, renderer: ViewRenderer, train: Cameras, max_side: int, previe
             client.camera.wxyz = wxyz
             client.camera.position = position
 
+    scale = frustum_scale(train)
     for i in range(len(train)):
         wxyz, position, fov_y = camera_pose(train, i)
-        frustum = server.scene.add_camera_frustum(f"/train/{i:04d}", fov=fov_y, aspect=float(train.width[i] / train.height[i]),
-                                                  scale=0.05, wxyz=wxyz, position=position, color=(90, 90, 200))
+        aspect = float(train.width[i] / train.height[i])
+        frustum = server.scene.add_camera_frustum(f"/train/{i:04d}", fov=fov_y, aspect=aspect, scale=scale, wxyz=wxyz,
+                                                  position=position, color=(90, 90, 200))
         frustum.on_click(lambda event, i=i: move_to(event.client, i))
 
     @server.on_client_connect
@@ -118,12 +133,16 @@ def _build(server, renderer: ViewRenderer, train: Cameras, max_side: int, previe
     def _show(event) -> None:
         for view in list(views.values()):
             view.show_cut(show.value)
+
+    def tab_of(event) -> ClientView | None:
+        return views.get(event.client.client_id) if event.client is not None else None
+
     home.on_click(lambda event: move_to(event.client, 0) if event.client is not None else None)
-    clear.on_click(lambda event: views[event.client.client_id].clear() if event.client.client_id in views else None)
+    clear.on_click(lambda event: tab_of(event) and tab_of(event).clear())
 
     @extract.on_click
     def _extract(event) -> None:
-        view = views.get(event.client.client_id) if event.client is not None else None
+        view = tab_of(event)
         if view is None:
             return
         cut = view.extract(renderer.run.path / "view")
@@ -142,7 +161,7 @@ def _build(server, renderer: ViewRenderer, train: Cameras, max_side: int, previe
 
 def view_command(run: Path, /, host: str = "127.0.0.1", port: int = 8080, max_side: int | None = None,
                  preview_side: int | None = None, device: str = "auto") -> int:
-    """Open a trained RUN in the browser (viser): colour, depth, feature PCA and text queries from any view.
+    """Open a trained RUN in the browser (viser): colour, depth, feature PCA, text queries, SAM clicks, cut-outs.
 
     Args:
         run: run folder written by `featurefield train`.
