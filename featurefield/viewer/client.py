@@ -33,7 +33,7 @@ class ClientView:
         self.preview_side, self.on_status = preview_side, on_status
         self.prompt: torch.Tensor | None = None  # [P, 3] canonical points clicked on
         self.cut: CutOut | None = None  # the latest cut-out
-        self.show = "everything"  # or "the cut-out alone", "without the cut-out" (SHOW)
+        self.show = SHOW[0]  # everything, or the cut-out alone, or the scene without it
         self._subsets: dict[str, object] = {}  # show -> the field rendered for it (for self.cut)
         self._last: tuple[Cameras, np.ndarray] | None = None  # the latest render's camera and depth
         self._moved, self._stopped = threading.Event(), threading.Event()
