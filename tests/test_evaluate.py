@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -115,6 +116,24 @@ def test_eval_draws_the_lowest_psnr_views(demo_run, capsys):
     size = demo_run.scene().image(worst[0][0]).shape[1]
     assert picture.shape[1] >= 5 * size and Image.open(drawn[0]).size[0] == picture.shape[1]
     assert main(["eval", str(demo_run.path), "--device", "cpu", "--no-lpips", "--worst", "-1"]) == 2
+
+
+def test_a_text_cut_out_is_written_as_points_and_as_gaussians(demo_run, tmp_path, monkeypatch):
+    import featurefield.query.text as text
+    from plyfile import PlyData
+
+    from featurefield.fields.splat.ply import read_splat_ply
+
+    # relevancy 0.6 for the half of the Gaussians most similar to the phrase, 0.4 for the others
+    monkeypatch.setattr(text, "lerf_relevancy", lambda pos, neg, *a, **k: 0.4 + 0.2 * (pos > pos.median()).float())
+    out = tmp_path / "q"
+    assert main(["query", str(demo_run.path), "--text", "red thing", "--output", str(out), "--extract",
+                 "--device", "cpu"]) == 0
+    points = PlyData.read(str(out / "red_thing.ply"))["vertex"]
+    gaussians = read_splat_ply(out / "red_thing_gaussians.ply")  # the same Gaussians, as a standard 3DGS PLY
+    assert 0 < len(points["x"]) < demo_run.field.num_gaussians
+    assert len(gaussians["means"]) == len(points["x"])
+    assert np.allclose(np.asarray(gaussians["means"]), np.stack([points["x"], points["y"], points["z"]], -1), atol=1e-5)
 
 
 def test_query_command_text_and_errors(demo_run, tmp_path, capsys):

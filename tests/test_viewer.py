@@ -248,6 +248,12 @@ def test_the_clicked_object_is_cut_out_in_3d(run, tmp_path):
     finally:
         view.stop()
     assert path == tmp_path / "selection_00.ply" and len(xyz) > 0 and alone == (72, 96)
+    assert [f.name for f in cut.files] == ["selection_00.ply", "selection_00_gaussians.ply",
+                                           "selection_00_gaussians.decoders.pt"]
+    from featurefield.fields.splat.ply import field_from_ply
+
+    alone_field = field_from_ply(tmp_path / "selection_00_gaussians.ply")  # the cut-out reloads as a field
+    assert alone_field.num_gaussians == kept
     assert len(xyz) < run.field.num_gaussians / 2  # the clicked region, not the scene
     camera, _ = view._last
     uv, _, inside = project_points(xyz, camera.to("cpu"))

@@ -143,7 +143,8 @@ def query_command(
 
 
 def _text_query(run: Run, cam, text, negatives, threshold, out: Path, extract: bool, teacher: str | None) -> list[Path]:
-    from featurefield.query.text import export_selection_ply, point_relevancy, relevancy_map
+    from featurefield.query.selection import export_cutout
+    from featurefield.query.text import point_relevancy, relevancy_map
 
     t = text_teacher(run, teacher)
     q = relevancy_map(run.field, cam, t, text, negatives, background=run.background)
@@ -159,8 +160,8 @@ def _text_query(run: Run, cam, text, negatives, threshold, out: Path, extract: b
             if not keep.any():
                 print(f"no points above relevancy {threshold} for {phrase!r}; lower --threshold")
                 continue
-            written.append(export_selection_ply(out / f"{_slug(phrase)}.ply", pq.points, keep, run.normalization,
-                                                extra={"relevancy": pq.relevancy[k]}))
+            written += export_cutout(run.field, out / f"{_slug(phrase)}.ply", pq.points, keep, run.normalization,
+                                     extra={"relevancy": pq.relevancy[k]})
     return written
 
 
@@ -221,8 +222,7 @@ def _sam_decoder(run: Run, what: str):
 
 def _everything_query(run: Run, cam, points_per_side: int, out: Path, extract: bool) -> list[Path]:
     from featurefield.query.prompts import render_sam_features, segment_everything
-    from featurefield.query.selection import lift_masks
-    from featurefield.query.text import export_selection_ply
+    from featurefield.query.selection import export_cutout, lift_masks
 
     decoder = _sam_decoder(run, "--everything needs")
     H, W = int(cam.height[0]), int(cam.width[0])
@@ -243,14 +243,13 @@ def _everything_query(run: Run, cam, points_per_side: int, out: Path, extract: b
         for k, s in enumerate(segments):
             sel, _ = lift_masks(run.field, cam, [s.mask], points=points)
             if sel.keep.any():
-                written.append(export_selection_ply(out / f"segment_{k:02d}.ply", points, sel.keep, run.normalization))
+                written += export_cutout(run.field, out / f"segment_{k:02d}.ply", points, sel.keep, run.normalization)
     return written
 
 
 def _prompt_query(run: Run, cam, box, point, out: Path, extract: bool) -> list[Path]:
     from featurefield.query.prompts import prompt_view
-    from featurefield.query.selection import lift_masks
-    from featurefield.query.text import export_selection_ply
+    from featurefield.query.selection import export_cutout, lift_masks
 
     decoder = _sam_decoder(run, "box/point prompts need")
     pts = None if point is None else torch.tensor([point], dtype=torch.float32)
@@ -263,5 +262,5 @@ def _prompt_query(run: Run, cam, box, point, out: Path, extract: bool) -> list[P
         if not sel.keep.any():
             print("no Gaussians/points fall inside the mask")
         else:
-            written.append(export_selection_ply(out / "prompt.ply", points, sel.keep, run.normalization))
+            written += export_cutout(run.field, out / "prompt.ply", points, sel.keep, run.normalization)
     return written

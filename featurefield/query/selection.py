@@ -16,6 +16,7 @@ Operations: :func:`extract_points` / :func:`delete_points` on the point dict, an
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -194,6 +195,23 @@ def _splat_subset(field: FeatureField, mask: Tensor) -> FeatureField:
         else:
             state[k] = v
     return type(field).from_config(field.config_dict(), state).to(field.device).eval()
+
+
+def export_cutout(field: FeatureField, path: Path, points: dict[str, Tensor], keep: Tensor, normalization,
+                  extra: dict[str, Tensor] | None = None) -> list[Path]:
+    """Write a 3D selection: a point-cloud PLY at ``path`` (scene's world frame, with colour and opacity),
+    and for a Gaussian field also the selected Gaussians as a standard 3DGS PLY, ``<stem>_gaussians.ply``
+    with its decoders (what splat viewers open; :func:`~featurefield.fields.splat.ply.field_from_ply`
+    reads it back). Returns the written paths, the point cloud first."""
+    from featurefield.query.text import export_selection_ply
+
+    path = Path(path)
+    written = [export_selection_ply(path, points, keep, normalization, extra=extra)]
+    if field.kind == "splat":
+        from featurefield.fields.splat.ply import export_splat
+
+        written += export_splat(subset_field(field, points, keep), normalization, path.parent, f"{path.stem}_gaussians")
+    return written
 
 
 @torch.no_grad()

@@ -36,12 +36,18 @@ class CutOut:
     Attributes:
         points: :meth:`FeatureField.points_with_features` output (canonical frame).
         keep: ``[M]`` bool over those points.
-        path: the PLY (world frame).
+        files: the PLYs written (world frame): the point cloud, then for a Gaussian run the 3DGS PLY of
+            the selected Gaussians and its decoders (:func:`~featurefield.query.selection.export_cutout`).
     """
 
     points: dict
     keep: torch.Tensor
-    path: Path
+    files: list[Path]
+
+    @property
+    def path(self) -> Path:
+        """The point-cloud PLY (a Gaussian run also gets ``<stem>_gaussians.ply``, in :attr:`files`)."""
+        return self.files[0]
 
     @property
     def xyz(self) -> torch.Tensor:
@@ -146,8 +152,7 @@ class ViewRenderer:
     def extract(self, camera: Cameras, prompt: torch.Tensor, path: Path) -> CutOut | None:
         """Cut out in 3D what SAM selects for ``prompt`` at ``camera``: the field's points inside the mask and
         visible there, written to ``path`` as a PLY in the scene's world frame; None when nothing is."""
-        from featurefield.query.selection import lift_masks
-        from featurefield.query.text import export_selection_ply
+        from featurefield.query.selection import export_cutout, lift_masks
 
         if self.prompt_teacher is None:
             raise FeatureFieldError(f"{self.run.path}: SAM prompts need a run trained with the sam teacher")
@@ -159,13 +164,15 @@ class ViewRenderer:
             selection, points = lift_masks(self.run.field, camera, [mask.to(self.run.device)])
         if not selection.keep.any():
             return None
-        return CutOut(points, selection.keep, export_selection_ply(path, points, selection.keep, self.run.normalization))
+        return CutOut(points, selection.keep, export_cutout(self.run.field, path, points, selection.keep,
+                                                           self.run.normalization))
 
     @torch.no_grad()
     def extract_text(self, teacher: str, phrase: str, path: Path, threshold: float = 0.5) -> CutOut | None:
         """Cut out in 3D what matches ``phrase``: the field's points whose LERF relevancy exceeds ``threshold``
         (``featurefield query --text --extract``), written to ``path`` with their relevancy. As :meth:`extract`."""
-        from featurefield.query.text import export_selection_ply, point_relevancy
+        from featurefield.query.selection import export_cutout
+        from featurefield.query.text import point_relevancy
 
         if teacher not in self.text_teachers:
             raise FeatureFieldError(f"{self.run.path}: teacher {teacher!r} has no text encoder")
@@ -174,8 +181,8 @@ class ViewRenderer:
         keep = q.select(threshold)
         if not keep.any():
             return None
-        return CutOut(q.points, keep, export_selection_ply(path, q.points, keep, self.run.normalization,
-                                                            extra={"relevancy": q.relevancy[0]}))
+        return CutOut(q.points, keep, export_cutout(self.run.field, path, q.points, keep, self.run.normalization,
+                                                    extra={"relevancy": q.relevancy[0]}))
 
     def can_show_alone(self) -> bool:
         """Whether the field can render a cut-out alone or without it (Gaussians can; a NeRF's point samples cannot)."""
