@@ -137,6 +137,17 @@ def test_point_relevancy_selects_the_object_and_exports_world_ply(tmp_path):
     assert (torch.tensor(list(v["relevancy"])) > 0.5).all()
 
 
+def test_point_relevancy_of_a_field_with_no_points_is_empty(monkeypatch):
+    """An early or empty field (a NeRF whose density is nowhere above the threshold) selects nothing, without error."""
+    field = two_spheres()
+    clip = FakeClip(_phrase_table(field))
+    full = field.points_with_features
+    monkeypatch.setattr(field, "points_with_features",
+                        lambda teacher=None, max_points=1_000_000: {k: v[:0] for k, v in full(teacher).items()})
+    pq = point_relevancy(field, clip, ["blue ball"], ["red ball"])
+    assert pq.relevancy.shape == (1, 0) and not pq.select(0.5).any()
+
+
 def test_gaussian_field_folded_query_matches_full_decode():
     from featurefield.fields.base import TeacherTarget
     from featurefield.fields.splat.config import SplatConfig

@@ -260,7 +260,8 @@ def point_relevancy(field: FeatureField, teacher, positives: Sequence[str] | Ten
     pts = field.points_with_features(name, max_points=max_points)
     feats = pts["features"]
     t = torch.cat([pos, neg]).to(feats.device)
-    sims = torch.cat([_normalize(feats[i:i + chunk].float()) @ t.T for i in range(0, feats.shape[0], chunk)], 0).T
+    sims = torch.cat([_normalize(feats[i:i + chunk].float()) @ t.T for i in range(0, feats.shape[0], chunk)]
+                     or [feats.new_zeros(0, len(t), dtype=torch.float32)], 0).T  # a field with no points: [P+N, 0]
     p = len(pos)
     return PointQuery(pos_names, neg_names, pts, sims[:p], lerf_relevancy(sims[:p], sims[p:], temperature))
 
