@@ -235,7 +235,7 @@ def test_the_clicked_object_is_cut_out_in_3d(run, tmp_path):
         time.sleep(0.3)
         cut = view.extract(tmp_path)
         path, xyz = cut.path, cut.xyz
-        assert "points written" in lines[-1]
+        assert any("points written" in line for line in lines)
         # the cut-out alone, and the scene without it: the Gaussians it holds, and all the others
         kept = int(cut.keep.sum())
         for show, count in (("the cut-out alone", kept), ("without the cut-out", run.field.num_gaussians - kept)):
@@ -325,3 +325,25 @@ def test_training_frustums_are_sized_by_the_gaps_between_cameras(run):
     close.c2w[1, 0, 3] += 0.02
     assert abs(frustum_scale(close) - 0.01) < 1e-6  # half the gap between the two
     assert frustum_scale(cams[[0]]) == 0.1 and 0 < frustum_scale(cams) <= 0.1
+
+
+def test_a_cut_out_that_cannot_be_made_is_said_in_the_panel(run, tmp_path):
+    from featurefield.errors import FeatureFieldError
+
+    class MissingDecoder:
+        def predict(self, *args, **kwargs):
+            raise FeatureFieldError("SAM's decoder weights are missing; run featurefield weights sam")
+
+    renderer = ViewRenderer(run, decoder=MissingDecoder(), prompt_teacher="toycolour")
+    client, lines = FakeClient(run), []
+    view = ClientView(client, renderer, lambda: ("colour", "", 64), preview_side=64, on_status=lines.append)
+    try:
+        view.request()
+        client.wait_for(1)
+        time.sleep(0.3)
+        assert view.click(0.5, 0.6)
+        assert view.extract(tmp_path) is None
+    finally:
+        view.stop()
+    assert any(line.startswith("error: SAM's decoder weights are missing") for line in lines)
+    assert not list(tmp_path.iterdir())

@@ -80,12 +80,16 @@ class ClientView:
             return None
         folder = Path(folder)
         path = folder / f"selection_{len(list(folder.glob('selection_*.ply'))) if folder.is_dir() else 0:02d}.ply"
-        if kind == "text":
-            cut = self.renderer.extract_text(teacher, text.strip(), path)
-            empty = f"no point's relevancy for {text.strip()!r} is above 0.5"
-        else:
-            cut = self.renderer.extract(self._last[0], self.prompt, path)
-            empty = "SAM's mask holds none of the field's points"
+        try:
+            if kind == "text":
+                cut = self.renderer.extract_text(teacher, text.strip(), path)
+                empty = f"no point's relevancy for {text.strip()!r} is above 0.5"
+            else:
+                cut = self.renderer.extract(self._last[0], self.prompt, path)
+                empty = "SAM's mask holds none of the field's points"
+        except FeatureFieldError as err:  # e.g. SAM's decoder weights missing: said in the panel
+            self._status(f"error: {err}")
+            return None
         if cut is None:
             self._status(empty)
             return None
