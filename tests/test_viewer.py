@@ -155,7 +155,7 @@ def test_a_browser_camera_over_the_websocket_gets_rendered(run, monkeypatch):
         port = s.getsockname()[1]
     server = serve(run, port=port, max_side=96, preview_side=32, verbose=False)
     try:
-        with connect(f"ws://127.0.0.1:{port}", subprotocols=[f"viser-v{viser.__version__}"]) as ws:
+        with connect(f"ws://127.0.0.1:{server.get_port()}", subprotocols=[f"viser-v{viser.__version__}"]) as ws:
             camera = ViewerCameraMessage(wxyz=(1.0, 0.0, 0.0, 0.0), position=(0.0, 0.0, -3.0), fov=0.8, near=0.01,
                                          far=100.0, image_height=300, image_width=400, look_at=(0.0, 0.0, 0.0),
                                          up_direction=(0.0, -1.0, 0.0))
