@@ -233,3 +233,6 @@ def test_keypoints_find_their_own_features_in_another_view_and_another_run(demo_
     assert "x y pairs" in err(["--keypoints", "1", "2", "3"])
     assert "outside" in err(["--keypoints", "100", "2"])
     assert "not in both runs" in err(["--keypoints", "1", "2", "--teacher", "sam"])
+    assert "missing_run" in err(["--keypoints", "1", "2", "--to-run", str(tmp_path / "missing_run")])
+    assert "out of range" in err(["--keypoints", "1", "2", "--to-view", "99"])
+    assert not (demo_run.path / "queries" / f"view_{test[0]:04d}" / "keypoints.json").exists()  # nothing half-written

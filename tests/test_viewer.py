@@ -98,6 +98,16 @@ class FakeClient:
             self.changed.wait_for(lambda: len(self.shown) >= count, timeout=timeout)
             return list(self.shown)
 
+    def settle(self, count: int) -> None:
+        """Wait for ``count`` pictures, then for the render loop to go quiet."""
+        self.wait_for(count)
+        time.sleep(0.3)
+
+    def watch(self, renderer, settings, side: int) -> ClientView:
+        """This tab's ClientView with previews and full renders both ``side`` pixels; status lines in ``self.lines``."""
+        self.lines: list[str] = []
+        return ClientView(self, renderer, settings, preview_side=side, on_status=self.lines.append)
+
 
 def test_a_moving_camera_gets_previews_then_the_full_size_once_it_rests(run):
     client, lines = FakeClient(run), []
@@ -185,18 +195,16 @@ def test_a_click_prompts_sam_at_the_same_3d_point_from_another_view(run):
     decoder = DiskDecoder()
     renderer = ViewRenderer(run, decoder=decoder, prompt_teacher="toycolour")
     assert renderer.outputs[-1] == "prompt: toycolour"
-    client, lines = FakeClient(run), []
-    view = ClientView(client, renderer, lambda: ("prompt: toycolour", "", 96), preview_side=96, on_status=lines.append)
+    client = FakeClient(run)
+    view = client.watch(renderer, lambda: ("prompt: toycolour", "", 96), 96)
     try:
         view.request()
-        client.wait_for(1)
-        time.sleep(0.3)
+        client.settle(1)
         assert not decoder.points  # no prompt yet: the colour only
         assert not view.click(0.01, 0.01)  # a corner of the frame: empty space
-        assert view.prompt is None and "nothing there" in lines[-1]
+        assert view.prompt is None and "nothing there" in client.lines[-1]
         assert view.click(0.5, 0.6)  # the table in the middle
-        client.wait_for(2)
-        time.sleep(0.3)
+        client.settle(2)
     finally:
         view.stop()
     point = view.prompt
@@ -224,18 +232,17 @@ def test_the_clicked_object_is_cut_out_in_3d(run, tmp_path):
     from featurefield.query.selection import project_points
 
     renderer = ViewRenderer(run, decoder=DiskDecoder(radius=15), prompt_teacher="toycolour")
-    client, lines = FakeClient(run), []
-    view = ClientView(client, renderer, lambda: ("prompt: toycolour", "", 96), preview_side=96, on_status=lines.append)
+    client = FakeClient(run)
+    view = client.watch(renderer, lambda: ("prompt: toycolour", "", 96), 96)
     try:
-        assert view.extract(tmp_path) is None and "click an object first" in lines[-1]
+        assert view.extract(tmp_path) is None and "click an object first" in client.lines[-1]
         view.request()
         client.wait_for(1)
         assert view.click(0.5, 0.6)
-        client.wait_for(2)
-        time.sleep(0.3)
+        client.settle(2)
         cut = view.extract(tmp_path)
         path, xyz = cut.path, cut.xyz
-        assert any("points written" in line for line in lines)
+        assert any("points written" in line for line in client.lines)
         # the cut-out alone, and the scene without it: the Gaussians it holds, and all the others
         kept = int(cut.keep.sum())
         for show, count in (("the cut-out alone", kept), ("without the cut-out", run.field.num_gaussians - kept)):
@@ -292,11 +299,11 @@ def test_what_matches_the_phrase_is_cut_out_in_3d(run, tmp_path, monkeypatch):
     from plyfile import PlyData
 
     renderer = ViewRenderer(run)
-    client, lines = FakeClient(run), []
+    client = FakeClient(run)
     settings = {"value": ("text: toytext", "", 64)}
-    view = ClientView(client, renderer, lambda: settings["value"], preview_side=64, on_status=lines.append)
+    view = client.watch(renderer, lambda: settings["value"], 64)
     try:
-        assert view.extract(tmp_path) is None and "type a phrase" in lines[-1]
+        assert view.extract(tmp_path) is None and "type a phrase" in client.lines[-1]
         settings["value"] = ("text: toytext", "red thing", 64)
         # relevancy 0.6 for the half of the points most similar to the phrase, 0.4 for the others
         monkeypatch.setattr(text, "lerf_relevancy", lambda pos, neg, *a, **k: 0.4 + 0.2 * (pos > pos.median()).float())
@@ -335,15 +342,14 @@ def test_a_cut_out_that_cannot_be_made_is_said_in_the_panel(run, tmp_path):
             raise FeatureFieldError("SAM's decoder weights are missing; run featurefield weights sam")
 
     renderer = ViewRenderer(run, decoder=MissingDecoder(), prompt_teacher="toycolour")
-    client, lines = FakeClient(run), []
-    view = ClientView(client, renderer, lambda: ("colour", "", 64), preview_side=64, on_status=lines.append)
+    client = FakeClient(run)
+    view = client.watch(renderer, lambda: ("colour", "", 64), 64)
     try:
         view.request()
-        client.wait_for(1)
-        time.sleep(0.3)
+        client.settle(1)
         assert view.click(0.5, 0.6)
         assert view.extract(tmp_path) is None
     finally:
         view.stop()
-    assert any(line.startswith("error: SAM's decoder weights are missing") for line in lines)
+    assert any(line.startswith("error: SAM's decoder weights are missing") for line in client.lines)
     assert not list(tmp_path.iterdir())

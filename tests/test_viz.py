@@ -139,3 +139,18 @@ def test_depth_image_shared_range_compares_two_maps():
     pa, pb = viz.depth_image(a, near=near, far=far), viz.depth_image(b, near=near, far=far)
     assert not np.array_equal(pa, pb)  # same colour scale: different depths, different colours
     assert np.array_equal(pa[0, 0], viz.colormap("turbo")[255]) and np.array_equal(pb[0, 0], viz.colormap("turbo")[0])
+
+
+def test_draw_keypoints_puts_each_index_in_its_own_colour_where_asked():
+    from featurefield.viz import LABEL_PALETTE, draw_keypoints
+
+    rgb = np.full((40, 60, 3), 255, np.uint8)
+    uv = np.array([[10.0, 10.0], [45.0, 30.0]])
+    out = draw_keypoints(rgb, uv, radius=3, numbers=False)
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+    assert tuple(out[10, 10]) == tuple(LABEL_PALETTE[2]) and tuple(out[30, 45]) == tuple(LABEL_PALETTE[3])
+    untouched = np.ones((40, 60), bool)
+    untouched[5:16, 5:16] = untouched[25:36, 40:51] = False
+    assert (out[untouched] == 255).all()  # nothing drawn away from the two points
+    again = draw_keypoints(rgb[:, ::-1].copy(), uv[::-1].copy(), radius=3, numbers=False)
+    assert tuple(again[30, 45]) == tuple(LABEL_PALETTE[2])  # colour follows the index, not the position

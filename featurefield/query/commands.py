@@ -119,10 +119,12 @@ def query_command(
             check_box(box, (H, W))
         if point is not None:
             check_points(torch.tensor([point]), (H, W))
-    if keypoints:
+    if keypoints:  # the keypoints, the other run and its view, checked before any heavy work
         from featurefield.query.prompts import check_points
 
         check_points(torch.tensor(keypoints, dtype=torch.float32).reshape(-1, 2), (H, W))
+        target = load_run(to_run, device=device) if to_run is not None else loaded
+        cam_b, index_b = _view_camera(target, to_split or split, view if to_view is None else to_view)
     out = Path(output) if output else loaded.path / "queries" / f"view_{scene_index:04d}"
     written: list[Path] = []
     with torch.no_grad():
@@ -133,10 +135,8 @@ def query_command(
         if everything:
             written += _everything_query(loaded, cam, points_per_side, out, extract)
         if keypoints:
-            target = load_run(to_run, device=device) if to_run is not None else loaded
             written += _keypoint_query(loaded, cam, scene_index, torch.tensor(keypoints, dtype=torch.float32).reshape(-1, 2),
-                                       target, to_split or split, view if to_view is None else to_view, teacher,
-                                       match_side, out)
+                                       target, cam_b, index_b, teacher, match_side, out)
     for p in written:
         print(p)
     return 0
@@ -165,10 +165,11 @@ def _text_query(run: Run, cam, text, negatives, threshold, out: Path, extract: b
     return written
 
 
-def _keypoint_query(run: Run, cam, scene_index: int, uv: torch.Tensor, target: Run, to_split: str, to_view: int,
+def _keypoint_query(run: Run, cam, scene_index: int, uv: torch.Tensor, target: Run, cam_b, index_b: int,
                     teacher: str | None, match_side: int, out: Path) -> list[Path]:
-    """Keypoints ``uv [M, 2]`` of ``run``'s view found in ``target``'s view: a picture of both, and a JSON with
-    each match's pixel, cosine score and 3D position (``target``'s world frame, from its rendered depth)."""
+    """Keypoints ``uv [M, 2]`` of ``run``'s view found in ``target``'s view ``cam_b`` (scene view ``index_b``): a
+    picture of both, and a JSON with each match's pixel, cosine score and 3D position (``target``'s world
+    frame, from its rendered depth)."""
     import json
 
     from featurefield.query.correspondence import transfer_keypoints, unproject
@@ -185,7 +186,6 @@ def _keypoint_query(run: Run, cam, scene_index: int, uv: torch.Tensor, target: R
     if json.dumps(specs[0], sort_keys=True) != json.dumps(specs[1], sort_keys=True):
         print(f"warning: the two runs' {name} teachers were set up differently ({specs[0]} vs {specs[1]}); "
               "their features may not be comparable")
-    cam_b, index_b = _view_camera(target, to_split, to_view)
     uv_b, score = transfer_keypoints(run.field, cam, cam_b, uv.to(run.device), name, match_side, run.background,
                                      field_b=target.field, background_b=target.background)
     r_a = run.field.render(cam, background=run.background, features=False)
