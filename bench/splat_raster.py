@@ -134,7 +134,7 @@ def render_timings(n: int = 200_000, width: int = 1920, height: int = 1080, D: i
         return r
 
     out[f"direct_{D}d_ms"] = timed(direct, reps=10)
-    for E in (8, 16, 32, 64):
+    for E in (8, 14, 16, 32, 64):
         emb = torch.randn(n, E + 3, device=dev)
         W, b = torch.randn(E, D, device=dev), torch.randn(D, device=dev)
 

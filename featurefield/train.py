@@ -320,6 +320,18 @@ class Trainer:
                 f"is kept at {ckpt_path}; lower the learning rates or the feature weight and --resume"
             )
 
+    def _record_resolved_config(self, fld: FeatureField) -> None:
+        """Write the field's settings as created into ``config.json`` where creating resolved any (``--splat.strategy
+        auto``, an automatic MCMC cap), so the run's config reproduces it on any device."""
+        resolved = getattr(fld, "config", None)
+        path = self.run_dir / CONFIG
+        if resolved is None or not path.is_file():
+            return
+        saved = json.loads(path.read_text())
+        settings = _config_to_dict(resolved)
+        if saved.get("field_config") != settings:
+            atomic_write_json(path, {**saved, "field_config": settings})
+
     def fit(self, resume: bool = False) -> dict:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -354,6 +366,7 @@ class Trainer:
             np.random.seed(self.config.seed)
             fld = cls.create(self.scene, self.targets, self.field_config, max_steps=self.steps, device=self.device)
             fld = fld.to(self.device)
+            self._record_resolved_config(fld)
         fld.train()
         # build optimizers, then schedulers, before the first step: a scheduler created lazily after an
         # optimizer step misses that step (and PyTorch warns about the order)

@@ -23,7 +23,7 @@ def test_the_map_shows_where_the_render_is_transparent_and_only_there():
     assert bg.shape == (4, 4, feats.shape[1]) and not bg.any()  # [h, w, D], starts at the decoder's own value
     with torch.no_grad():
         bg.normal_()
-    emb = torch.randn(16)
+    emb = torch.randn(field.config.embed_dim)
     plain = field.decoders["toy"](emb)  # [D]
     empty = field.decode(flat_render(0.0, emb), "toy", (4, 4), as_teacher=True)  # [D, h, w]
     torch.testing.assert_close(empty, (plain + bg).permute(2, 0, 1).detach())

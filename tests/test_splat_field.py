@@ -106,7 +106,7 @@ def test_render_shapes_decode_and_projection_folding():
     P, b = torch.randn(6, 3), torch.randn(3)
     r = field.render(cam, projection=("toy", P, b))
     assert r.rgb.shape == (32, 32, 3) and r.depth.shape == (32, 32, 1) and r.alpha.shape == (32, 32, 1)
-    assert r.embedding.shape == (32, 32, 16) and r.projected.shape == (32, 32, 3)
+    assert r.embedding.shape == (32, 32, field.config.embed_dim) and r.projected.shape == (32, 32, 3)
     feats_full = field.decode(r, "toy")  # [D, H, W]
     assert feats_full.shape == (6, 32, 32)
     assert field.decode(r, "toy", grid=(8, 8)).shape == (6, 8, 8)

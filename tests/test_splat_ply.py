@@ -27,7 +27,7 @@ def test_export_read_back_world_frame(tmp_path):
     names = [p.name for p in PlyData.read(str(paths[0]))["vertex"].properties]
     std = (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"] + [f"f_rest_{i}" for i in range(45)]
            + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
-    assert names[: len(std)] == std and names[len(std):] == [f"emb_{i}" for i in range(16)]
+    assert names[: len(std)] == std and names[len(std):] == [f"emb_{i}" for i in range(field.config.embed_dim)]
 
     p = {k: v.detach() for k, v in field.params.items()}
     world = read_splat_ply(paths[0])

@@ -247,6 +247,37 @@ def _mcmc_field(scene, feats, steps: int, device: str):
     return GaussianField.create(scene, targets, config, max_steps=steps, device=device)
 
 
+def test_auto_strategy_is_mcmc_only_where_gsplat_rasterizes_on_cuda():
+    from featurefield.fields.splat.config import MCMC_MIN_AUTO_CAP, SplatConfig
+
+    auto = SplatConfig()
+    assert auto.strategy == "auto" and auto.mcmc_cap_max == 0
+    off = auto.resolved(gsplat_on_cuda=False, initial_gaussians=100_000)
+    assert (off.strategy, off.mcmc_cap_max) == ("default", 0)
+    on = auto.resolved(gsplat_on_cuda=True, initial_gaussians=100_000)
+    assert (on.strategy, on.mcmc_cap_max) == ("mcmc", MCMC_MIN_AUTO_CAP)  # lego's random init: the 300k budget
+    assert auto.resolved(gsplat_on_cuda=True, initial_gaussians=250_000).mcmc_cap_max == 750_000  # 3 x an SfM init
+    capped = SplatConfig(max_gaussians=200_000).resolved(gsplat_on_cuda=True, initial_gaussians=100_000)
+    assert capped.mcmc_cap_max == 200_000
+    given = SplatConfig(mcmc_cap_max=123_456).resolved(gsplat_on_cuda=True, initial_gaussians=100_000)
+    assert given.mcmc_cap_max == 123_456
+    assert SplatConfig(strategy="default").resolved(gsplat_on_cuda=True, initial_gaussians=10).strategy == "default"
+
+
+def test_created_field_records_the_resolved_strategy():
+    """On the CPU the automatic strategy is 3DGS's; the run's config says so, and a reload builds the same one."""
+    from featurefield.fields.splat.model import GaussianField
+    from featurefield.fields.splat.strategy import SyncFreeDefaultStrategy
+
+    scene, feats = toy_scene(n_views=3)
+    field = make_field(scene, feats, 10)
+    assert field.config.strategy == "default"
+    assert field.config_dict()["config"]["strategy"] == "default"
+    assert isinstance(field._strategy, SyncFreeDefaultStrategy)
+    again = GaussianField.from_config(field.config_dict(), field.state_dict())
+    assert again.config.strategy == "default" and isinstance(again._strategy, SyncFreeDefaultStrategy)
+
+
 def test_mcmc_strategy_off_cuda_is_a_clear_error():
     from featurefield.errors import FeatureFieldError
 

@@ -54,6 +54,7 @@ def test_run_folder_is_complete_and_reloads(tmp_path):
         assert (tmp_path / "run" / name).is_file(), name
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["scene"]["path"] == "demo:1" and cfg["scene"]["options"] == DEMO and cfg["field"] == "splat"
+    assert cfg["field_config"]["strategy"] == "default"  # "auto" as resolved on the CPU, so the config reproduces it
     assert run.step == 30
     summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert summary["steps"] == 30 and summary["test/psnr"] > 5

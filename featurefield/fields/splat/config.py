@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal
+
+# the smallest automatic MCMC budget: lego at 30k steps fits 6 minutes with it (BENCHMARKS.md, ninth session)
+MCMC_MIN_AUTO_CAP = 300_000
 
 
 @dataclass
@@ -13,20 +16,25 @@ class SplatConfig:
     Attributes:
         sh_degree: max spherical-harmonic degree of colours (0..3).
         sh_degree_interval: raise the active SH degree by one every this many (scaled) steps.
-        embed_dim: per-Gaussian embedding size ``E`` (any value; decoders map it to each teacher).
+        embed_dim: per-Gaussian embedding size ``E`` (any value; decoders map it to each teacher). The default
+            14 makes training's colour + embedding pass 17 channels, a size gsplat compiles a kernel for, so
+            it rasterizes in one piece (16 would be 19 channels, drawn as 16 + 3: 14% slower on lego).
         init: ``"auto"`` (scene points when present, else random), ``"points"`` or ``"random"``.
         init_points_random: Gaussians for random init (capped on CPU, see ``cpu_max_init``).
         cpu_max_init: cap on random init when training on CPU (small scenes).
         max_gaussians: stop growing (clone/split) above this count; 0 = no cap.
         cpu_max_gaussians: the same cap when training on CPU (the torch rasterizer is slow).
         init_opacity, init_scale: initial opacity, and a factor on the nearest-neighbour scale.
-        strategy: densification: ``"default"`` (3DGS clone/split/prune) or ``"mcmc"``.
+        strategy: densification: ``"default"`` (3DGS clone/split/prune), ``"mcmc"`` (3DGS-MCMC: relocation and
+            noise, a fixed budget; needs gsplat on CUDA) or ``"auto"`` (mcmc where gsplat rasterizes on CUDA, else
+            default; resolved when the field is created, and the run's config records the choice).
         schedule_steps: the run length the step numbers below are written for (30k as in 3DGS).
         refine_start, refine_stop, refine_every, reset_every: densification schedule (scaled).
         reset_min_interval: skip opacity resets when the scaled ``reset_every`` is shorter than this
             (a short run has no time to recover from them).
         grow_grad2d, prune_opacity: DefaultStrategy thresholds.
-        mcmc_cap_max, mcmc_noise_lr, mcmc_opacity_reg, mcmc_scale_reg: MCMC settings.
+        mcmc_cap_max, mcmc_noise_lr, mcmc_opacity_reg, mcmc_scale_reg: MCMC settings; a cap of 0 means
+            ``max(300k, 3 x the initial Gaussians)``, at most ``max_gaussians`` when that is set.
         lr_means, lr_means_final: means LR (times scene scale), exponentially decayed over the run.
         lr_spill: Adam LR of the spill kernels' logits (``feature_spill``).
         lr_scales, lr_quats, lr_opacities, lr_sh0, lr_shN, lr_embedding, lr_decoder: Adam LRs.
@@ -70,7 +78,7 @@ class SplatConfig:
 
     sh_degree: int = 3
     sh_degree_interval: int = 1000
-    embed_dim: int = 16
+    embed_dim: int = 14
     init: Literal["auto", "points", "random"] = "auto"
     init_points_random: int = 100_000
     cpu_max_init: int = 4_000
@@ -78,7 +86,7 @@ class SplatConfig:
     cpu_max_gaussians: int = 6_000
     init_opacity: float = 0.1
     init_scale: float = 1.0
-    strategy: Literal["default", "mcmc"] = "default"
+    strategy: Literal["auto", "default", "mcmc"] = "auto"
     schedule_steps: int = 30_000
     refine_start: int = 500
     refine_stop: int = 15_000
@@ -87,7 +95,7 @@ class SplatConfig:
     reset_min_interval: int = 500
     grow_grad2d: float = 0.0002
     prune_opacity: float = 0.005
-    mcmc_cap_max: int = 1_000_000
+    mcmc_cap_max: int = 0
     mcmc_noise_lr: float = 5e5
     mcmc_opacity_reg: float = 0.01
     mcmc_scale_reg: float = 0.01
@@ -127,6 +135,18 @@ class SplatConfig:
         if max_steps >= self.schedule_steps:
             return step
         return max(1, round(step * max_steps / self.schedule_steps))
+
+    def resolved(self, *, gsplat_on_cuda: bool, initial_gaussians: int) -> "SplatConfig":
+        """This config with ``strategy="auto"`` and an automatic MCMC cap replaced by what they mean here."""
+        strategy = self.strategy
+        if strategy == "auto":
+            strategy = "mcmc" if gsplat_on_cuda else "default"
+        cap = self.mcmc_cap_max
+        if strategy == "mcmc" and cap <= 0:
+            cap = max(MCMC_MIN_AUTO_CAP, 3 * initial_gaussians)
+            if self.max_gaussians > 0:
+                cap = min(cap, self.max_gaussians)
+        return replace(self, strategy=strategy, mcmc_cap_max=cap)
 
     def to_dict(self) -> dict:
         return asdict(self)

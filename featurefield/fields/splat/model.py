@@ -10,8 +10,8 @@ Rendering rasterizes colour, the embedding and expected depth in one pass (chann
 ``[rgb, embedding, depth]``). Training does the same by default; ``feature_render="separate"`` draws
 the embedding in a second pass at a few times the teacher's grid instead, so densification follows
 colour alone (and, with ``feature_detach``, features do not move the Gaussians). Densification uses
-gsplat's strategies (pure PyTorch for ``"default"``; ``"mcmc"`` needs gsplat's CUDA relocation kernel)
-on one shared fused Adam.
+gsplat's strategies on one shared fused Adam: ``"mcmc"`` where gsplat rasterizes on CUDA (it needs gsplat's
+relocation kernel), ``"default"`` (3DGS's clone/split/prune, pure PyTorch) elsewhere.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from featurefield.errors import FeatureFieldError
 from featurefield.fields import losses
 from featurefield.fields.base import FeatureField, Render, TeacherTarget, TrainData
 from featurefield.fields.splat import rasterize_gsplat, rasterize_torch
-from featurefield.fields.splat.config import SplatConfig
+from featurefield.fields.splat.config import MCMC_MIN_AUTO_CAP, SplatConfig
 from featurefield.fields.splat.resample import resample, resample_hwc
 from featurefield.fields.splat.sh import num_sh_bases, rgb_to_sh, sh_to_colors, sh_to_rgb
 from featurefield.fields.spill import FeatureSpill
@@ -116,13 +116,14 @@ class GaussianField(FeatureField):
 
         From the scene's sparse points when present (``init`` "auto"/"points"), else uniformly at
         random inside the scene's bounds (or, for ``init="random"`` without bounds, a ball holding the
-        cameras' look-at region).
+        cameras' look-at region). ``strategy="auto"`` and an automatic MCMC cap are resolved here for
+        ``device``; the field's config holds the result.
         """
         config = config or SplatConfig()
         device = torch.device(device)
         if config.strategy == "mcmc" and device.type != "cuda":
             raise FeatureFieldError("--splat.strategy mcmc needs gsplat's CUDA relocation kernel; "
-                                    "train on a CUDA device or use --splat.strategy default")
+                                    "train on a CUDA device or use --splat.strategy default (or auto)")
         if not 0 <= config.sh_degree <= 3:
             raise FeatureFieldError(f"--splat.sh-degree must be within 0..3, got {config.sh_degree}")
         if not config.feature_geometry_weight > 0:
@@ -156,6 +157,8 @@ class GaussianField(FeatureField):
                 raise FeatureFieldError(f"{name}: the scene has no sparse points and no bounds to place Gaussians in; "
                                         "run SfM first or pass --splat.init random (a ball around the centre)")
             rgb = torch.rand(n, 3)
+        gsplat_on_cuda = device.type == "cuda" and config.rasterizer != "torch" and rasterize_gsplat.available()
+        config = config.resolved(gsplat_on_cuda=gsplat_on_cuda, initial_gaussians=len(xyz))
         field = cls(config, targets, len(xyz), scene_scale=scene_scale, max_steps=max_steps,
                     background=None if scene.background is None else list(scene.background))
         init_opacity, init_scale = config.init_opacity, config.init_scale
@@ -178,8 +181,8 @@ class GaussianField(FeatureField):
 
         start, stop = cfg.scaled(cfg.refine_start, steps), cfg.scaled(cfg.refine_stop, steps)
         every = max(cfg.scaled(cfg.refine_every, steps), min(cfg.refine_every, 10))
-        if cfg.strategy == "mcmc":
-            strategy = MCMCStrategy(cap_max=cfg.mcmc_cap_max, noise_lr=cfg.mcmc_noise_lr, refine_start_iter=start,
+        if cfg.strategy == "mcmc":  # ("auto" is resolved by create(); a field built directly treats it as "default")
+            strategy = MCMCStrategy(cap_max=cfg.mcmc_cap_max or MCMC_MIN_AUTO_CAP, noise_lr=cfg.mcmc_noise_lr, refine_start_iter=start,
                                     refine_stop_iter=cfg.scaled(25_000, steps), refine_every=every,
                                     min_opacity=cfg.prune_opacity)
             return strategy, strategy.initialize_state()
