@@ -5,6 +5,7 @@
 #   bash bench/device_lego.sh setup     # wheels, SAM weights, merged lego folder, gsplat build (NO_GSPLAT=1: not yet)
 #   bash bench/device_lego.sh build     # gsplat's CUDA build alone (e.g. on one GPU while another trains)
 #   bash bench/device_lego.sh raster    # bench/splat_raster.py (parity with gsplat, step and render costs)
+#   bash bench/device_lego.sh render1080 [RUN]  # bench/render_1080.py (decoded features at 1080p, trained run)
 #   bash bench/device_lego.sh query     # bench/query_speed.py (text query, SAM box prompt)
 #   bash bench/device_lego.sh profile   # bench/splat_profile.py (steps/s and where a step goes)
 #   bash bench/device_lego.sh splat [STEPS] [EXTRA...]   # featurefield train ... --field splat, then eval
@@ -103,6 +104,9 @@ print('gsplat ready', tuple(r.shape))" 2>&1 | tail -2
     ;;
 raster)
     timeout "$(limit 240)" python3 bench/splat_raster.py --json "$OUT/raster.json" 2>&1 | tail -40
+    ;;
+render1080)  # render1080 [RUN]: bench/render_1080.py on a trained Gaussian run (default: the splat run)
+    timeout "$(limit 200)" python3 bench/render_1080.py "${2:-$SPLAT_RUN}" --json "$OUT/render1080.json" 2>&1 | tail -20
     ;;
 query)
     timeout "$(limit 200)" python3 bench/query_speed.py --weights "$W" 2>&1 | tail -40

@@ -4,7 +4,7 @@ Reports test PSNR and mean cosine similarity of rendered vs teacher features on 
 views, wall time including feature extraction, and peak GPU memory (from the trainer's
 ``metrics.json``). Needs CUDA.
 
-    python bench/splat_lego.py LEGO_DIR --weights SAM_ENCODER.onnx [--steps 30000] [--embed-dim 16] [--out DIR]
+    python bench/splat_lego.py LEGO_DIR --weights SAM_ENCODER.onnx [--steps 30000] [--embed-dim 14] [--out DIR]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("scene")
     ap.add_argument("--weights", required=True)
     ap.add_argument("--steps", type=int, default=30_000)
-    ap.add_argument("--embed-dim", type=int, default=16)
+    ap.add_argument("--embed-dim", type=int, default=SplatConfig().embed_dim)
     ap.add_argument("--out", default="runs/bench-lego-splat")
     args = ap.parse_args()
     if not torch.cuda.is_available():

@@ -4,7 +4,7 @@ Builds the same Trainer as ``featurefield train`` (features from the cache or th
 ``--warm`` steps so densification has grown the model, times ``--timed`` steps, and profiles
 ``--profiled`` more. Needs CUDA.
 
-    python bench/splat_profile.py LEGO_DIR --weights SAM_ENCODER.onnx [--warm 1500] [--embed-dim 16] [--feature-render joint separate]
+    python bench/splat_profile.py LEGO_DIR --weights SAM_ENCODER.onnx [--warm 1500] [--embed-dim 14] [--feature-render joint separate]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--warm", type=int, default=1500)
     ap.add_argument("--timed", type=int, default=300)
     ap.add_argument("--profiled", type=int, default=30)
-    ap.add_argument("--embed-dim", type=int, default=16)
+    ap.add_argument("--embed-dim", type=int, default=SplatConfig().embed_dim)
     ap.add_argument("--feature-render", nargs="+", default=["joint", "separate"], help="variants timed in turn")
     ap.add_argument("--out", default="runs/bench-splat-profile")
     ap.add_argument("--json", default=None)

@@ -120,14 +120,18 @@ def test_matches_gsplat_forward_and_gradients():
         assert float((x - y).norm() / y.norm()) < 1e-3
 
 
-def test_gsplat_channel_chunks_avoid_padding():
-    from featurefield.fields.splat.rasterize_gsplat import NATIVE_CHANNELS, channel_chunk
+def test_gsplat_channel_chunks_rasterize_no_more_channels_than_padding():
+    from featurefield.fields.splat.rasterize_gsplat import NATIVE_CHANNELS, channel_chunk, padded
 
     for channels in range(1, 300):
         chunk = channel_chunk(channels)
-        assert 1 <= chunk <= channels
-        if channels in NATIVE_CHANNELS:
-            assert chunk == channels  # one pass
-        else:  # full chunks of a compiled size, and a remainder smaller than one chunk
-            assert chunk in NATIVE_CHANNELS and channels - chunk < chunk
-    assert channel_chunk(3 + 16) == 16 and channel_chunk(3 + 16 + 1) == 16 and channel_chunk(3 + 14) == 17
+        if chunk == channels:  # one pass, padded by gsplat where no kernel is compiled for the count
+            assert padded(channels) in NATIVE_CHANNELS
+            if channels not in NATIVE_CHANNELS:  # chunking would have rasterized as many channels or more
+                top = 1 << (channels.bit_length() - 1)
+                assert padded(channels) <= top + padded(channels - top)
+        else:  # a compiled chunk, one remainder smaller than it, fewer channels in all than the padding
+            assert chunk in NATIVE_CHANNELS and 0 < channels - chunk < chunk
+            assert chunk + padded(channels - chunk) < padded(channels)
+    assert channel_chunk(3 + 16) == 16 and channel_chunk(3 + 16 + 1) == 16  # training and renders at E = 16
+    assert channel_chunk(3 + 14) == 17 and channel_chunk(14) == 14 and channel_chunk(15) == 15  # E = 14: one pass
