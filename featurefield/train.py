@@ -389,7 +389,7 @@ class Trainer:
                 except torch.cuda.OutOfMemoryError as err:
                     raise FeatureFieldError(
                         f"out of GPU memory at step {step}; lower memory with --downscale 2, a smaller field "
-                        "(e.g. --splat.init-points-random, --splat.embed-dim, --nerf.rays-per-batch) or fewer teachers"
+                        "(e.g. --splat.max-gaussians, --splat.embed-dim, --nerf.rays-per-batch) or fewer teachers"
                     ) from err
                 done = step + 1
                 checkpoint_now = done % self.config.checkpoint_every == 0 or done == self.steps

@@ -78,16 +78,31 @@ def heatmap(values, vmin: float | None = None, vmax: float | None = None, cmap: 
     return out
 
 
+def _torch(x) -> Tensor:
+    """``x`` as a float32 tensor, on its own device if it is one (depth pictures are coloured where they are)."""
+    if isinstance(x, Tensor):
+        return x.detach().float()
+    return torch.from_numpy(np.asarray(x, dtype=np.float32))
+
+
+# torch.quantile's input limit; larger maps are sampled evenly for their percentiles
+_QUANTILE_MAX = 16_000_000
+
+
 def depth_range(depth, alpha=None) -> tuple[float, float]:
     """Robust ``(near, far)`` (1st/99th percentiles) of the valid pixels of a ``[H, W]`` depth map."""
-    d = _numpy(depth).astype(np.float64).reshape(np.shape(depth)[:2])
-    valid = np.isfinite(d) & (d > 0)
-    pick = valid if alpha is None else valid & (_numpy(alpha).reshape(d.shape) > 0.5)
-    if not pick.any():
+    d = _torch(depth)
+    d = d.reshape(d.shape[:2])
+    valid = torch.isfinite(d) & (d > 0)
+    pick = valid if alpha is None else valid & (_torch(alpha).to(d.device).reshape(d.shape) > 0.5)
+    if not bool(pick.any()):
         pick = valid
-    if not pick.any():
+    if not bool(pick.any()):
         return 0.0, 1.0
-    near, far = np.percentile(d[pick], [1, 99])
+    values = d[pick]
+    if values.numel() > _QUANTILE_MAX:
+        values = values[:: -(-values.numel() // _QUANTILE_MAX)]
+    near, far = torch.quantile(values, torch.tensor([0.01, 0.99], device=values.device)).tolist()
     return float(near), float(far)
 
 
@@ -95,28 +110,33 @@ def depth_image(depth, alpha=None, cmap: str = "turbo", background: Sequence[int
                 near: float | None = None, far: float | None = None) -> np.ndarray:
     """Colour a depth map, near warm and far cool, scaled to robust percentiles of the valid pixels.
 
+    Computed with torch on the map's device (a GPU render is coloured there: 1-megapixel frames for the
+    viewer), then copied to the host.
+
     Args:
-        depth: ``[H, W]`` depth; pixels with depth <= 0 or not finite are background.
+        depth: ``[H, W]`` (or ``[H, W, 1]``) depth; pixels with depth <= 0 or not finite are background.
         alpha: optional ``[H, W]`` opacity in [0, 1]; the picture is composited onto ``background`` by it.
         near, far: fixed depth range (e.g. :func:`depth_range` of a reference map, to compare two
             pictures); default: robust percentiles of this map.
     Returns:
         ``[H, W, 3]`` uint8.
     """
-    d = _numpy(depth).astype(np.float64)
+    d = _torch(depth)
     if d.ndim == 3 and d.shape[-1] == 1:
         d = d[..., 0]
-    valid = np.isfinite(d) & (d > 0)
-    a = np.ones_like(d) if alpha is None else np.clip(_numpy(alpha).astype(np.float64).reshape(d.shape), 0, 1)
+    valid = torch.isfinite(d) & (d > 0)
+    a = torch.ones_like(d) if alpha is None else _torch(alpha).to(d.device).reshape(d.shape).clamp(0, 1)
     if near is None or far is None:
         auto = depth_range(d, a)
         near = auto[0] if near is None else near
         far = auto[1] if far is None else far
-    inv = np.where(valid, (far - d) / max(far - near, 1e-12), 0.0)  # near -> 1 (red), far -> 0 (blue)
-    rgb = heatmap(np.clip(inv, 0, 1), 0.0, 1.0, cmap).astype(np.float64)
-    a = np.where(valid, a, 0.0)[..., None]
-    out = rgb * a + np.asarray(background, dtype=np.float64)[None, None] * (1 - a)
-    return np.round(out).astype(np.uint8)
+    inv = torch.where(valid, (far - d) / max(far - near, 1e-12), 0.0).clamp(0, 1)  # near -> 1 (red), far -> 0 (blue)
+    lut = torch.from_numpy(colormap(cmap)).to(d.device, torch.float32)
+    rgb = lut[torch.round(inv * 255).long()]  # [H, W, 3]
+    a = torch.where(valid, a, 0.0)[..., None]
+    bg = torch.tensor(background, dtype=torch.float32, device=d.device)
+    out = rgb * a + bg * (1 - a)
+    return out.round().to(torch.uint8).cpu().numpy()
 
 
 #: label colours: 0 (background) white, then distinct hues

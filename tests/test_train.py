@@ -253,6 +253,26 @@ def test_nan_loss_stops_with_the_last_good_checkpoint_kept(tmp_path, monkeypatch
     assert all(torch.isfinite(v).all() for v in ckpt["field_state"].values() if torch.is_tensor(v) and v.is_floating_point())
 
 
+def test_out_of_gpu_memory_names_the_options_that_lower_it_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    from featurefield.fields.splat.model import GaussianField
+
+    original = GaussianField.training_loss
+
+    def exhausted(self, batch, data, step):
+        if step >= 5:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(self, batch, data, step)
+
+    monkeypatch.setattr(GaussianField, "training_loss", exhausted)
+    run_dir = tmp_path / "run"
+    with pytest.raises(FeatureFieldError, match="out of GPU memory at step 5") as err:
+        train("demo:1", run_dir, field="splat", teachers=[], scene_options=DEMO,
+              config=TrainConfig(steps=20, checkpoint_every=2, device="cpu", progress=False))
+    message = str(err.value)
+    assert "\n" not in message and "--splat.max-gaussians" in message and "--downscale" in message
+    assert torch.load(run_dir / CHECKPOINT, weights_only=False)["step"] == 4  # what was written is kept
+
+
 def test_test_view_features_are_extracted_only_when_an_evaluation_needs_them(tmp_path):
     import torch.nn.functional as F
 

@@ -33,8 +33,9 @@ class SplatConfig:
         reset_min_interval: skip opacity resets when the scaled ``reset_every`` is shorter than this
             (a short run has no time to recover from them).
         grow_grad2d, prune_opacity: DefaultStrategy thresholds.
-        mcmc_cap_max, mcmc_noise_lr, mcmc_opacity_reg, mcmc_scale_reg: MCMC settings; a cap of 0 means
-            ``max(300k, 3 x the initial Gaussians)``, at most ``max_gaussians`` when that is set.
+        mcmc_cap_max: MCMC's Gaussian budget; 0 = ``max(300k, 3 x the initial Gaussians)``, at most
+            ``max_gaussians`` when that is set.
+        mcmc_noise_lr, mcmc_opacity_reg, mcmc_scale_reg: MCMC settings (3DGS-MCMC's values).
         lr_means, lr_means_final: means LR (times scene scale), exponentially decayed over the run.
         lr_spill: Adam LR of the spill kernels' logits (``feature_spill``).
         lr_scales, lr_quats, lr_opacities, lr_sh0, lr_shN, lr_embedding, lr_decoder: Adam LRs.

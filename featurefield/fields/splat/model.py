@@ -280,7 +280,8 @@ class GaussianField(FeatureField):
         except torch.cuda.OutOfMemoryError as e:
             raise FeatureFieldError(
                 f"out of GPU memory rasterizing {self.num_gaussians} Gaussians at {W}x{H}; lower "
-                "--splat.init-points-random, --splat.embed-dim or the image size (--downscale), or use --splat.packed"
+                "--splat.max-gaussians (the Gaussian budget), --splat.embed-dim or the image size (--downscale), "
+                "or use --splat.packed"
             ) from e
         rgb_map = out[..., :3] if rgb else None
         end = out.shape[-1] - 1 if depth else out.shape[-1]
