@@ -266,7 +266,7 @@ two-gpu-2)  # GPU 0: finish and evaluate the NeRF, then evaluate call 1's Gaussi
     ;;
 tests)
     timeout "$(limit 300)" python3 -m pytest -q -p no:cacheprovider tests/test_splat_training_parts.py tests/test_splat_rasterizer.py \
-        tests/test_hashgrid.py 2>&1 | tail -8
+        tests/test_hashgrid.py tests/test_viz.py 2>&1 | tail -8
     ;;
 *)
     echo "usage: bash bench/device_lego.sh setup|raster|query|profile|splat [STEPS] [ARGS]|resume|nerf [STEPS]|nerf-resume|tests" >&2

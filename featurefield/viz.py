@@ -191,7 +191,13 @@ def overlay_mask(rgb, mask, color: Sequence[int] = (255, 40, 40), opacity: float
 
 
 def to_uint8(image) -> np.ndarray:
-    """``[H, W]``, ``[H, W, 1|3|4]`` image (uint8, or float in [0, 1]) -> ``[H, W, 3|4]`` uint8."""
+    """``[H, W]``, ``[H, W, 1|3|4]`` image (uint8, or float in [0, 1]) -> ``[H, W, 3|4]`` uint8.
+
+    A float CUDA tensor is converted there, so a GPU render is not copied to the host as floats (on the CPU,
+    numpy converts faster than torch).
+    """
+    if isinstance(image, Tensor) and image.is_floating_point() and image.is_cuda:
+        image = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
     a = _numpy(image)
     if a.dtype != np.uint8:
         a = np.round(np.clip(a.astype(np.float64), 0, 1) * 255).astype(np.uint8)

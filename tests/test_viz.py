@@ -10,6 +10,7 @@ from PIL import Image
 
 from featurefield import viz
 from featurefield.errors import FeatureFieldError
+from tests.conftest import cuda
 
 
 def _structured(m: int = 4000, d: int = 16, seed: int = 0):
@@ -154,3 +155,17 @@ def test_draw_keypoints_puts_each_index_in_its_own_colour_where_asked():
     assert (out[untouched] == 255).all()  # nothing drawn away from the two points
     again = draw_keypoints(rgb[:, ::-1].copy(), uv[::-1].copy(), radius=3, numbers=False)
     assert tuple(again[30, 45]) == tuple(LABEL_PALETTE[2])  # colour follows the index, not the position
+
+
+@cuda
+def test_pictures_of_gpu_maps_match_the_cpu_ones():
+    """Colour and depth pictures are made on the GPU for GPU renders; they match the CPU's to one step."""
+    g = torch.Generator().manual_seed(0)
+    rgb = torch.rand(64, 80, 3, generator=g) * 1.2 - 0.1
+    depth = torch.rand(64, 80, generator=g) * 3 + 1
+    depth[:, :10] = 0
+    alpha = torch.rand(64, 80, generator=g)
+    for cpu, gpu in [(viz.to_uint8(rgb), viz.to_uint8(rgb.cuda())),
+                     (viz.depth_image(depth, alpha), viz.depth_image(depth.cuda(), alpha.cuda()))]:
+        assert cpu.shape == gpu.shape and cpu.dtype == gpu.dtype == np.uint8
+        assert np.abs(cpu.astype(int) - gpu.astype(int)).max() <= 8  # a colour-map step at most
