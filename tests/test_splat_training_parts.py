@@ -278,6 +278,24 @@ def test_created_field_records_the_resolved_strategy():
     assert again.config.strategy == "default" and isinstance(again._strategy, SyncFreeDefaultStrategy)
 
 
+def test_a_run_trained_with_mcmc_opens_and_renders_on_the_cpu():
+    """What a GPU trained (MCMC, the default there) reloads on a laptop: the strategy is rebuilt, not run."""
+    from gsplat.strategy import MCMCStrategy
+
+    from featurefield.fields.splat.model import GaussianField
+
+    scene, feats = toy_scene(n_views=3)
+    trained = make_field(scene, feats, 10)
+    config = trained.config_dict()
+    config["config"] = {**config["config"], "strategy": "mcmc", "mcmc_cap_max": 300_000}
+    mcmc_state = MCMCStrategy(cap_max=300_000).initialize_state()  # what an MCMC checkpoint holds
+    state = {**trained.state_dict(), "_extra_state": {"strategy_state": mcmc_state, "perm": None, "cursor": 0}}
+    field = GaussianField.from_config(config, state)
+    assert isinstance(field._strategy, MCMCStrategy) and field.config.strategy == "mcmc"
+    r = field.render(scene.canonical_cameras()[0], background=torch.ones(3))
+    torch.testing.assert_close(r.rgb, trained.render(scene.canonical_cameras()[0], background=torch.ones(3)).rgb)
+
+
 def test_mcmc_strategy_off_cuda_is_a_clear_error():
     from featurefield.errors import FeatureFieldError
 
