@@ -41,6 +41,13 @@
 #   call 1 (carry whl_gpu, sam16, lego_a, lego_b): export DEADLINE=...; bash bench/device_lego.sh two-gpu-1 [SPLAT ARGS]
 #   call 2 (carry lego_b2, samdec16):              export DEADLINE=...; bash bench/device_lego.sh two-gpu-2 [SPLAT ARGS]
 #   (call 2's SPLAT ARGS train a second Gaussian run on GPU 1 and evaluate it; without them GPU 1 rests)
+# What #4 still needs (after the ninth session), two GPUs, two calls:
+#   call 1 (carry whl_gpu, sam16, lego_a, lego_b): export DEADLINE=...; NO_GSPLAT=1 bash bench/device_lego.sh setup &&
+#       bash bench/device_lego.sh build && SKIP_EVAL=1 FINAL_EVAL_VIEWS=10 bash bench/device_lego.sh pair "splat 30000"
+#       "splat 10000 --splat.embed-dim 64 --splat.strategy default --splat.feature-background constant";
+#       CUDA_VISIBLE_DEVICES=0 bash bench/device_lego.sh render1080
+#   (E = 64 at 10k with the fourth session's settings completes its E sweep; render1080 times the trained defaults)
+#   call 2 (carry lego_b2, samdec16): eval-run runs/lego-splat and runs/lego-splat1 (SPLAT_CACHE=runs/cache-splat1), one per GPU
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
