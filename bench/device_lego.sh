@@ -46,7 +46,9 @@
 #       bash bench/device_lego.sh build && SKIP_EVAL=1 FINAL_EVAL_VIEWS=10 bash bench/device_lego.sh pair "splat 30000"
 #       "splat 10000 --splat.embed-dim 64 --splat.strategy default --splat.feature-background constant";
 #       CUDA_VISIBLE_DEVICES=0 bash bench/device_lego.sh render1080
-#   (E = 64 at 10k with the fourth session's settings completes its E sweep; render1080 times the trained defaults)
+#       CUDA_VISIBLE_DEVICES=1 python3 -m featurefield.cli demo --weights runs/w --output runs/demo-gpu  # (after the pair)
+#   (E = 64 at 10k with the fourth session's settings completes its E sweep; render1080 times the trained defaults;
+#   the demo runs on the GPU with the new defaults for the first time)
 #   call 2 (carry lego_b2, samdec16): eval-run runs/lego-splat and runs/lego-splat1 (SPLAT_CACHE=runs/cache-splat1), one per GPU
 set -o pipefail
 export PYTHONUNBUFFERED=1
