@@ -22,7 +22,7 @@ class SplatConfig:
         init: ``"auto"`` (scene points when present, else random), ``"points"`` or ``"random"``.
         init_points_random: Gaussians for random init (capped on CPU, see ``cpu_max_init``).
         cpu_max_init: cap on random init when training on CPU (small scenes).
-        max_gaussians: stop growing (clone/split) above this count; 0 = no cap.
+        max_gaussians: stop growing (clone/split) above this count, and bound the automatic MCMC budget; 0 = no cap.
         cpu_max_gaussians: the same cap when training on CPU (the torch rasterizer is slow).
         init_opacity, init_scale: initial opacity, and a factor on the nearest-neighbour scale.
         strategy: densification: ``"default"`` (3DGS clone/split/prune), ``"mcmc"`` (3DGS-MCMC: relocation and
