@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cuda_timing import median_ms  # noqa: E402
 
+from featurefield.errors import FeatureFieldError  # noqa: E402
 from featurefield.run import load_run  # noqa: E402
 
 
@@ -44,12 +45,17 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if not torch.cuda.is_available():
-        sys.exit("bench/render_1080.py needs a CUDA GPU")
-    run = load_run(args.run, device="cuda")
+        ap.exit(2, f"{ap.prog}: error: needs a CUDA GPU\n")
+    try:
+        run = load_run(args.run, device="cuda")
+    except FeatureFieldError as err:
+        ap.exit(2, f"{ap.prog}: error: {err}\n")
     field = run.field
     if field.kind != "splat":
-        sys.exit(f"{args.run} is a {field.kind} run; this benchmark is for Gaussian runs")
-    teacher = args.teacher or run.teacher_names[0]
+        ap.exit(2, f"{ap.prog}: error: {args.run} is a {field.kind} run; this benchmark is for Gaussian runs\n")
+    teacher = args.teacher or (run.teacher_names or [None])[0]
+    if teacher not in run.teacher_names:
+        ap.exit(2, f"{ap.prog}: error: {args.run} has no teacher {teacher!r} (has: {', '.join(run.teacher_names) or 'none'})\n")
     cams = full_hd(run.cameras("test")[: args.views]).to("cuda")
     per_gaussian = field.decoders[teacher](field.params["embedding"])  # [P, D], decoded once for the naive way
     ours_ms, half_ms, full_ms, naive_ms = [], [], [], []

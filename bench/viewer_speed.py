@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from featurefield.errors import FeatureFieldError
 from featurefield.run import load_run
 from featurefield.viewer import ViewRenderer
 from featurefield.viewer.cameras import sized
@@ -28,7 +29,10 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
-    run = load_run(args.run, device=args.device)
+    try:
+        run = load_run(args.run, device=args.device)
+    except FeatureFieldError as err:
+        ap.exit(2, f"{ap.prog}: error: {err}\n")
     renderer = ViewRenderer(run)
     camera = run.cameras("test")[0]
     outputs = [o for o in renderer.outputs if not o.startswith(("text:", "prompt:"))]

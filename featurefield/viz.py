@@ -56,7 +56,7 @@ def _numpy(x) -> np.ndarray:
 
 
 def heatmap(values, vmin: float | None = None, vmax: float | None = None, cmap: str = "turbo") -> np.ndarray:
-    """Colour a scalar map.
+    """Colour a scalar map (on its device, if a tensor).
 
     Args:
         values: ``[H, W]`` numbers; NaN/inf pixels come out black.
@@ -65,17 +65,22 @@ def heatmap(values, vmin: float | None = None, vmax: float | None = None, cmap: 
     Returns:
         ``[H, W, 3]`` uint8.
     """
-    v = _numpy(values).astype(np.float64)
+    v = _torch(values)
     if v.ndim != 2:
-        raise FeatureFieldError(f"heatmap expects a [H, W] map, got shape {v.shape}")
-    finite = np.isfinite(v)
-    lo = float(v[finite].min()) if vmin is None and finite.any() else float(vmin or 0.0)
-    hi = float(v[finite].max()) if vmax is None and finite.any() else float(1.0 if vmax is None else vmax)
-    scaled = (np.where(finite, v, lo) - lo) / max(hi - lo, 1e-12)
-    index = np.clip(np.round(scaled * 255), 0, 255).astype(np.int64)
-    out = colormap(cmap)[index]
+        raise FeatureFieldError(f"heatmap expects a [H, W] map, got shape {tuple(v.shape)}")
+    finite = torch.isfinite(v)
+    some = bool(finite.any())
+    lo = float(v[finite].min()) if vmin is None and some else float(vmin or 0.0)
+    hi = float(v[finite].max()) if vmax is None and some else float(1.0 if vmax is None else vmax)
+    out = _colours((torch.where(finite, v, lo) - lo) / max(hi - lo, 1e-12), cmap)
     out[~finite] = 0
-    return out
+    return out.cpu().numpy()
+
+
+def _colours(scaled: Tensor, cmap: str) -> Tensor:
+    """``[..., 3]`` uint8 colours of ``scaled`` values (clamped to [0, 1]) from ``cmap``'s table, on their device."""
+    lut = torch.from_numpy(colormap(cmap)).to(scaled.device)
+    return lut[torch.round(scaled.clamp(0, 1) * 255).long()]
 
 
 def _torch(x) -> Tensor:
@@ -130,9 +135,8 @@ def depth_image(depth, alpha=None, cmap: str = "turbo", background: Sequence[int
         auto = depth_range(d, a)
         near = auto[0] if near is None else near
         far = auto[1] if far is None else far
-    inv = torch.where(valid, (far - d) / max(far - near, 1e-12), 0.0).clamp(0, 1)  # near -> 1 (red), far -> 0 (blue)
-    lut = torch.from_numpy(colormap(cmap)).to(d.device, torch.float32)
-    rgb = lut[torch.round(inv * 255).long()]  # [H, W, 3]
+    inv = torch.where(valid, (far - d) / max(far - near, 1e-12), 0.0)  # near -> 1 (red), far -> 0 (blue)
+    rgb = _colours(inv, cmap).float()  # [H, W, 3]
     a = torch.where(valid, a, 0.0)[..., None]
     bg = torch.tensor(background, dtype=torch.float32, device=d.device)
     out = rgb * a + bg * (1 - a)
@@ -193,14 +197,12 @@ def overlay_mask(rgb, mask, color: Sequence[int] = (255, 40, 40), opacity: float
 def to_uint8(image) -> np.ndarray:
     """``[H, W]``, ``[H, W, 1|3|4]`` image (uint8, or float in [0, 1]) -> ``[H, W, 3|4]`` uint8.
 
-    A float CUDA tensor is converted there, so a GPU render is not copied to the host as floats (on the CPU,
-    numpy converts faster than torch).
+    A tensor is converted on its device, so a GPU render is not copied to the host as floats.
     """
-    if isinstance(image, Tensor) and image.is_floating_point() and image.is_cuda:
-        image = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
-    a = _numpy(image)
-    if a.dtype != np.uint8:
-        a = np.round(np.clip(a.astype(np.float64), 0, 1) * 255).astype(np.uint8)
+    t = image.detach() if isinstance(image, Tensor) else torch.from_numpy(np.array(image))
+    if t.dtype != torch.uint8:
+        t = (t.float() * 255).clamp_(0, 255).round_().to(torch.uint8)
+    a = t.cpu().numpy()
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, -1)
     elif a.ndim == 3 and a.shape[-1] == 1:

@@ -292,6 +292,10 @@ def test_a_run_trained_with_mcmc_opens_and_renders_on_the_cpu():
     state = {**trained.state_dict(), "_extra_state": {"strategy_state": mcmc_state, "perm": None, "cursor": 0}}
     field = GaussianField.from_config(config, state)
     assert isinstance(field._strategy, MCMCStrategy) and field.config.strategy == "mcmc"
+    assert field._strategy.cap_max == 300_000
+    # an automatic budget never resolved (a field built directly) follows the same rule: here, --splat.max-gaussians
+    config["config"].update(mcmc_cap_max=0, max_gaussians=1_000)
+    assert GaussianField.from_config(config, state)._strategy.cap_max == 1_000
     r = field.render(scene.canonical_cameras()[0], background=torch.ones(3))
     torch.testing.assert_close(r.rgb, trained.render(scene.canonical_cameras()[0], background=torch.ones(3)).rgb)
 

@@ -29,7 +29,7 @@ from featurefield.errors import FeatureFieldError
 from featurefield.fields import losses
 from featurefield.fields.base import FeatureField, Render, TeacherTarget, TrainData
 from featurefield.fields.splat import rasterize_gsplat, rasterize_torch
-from featurefield.fields.splat.config import MCMC_MIN_AUTO_CAP, SplatConfig
+from featurefield.fields.splat.config import SplatConfig
 from featurefield.fields.splat.resample import resample, resample_hwc
 from featurefield.fields.splat.sh import num_sh_bases, rgb_to_sh, sh_to_colors, sh_to_rgb
 from featurefield.fields.spill import FeatureSpill
@@ -182,7 +182,8 @@ class GaussianField(FeatureField):
         start, stop = cfg.scaled(cfg.refine_start, steps), cfg.scaled(cfg.refine_stop, steps)
         every = max(cfg.scaled(cfg.refine_every, steps), min(cfg.refine_every, 10))
         if cfg.strategy == "mcmc":  # ("auto" is resolved by create(); a field built directly treats it as "default")
-            strategy = MCMCStrategy(cap_max=cfg.mcmc_cap_max or MCMC_MIN_AUTO_CAP, noise_lr=cfg.mcmc_noise_lr, refine_start_iter=start,
+            cap = cfg.resolved(gsplat_on_cuda=True, initial_gaussians=self.num_gaussians).mcmc_cap_max  # 0: its rule
+            strategy = MCMCStrategy(cap_max=cap, noise_lr=cfg.mcmc_noise_lr, refine_start_iter=start,
                                     refine_stop_iter=cfg.scaled(25_000, steps), refine_every=every,
                                     min_opacity=cfg.prune_opacity)
             return strategy, strategy.initialize_state()
