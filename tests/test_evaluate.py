@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from featurefield.cli import main
-from featurefield.errors import FeatureFieldError
 from featurefield.teachers.base import Teacher, register_teacher
 
 

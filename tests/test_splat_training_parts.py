@@ -264,6 +264,28 @@ def test_auto_strategy_is_mcmc_only_where_gsplat_rasterizes_on_cuda():
     assert SplatConfig(strategy="default").resolved(gsplat_on_cuda=True, initial_gaussians=10).strategy == "default"
 
 
+def test_automatic_mcmc_budget_and_random_init_scale_with_small_views():
+    """128 x 128 views get about 12k Gaussians, not 300k; lego's 800 x 800 views keep 300k."""
+    from featurefield.fields.base import TeacherTarget
+    from featurefield.fields.splat.config import INIT_PIXELS_PER_GAUSSIAN, MCMC_MIN_AUTO_CAP, SplatConfig
+    from featurefield.fields.splat.model import GaussianField
+
+    auto = SplatConfig()
+    small = auto.resolved(gsplat_on_cuda=True, initial_gaussians=128 * 128 // 4, pixels_per_view=128 * 128)
+    assert small.mcmc_cap_max == 3 * 128 * 128 // 4  # three times the init beats half the pixels (8192)
+    assert auto.resolved(gsplat_on_cuda=True, initial_gaussians=1_000, pixels_per_view=128 * 128).mcmc_cap_max == 8192
+    lego = auto.resolved(gsplat_on_cuda=True, initial_gaussians=100_000, pixels_per_view=800 * 800)
+    assert lego.mcmc_cap_max == MCMC_MIN_AUTO_CAP
+    sfm = auto.resolved(gsplat_on_cuda=True, initial_gaussians=250_000, pixels_per_view=64 * 64)
+    assert sfm.mcmc_cap_max == 750_000  # never below what the points already hold
+
+    scene, feats = toy_scene(n_views=3)
+    pixels = int(scene.canonical_cameras().width[0] * scene.canonical_cameras().height[0])
+    targets = [TeacherTarget("toy", feats.shape[1], tuple(feats.shape[-2:]))]
+    field = GaussianField.create(scene, targets, SplatConfig(init="random", cpu_max_init=10**6), max_steps=10)
+    assert field.num_gaussians == pixels // INIT_PIXELS_PER_GAUSSIAN < SplatConfig().init_points_random
+
+
 def test_created_field_records_the_resolved_strategy():
     """On the CPU the automatic strategy is 3DGS's; the run's config says so, and a reload builds the same one."""
     from featurefield.fields.splat.model import GaussianField

@@ -5,8 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal
 
-# the smallest automatic MCMC budget: lego at 30k steps fits 6 minutes with it (BENCHMARKS.md, ninth session)
+# the automatic MCMC budget of a scene with large views: lego at 30k steps fits 6 minutes with it
+# (BENCHMARKS.md, ninth session)
 MCMC_MIN_AUTO_CAP = 300_000
+# Small views get fewer: at most one Gaussian per 2 pixels of a training view in the automatic budget, one per 4
+# in a random init. On the 128 x 128 demo scene 12k Gaussians fit 7000 steps in 53 s for 28.9 dB, where 300k
+# took 136 s for 28.6 dB (BENCHMARKS.md, tenth session); lego (640k pixels a view) keeps 300k.
+MCMC_PIXELS_PER_GAUSSIAN = 2
+INIT_PIXELS_PER_GAUSSIAN = 4
 
 
 @dataclass
@@ -20,7 +26,8 @@ class SplatConfig:
             14 makes training's colour + embedding pass 17 channels, a size gsplat compiles a kernel for, so
             it rasterizes in one piece (16 would be 19 channels, drawn as 16 + 3: lego trained 17% longer).
         init: ``"auto"`` (scene points when present, else random), ``"points"`` or ``"random"``.
-        init_points_random: Gaussians for random init (capped on CPU, see ``cpu_max_init``).
+        init_points_random: Gaussians for random init, at most one per 4 pixels of a training view (and capped
+            on CPU, see ``cpu_max_init``).
         cpu_max_init: cap on random init when training on CPU (small scenes).
         max_gaussians: stop growing (clone/split) above this count, and bound the automatic MCMC budget; 0 = no cap.
         cpu_max_gaussians: the same cap when training on CPU (the torch rasterizer is slow).
@@ -33,8 +40,8 @@ class SplatConfig:
         reset_min_interval: skip opacity resets when the scaled ``reset_every`` is shorter than this
             (a short run has no time to recover from them).
         grow_grad2d, prune_opacity: DefaultStrategy thresholds.
-        mcmc_cap_max: MCMC's Gaussian budget; 0 = ``max(300k, 3 x the initial Gaussians)``, at most
-            ``max_gaussians`` when that is set.
+        mcmc_cap_max: MCMC's Gaussian budget; 0 = ``max(min(300k, pixels of a training view / 2), 3 x the
+            initial Gaussians)``, at most ``max_gaussians`` when that is set.
         mcmc_noise_lr, mcmc_opacity_reg, mcmc_scale_reg: MCMC settings (3DGS-MCMC's values).
         lr_means, lr_means_final: means LR (times scene scale), exponentially decayed over the run.
         lr_spill: Adam LR of the spill kernels' logits (``feature_spill``).
@@ -137,14 +144,22 @@ class SplatConfig:
             return step
         return max(1, round(step * max_steps / self.schedule_steps))
 
-    def resolved(self, *, gsplat_on_cuda: bool, initial_gaussians: int) -> "SplatConfig":
-        """This config with ``strategy="auto"`` and an automatic MCMC cap replaced by what they mean here."""
+    def resolved(self, *, gsplat_on_cuda: bool, initial_gaussians: int,
+                 pixels_per_view: int | None = None) -> "SplatConfig":
+        """This config with ``strategy="auto"`` and an automatic MCMC cap replaced by what they mean here.
+
+        ``pixels_per_view`` (the training views' median width x height) scales the automatic budget down for
+        small views; None (a field built without its scene) leaves it at the large views' 300k.
+        """
         strategy = self.strategy
         if strategy == "auto":
             strategy = "mcmc" if gsplat_on_cuda else "default"
         cap = self.mcmc_cap_max
         if strategy == "mcmc" and cap <= 0:
-            cap = max(MCMC_MIN_AUTO_CAP, 3 * initial_gaussians)
+            budget = MCMC_MIN_AUTO_CAP
+            if pixels_per_view is not None:
+                budget = min(budget, pixels_per_view // MCMC_PIXELS_PER_GAUSSIAN)
+            cap = max(budget, 3 * initial_gaussians)
             if self.max_gaussians > 0:
                 cap = min(cap, self.max_gaussians)
         return replace(self, strategy=strategy, mcmc_cap_max=cap)

@@ -29,7 +29,7 @@ from featurefield.errors import FeatureFieldError
 from featurefield.fields import losses
 from featurefield.fields.base import FeatureField, Render, TeacherTarget, TrainData
 from featurefield.fields.splat import rasterize_gsplat, rasterize_torch
-from featurefield.fields.splat.config import SplatConfig
+from featurefield.fields.splat.config import INIT_PIXELS_PER_GAUSSIAN, SplatConfig
 from featurefield.fields.splat.resample import resample, resample_hwc
 from featurefield.fields.splat.sh import num_sh_bases, rgb_to_sh, sh_to_colors, sh_to_rgb
 from featurefield.fields.spill import FeatureSpill
@@ -136,6 +136,7 @@ class GaussianField(FeatureField):
         centers = cams.centers
         scene_scale = float((centers - centers.mean(0)).norm(dim=-1).max()) * 1.1 or 1.0
         points = scene.canonical_points()
+        pixels_per_view = int((cams.width * cams.height).median())
         name = getattr(scene, "source", None) or getattr(scene, "name", "scene")
         if config.init in ("auto", "points") and points is not None and len(points.xyz) > 0:
             xyz, rgb = points.xyz.float(), points.rgb.float().clamp(0, 1)
@@ -143,7 +144,7 @@ class GaussianField(FeatureField):
             raise FeatureFieldError(f"{name}: --splat.init points but the scene has no sparse points; "
                                     "use --splat.init random or a scene with an SfM model")
         else:
-            n = config.init_points_random
+            n = min(config.init_points_random, max(1, pixels_per_view // INIT_PIXELS_PER_GAUSSIAN))
             if device.type != "cuda":
                 n = min(n, config.cpu_max_init)
             bounds = scene.canonical_bounds()
@@ -158,7 +159,7 @@ class GaussianField(FeatureField):
                                         "run SfM first or pass --splat.init random (a ball around the centre)")
             rgb = torch.rand(n, 3)
         gsplat_on_cuda = device.type == "cuda" and config.rasterizer != "torch" and rasterize_gsplat.available()
-        config = config.resolved(gsplat_on_cuda=gsplat_on_cuda, initial_gaussians=len(xyz))
+        config = config.resolved(gsplat_on_cuda=gsplat_on_cuda, initial_gaussians=len(xyz), pixels_per_view=pixels_per_view)
         field = cls(config, targets, len(xyz), scene_scale=scene_scale, max_steps=max_steps,
                     background=None if scene.background is None else list(scene.background))
         init_opacity, init_scale = config.init_opacity, config.init_scale
@@ -333,7 +334,11 @@ class GaussianField(FeatureField):
     def decode(self, render: Render, teacher: str, grid: tuple[int, int] | None = None, *,
                as_teacher: bool = False, spill: bool = True) -> Tensor:
         """Teacher features ``[D, h, w]``: resample the embedding map to ``grid`` first, then decode
-        (with ``as_teacher`` and a ``grid``, through the teacher's learnt spill, if any, in between)."""
+        (with ``as_teacher`` and a ``grid``, through the teacher's learnt spill, if any, in between).
+
+        Under ``torch.autocast("cuda", dtype=torch.float16)`` the decode runs in fp16, the teacher cache's own
+        precision: 256-D features at 1920 x 1080 come 1.5x faster than in fp32 (BENCHMARKS.md, tenth session).
+        """
         if teacher not in self.decoders:
             raise FeatureFieldError(f"this field has no decoder for teacher {teacher!r}; it was trained with "
                                     f"{', '.join(self.decoders) or 'no teachers'}")
