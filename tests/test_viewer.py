@@ -272,6 +272,35 @@ def test_the_clicked_object_is_cut_out_in_3d(run, tmp_path):
     assert np.allclose(np.stack([world["x"], world["y"], world["z"]], -1), expected.numpy(), atol=1e-4)
 
 
+def test_a_cut_subset_is_kept_under_the_choice_it_was_made_for(run):
+    """The panel may switch "alone" to "without" while the render thread still makes the first subset."""
+    from featurefield.viewer.client import SHOW
+
+    renderer = ViewRenderer(run)
+    view = ClientView(FakeClient(run), renderer, lambda: ("colour", "", 32), preview_side=32)
+    started, release = threading.Event(), threading.Event()
+
+    def slow_subset(cut, without):
+        started.set()
+        release.wait(5)
+        return "without" if without else "alone"
+
+    renderer.subset, renderer.can_show_alone = slow_subset, lambda: True
+    try:
+        view.cut, view.show = object(), SHOW[1]
+        first = threading.Thread(target=view._field)
+        first.start()
+        assert started.wait(5)
+        view.show = SHOW[2]
+        release.set()
+        first.join(5)
+        assert view._field() == "without"
+        view.show = SHOW[1]
+        assert view._field() == "alone"
+    finally:
+        view.stop()
+
+
 def test_a_nerf_run_shows_every_output_too(tmp_path):
     from featurefield.query.correspondence import unproject
     from featurefield.train import TrainConfig, train

@@ -35,6 +35,7 @@ class ClientView:
         self.cut: CutOut | None = None  # the latest cut-out
         self.show = SHOW[0]  # everything, or the cut-out alone, or the scene without it
         self._subsets: dict[str, object] = {}  # show -> the field rendered for it (for self.cut)
+        self._cut_lock = threading.Lock()  # the render thread and the panel's callbacks both read the cut
         self._last: tuple[Cameras, np.ndarray] | None = None  # the latest render's camera and depth
         self._moved, self._stopped = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"featurefield-view-{id(client)}", daemon=True)
@@ -93,7 +94,8 @@ class ClientView:
         if cut is None:
             self._status(empty)
             return None
-        self.cut, self._subsets = cut, {}
+        with self._cut_lock:
+            self.cut, self._subsets = cut, {}
         self._status(f"{len(cut.xyz)} points written to {cut.path}")
         self.request()
         return cut
@@ -107,11 +109,13 @@ class ClientView:
 
     def _field(self):
         """The field this tab renders: the run's, or a cut of it (made once per cut-out and choice)."""
-        if self.show == SHOW[0] or self.cut is None or not self.renderer.can_show_alone():
-            return None
-        if self.show not in self._subsets:
-            self._subsets[self.show] = self.renderer.subset(self.cut, without=self.show == SHOW[2])
-        return self._subsets[self.show]
+        show = self.show  # read once: the panel may change it while the subset is being made
+        with self._cut_lock:
+            if show == SHOW[0] or self.cut is None or not self.renderer.can_show_alone():
+                return None
+            if show not in self._subsets:
+                self._subsets[show] = self.renderer.subset(self.cut, without=show == SHOW[2])
+            return self._subsets[show]
 
     def _status(self, line: str) -> None:
         if self.on_status:
