@@ -1,7 +1,7 @@
 """The linear decode alone at 1920 x 1080: an E-channel embedding map to D teacher channels, several ways.
 
 What ``GaussianField.decode`` does after the rasterizer, timed in isolation (CUDA events, median). The input is
-laid out as the rasterizer leaves it: ``[H, W, E]`` sliced out of ``[H, W, 16]`` (E <= 16).
+laid out as the rasterizer leaves it: ``[H, W, E]`` sliced out of ``[H, W, max(16, E)]``.
 
     python bench/decode_speed.py [--embed-dim 14] [--dim 256] [--json OUT.json]
 """
@@ -27,6 +27,8 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    if args.embed_dim < 1 or args.dim < 1:
+        ap.exit(2, f"{ap.prog}: error: --embed-dim and --dim must be at least 1\n")
     if not torch.cuda.is_available():
         ap.exit(2, f"{ap.prog}: error: needs a CUDA GPU\n")
     e, d = args.embed_dim, args.dim

@@ -136,7 +136,8 @@ class GaussianField(FeatureField):
         centers = cams.centers
         scene_scale = float((centers - centers.mean(0)).norm(dim=-1).max()) * 1.1 or 1.0
         points = scene.canonical_points()
-        pixels_per_view = int((cams.width * cams.height).median())
+        train = cams[scene.train] if scene.train else cams
+        pixels_per_view = int((train.width * train.height).median())  # sizes the automatic Gaussian counts
         name = getattr(scene, "source", None) or getattr(scene, "name", "scene")
         if config.init in ("auto", "points") and points is not None and len(points.xyz) > 0:
             xyz, rgb = points.xyz.float(), points.rgb.float().clamp(0, 1)
