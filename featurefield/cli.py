@@ -28,7 +28,26 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "query": ("featurefield.query.commands:query_command", "text or prompt queries on a trained run; extract objects in 3D"),
     "eval": ("featurefield.evaluate:eval_command", "evaluate a trained run: PSNR/SSIM/LPIPS, feature fidelity, mask IoU, PCK, mIoU"),
     "view": ("featurefield.viewer.server:view_command", "open a trained run in the browser: colour, depth, feature PCA, text queries, SAM clicks"),
+    "make-category": ("featurefield.commands.general:make_category_command", "render a procedural object category (mugs, chairs) into shards for generalizable fields"),
+    "train-general": ("featurefield.commands.general:train_general_command", "train a generalizable feature field (FeatureNeRF) over a generated category"),
 }
+
+#: verbs whose RUN may be a generalizable run (``"field": "general"`` in its config.json): routed to these.
+#: (Until the field registry gives each field kind its own verbs.)
+GENERAL_COMMANDS: dict[str, str] = {
+    "query": "featurefield.commands.general:general_query_command",
+    "eval": "featurefield.commands.general:general_eval_command",
+}
+
+
+def _is_general_run(arg: str) -> bool:
+    import json
+    from pathlib import Path
+
+    try:
+        return json.loads((Path(arg) / "config.json").read_text()).get("field") == "general"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 #: commands that may run under torchrun (one process per GPU)
@@ -58,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"featurefield: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     target, help_ = COMMANDS[name]
+    if name in GENERAL_COMMANDS and rest and not rest[0].startswith("-") and _is_general_run(rest[0]):
+        target = GENERAL_COMMANDS[name]
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and name not in DISTRIBUTED_COMMANDS:
         if os.environ.get("RANK", "0") == "0":
             print(f"featurefield {name}: error: runs in one process; under torchrun only `featurefield features` "

@@ -1,0 +1,210 @@
+"""CLI verbs of the generalizable field: ``make-category``, ``train-general``, and ``query`` / ``eval`` on a
+general run (``featurefield.cli`` routes those two here when RUN's config says ``"field": "general"``).
+
+Each verb parses its arguments (tyro reads the signatures), calls the library and prints; nothing in the
+library imports this module.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from featurefield.errors import FeatureFieldError
+
+
+def make_category_command(category: Literal["mugs", "chairs"], out: Path, /, instances: int = 1000, views: int = 16,
+                          size: int = 128, seed: int = 0, shard_size: int = 64, test_instances: int | None = None,
+                          supersample: int = 2, workers: int | None = None, examples: int = 4) -> int:
+    """Render a procedural object category (RGB, depth, part labels, named keypoints) into shards under OUT.
+
+    Args:
+        category: mugs (body, handle, rim) or chairs (seat, back, legs).
+        out: the output folder (an interrupted generation is completed by running the same command again).
+        instances: how many random instances. views: views per instance. size: image side in pixels.
+        seed: instance i depends only on (seed, i). shard_size: instances per shard.
+        test_instances: the last ones held out for evaluation (default 10%).
+        supersample: RGB rays per pixel along each axis. workers: processes (default: all CPUs).
+        examples: also write this many held-out views as PNG + camera JSON into OUT/examples (query inputs).
+    """
+    from featurefield.data.category import CategoryData, generate_category
+    from featurefield.fields.general.run import write_view
+
+    t0 = time.perf_counter()
+    generate_category(category, instances, out, views=views, size=size, seed=seed, shard_size=shard_size,
+                      test_instances=test_instances, supersample=supersample, workers=workers)
+    data = CategoryData(out)
+    test = data.split("test")
+    for k in range(min(examples, len(test))):
+        write_view(data, test[k], 0, Path(out) / "examples" / f"instance{test[k]:05d}_view00.png")
+    size_mb = sum(f.stat().st_size for f in Path(out).rglob("*.npy")) / 2**20
+    print(f"{instances} {category} x {views} views at {size}x{size} in {out} ({size_mb:.1f} MB, "
+          f"{time.perf_counter() - t0:.1f} s); held out: {len(test)}; examples in {Path(out) / 'examples'}")
+    return 0
+
+
+def train_general_command(data: Path, /, output: Path, teacher: str = "sam", encoder: Literal["teacher", "cnn"] = "teacher",
+                          steps: int = 20000, batch: int = 8, rays: int = 512, samples: int = 64, width: int = 256,
+                          lr: float = 5e-4, feature_weight: float = 0.5, sources: int = 1, workers: int = 2,
+                          device: str = "auto", resume: bool = False, minutes: float | None = None,
+                          checkpoint_every: int = 500, seed: int = 0) -> int:
+    """Train a generalizable feature field (FeatureNeRF) over the instances of a generated category.
+
+    Args:
+        data: a folder written by `featurefield make-category`.
+        output: the run folder.
+        teacher: the teacher distilled (a registered name: sam, dino, clip).
+        encoder: 'teacher' uses the teacher's frozen image encoder (SAM's TinyViT) as the field's encoder;
+            'cnn' trains a small CNN from scratch.
+        steps: optimisation steps. batch: instances per step. rays: rays per instance per step.
+        samples: samples per ray. width: MLP width. lr: learning rate. feature_weight: feature loss weight.
+        sources: source views per instance while training.
+        workers: processes reading the shards. device: auto, cpu or cuda.
+        resume: continue the run in OUTPUT from its checkpoint.
+        minutes: stop (with a checkpoint, resumable) after this many minutes of this call.
+        checkpoint_every: steps between checkpoints. seed: sampling seed.
+    """
+    from featurefield.fields.general.model import GeneralConfig
+    from featurefield.fields.general.train import GeneralTrainConfig, train_general
+
+    deadline = None if minutes is None else time.time() + 60 * minutes
+    summary = train_general(data, output, teacher=teacher,
+                            config=GeneralConfig(encoder=encoder, samples=samples, width=width),
+                            train=GeneralTrainConfig(steps=steps, batch=batch, rays=rays, lr=lr, feature_weight=feature_weight,
+                                                     sources=sources, workers=workers, device=device, deadline=deadline,
+                                                     checkpoint_every=checkpoint_every, seed=seed),
+                            resume=resume)
+    state = f"stopped ({summary['stopped']}) at step {summary['done']}; continue with --resume" if summary["stopped"] \
+        else f"done: {summary['done']} steps"
+    print(f"{output}: {state}; psnr {summary.get('psnr', float('nan')):.2f}, "
+          f"feature cosine {summary.get('feature_cosine', float('nan')):.3f}")
+    return 0
+
+
+def _pairs(values: tuple[float, ...]) -> torch.Tensor:
+    if len(values) == 0 or len(values) % 2:
+        raise FeatureFieldError(f"--keypoints takes x y pairs (pixel positions), got {len(values)} numbers")
+    return torch.tensor(values, dtype=torch.float32).reshape(-1, 2)
+
+
+def general_query_command(run: Path, /, image: Path, keypoints: tuple[float, ...] = (), to_image: Path | None = None,
+                          camera: Path | None = None, to_camera: Path | None = None,
+                          source: Literal["descriptor", "feature", "teacher"] = "descriptor", segment: int = 0,
+                          output: Path | None = None, device: str = "auto") -> int:
+    """Single-image queries of a generalizable RUN: keypoint transfer to another image (2D, and 3D positions),
+    part segmentation from K labelled training instances, and the image's 3D reconstruction from one view.
+
+    Args:
+        run: a run written by `featurefield train-general`.
+        image: the source image (PNG of the run's image size); its camera is IMAGE.json unless --camera.
+        keypoints: x y pixel positions in IMAGE to transfer.
+        to_image: the target image (camera TO_IMAGE.json unless --to-camera).
+        source: descriptors used for matching: NeRF-intermediate (descriptor), distilled (feature) or the teacher's.
+        segment: label IMAGE's parts by transfer from this many labelled training instances (0: off).
+        output: folder for the pictures and JSON (default RUN/queries/IMAGE-stem).
+    """
+    from featurefield import viz
+    from featurefield.fields.general.queries import descriptor_map, lift_points, segment_parts, transfer_keypoints
+    from featurefield.fields.general.rendering import render_view
+    from featurefield.fields.general.run import load_general_run, read_image_with_camera
+    from featurefield.run import atomic_write_json
+
+    kps = _pairs(keypoints) if keypoints else None
+    if kps is not None and to_image is None:
+        raise FeatureFieldError("--keypoints needs --to-image (the image to carry them to)")
+    img_a, cam_a = read_image_with_camera(image, camera)
+    loaded = load_general_run(run, device=device)
+    fld = loaded.field
+    H, W = fld.config.image_size
+    for path, img in ((image, img_a),):
+        if tuple(img.shape[1:]) != (H, W):
+            raise FeatureFieldError(f"{path}: the image is {img.shape[2]}x{img.shape[1]} but {run} was trained on "
+                                    f"{W}x{H} images; resize it to {W}x{H}")
+    img_b = cam_b = None
+    if to_image is not None:
+        img_b, cam_b = read_image_with_camera(to_image, to_camera)
+        if tuple(img_b.shape[1:]) != (H, W):
+            raise FeatureFieldError(f"{to_image}: the image is {img_b.shape[2]}x{img_b.shape[1]} but {run} was trained on "
+                                    f"{W}x{H} images; resize it to {W}x{H}")
+    out_dir = Path(output or Path(run) / "queries" / Path(image).stem)
+    teacher = loaded.teacher() if source == "teacher" else None
+    cond_a = fld.encode(img_a[None].to(fld.device), cam_a)
+    render_a = render_view(fld, cond_a, cam_a, need=("rgb",))
+    viz.save_png(out_dir / "reconstruction.png", viz.side_by_side([img_a.permute(1, 2, 0), render_a["rgb"]],
+                                                                 ["input", "rendered from it"]))
+    result: dict = {"run": str(run), "image": str(image), "source": source}
+    if kps is not None:
+        desc_a, _ = descriptor_map(fld, img_a, cam_a, source, teacher, cond=cond_a)
+        cond_b = fld.encode(img_b[None].to(fld.device), cam_b)
+        desc_b, alpha_b = descriptor_map(fld, img_b, cam_b, source, teacher, cond=cond_b)
+        if source == "teacher":
+            alpha_b = render_view(fld, cond_b, cam_b, need=())["alpha"]
+        uv_b, score = transfer_keypoints(desc_a, kps.to(desc_a.device), desc_b, alpha_b > 0.5)
+        xyz = lift_points(fld, cond_b, cam_b, uv_b)
+        result.update({"to_image": str(to_image), "keypoints": kps.tolist(), "to_keypoints": uv_b.cpu().tolist(),
+                       "cosine": score.cpu().tolist(), "to_keypoints_3d": xyz.cpu().tolist()})
+        viz.save_png(out_dir / "keypoints.png", viz.side_by_side(
+            [viz.draw_keypoints(img_a.permute(1, 2, 0), kps), viz.draw_keypoints(img_b.permute(1, 2, 0), uv_b.cpu())],
+            [Path(image).name, Path(to_image).name]))
+        for k, (p, q, c) in enumerate(zip(kps.tolist(), uv_b.cpu().tolist(), score.cpu().tolist())):
+            print(f"keypoint {k}: ({p[0]:.1f}, {p[1]:.1f}) -> ({q[0]:.1f}, {q[1]:.1f})  cosine {c:.3f}")
+    if segment:
+        data = loaded.data()
+        refs = data.split("train")[:segment]
+        ref_desc, ref_labels = [], []
+        for r in refs:
+            inst = data.instance(r, views=[0])
+            d, _ = descriptor_map(fld, inst["rgb"][0].permute(2, 0, 1), inst["cameras"], source, teacher)
+            ref_desc.append(d)
+            ref_labels.append(inst["parts"][0].to(d.device))
+        desc_a, alpha_a = descriptor_map(fld, img_a, cam_a, source, teacher, cond=cond_a)
+        mask = render_a["alpha"] > 0.5
+        labels = segment_parts(ref_desc, ref_labels, desc_a, mask.to(desc_a.device))
+        viz.save_png(out_dir / "parts.png", viz.labels_image(labels.cpu()))
+        counts = torch.bincount(labels.reshape(-1).cpu(), minlength=len(data.parts))
+        result["parts"] = {name: int(c) for name, c in zip(data.parts, counts.tolist())}
+        print("parts (pixels): " + ", ".join(f"{k} {v}" for k, v in result["parts"].items()))
+    atomic_write_json(out_dir / "query.json", result)
+    print(f"wrote {out_dir}")
+    return 0
+
+
+def general_eval_command(run: Path, /, data: Path | None = None, instances: int = 20, pairs: int = 40,
+                         shots: tuple[int, ...] = (1, 5), output: Path | None = None, device: str = "auto") -> int:
+    """Evaluate a generalizable RUN on held-out instances: novel-view PSNR from one image, keypoint PCK@0.05/0.1
+    and part mIoU (K labelled instances) with the teacher's, the distilled and the NeRF-intermediate features.
+
+    Args:
+        run: a run written by `featurefield train-general`.
+        data: the category to evaluate on (default: the one it was trained on; its held-out instances).
+        instances: held-out instances used. pairs: keypoint-transfer image pairs. shots: K values for parts.
+        output: JSON file (default RUN/eval/metrics.json).
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from featurefield.fields.general.evaluate import evaluate_general
+    from featurefield.fields.general.run import load_general_run
+    from featurefield.run import atomic_write_json
+
+    loaded = load_general_run(run, device=device)
+    metrics = evaluate_general(loaded, loaded.data(data) if data else None, instances=instances, pairs=pairs,
+                               shots=tuple(shots))
+    path = Path(output or Path(run) / "eval" / "metrics.json")
+    atomic_write_json(path, metrics)
+    table = Table(title=f"{run} · {metrics['category']} · step {metrics['step']} · {metrics['test_instances']} held-out instances")
+    table.add_column("metric")
+    for s in ("teacher", "feature", "descriptor"):
+        table.add_column(s, justify="right")
+    keys = sorted({k.split("/")[0] for k in metrics if "/" in k})
+    for k in keys:
+        table.add_row(k, *[f"{metrics.get(f'{k}/{s}', float('nan')):.3f}" for s in ("teacher", "feature", "descriptor")])
+    console = Console()
+    console.print(table)
+    console.print(f"novel-view PSNR {metrics['novel_view_psnr']:.2f} dB over {metrics['novel_views']} views"
+                  + (f", feature cosine {metrics['novel_view_feature_cosine']:.3f}" if "novel_view_feature_cosine" in metrics else ""))
+    console.print(f"wrote {path}")
+    return 0

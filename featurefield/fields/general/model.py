@@ -1,0 +1,206 @@
+"""The generalizable feature field (FeatureNeRF): images in, density, colour, features and descriptors out.
+
+A point ``x`` (world = the object's canonical frame) is described by its positional encoding and by the
+image features found where it projects into each source view (pixelNeRF's pixel-aligned features,
+averaged over views, :mod:`.sampling`). A residual MLP trunk, conditioned on those features in its first
+blocks, predicts density; a colour head (with the view direction) predicts RGB; a feature head predicts
+the teacher's feature, distilled by volume rendering (FeatureNeRF). The trunk's activations after block
+``descriptor_block`` are the point's *NeRF feature*, a 3D descriptor used for correspondence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from featurefield.cameras import Cameras
+from featurefield.errors import FeatureFieldError
+from featurefield.fields.general.encoders import ConvEncoder, TeacherEncoder
+from featurefield.fields.general.sampling import pixel_aligned
+
+ENCODERS = ("cnn", "teacher")
+
+
+@dataclass
+class GeneralConfig:
+    """Settings of the generalizable field (recorded in the run; defaults are the GPU preset).
+
+    Attributes:
+        encoder: ``"teacher"`` (the distilled teacher's frozen image encoder, e.g. SAM's TinyViT) or
+            ``"cnn"`` (a small CNN trained from scratch with the field).
+        cnn_dim: output channels of the CNN encoder.
+        width: MLP width. blocks: residual blocks; the first ``condition_blocks`` add the image features.
+        descriptor_block: the block whose output is the NeRF feature (3D descriptor), 1-based.
+        frequencies: positional-encoding octaves of positions; dir_frequencies: of view directions.
+        samples: samples per ray (stratified while training, evenly spaced when rendering).
+        bound: radius of the sphere around the origin that holds the object (rays are sampled inside it).
+        image_size: the size ``(H, W)`` of the images it was trained on (inputs must match).
+        feature_dim: the teacher's feature dimension ``D`` (set from the teacher when training starts).
+        background: RGB the renders are composited on.
+    """
+
+    encoder: str = "teacher"
+    cnn_dim: int = 128
+    width: int = 256
+    blocks: int = 5
+    condition_blocks: int = 3
+    descriptor_block: int = 3
+    frequencies: int = 6
+    dir_frequencies: int = 4
+    samples: int = 64
+    bound: float = 1.0
+    image_size: tuple[int, int] = (128, 128)
+    feature_dim: int = 256
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise FeatureFieldError(f"general field: unknown encoder {self.encoder!r}; expected one of {', '.join(ENCODERS)}")
+        if not 1 <= self.descriptor_block <= self.blocks or not 0 <= self.condition_blocks <= self.blocks:
+            raise FeatureFieldError("general field: descriptor_block and condition_blocks must lie within the blocks")
+        self.image_size = tuple(int(s) for s in self.image_size)
+        self.background = tuple(float(c) for c in self.background)
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+def positional_encoding(x: Tensor, octaves: int) -> Tensor:
+    """``[..., 3]`` -> ``[..., 3 + 6 * octaves]``: ``x`` and ``sin, cos`` of ``2^k pi x``."""
+    if octaves == 0:
+        return x
+    freqs = (2.0 ** torch.arange(octaves, device=x.device, dtype=x.dtype)) * math.pi
+    xf = x[..., None, :] * freqs[:, None]  # [..., L, 3]
+    return torch.cat([x, xf.sin().flatten(-2), xf.cos().flatten(-2)], -1)
+
+
+@dataclass
+class Conditioning:
+    """Encoded source views: ``maps [B, S, C, h, w]``, ``w2c [B, S, 4, 4]``, ``K [B, S, 3, 3]``, image size."""
+
+    maps: Tensor
+    w2c: Tensor
+    K: Tensor
+    image_size: tuple[int, int]
+
+    def __getitem__(self, b) -> Conditioning:
+        sl = slice(b, b + 1) if isinstance(b, int) else b
+        return Conditioning(self.maps[sl], self.w2c[sl], self.K[sl], self.image_size)
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.fc0 = nn.Linear(width, width)
+        self.fc1 = nn.Linear(width, width)
+        nn.init.zeros_(self.fc1.weight)  # each block starts as the identity
+        nn.init.zeros_(self.fc1.bias)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.fc1(F.relu(self.fc0(F.relu(h))))
+
+
+class GeneralField(nn.Module):
+    """pixelNeRF-style conditional field with FeatureNeRF's feature branch (see module doc).
+
+    Args:
+        config: :class:`GeneralConfig`. teacher: the distillation teacher; used as the encoder when
+            ``config.encoder == "teacher"`` (it may be ``None`` for a CNN encoder).
+    """
+
+    def __init__(self, config: GeneralConfig, teacher=None) -> None:
+        super().__init__()
+        self.config = config
+        if config.encoder == "teacher":
+            if teacher is None:
+                raise FeatureFieldError("general field: encoder 'teacher' needs the teacher; pass it, or use encoder 'cnn'")
+            self.encoder: nn.Module = TeacherEncoder(teacher)
+        else:
+            self.encoder = ConvEncoder(config.cnn_dim)
+        c, w = self.encoder.dim, config.width
+        pe = 3 + 6 * config.frequencies
+        de = 3 + 6 * config.dir_frequencies
+        self.inp = nn.Linear(pe, w)
+        self.cond = nn.ModuleList([nn.Linear(c, w) for _ in range(config.condition_blocks)])
+        self.trunk = nn.ModuleList([_ResBlock(w) for _ in range(config.blocks)])
+        self.density = nn.Linear(w, 1)
+        self.color = nn.Sequential(nn.Linear(w + de, w // 2), nn.ReLU(inplace=True), nn.Linear(w // 2, 3))
+        self.feature = nn.Sequential(nn.Linear(w, w), nn.ReLU(inplace=True), nn.Linear(w, config.feature_dim))
+
+    @property
+    def descriptor_dim(self) -> int:
+        return self.config.width
+
+    def to(self, *args, **kwargs):
+        out = super().to(*args, **kwargs)
+        device = next((a for a in args if isinstance(a, (str, torch.device))), kwargs.get("device"))
+        if device is not None and isinstance(self.encoder, TeacherEncoder):
+            self.encoder.teacher.to(device)
+        return out
+
+    @property
+    def device(self) -> torch.device:
+        return self.inp.weight.device
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------ conditioning
+    def encode(self, images: Tensor, cameras: Cameras | list[Cameras], maps: Tensor | None = None) -> Conditioning:
+        """Encode source views.
+
+        Args:
+            images: ``[B, S, 3, H, W]`` RGB in [0, 1] (or ``[S, 3, H, W]`` for one object).
+            cameras: their cameras, one :class:`Cameras` of ``B * S`` views (object-major) or a list of ``B``.
+            maps: precomputed encoder maps ``[B, S, C, h, w]`` (e.g. the teacher's, already extracted).
+        """
+        if images.dim() == 4:
+            images = images[None]
+        B, S, _, H, W = images.shape
+        if (H, W) != tuple(self.config.image_size):
+            raise FeatureFieldError(f"images are {W}x{H} but this field was trained on "
+                                    f"{self.config.image_size[1]}x{self.config.image_size[0]}; resize them to that size")
+        if isinstance(cameras, list):
+            cams = [c.to(self.device) for c in cameras]
+            w2c = torch.stack([c.w2c() for c in cams])
+            K = torch.stack([c.K() for c in cams])
+        else:
+            cameras = cameras.to(self.device)
+            w2c, K = cameras.w2c().reshape(B, S, 4, 4), cameras.K().reshape(B, S, 3, 3)
+        if maps is None:
+            maps = self.encoder(images.reshape(B * S, 3, H, W).to(self.device))
+            maps = maps.reshape(B, S, *maps.shape[1:])
+        return Conditioning(maps, w2c, K, (H, W))
+
+    # ------------------------------------------------------------------ the field
+    def forward(self, points: Tensor, dirs: Tensor, cond: Conditioning, need: tuple[str, ...] = ("rgb", "feature")) -> dict[str, Tensor]:
+        """Query the field.
+
+        Args:
+            points: ``[B, P, 3]`` world points; dirs: ``[B, P, 3]`` unit view directions (for colour).
+            cond: the source views. need: which of ``"rgb"``, ``"feature"``, ``"descriptor"`` to compute
+                (density always).
+        Returns:
+            ``sigma [B, P]`` and, as asked, ``rgb [B, P, 3]``, ``feature [B, P, D]``, ``descriptor [B, P, width]``.
+        """
+        cfg = self.config
+        z = pixel_aligned(points, cond.maps, cond.w2c, cond.K, cond.image_size).to(points.dtype)  # [B, P, C]
+        h = self.inp(positional_encoding(points / cfg.bound, cfg.frequencies))
+        out: dict[str, Tensor] = {}
+        for k, block in enumerate(self.trunk):
+            if k < len(self.cond):
+                h = h + self.cond[k](z)
+            h = block(h)
+            if k + 1 == cfg.descriptor_block and "descriptor" in need:
+                out["descriptor"] = h
+        out["sigma"] = F.softplus(self.density(h).squeeze(-1) - 1.0)
+        if "rgb" in need:
+            d = positional_encoding(dirs, cfg.dir_frequencies)
+            out["rgb"] = torch.sigmoid(self.color(torch.cat([h, d.to(h.dtype)], -1)))
+        if "feature" in need:
+            out["feature"] = self.feature(h)
+        return out

@@ -1,0 +1,127 @@
+"""Volume rendering of the generalizable field in plain PyTorch: rays, views and feature volumes.
+
+Rays are sampled inside the sphere of radius ``config.bound`` around the origin (the object's box);
+rays that miss it render the background. Colour is composited over ``config.background``; features
+and descriptors are the weighted sums ``sum_i w_i f_i`` (no background term: they are compared on the
+object's pixels, where the accumulated weight is ~1).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from featurefield.cameras import Cameras
+from featurefield.fields.general.model import Conditioning, GeneralField
+
+
+def sphere_bounds(origins: Tensor, dirs: Tensor, radius: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Entry and exit distances of rays ``[..., 3]`` through the origin-centred sphere; ``hit [...]`` bool."""
+    b = (origins * dirs).sum(-1)
+    c = (origins * origins).sum(-1) - radius**2
+    disc = b * b - c
+    sq = disc.clamp_min(0).sqrt()
+    near = (-b - sq).clamp_min(0)
+    far = (-b + sq).clamp_min(0)
+    return near, far, (disc > 0) & (far > near)
+
+
+def composite(sigma: Tensor, deltas: Tensor) -> Tensor:
+    """Volume-rendering weights ``[..., N]`` from densities and sample spacings ``[..., N]``."""
+    alpha = 1 - torch.exp(-sigma * deltas)
+    trans = torch.cumprod(torch.cat([torch.ones_like(alpha[..., :1]), 1 - alpha[..., :-1] + 1e-10], -1), -1)
+    return alpha * trans
+
+
+def render_rays(field: GeneralField, cond: Conditioning, origins: Tensor, dirs: Tensor, *, stratified: bool = False,
+                need: tuple[str, ...] = ("rgb", "feature"), generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """Render rays of each object.
+
+    Args:
+        field: the field; cond: ``B`` objects' source views.
+        origins, dirs: ``[B, R, 3]`` rays (unit directions) in the world frame.
+        stratified: jitter samples inside their bins (training); else bin centres.
+        need: what to render besides depth and alpha: ``"rgb"``, ``"feature"``, ``"descriptor"``.
+    Returns:
+        ``alpha [B, R]``, ``depth [B, R]`` (ray length, expected), and as asked ``rgb [B, R, 3]``
+        (over the background), ``feature [B, R, D]``, ``descriptor [B, R, width]``.
+    """
+    cfg = field.config
+    B, R, _ = origins.shape
+    N = cfg.samples
+    near, far, hit = sphere_bounds(origins, dirs, cfg.bound)
+    far = torch.where(hit, far, near + 1e-3)
+    u = torch.arange(N, device=origins.device, dtype=origins.dtype)
+    if stratified:
+        u = u + torch.rand(B, R, N, device=origins.device, generator=generator)
+    else:
+        u = (u + 0.5).expand(B, R, N)
+    t = near[..., None] + (far - near)[..., None] * u / N  # [B, R, N]
+    points = origins[..., None, :] + t[..., None] * dirs[..., None, :]
+    out = field(points.reshape(B, R * N, 3), dirs[..., None, :].expand(B, R, N, 3).reshape(B, R * N, 3), cond, need)
+    deltas = ((far - near) / N)[..., None].expand(B, R, N)
+    sigma = out["sigma"].reshape(B, R, N).float() * hit[..., None]
+    w = composite(sigma, deltas)  # [B, R, N]
+    result = {"alpha": w.sum(-1), "depth": (w * t).sum(-1), "weights": w}
+    for key in ("rgb", "feature", "descriptor"):
+        if key in out:
+            result[key] = torch.einsum("brn,brnc->brc", w.to(out[key].dtype), out[key].reshape(B, R, N, -1)).float()
+    if "rgb" in result:
+        bg = torch.tensor(cfg.background, device=origins.device)
+        result["rgb"] = result["rgb"] + (1 - result["alpha"][..., None]) * bg
+    return result
+
+
+@torch.no_grad()
+def render_view(field: GeneralField, cond: Conditioning, camera: Cameras, need: tuple[str, ...] = ("rgb", "feature"),
+                chunk: int = 1 << 14) -> dict[str, Tensor]:
+    """Render one object's view.
+
+    Args:
+        field: the field; cond: one object's source views (``B = 1``); camera: one camera (``H x W``).
+        need: as in :func:`render_rays`. chunk: rays per field call (bounds memory).
+    Returns:
+        ``alpha [H, W]``, ``depth [H, W]`` (z-depth), ``rgb [H, W, 3]``, ``feature [H, W, D]``,
+        ``descriptor [H, W, width]`` as asked.
+    """
+    camera = camera.to(field.device)
+    o, d = camera.rays(0)
+    H, W = o.shape[:2]
+    o, d = o.reshape(1, -1, 3), d.reshape(1, -1, 3)
+    parts: dict[str, list[Tensor]] = {}
+    for s in range(0, o.shape[1], chunk):
+        r = render_rays(field, cond, o[:, s:s + chunk], d[:, s:s + chunk], need=need)
+        r.pop("weights")
+        for k, v in r.items():
+            parts.setdefault(k, []).append(v[0])
+    out = {k: torch.cat(v).reshape(H, W, -1).squeeze(-1) for k, v in parts.items()}
+    forward = camera.c2w[0, :3, 2]
+    out["depth"] = out["depth"] * (d[0] @ forward).reshape(H, W)
+    return out
+
+
+@torch.no_grad()
+def feature_volume(field: GeneralField, cond: Conditioning, resolution: int = 64, need: tuple[str, ...] = ("feature",),
+                   chunk: int = 1 << 18) -> dict[str, Tensor]:
+    """The field on a ``resolution^3`` grid of cell centres filling the cube ``[-bound, bound]^3``.
+
+    Args:
+        field, cond: the field and one object's source views. need: ``"feature"`` and/or ``"descriptor"``
+            (density always). chunk: points per field call.
+    Returns:
+        ``sigma [R, R, R]`` and ``feature [R, R, R, D]`` / ``descriptor [R, R, R, width]``, indexed ``[x, y, z]``;
+        ``points [R, R, R, 3]`` the cell centres.
+    """
+    b = field.config.bound
+    axis = (torch.arange(resolution, device=field.device, dtype=torch.float32) + 0.5) / resolution * 2 * b - b
+    pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(1, -1, 3)
+    dirs = torch.zeros_like(pts)
+    parts: dict[str, list[Tensor]] = {}
+    for s in range(0, pts.shape[1], chunk):
+        out = field(pts[:, s:s + chunk], dirs[:, s:s + chunk], cond, need=tuple(k for k in need if k != "rgb"))
+        for k, v in out.items():
+            parts.setdefault(k, []).append(v[0])
+    R = resolution
+    vol = {k: torch.cat(v).reshape(R, R, R, -1).squeeze(-1) for k, v in parts.items()}
+    vol["points"] = pts.reshape(R, R, R, 3)
+    return vol

@@ -1,0 +1,249 @@
+"""The generalizable field: pixel-aligned sampling, rendering, training over instances, queries, eval, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from featurefield.cameras import Cameras
+from featurefield.cli import main
+from featurefield.data.category import generate_category
+from featurefield.errors import FeatureFieldError
+from featurefield.fields.general.model import GeneralConfig, GeneralField
+from featurefield.fields.general.rendering import composite, feature_volume, render_view
+from featurefield.fields.general.sampling import pixel_aligned, project
+from featurefield.fields.general.train import GeneralTrainConfig, train_general
+from featurefield.teachers.base import Teacher
+
+
+class TinyTeacher(Teacher):
+    """A fixed random 4x4/stride-4 conv with tanh: cheap, deterministic, image-dependent features."""
+
+    name = "tiny"
+    dim = 8
+
+    def __init__(self) -> None:
+        self.weight = torch.randn(8, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.5
+
+    def feature_grid(self, height, width):
+        return height // 4, width // 4
+
+    def extract(self, images):
+        return torch.tanh(F.conv2d(images * 2 - 1, self.weight.to(images), stride=4))
+
+
+TINY = dict(width=48, blocks=3, condition_blocks=2, descriptor_block=2, samples=12, cnn_dim=16, frequencies=4,
+            dir_frequencies=2)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def mugs(tmp_path_factory):
+    """Three tiny mugs (two to train on, one held out), six 32 px views each."""
+    out = tmp_path_factory.mktemp("general") / "mugs"
+    with torch.random.fork_rng():
+        torch.set_num_threads(1)
+        return generate_category("mugs", 3, out, views=6, size=32, seed=0, shard_size=2, supersample=1, workers=1,
+                                 progress=False)
+
+
+def _toy_camera(eye, size=4, focal=2.0) -> Cameras:
+    c2w = torch.eye(4)[None]
+    c2w[0, :3, 3] = torch.tensor(eye, dtype=torch.float32)
+    return Cameras(c2w=c2w, fx=focal, fy=focal, cx=size / 2, cy=size / 2, width=size, height=size)
+
+
+def test_pixel_aligned_sampling_matches_a_hand_computation():
+    # camera at the origin looking along +z, f = 2, principal point (2, 2), 4x4 image; a 2x2 feature map
+    # covers it: cell centres sit at pixel positions 1 and 3
+    cam = _toy_camera([0.0, 0.0, 0.0])
+    maps = torch.tensor([[1.0, 2.0], [3.0, 4.0]])[None, None, None]  # [B=1, S=1, C=1, 2, 2]
+    w2c, K = cam.w2c()[None], cam.K()[None]
+    pts = torch.tensor([[[0.0, -0.5, 1.0],    # -> (u, v) = (2, 1): between the top cells: (1 + 2) / 2
+                         [-0.5, -0.5, 1.0],   # -> (1, 1): the centre of cell (0, 0): 1
+                         [0.25, 0.25, 1.0],   # -> (2.5, 2.5): bilinear of all four at (0.75, 0.75) cell offsets
+                         [0.0, 0.0, -1.0]]])  # behind the camera: no view sees it -> 0
+    uv, z = project(pts, w2c, K)
+    torch.testing.assert_close(uv[0, 0, :3], torch.tensor([[2.0, 1.0], [1.0, 1.0], [2.5, 2.5]]))
+    out = pixel_aligned(pts, maps, w2c, K, (4, 4))[0, :, 0]
+    # at (2.5, 2.5) the map coordinate is 0.75 cells from cell 0 along x and y: bilinear by hand
+    hand = 1 * 0.25 * 0.25 + 2 * 0.75 * 0.25 + 3 * 0.25 * 0.75 + 4 * 0.75 * 0.75
+    torch.testing.assert_close(out, torch.tensor([1.5, 1.0, hand, 0.0]))
+
+    # two views: the mean over the views that have the point in front of them
+    cam2 = _toy_camera([0.5, 0.0, 0.0])  # shifted right: the point (0, -0.5, 1) lands at (1, 1) -> 1
+    maps2 = torch.cat([maps, maps], 1)
+    w2c2 = torch.stack([cam.w2c()[0], cam2.w2c()[0]])[None]
+    K2 = torch.stack([cam.K()[0], cam2.K()[0]])[None]
+    out2 = pixel_aligned(pts[:, :1], maps2, w2c2, K2, (4, 4))
+    torch.testing.assert_close(out2[0, 0, 0], torch.tensor((1.5 + 1.0) / 2))
+
+
+def test_compositing_weights():
+    sigma = torch.tensor([[0.0, 1e4, 5.0]])
+    w = composite(sigma, torch.full_like(sigma, 0.1))
+    torch.testing.assert_close(w, torch.tensor([[0.0, 1.0, 0.0]]), atol=1e-4, rtol=0)
+    w = composite(torch.tensor([[math.log(2) / 0.1] * 2]), torch.full((1, 2), 0.1))
+    torch.testing.assert_close(w, torch.tensor([[0.5, 0.25]]))
+
+
+def _view_metrics(fld, data, teacher, instance, view):
+    """PSNR and teacher-feature cosine on the object of ``view`` rendered from view 0 of ``instance``."""
+    inst = data.instance(instance)
+    cond = fld.encode(inst["rgb"][:1].permute(0, 3, 1, 2), inst["cameras"][0])
+    r = render_view(fld, cond, inst["cameras"][view])
+    mse = float(((r["rgb"] - inst["rgb"][view]) ** 2).mean())
+    t = teacher.extract(inst["rgb"][view].permute(2, 0, 1)[None])
+    t = F.interpolate(t, size=r["feature"].shape[:2], mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
+    mask = inst["depth"][view] > 0
+    cos = float(F.cosine_similarity(r["feature"][mask], t[mask], dim=-1).mean())
+    return -10 * math.log10(mse), cos
+
+
+@pytest.mark.parametrize("encoder", ["cnn", "teacher"])
+def test_tiny_model_learns_two_instances(mugs, tmp_path, encoder):
+    from featurefield.data.category import CategoryData
+    from featurefield.fields.general.run import load_general_run
+
+    data = CategoryData(mugs)
+    teacher = TinyTeacher()
+    torch.manual_seed(0)
+    fresh = GeneralField(GeneralConfig(encoder=encoder, image_size=(32, 32), feature_dim=8, **TINY), teacher).eval()
+    before = np.array([[_view_metrics(fresh, data, teacher, i, v) for v in range(1, 6)] for i in (0, 1)]).mean(1)
+    run_dir = tmp_path / "run"
+    summary = train_general(mugs, run_dir, teacher=teacher, config=GeneralConfig(encoder=encoder, **TINY),
+                            train=GeneralTrainConfig(steps=160, batch=2, rays=128, lr=1e-2, workers=0, progress=False,
+                                                     log_every=40, checkpoint_every=80))
+    assert summary["done"] == 160 and summary["stopped"] is None
+    run = load_general_run(run_dir, device="cpu", teacher=teacher)
+    assert run.step == 160
+    after = np.array([[_view_metrics(run.field, data, teacher, i, v) for v in range(1, 6)] for i in (0, 1)]).mean(1)
+    # each instance's views 1-5 rendered from its view 0 alone: PSNR and feature cosine on the object
+    for (p0, c0), (p1, c1) in zip(before, after):
+        assert p1 > p0 + 2.5, (before, after)
+        assert c1 > c0 + 0.3 and c1 > 0.5, (before, after)
+
+
+def test_training_resumes_and_stops_at_the_deadline(mugs, tmp_path):
+    teacher = TinyTeacher()
+    cfg = GeneralConfig(encoder="cnn", **TINY)
+    run_dir = tmp_path / "run"
+    stopped = train_general(mugs, run_dir, teacher=teacher, config=cfg,
+                            train=GeneralTrainConfig(steps=6, batch=1, rays=32, workers=0, progress=False, deadline=0.0))
+    assert stopped["stopped"] == "deadline" and stopped["done"] == 1
+    assert not (run_dir / "metrics.json").exists()
+    with pytest.raises(FeatureFieldError, match="--resume"):
+        train_general(mugs, run_dir, teacher=teacher, config=cfg, train=GeneralTrainConfig(steps=6, workers=0, progress=False))
+    done = train_general(mugs, run_dir, teacher=teacher, config=cfg, resume=True,
+                         train=GeneralTrainConfig(steps=6, batch=1, rays=32, workers=0, progress=False))
+    assert done["done"] == 6 and done["stopped"] is None
+    assert json.loads((run_dir / "metrics.json").read_text())["done"] == 6
+    assert torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)["step"] == 6
+
+
+def test_volume_queries_and_evaluation_run_on_a_trained_field(mugs, tmp_path):
+    from featurefield.fields.general.evaluate import evaluate_general
+    from featurefield.fields.general.queries import descriptor_map, transfer_keypoints, transfer_keypoints_3d
+    from featurefield.fields.general.run import load_general_run
+
+    teacher = TinyTeacher()
+    run_dir = tmp_path / "run"
+    train_general(mugs, run_dir, teacher=teacher, config=GeneralConfig(encoder="cnn", **TINY),
+                  train=GeneralTrainConfig(steps=3, batch=1, rays=32, workers=0, progress=False))
+    run = load_general_run(run_dir, device="cpu", teacher=teacher)
+    data = run.data()
+    a, b = data.instance(0, views=[0]), data.instance(2, views=[1])
+    cond_a = run.field.encode(a["rgb"].permute(0, 3, 1, 2), a["cameras"])
+    vol = feature_volume(run.field, cond_a, resolution=8, need=("feature", "descriptor"))
+    assert vol["feature"].shape == (8, 8, 8, 8) and vol["descriptor"].shape == (8, 8, 8, 48) and vol["sigma"].shape == (8, 8, 8)
+    uv_a = torch.tensor([[10.5, 12.5], [20.5, 16.5]])
+    for source in ("teacher", "feature", "descriptor"):
+        da, _ = descriptor_map(run.field, a["rgb"][0].permute(2, 0, 1), a["cameras"], source, teacher)
+        db, _ = descriptor_map(run.field, b["rgb"][0].permute(2, 0, 1), b["cameras"], source, teacher)
+        mask_b = b["depth"][0] > 0
+        uv_b, score = transfer_keypoints(da, uv_a, db, mask_b)
+        px = torch.floor(uv_b).long()
+        assert mask_b[px[:, 1], px[:, 0]].all() and (score <= 1 + 1e-5).all()
+        # a map matched against itself finds each query's own pixel
+        uv_self, _ = transfer_keypoints(da, uv_a, da, torch.ones_like(mask_b))
+        torch.testing.assert_close(uv_self, uv_a)
+    cond_b = run.field.encode(b["rgb"].permute(0, 3, 1, 2), b["cameras"])
+    xyz, _ = transfer_keypoints_3d(run.field, cond_a, a["cameras"], uv_a, cond_b, resolution=8)
+    assert xyz.shape == (2, 3) and (xyz.abs() <= run.field.config.bound).all()
+    metrics = evaluate_general(run, instances=3, pairs=2, shots=(1,), novel_views=1, split="all")
+    for key in ("novel_view_psnr", "pck@0.1/teacher", "pck@0.1/feature", "pck@0.1/descriptor", "miou@1/teacher",
+                "miou@1/descriptor"):
+        assert key in metrics and np.isfinite(metrics[key]), key
+
+
+def test_wrong_image_size_is_a_user_error():
+    fld = GeneralField(GeneralConfig(encoder="cnn", image_size=(32, 32), feature_dim=8, **TINY))
+    with pytest.raises(FeatureFieldError, match="resize them to that size"):
+        fld.encode(torch.zeros(1, 3, 24, 32), _toy_camera([0, 0, -3.0], size=32))
+
+
+def test_cli_bad_inputs_give_one_line_and_exit_2(mugs, tmp_path, capsys):
+    from featurefield.data.category import CategoryData
+    from featurefield.fields.general.run import write_view
+
+    teacher = TinyTeacher()
+    run_dir = tmp_path / "run"
+    train_general(mugs, run_dir, teacher=teacher, config=GeneralConfig(encoder="cnn", **TINY),
+                  train=GeneralTrainConfig(steps=1, batch=1, rays=16, workers=0, progress=False))
+    data = CategoryData(mugs)
+    good = write_view(data, 0, 0, tmp_path / "a.png")
+    from PIL import Image
+
+    Image.new("RGB", (48, 40)).save(tmp_path / "small.png")
+    (tmp_path / "small.json").write_text(good.with_suffix(".json").read_text())
+    capsys.readouterr()
+    code = main(["query", str(run_dir), "--image", str(tmp_path / "small.png"), "--keypoints", "10", "12",
+                 "--to-image", str(good)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "48x40" in err and "32x32" in err
+    # a run of another field kind
+    other = tmp_path / "splat_run"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"field": "splat"}))
+    from featurefield.commands.general import general_eval_command
+
+    with pytest.raises(FeatureFieldError, match="not a generalizable one"):
+        general_eval_command(other)
+    code = main(["train-general", str(mugs), "--output", str(run_dir)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--resume" in err
+
+
+def test_cli_make_category_and_query_a_general_run(mugs, tmp_path, capsys):
+    from featurefield.data.category import CategoryData
+    from featurefield.fields.general.run import write_view
+
+    assert main(["make-category", "chairs", str(tmp_path / "chairs"), "--instances", "3", "--views", "2", "--size", "16",
+                 "--workers", "1", "--supersample", "1", "--examples", "1"]) == 0
+    assert CategoryData(tmp_path / "chairs").count == 3
+    assert (tmp_path / "chairs" / "examples" / "instance00002_view00.png").is_file()
+    run_dir = tmp_path / "run"
+    train_general(mugs, run_dir, teacher=TinyTeacher(), config=GeneralConfig(encoder="cnn", **TINY),
+                  train=GeneralTrainConfig(steps=1, batch=1, rays=16, workers=0, progress=False))
+    data = CategoryData(mugs)
+    a, b = write_view(data, 0, 0, tmp_path / "a.png"), write_view(data, 2, 1, tmp_path / "b.png")
+    out = tmp_path / "q"
+    assert main(["query", str(run_dir), "--image", str(a), "--keypoints", "10", "12", "20.5", "15",
+                 "--to-image", str(b), "--segment", "2", "--output", str(out)]) == 0
+    result = json.loads((out / "query.json").read_text())
+    uv = np.array(result["to_keypoints"])
+    assert uv.shape == (2, 2) and (uv >= 0).all() and (uv <= 32).all() and len(result["to_keypoints_3d"]) == 2
+    assert set(result["parts"]) == {"background", "body", "handle", "rim"}
+    assert (out / "keypoints.png").is_file() and (out / "parts.png").is_file() and (out / "reconstruction.png").is_file()
