@@ -247,3 +247,64 @@ def test_cli_make_category_and_query_a_general_run(mugs, tmp_path, capsys):
     assert uv.shape == (2, 2) and (uv >= 0).all() and (uv <= 32).all() and len(result["to_keypoints_3d"]) == 2
     assert set(result["parts"]) == {"background", "body", "handle", "rim"}
     assert (out / "keypoints.png").is_file() and (out / "parts.png").is_file() and (out / "reconstruction.png").is_file()
+
+
+class _BallField:
+    """A stand-in field with analytic density (a ball of radius 0.3 at (0.2, 0, 0)) and position colours."""
+
+    def __init__(self) -> None:
+        self.config = GeneralConfig(encoder="cnn", samples=48, image_size=(24, 24), feature_dim=4)
+        self.device = torch.device("cpu")
+        self.calls: list[int] = []
+
+    def __call__(self, points, dirs, cond, need=("rgb", "feature")):
+        self.calls.append(points.shape[1])
+        inside = (points - torch.tensor([0.2, 0.0, 0.0])).norm(dim=-1) < 0.3
+        out = {"sigma": inside.float() * 30.0}
+        if "rgb" in need:
+            out["rgb"] = torch.sigmoid(points * 3)
+        if "feature" in need:
+            out["feature"] = torch.cat([points, points.square().sum(-1, keepdim=True)], -1)
+        return out
+
+
+def test_empty_space_skipping_matches_the_dense_render():
+    from featurefield.fields.general.rendering import occupancy_grid
+
+    fld = _BallField()
+    cam = Cameras(c2w=torch.tensor([[[1.0, 0, 0, 0.1], [0, 0, 1, -2.5], [0, -1, 0, 0.1], [0, 0, 0, 1]]]),
+                  fx=30.0, fy=30.0, cx=12.0, cy=12.0, width=24, height=24)  # looks along +y at the ball
+    dense = render_view(fld, None, cam)
+    grid = occupancy_grid(fld, None, resolution=16)
+    assert 0 < grid.float().mean() < 0.1
+    fld.calls.clear()
+    fast = render_view(fld, None, cam, occupancy=grid)
+    assert sum(fld.calls) < 0.2 * 24 * 24 * 48  # most samples skipped
+    assert dense["alpha"].max() > 0.99 and dense["alpha"].min() < 0.01
+    for key in ("alpha", "depth", "rgb", "feature"):
+        torch.testing.assert_close(fast[key], dense[key], atol=1e-5, rtol=1e-5)
+
+
+def test_teacher_cache_serves_the_teachers_features(mugs):
+    import itertools
+
+    from featurefield.data.category import CategoryData, InstanceStream
+    from featurefield.fields.general.train import TeacherCache, _collate, _teacher_maps
+
+    class Counting(TinyTeacher):
+        calls = 0
+
+        def extract(self, images):
+            Counting.calls += 1
+            return super().extract(images)
+
+    data, teacher = CategoryData(mugs), Counting()
+    cache = TeacherCache(teacher, 1.0, torch.device("cpu"))
+    batches = [_collate(list(itertools.islice(iter(InstanceStream(mugs, seed=s)), 2))) for s in range(4)]
+    for batch in batches:
+        tgt = batch["tgt_rgb"].permute(0, 3, 1, 2).float() / 255
+        direct = teacher.extract(tgt)
+        torch.testing.assert_close(_teacher_maps(teacher, cache, data, batch, tgt, "tgt_view"), direct, atol=2e-3, rtol=0)
+    assert set(cache.maps) == {0, 1} and Counting.calls == 4 + 2  # the 4 direct calls, one per cached instance
+    assert _teacher_maps(teacher, TeacherCache(teacher, 1e-9, torch.device("cpu")), data, batches[0],
+                         batches[0]["tgt_rgb"].permute(0, 3, 1, 2).float() / 255, "tgt_view").shape == (2, 8, 8, 8)

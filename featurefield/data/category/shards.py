@@ -154,7 +154,8 @@ class InstanceStream(IterableDataset):
 
     Each sample is one instance with ``sources`` source views and one target view, chosen at random:
     ``src_rgb [S, H, W, 3]`` uint8, ``src_c2w [S, 4, 4]``, ``src_intr [S, 4]``, ``tgt_rgb [H, W, 3]`` uint8,
-    ``tgt_c2w [4, 4]``, ``tgt_intr [4]``, ``tgt_mask [H, W]`` bool (the object's pixels), ``instance`` int.
+    ``tgt_c2w [4, 4]``, ``tgt_intr [4]``, ``tgt_mask [H, W]`` bool (the object's pixels), ``instance`` int,
+    ``src_views [S]`` and ``tgt_view`` (view indices).
 
     Shards are visited in a random order per pass and split between DataLoader workers, so each worker
     keeps only its own shards mapped; within a shard instances come in a random order. ``seed`` and
@@ -200,4 +201,6 @@ class InstanceStream(IterableDataset):
                         "tgt_intr": torch.from_numpy(np.array(arrays["intrinsics"][j, tgt])),
                         "tgt_mask": torch.from_numpy(np.asarray(arrays["depth"][j, tgt]) > 0),
                         "instance": int(k) * data.shard_size + int(j),
+                        "src_views": torch.from_numpy(src.astype(np.int64)),
+                        "tgt_view": tgt,
                     }

@@ -33,8 +33,34 @@ def composite(sigma: Tensor, deltas: Tensor) -> Tensor:
     return alpha * trans
 
 
+def occupancy_grid(field: GeneralField, cond: Conditioning, resolution: int = 32, threshold: float = 1e-3) -> Tensor:
+    """Which cells of a ``resolution^3`` grid over ``[-bound, bound]^3`` may hold matter, for empty-space skipping.
+
+    A cell is occupied when the opacity of a cell-sized step at its centre, ``1 - exp(-sigma * cell)``,
+    exceeds ``threshold``, or a neighbour's does (one cell of dilation, so thin surfaces between centres
+    are kept). Density only: the heads are not evaluated.
+
+    Returns:
+        ``[R, R, R]`` bool, indexed ``[x, y, z]``.
+    """
+    sigma = feature_volume(field, cond, resolution, need=())["sigma"].float()
+    cell = 2 * field.config.bound / resolution
+    occ = (1 - torch.exp(-sigma * cell)) > threshold
+    return torch.nn.functional.max_pool3d(occ[None, None].float(), 3, 1, 1)[0, 0] > 0
+
+
+def _occupied(points: Tensor, grid: Tensor, bound: float) -> Tensor:
+    """Look up ``points [..., 3]`` in an occupancy ``grid [R, R, R]``; outside the cube counts as empty."""
+    R = grid.shape[0]
+    idx = torch.floor((points + bound) / (2 * bound) * R).long()
+    inside = ((idx >= 0) & (idx < R)).all(-1)
+    idx = idx.clamp(0, R - 1)
+    return grid[idx[..., 0], idx[..., 1], idx[..., 2]] & inside
+
+
 def render_rays(field: GeneralField, cond: Conditioning, origins: Tensor, dirs: Tensor, *, stratified: bool = False,
-                need: tuple[str, ...] = ("rgb", "feature"), generator: torch.Generator | None = None) -> dict[str, Tensor]:
+                need: tuple[str, ...] = ("rgb", "feature"), generator: torch.Generator | None = None,
+                occupancy: Tensor | None = None) -> dict[str, Tensor]:
     """Render rays of each object.
 
     Args:
@@ -42,6 +68,9 @@ def render_rays(field: GeneralField, cond: Conditioning, origins: Tensor, dirs: 
         origins, dirs: ``[B, R, 3]`` rays (unit directions) in the world frame.
         stratified: jitter samples inside their bins (training); else bin centres.
         need: what to render besides depth and alpha: ``"rgb"``, ``"feature"``, ``"descriptor"``.
+        occupancy: an :func:`occupancy_grid` of the object (``B = 1``): only samples in occupied cells are
+            evaluated, the others have zero density (the result equals the dense render wherever the
+            grid's cells are truly empty).
     Returns:
         ``alpha [B, R]``, ``depth [B, R]`` (ray length, expected), and as asked ``rgb [B, R, 3]``
         (over the background), ``feature [B, R, D]``, ``descriptor [B, R, width]``.
@@ -58,7 +87,17 @@ def render_rays(field: GeneralField, cond: Conditioning, origins: Tensor, dirs: 
         u = (u + 0.5).expand(B, R, N)
     t = near[..., None] + (far - near)[..., None] * u / N  # [B, R, N]
     points = origins[..., None, :] + t[..., None] * dirs[..., None, :]
-    out = field(points.reshape(B, R * N, 3), dirs[..., None, :].expand(B, R, N, 3).reshape(B, R * N, 3), cond, need)
+    flat_dirs = dirs[..., None, :].expand(B, R, N, 3)
+    if occupancy is None:
+        out = field(points.reshape(B, R * N, 3), flat_dirs.reshape(B, R * N, 3), cond, need)
+    else:
+        keep = _occupied(points, occupancy, cfg.bound) & hit[..., None]  # [B, R, N]
+        sub = field(points[keep][None], flat_dirs[keep][None], cond, need)
+        out = {}
+        for k, v in sub.items():
+            full = torch.zeros(B, R, N, *v.shape[2:], dtype=v.dtype, device=v.device)
+            full[keep] = v[0]
+            out[k] = full.reshape(B, R * N, *v.shape[2:])
     deltas = ((far - near) / N)[..., None].expand(B, R, N)
     sigma = out["sigma"].reshape(B, R, N).float() * hit[..., None]
     w = composite(sigma, deltas)  # [B, R, N]
@@ -74,12 +113,13 @@ def render_rays(field: GeneralField, cond: Conditioning, origins: Tensor, dirs: 
 
 @torch.no_grad()
 def render_view(field: GeneralField, cond: Conditioning, camera: Cameras, need: tuple[str, ...] = ("rgb", "feature"),
-                chunk: int = 1 << 14) -> dict[str, Tensor]:
+                chunk: int = 1 << 14, occupancy: Tensor | None = None) -> dict[str, Tensor]:
     """Render one object's view.
 
     Args:
         field: the field; cond: one object's source views (``B = 1``); camera: one camera (``H x W``).
         need: as in :func:`render_rays`. chunk: rays per field call (bounds memory).
+        occupancy: skip empty space with this :func:`occupancy_grid` (see :func:`render_rays`).
     Returns:
         ``alpha [H, W]``, ``depth [H, W]`` (z-depth), ``rgb [H, W, 3]``, ``feature [H, W, D]``,
         ``descriptor [H, W, width]`` as asked.
@@ -90,7 +130,7 @@ def render_view(field: GeneralField, cond: Conditioning, camera: Cameras, need: 
     o, d = o.reshape(1, -1, 3), d.reshape(1, -1, 3)
     parts: dict[str, list[Tensor]] = {}
     for s in range(0, o.shape[1], chunk):
-        r = render_rays(field, cond, o[:, s:s + chunk], d[:, s:s + chunk], need=need)
+        r = render_rays(field, cond, o[:, s:s + chunk], d[:, s:s + chunk], need=need, occupancy=occupancy)
         r.pop("weights")
         for k, v in r.items():
             parts.setdefault(k, []).append(v[0])

@@ -48,6 +48,8 @@ class GeneralTrainConfig:
         checkpoint_every, log_every: in steps. seed: sampling seed. device: ``auto``, ``cpu``, ``cuda``.
         workers: DataLoader processes reading the shards (0: in the main process).
         amp: bf16 autocast of the MLP on CUDA. progress: show a progress bar.
+        teacher_cache_gb: keep the teacher's features of every view of the instances met, fp16 on the
+            device, up to this many GiB (a slow teacher such as SAM then runs once per view, not per step).
         deadline: a Unix time; at the first step past it the loop checkpoints and returns (resumable).
     """
 
@@ -66,6 +68,7 @@ class GeneralTrainConfig:
     device: str = "auto"
     workers: int = 2
     amp: bool = True
+    teacher_cache_gb: float = 0.0
     progress: bool = True
     deadline: float | None = None
 
@@ -126,24 +129,59 @@ def feature_targets(maps: Tensor, uv: Tensor, image_size: tuple[int, int]) -> Te
     return F.grid_sample(maps.float(), grid, mode="bilinear", align_corners=False)[:, :, 0].transpose(1, 2)
 
 
+class TeacherCache:
+    """The teacher's features of every view of the instances met so far, fp16 on the device, up to a budget.
+
+    ``get(data, instance, views)`` returns ``[len(views), D, h, w]``; an instance's views are extracted all at
+    once the first time it is met (one batched teacher call), then served from memory.
+    """
+
+    def __init__(self, teacher, budget_gb: float, device: torch.device) -> None:
+        self.teacher, self.budget, self.device = teacher, budget_gb * 2**30, device
+        self.maps: dict[int, Tensor] = {}
+        self.used = 0
+
+    @torch.no_grad()
+    def get(self, data: CategoryData, instance: int, views: list[int]) -> Tensor | None:
+        if instance not in self.maps:
+            inst = data.instance(instance)
+            feats = self.teacher.extract(inst["rgb"].permute(0, 3, 1, 2).to(self.device)).half()
+            if self.used + feats.numel() * 2 > self.budget:
+                return None
+            self.maps[instance] = feats
+            self.used += feats.numel() * 2
+        return self.maps[instance][views]
+
+
+def _teacher_maps(teacher, cache: TeacherCache | None, data: CategoryData | None, batch: dict, images: Tensor,
+                  key: str) -> Tensor:
+    """Teacher features ``[N, D, h, w]`` of ``images [N, 3, H, W]`` (views ``batch[key]`` of ``batch["instance"]``),
+    from the cache where it holds them."""
+    if cache is not None and data is not None:
+        views = batch[key].reshape(len(batch["instance"]), -1)
+        got = [cache.get(data, int(i), v.tolist()) for i, v in zip(batch["instance"], views)]
+        if all(g is not None for g in got):
+            return torch.cat(got).float()
+    with torch.no_grad():
+        return teacher.extract(images).float()
+
+
 def step_losses(field: GeneralField, teacher, batch: dict[str, Tensor], cfg: GeneralTrainConfig,
-                generator: torch.Generator) -> dict[str, Tensor]:
-    """Losses of one batch (see module doc). ``batch`` as :class:`InstanceStream` yields, collated."""
+                generator: torch.Generator, cache: TeacherCache | None = None, data: CategoryData | None = None) -> dict[str, Tensor]:
+    """Losses of one batch (see module doc). ``batch`` as :class:`InstanceStream` yields, collated; ``cache`` and
+    ``data`` serve teacher features from memory."""
     dev = field.device
     src = batch["src_rgb"].to(dev).permute(0, 1, 4, 2, 3).float() / 255  # [B, S, 3, H, W]
     tgt = batch["tgt_rgb"].to(dev).permute(0, 3, 1, 2).float() / 255  # [B, 3, H, W]
     B, S, _, H, W = src.shape
     w2c, K = _cameras_tensors(batch["src_c2w"].to(dev), batch["src_intr"].to(dev))
-    if field.config.encoder == "teacher":  # one teacher pass gives the source maps and the targets
-        with torch.no_grad():
-            all_maps = teacher.extract(torch.cat([src.reshape(B * S, 3, H, W), tgt]))
-        maps, tgt_maps = all_maps[:B * S], all_maps[B * S:]
-        maps = maps.reshape(B, S, *maps.shape[1:]).float()
+    if field.config.encoder == "teacher":  # the teacher's features of the sources are the encoder's maps
+        maps = _teacher_maps(teacher, cache, data, batch, src.reshape(B * S, 3, H, W), "src_views")
+        maps = maps.reshape(B, S, *maps.shape[1:])
     else:
         maps = field.encoder(src.reshape(B * S, 3, H, W))
         maps = maps.reshape(B, S, *maps.shape[1:])
-        with torch.no_grad():
-            tgt_maps = teacher.extract(tgt)
+    tgt_maps = _teacher_maps(teacher, cache, data, batch, tgt, "tgt_view")
     from featurefield.fields.general.model import Conditioning
 
     cond = Conditioning(maps, w2c, K, (H, W))
@@ -242,6 +280,7 @@ def train_general(data: str | Path, output: str | Path, *, teacher="sam", config
     loader = torch.utils.data.DataLoader(stream, batch_size=train.batch, num_workers=train.workers,
                                          collate_fn=_collate, persistent_workers=False,
                                          pin_memory=device.type == "cuda")
+    cache = TeacherCache(teacher_obj, train.teacher_cache_gb, device) if train.teacher_cache_gb > 0 else None
     field.train()
     t0 = time.perf_counter()
     log_path = output / "metrics.jsonl"
@@ -254,7 +293,7 @@ def train_general(data: str | Path, output: str | Path, *, teacher="sam", config
         task = bar.add_task("train general", total=train.steps, completed=start, info="")
         batches = iter(loader)
         for step in range(start, train.steps):
-            losses = step_losses(field, teacher_obj, next(batches), train, generator)
+            losses = step_losses(field, teacher_obj, next(batches), train, generator, cache, dataset)
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             opt.step()
