@@ -61,7 +61,10 @@ def make_bench_teacher(name: str, weights: Path | None):
         return TinyTeacher()
     from featurefield.teachers import create_teacher
 
-    return create_teacher(name, **({"weights": str(weights)} if weights else {}))
+    options = {"weights": str(Path(weights).resolve())} if weights else {}
+    teacher = create_teacher(name, **options)
+    teacher.spec_options = options  # recorded in the run, so the run reloads its teacher by itself
+    return teacher
 
 
 def main() -> int:

@@ -308,3 +308,26 @@ def test_teacher_cache_serves_the_teachers_features(mugs):
     assert set(cache.maps) == {0, 1} and Counting.calls == 4 + 2  # the 4 direct calls, one per cached instance
     assert _teacher_maps(teacher, TeacherCache(teacher, 1e-9, torch.device("cpu")), data, batches[0],
                          batches[0]["tgt_rgb"].permute(0, 3, 1, 2).float() / 255, "tgt_view").shape == (2, 8, 8, 8)
+
+
+def test_a_loaded_scene_view_becomes_an_input_framed_like_the_category():
+    from featurefield.data.category.render import DISTANCE
+    from featurefield.data.demo import make_demo_scene
+    from featurefield.fields.general.run import view_from_scene
+
+    scene = make_demo_scene(seed=0, size=48, height=40, views=2, supersample=1, points=64)
+    img, cam = view_from_scene(scene, 1, (32, 32))
+    assert img.shape == (3, 32, 32) and 0 <= float(img.min()) and float(img.max()) <= 1
+    assert abs(float(cam.centers[0].norm()) - DISTANCE) < 1e-4
+    # a scene point projects to the same place, up to the crop (48 x 40 -> centred 40 x 40) and resize (x 0.8)
+    p = torch.tensor([[0.1, -0.2, 0.15]])
+    canon = scene.normalization.cameras_to_canonical(scene.cameras[[1]])
+    world_uv, _ = scene.cameras.project(p, 1)
+    c = scene.normalization.to_canonical(p)
+    s = DISTANCE / float(canon.centers[0].norm())
+    uv, _ = cam.project(c * s, 0)  # scaling the frame about the origin keeps projections
+    torch.testing.assert_close(uv, (world_uv - torch.tensor([4.0, 0.0])) * 0.8, atol=1e-3, rtol=0)
+    # the picture follows: the crop's centre pixel is the original's
+    orig = scene.images.load(1)
+    torch.testing.assert_close(img[:, 16, 16], F.interpolate(orig[:, 4:44].permute(2, 0, 1)[None], size=(32, 32), mode="bilinear",
+                                                              align_corners=False, antialias=True)[0, :, 16, 16])

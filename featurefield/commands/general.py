@@ -46,7 +46,8 @@ def make_category_command(category: Literal["mugs", "chairs"], out: Path, /, ins
     return 0
 
 
-def train_general_command(data: Path, /, output: Path, teacher: str = "sam", encoder: Literal["teacher", "cnn"] = "teacher",
+def train_general_command(data: Path, /, output: Path, teacher: str = "sam", weights: Path | None = None,
+                          encoder: Literal["teacher", "cnn"] = "teacher",
                           steps: int = 20000, batch: int = 8, rays: int = 512, samples: int = 64, width: int = 256,
                           lr: float = 5e-4, feature_weight: float = 0.5, sources: int = 1, workers: int = 2,
                           device: str = "auto", resume: bool = False, minutes: float | None = None,
@@ -57,6 +58,7 @@ def train_general_command(data: Path, /, output: Path, teacher: str = "sam", enc
         data: a folder written by `featurefield make-category`.
         output: the run folder.
         teacher: the teacher distilled (a registered name: sam, dino, clip).
+        weights: the teacher's weights (file or folder), where not in the usual places.
         encoder: 'teacher' uses the teacher's frozen image encoder (SAM's TinyViT) as the field's encoder;
             'cnn' trains a small CNN from scratch.
         steps: optimisation steps. batch: instances per step. rays: rays per instance per step.
@@ -71,7 +73,8 @@ def train_general_command(data: Path, /, output: Path, teacher: str = "sam", enc
     from featurefield.fields.general.train import GeneralTrainConfig, train_general
 
     deadline = None if minutes is None else time.time() + 60 * minutes
-    summary = train_general(data, output, teacher=teacher,
+    spec = {"name": teacher, "options": {"weights": str(Path(weights).resolve())} if weights else {}}
+    summary = train_general(data, output, teacher=spec,
                             config=GeneralConfig(encoder=encoder, samples=samples, width=width),
                             train=GeneralTrainConfig(steps=steps, batch=batch, rays=rays, lr=lr, feature_weight=feature_weight,
                                                      sources=sources, workers=workers, device=device, deadline=deadline,
@@ -90,8 +93,22 @@ def _pairs(values: tuple[float, ...]) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32).reshape(-1, 2)
 
 
-def general_query_command(run: Path, /, image: Path, keypoints: tuple[float, ...] = (), to_image: Path | None = None,
-                          camera: Path | None = None, to_camera: Path | None = None,
+def _input_view(run_size: tuple[int, int], image: Path | None, camera: Path | None, scene: Path | None, view: int):
+    """An input image and its camera: a file with its camera JSON, or a view of a scene folder (any format)."""
+    from featurefield.fields.general.run import read_image_with_camera, view_from_scene
+
+    if scene is not None:
+        from featurefield.data import load_scene
+
+        return view_from_scene(load_scene(scene), view, run_size)
+    if image is None:
+        raise FeatureFieldError("give an input: --image IMAGE (with IMAGE.json) or --scene FOLDER --view N")
+    return read_image_with_camera(image, camera)
+
+
+def general_query_command(run: Path, /, image: Path | None = None, keypoints: tuple[float, ...] = (),
+                          to_image: Path | None = None, camera: Path | None = None, to_camera: Path | None = None,
+                          scene: Path | None = None, view: int = 0, to_scene: Path | None = None, to_view: int = 0,
                           source: Literal["descriptor", "feature", "teacher"] = "descriptor", segment: int = 0,
                           output: Path | None = None, device: str = "auto") -> int:
     """Single-image queries of a generalizable RUN: keypoint transfer to another image (2D, and 3D positions),
@@ -103,39 +120,40 @@ def general_query_command(run: Path, /, image: Path, keypoints: tuple[float, ...
         keypoints: x y pixel positions in IMAGE to transfer.
         to_image: the target image (camera TO_IMAGE.json unless --to-camera).
         source: descriptors used for matching: NeRF-intermediate (descriptor), distilled (feature) or the teacher's.
+        scene, view: instead of --image, view N of a scene folder (any format featurefield loads), framed as the
+            category's views (object at the scene's centre, upright); to_scene, to_view: likewise for --to-image.
         segment: label IMAGE's parts by transfer from this many labelled training instances (0: off).
         output: folder for the pictures and JSON (default RUN/queries/IMAGE-stem).
     """
     from featurefield import viz
     from featurefield.fields.general.queries import descriptor_map, lift_points, segment_parts, transfer_keypoints
     from featurefield.fields.general.rendering import render_view
-    from featurefield.fields.general.run import load_general_run, read_image_with_camera
+    from featurefield.fields.general.run import load_general_run
     from featurefield.run import atomic_write_json
 
     kps = _pairs(keypoints) if keypoints else None
-    if kps is not None and to_image is None:
-        raise FeatureFieldError("--keypoints needs --to-image (the image to carry them to)")
-    img_a, cam_a = read_image_with_camera(image, camera)
+    if kps is not None and to_image is None and to_scene is None:
+        raise FeatureFieldError("--keypoints needs --to-image (or --to-scene): the image to carry them to")
     loaded = load_general_run(run, device=device)
     fld = loaded.field
     H, W = fld.config.image_size
-    for path, img in ((image, img_a),):
-        if tuple(img.shape[1:]) != (H, W):
+    img_a, cam_a = _input_view((H, W), image, camera, scene, view)
+    img_b = cam_b = None
+    if to_image is not None or to_scene is not None:
+        img_b, cam_b = _input_view((H, W), to_image, to_camera, to_scene, to_view)
+    for path, img in ((image, img_a), (to_image, img_b)):
+        if img is not None and tuple(img.shape[1:]) != (H, W):
             raise FeatureFieldError(f"{path}: the image is {img.shape[2]}x{img.shape[1]} but {run} was trained on "
                                     f"{W}x{H} images; resize it to {W}x{H}")
-    img_b = cam_b = None
-    if to_image is not None:
-        img_b, cam_b = read_image_with_camera(to_image, to_camera)
-        if tuple(img_b.shape[1:]) != (H, W):
-            raise FeatureFieldError(f"{to_image}: the image is {img_b.shape[2]}x{img_b.shape[1]} but {run} was trained on "
-                                    f"{W}x{H} images; resize it to {W}x{H}")
-    out_dir = Path(output or Path(run) / "queries" / Path(image).stem)
+    name_a = Path(image).name if image is not None else f"{Path(scene).name}_view{view}"
+    name_b = Path(to_image).name if to_image is not None else f"{Path(to_scene).name}_view{to_view}" if to_scene else ""
+    out_dir = Path(output or Path(run) / "queries" / Path(name_a).stem)
     teacher = loaded.teacher() if source == "teacher" else None
     cond_a = fld.encode(img_a[None].to(fld.device), cam_a)
     render_a = render_view(fld, cond_a, cam_a, need=("rgb",))
     viz.save_png(out_dir / "reconstruction.png", viz.side_by_side([img_a.permute(1, 2, 0), render_a["rgb"]],
                                                                  ["input", "rendered from it"]))
-    result: dict = {"run": str(run), "image": str(image), "source": source}
+    result: dict = {"run": str(run), "image": name_a, "source": source}
     if kps is not None:
         desc_a, _ = descriptor_map(fld, img_a, cam_a, source, teacher, cond=cond_a)
         cond_b = fld.encode(img_b[None].to(fld.device), cam_b)
@@ -144,11 +162,11 @@ def general_query_command(run: Path, /, image: Path, keypoints: tuple[float, ...
             alpha_b = render_view(fld, cond_b, cam_b, need=())["alpha"]
         uv_b, score = transfer_keypoints(desc_a, kps.to(desc_a.device), desc_b, alpha_b > 0.5)
         xyz = lift_points(fld, cond_b, cam_b, uv_b)
-        result.update({"to_image": str(to_image), "keypoints": kps.tolist(), "to_keypoints": uv_b.cpu().tolist(),
+        result.update({"to_image": name_b, "keypoints": kps.tolist(), "to_keypoints": uv_b.cpu().tolist(),
                        "cosine": score.cpu().tolist(), "to_keypoints_3d": xyz.cpu().tolist()})
         viz.save_png(out_dir / "keypoints.png", viz.side_by_side(
             [viz.draw_keypoints(img_a.permute(1, 2, 0), kps), viz.draw_keypoints(img_b.permute(1, 2, 0), uv_b.cpu())],
-            [Path(image).name, Path(to_image).name]))
+            [name_a, name_b]))
         for k, (p, q, c) in enumerate(zip(kps.tolist(), uv_b.cpu().tolist(), score.cpu().tolist())):
             print(f"keypoint {k}: ({p[0]:.1f}, {p[1]:.1f}) -> ({q[0]:.1f}, {q[1]:.1f})  cosine {c:.3f}")
     if segment:

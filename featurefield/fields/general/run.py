@@ -129,3 +129,41 @@ def write_view(data, instance: int, view: int, path: str | Path) -> Path:
         "cy": float(cam.cy[0]), "instance": int(instance), "view": int(view),
         "keypoints_uv": inst["uv"][0].tolist(), "keypoints_visible": inst["visible"][0].tolist()})
     return path
+
+
+def view_from_scene(scene, view: int, size: tuple[int, int], distance: float | None = None) -> tuple[Tensor, Cameras]:
+    """One view of any loaded :class:`~featurefield.data.scene.Scene` framed as the category's training views.
+
+    The scene's canonical frame is rescaled so this camera sits ``distance`` from the origin (the
+    generated views' camera distance), and the image is centre-cropped to the aspect of ``size = (H, W)``
+    and resized to it, with the intrinsics following. The object is assumed to be at the scene's centre,
+    upright (z up), as the category's instances are.
+
+    Returns:
+        ``image [3, H, W]`` in [0, 1] (alpha composited on white) and its camera.
+    """
+    import torch.nn.functional as F
+
+    from featurefield.data.category.render import DISTANCE
+
+    if not 0 <= view < len(scene.cameras):
+        raise FeatureFieldError(f"{scene.name}: no view {view}; it has {len(scene.cameras)}")
+    if scene.cameras.is_distorted:
+        raise FeatureFieldError(f"{scene.name}: view {view} has lens distortion; undistort the scene first")
+    cam = scene.normalization.cameras_to_canonical(scene.cameras[[view]])
+    c2w = cam.c2w.clone()
+    c2w[0, :3, 3] *= (distance or DISTANCE) / c2w[0, :3, 3].norm().clamp_min(1e-6)
+    img = scene.images.load(view).float()
+    if img.shape[-1] == 4:
+        img = img[..., :3] * img[..., 3:] + (1 - img[..., 3:])
+    H0, W0 = img.shape[:2]
+    H, W = size
+    crop = min(H0 / H, W0 / W)  # the largest centred window of the target aspect
+    ch, cw = round(H * crop), round(W * crop)
+    top, left = (H0 - ch) // 2, (W0 - cw) // 2
+    img = img[top:top + ch, left:left + cw].permute(2, 0, 1)[None]
+    img = F.interpolate(img, size=(H, W), mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
+    sx, sy = W / cw, H / ch
+    out = Cameras(c2w=c2w, fx=cam.fx * sx, fy=cam.fy * sy, cx=(cam.cx - left) * sx, cy=(cam.cy - top) * sy,
+                  width=W, height=H)
+    return img, out

@@ -77,6 +77,8 @@ def teacher_spec(teacher) -> dict:
     """What the run records of its teacher: the registry name and options, or a custom one's settings."""
     if isinstance(teacher, str):
         return {"name": teacher, "options": {}}
+    if isinstance(teacher, dict):
+        return {"name": teacher["name"], "options": dict(teacher.get("options", {}))}
     return {"name": teacher.name, "options": getattr(teacher, "spec_options", {}), "settings": teacher.settings()}
 
 
