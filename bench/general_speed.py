@@ -23,13 +23,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from general_train import TinyTeacher, make_bench_teacher  # noqa: E402
+from general_train import make_bench_teacher  # noqa: E402
 
 from featurefield.errors import FeatureFieldError  # noqa: E402
 from featurefield.fields.general.model import GeneralConfig, GeneralField  # noqa: E402

@@ -88,23 +88,33 @@ def render_rays(field: GeneralField, cond: Conditioning, origins: Tensor, dirs: 
     t = near[..., None] + (far - near)[..., None] * u / N  # [B, R, N]
     points = origins[..., None, :] + t[..., None] * dirs[..., None, :]
     flat_dirs = dirs[..., None, :].expand(B, R, N, 3)
+    deltas = ((far - near) / N)[..., None].expand(B, R, N)
     if occupancy is None:
         out = field(points.reshape(B, R * N, 3), flat_dirs.reshape(B, R * N, 3), cond, need)
+        sigma = out["sigma"].reshape(B, R, N).float() * hit[..., None]
+        w = composite(sigma, deltas)  # [B, R, N]
+        result = {"alpha": w.sum(-1), "depth": (w * t).sum(-1), "weights": w}
+        for key in ("rgb", "feature", "descriptor"):
+            if key in out:
+                result[key] = torch.einsum("brn,brnc->brc", w.to(out[key].dtype), out[key].reshape(B, R, N, -1)).float()
     else:
+        # only occupied samples are evaluated; their values are summed into their rays directly, so no
+        # [B, R, N, C] tensor is ever made (at 256 x 256 x 64 samples x 256 channels that would be 2 GB)
         keep = _occupied(points, occupancy, cfg.bound) & hit[..., None]  # [B, R, N]
-        sub = field(points[keep][None], flat_dirs[keep][None], cond, need)
-        out = {}
-        for k, v in sub.items():
-            full = torch.zeros(B, R, N, *v.shape[2:], dtype=v.dtype, device=v.device)
-            full[keep] = v[0]
-            out[k] = full.reshape(B, R * N, *v.shape[2:])
-    deltas = ((far - near) / N)[..., None].expand(B, R, N)
-    sigma = out["sigma"].reshape(B, R, N).float() * hit[..., None]
-    w = composite(sigma, deltas)  # [B, R, N]
-    result = {"alpha": w.sum(-1), "depth": (w * t).sum(-1), "weights": w}
-    for key in ("rgb", "feature", "descriptor"):
-        if key in out:
-            result[key] = torch.einsum("brn,brnc->brc", w.to(out[key].dtype), out[key].reshape(B, R, N, -1)).float()
+        flat = keep.reshape(-1).nonzero().squeeze(1)
+        sub = field(points.reshape(-1, 3)[flat][None], flat_dirs.reshape(-1, 3)[flat][None], cond, need)
+        sigma = torch.zeros(B * R * N, device=origins.device)
+        sigma[flat] = sub["sigma"][0].float()
+        w = composite(sigma.reshape(B, R, N), deltas)
+        result = {"alpha": w.sum(-1), "depth": (w * t).sum(-1), "weights": w}
+        ray = torch.div(flat, N, rounding_mode="floor")
+        wk = w.reshape(-1)[flat]
+        for key in ("rgb", "feature", "descriptor"):
+            if key in sub:
+                v = sub[key][0]
+                acc = torch.zeros(B * R, v.shape[-1], device=v.device, dtype=torch.float32)
+                acc.index_add_(0, ray, (wk[:, None] * v.float()))
+                result[key] = acc.reshape(B, R, -1)
     if "rgb" in result:
         bg = torch.tensor(cfg.background, device=origins.device)
         result["rgb"] = result["rgb"] + (1 - result["alpha"][..., None]) * bg
