@@ -5,6 +5,7 @@
 #   bash bench/device_general.sh train [ARGS...]   # bench/general_train.py: generate, train until DEADLINE, evaluate
 #                                                  # when done; the run comes back in $OUT/run (< 16 MiB)
 #   bash bench/device_general.sh speed [ARGS...]   # bench/general_speed.py on the run in $OUT/run (or .carry/general_run)
+#   bash bench/device_general.sh tests             # the generalizable field's CUDA test (GPU renders = CPU renders)
 #
 # Carried (git-ignored, as for device_lego.sh): .carry/whl_gpu (wheels missing there: onnx2torch, ...),
 # .carry/sam16 (the SAM encoder, fp16 weights, bench/carry_tools.py pack); from the second call on,
@@ -12,7 +13,8 @@
 # One GPU, two calls (~20 minutes):
 #   call 1: export DEADLINE=$(( $(date +%s) + 570 )); bash bench/device_general.sh train
 #   call 2 (carry .carry/general_run too): export DEADLINE=$(( $(date +%s) + 480 ));
-#           bash bench/device_general.sh train --eval-always; bash bench/device_general.sh speed
+#           bash bench/device_general.sh train --eval-always; bash bench/device_general.sh speed;
+#           bash bench/device_general.sh tests
 # The CNN encoder instead of SAM's: add --encoder cnn (a separate run: another $OUT).
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -43,8 +45,12 @@ speed)
     [ -f "$run/config.json" ] || run=.carry/general_run
     python3 bench/general_speed.py --weights "$W" --run "$run" --out "$OUT" "$@"
     ;;
+tests)
+    setup
+    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_general.py -k cuda 2>&1 | tail -4
+    ;;
 *)
-    echo "usage: bash bench/device_general.sh train|speed [ARGS...]" >&2
+    echo "usage: bash bench/device_general.sh train|speed|tests [ARGS...]" >&2
     exit 2
     ;;
 esac

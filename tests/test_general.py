@@ -19,6 +19,7 @@ from featurefield.fields.general.rendering import composite, feature_volume, ren
 from featurefield.fields.general.sampling import pixel_aligned, project
 from featurefield.fields.general.train import GeneralTrainConfig, train_general
 from featurefield.teachers.base import Teacher
+from tests.conftest import cuda
 
 
 class TinyTeacher(Teacher):
@@ -331,3 +332,28 @@ def test_a_loaded_scene_view_becomes_an_input_framed_like_the_category():
     orig = scene.images.load(1)
     torch.testing.assert_close(img[:, 16, 16], F.interpolate(orig[:, 4:44].permute(2, 0, 1)[None], size=(32, 32), mode="bilinear",
                                                               align_corners=False, antialias=True)[0, :, 16, 16])
+
+
+@cuda
+def test_cuda_renders_match_the_cpu(mugs):
+    """The same field renders the same view, volume and skipped view on the GPU as on the CPU (fp32)."""
+    from featurefield.data.category import CategoryData
+    from featurefield.fields.general.rendering import occupancy_grid
+
+    inst = CategoryData(mugs).instance(0, views=[0, 1])
+    torch.manual_seed(0)
+    cpu = GeneralField(GeneralConfig(encoder="cnn", image_size=(32, 32), feature_dim=8, **TINY)).eval()
+    gpu = GeneralField(GeneralConfig(encoder="cnn", image_size=(32, 32), feature_dim=8, **TINY)).eval()
+    gpu.load_state_dict(cpu.state_dict())
+    gpu = gpu.to("cuda")
+    outs = []
+    for fld in (cpu, gpu):
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # the CNN's convolutions in true fp32
+            cond = fld.encode(inst["rgb"][:1].permute(0, 3, 1, 2), inst["cameras"][0])
+        view = render_view(fld, cond, inst["cameras"][1], need=("rgb", "feature", "descriptor"))
+        vol = feature_volume(fld, cond, 8, need=("feature",))
+        occ = occupancy_grid(fld, cond, 8)
+        skipped = render_view(fld, cond, inst["cameras"][1], occupancy=occ)
+        outs.append({**{f"view_{k}": v for k, v in view.items()}, "volume": vol["feature"], "skipped": skipped["rgb"]})
+    for key, value in outs[0].items():
+        torch.testing.assert_close(outs[1][key].cpu(), value, atol=2e-4, rtol=1e-3, msg=key)
