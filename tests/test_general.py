@@ -183,9 +183,10 @@ def test_volume_queries_and_evaluation_run_on_a_trained_field(mugs, tmp_path):
     cond_b = run.field.encode(b["rgb"].permute(0, 3, 1, 2), b["cameras"])
     xyz, _ = transfer_keypoints_3d(run.field, cond_a, a["cameras"], uv_a, cond_b, resolution=8)
     assert xyz.shape == (2, 3) and (xyz.abs() <= run.field.config.bound).all()
-    metrics = evaluate_general(run, instances=3, pairs=2, shots=(1,), novel_views=1, split="all")
+    metrics = evaluate_general(run, instances=3, pairs=2, shots=(1,), novel_views=1, split="all", pairs_3d=1,
+                               resolution_3d=8)
     for key in ("novel_view_psnr", "pck@0.1/teacher", "pck@0.1/feature", "pck@0.1/descriptor", "miou@1/teacher",
-                "miou@1/descriptor"):
+                "miou@1/descriptor", "kp3d_error/feature", "kp3d_error/descriptor", "pck3d@0.1/descriptor"):
         assert key in metrics and np.isfinite(metrics[key]), key
 
 

@@ -105,25 +105,28 @@ def lift_points(field: GeneralField, cond: Conditioning, camera: Cameras, uv: Te
 
 @torch.no_grad()
 def transfer_keypoints_3d(field: GeneralField, cond_a: Conditioning, camera_a: Cameras, uv_a: Tensor,
-                          cond_b: Conditioning, resolution: int = 64, occupancy: float = 0.5) -> tuple[Tensor, Tensor]:
+                          cond_b: Conditioning, resolution: int = 64, occupancy: float = 0.5,
+                          source: str = "descriptor") -> tuple[Tensor, Tensor]:
     """3D keypoint transfer: keypoints at pixels ``uv_a [K, 2]`` of image A to 3D points on object B.
 
-    A's keypoints are lifted to 3D with A's rendered depth and described by A's NeRF features there; B's
-    candidates are the cells of its ``resolution^3`` volume whose occupancy ``1 - exp(-sigma * cell)``
-    exceeds ``occupancy``.
+    A's keypoints are lifted to 3D with A's rendered depth and described there (``source``: the NeRF
+    features, ``"descriptor"``, or the distilled ones, ``"feature"``); B's candidates are the cells of its
+    ``resolution^3`` volume whose occupancy ``1 - exp(-sigma * cell)`` exceeds ``occupancy``.
 
     Returns:
         ``xyz_b [K, 3]`` (world) and the match cosine ``[K]``.
     """
+    if source not in ("descriptor", "feature"):
+        raise FeatureFieldError(f"3D keypoint transfer matches 3D features: source 'descriptor' or 'feature', not {source!r}")
     pts = lift_points(field, cond_a, camera_a, uv_a)
-    qa = field(pts[None], torch.zeros_like(pts)[None], cond_a, need=("descriptor",))["descriptor"][0]
-    vol = feature_volume(field, cond_b, resolution, need=("descriptor",))
+    qa = field(pts[None], torch.zeros_like(pts)[None], cond_a, need=(source,))[source][0]
+    vol = feature_volume(field, cond_b, resolution, need=(source,))
     cell = 2 * field.config.bound / resolution
     occ = 1 - torch.exp(-vol["sigma"] * cell)
     keep = occ.reshape(-1) > occupancy
     if not keep.any():  # an empty field: fall back to the densest cells
         keep = occ.reshape(-1) >= occ.reshape(-1).topk(min(64, occ.numel())).values[-1]
-    cands = F.normalize(vol["descriptor"].reshape(-1, field.descriptor_dim)[keep].float(), dim=-1)
+    cands = F.normalize(vol[source].reshape(-1, qa.shape[-1])[keep].float(), dim=-1)
     sim = F.normalize(qa.float(), dim=-1) @ cands.T
     best, arg = sim.max(1)
     return vol["points"].reshape(-1, 3)[keep][arg], best
