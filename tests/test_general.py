@@ -358,3 +358,22 @@ def test_cuda_renders_match_the_cpu(mugs):
         outs.append({**{f"view_{k}": v for k, v in view.items()}, "volume": vol["feature"], "skipped": skipped["rgb"]})
     for key, value in outs[0].items():
         torch.testing.assert_close(outs[1][key].cpu(), value, atol=2e-4, rtol=1e-3, msg=key)
+
+
+def test_a_diverging_training_stops_with_one_line_and_keeps_the_last_good_checkpoint(mugs, tmp_path):
+    class Broken(TinyTeacher):
+        def extract(self, images):
+            return super().extract(images) * float("nan")
+
+    cfg = GeneralConfig(encoder="cnn", **TINY)
+    run_dir = tmp_path / "run"
+    train_general(mugs, run_dir, teacher=TinyTeacher(), config=cfg,
+                  train=GeneralTrainConfig(steps=2, batch=1, rays=16, workers=0, progress=False))
+    good = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)
+    with pytest.raises(FeatureFieldError, match="diverged at step 3.*--resume"):
+        train_general(mugs, run_dir, teacher=Broken(), config=cfg, resume=True,
+                      train=GeneralTrainConfig(steps=4, batch=1, rays=16, workers=0, progress=False))
+    kept = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)
+    assert kept["step"] == 2
+    for k, v in good["field_state"].items():
+        torch.testing.assert_close(kept["field_state"][k], v)

@@ -305,7 +305,7 @@ def train_general(data: str | Path, output: str | Path, *, teacher="sam", config
             ckpt_now = done % train.checkpoint_every == 0 or done == train.steps
             if log_now or ckpt_now or device.type != "cuda":
                 if not torch.isfinite(losses["loss"].detach()):
-                    raise FeatureFieldError(f"training diverged at step {done} (loss {float(losses['loss'])}); the last "
+                    raise FeatureFieldError(f"training diverged at step {done} (loss {float(losses['loss'].detach())}); the last "
                                             f"good checkpoint is kept at {ckpt_path}; lower --lr and --resume")
             if log_now:
                 last = {k: float(v.detach()) for k, v in losses.items()}
