@@ -108,8 +108,9 @@ def main() -> int:
         from featurefield.fields.general.train import GeneralTrainConfig, train_general
 
         t = time.perf_counter()
+        # small shards: the loader's workers split the shards between them, so more shards balance them better
         generate_category(args.category, args.instances, args.data / args.category, views=args.views, size=args.size,
-                          progress=False)
+                          shard_size=16, progress=False)
         report["generate_seconds"] = time.perf_counter() - t
         if args.init_from and not (run_dir / "config.json").is_file():
             shutil.copytree(args.init_from, run_dir)
