@@ -183,6 +183,12 @@ def test_volume_queries_and_evaluation_run_on_a_trained_field(mugs, tmp_path):
     cond_b = run.field.encode(b["rgb"].permute(0, 3, 1, 2), b["cameras"])
     xyz, _ = transfer_keypoints_3d(run.field, cond_a, a["cameras"], uv_a, cond_b, resolution=8)
     assert xyz.shape == (2, 3) and (xyz.abs() <= run.field.config.bound).all()
+    from featurefield.fields.general.queries import orbit_cameras
+
+    orbit = orbit_cameras(a["cameras"], 4)  # the input camera first, then around the object at its distance
+    torch.testing.assert_close(orbit.c2w[0], a["cameras"].c2w[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(orbit.centers.norm(dim=-1), a["cameras"].centers.norm(dim=-1).expand(4))
+    torch.testing.assert_close(orbit.centers[2, :2], -orbit.centers[0, :2], atol=1e-5, rtol=0)
     metrics = evaluate_general(run, instances=3, pairs=2, shots=(1,), novel_views=1, split="all", pairs_3d=1,
                                resolution_3d=8)
     for key in ("novel_view_psnr", "pck@0.1/teacher", "pck@0.1/feature", "pck@0.1/descriptor", "miou@1/teacher",
@@ -248,7 +254,8 @@ def test_cli_make_category_and_query_a_general_run(mugs, tmp_path, capsys):
     uv = np.array(result["to_keypoints"])
     assert uv.shape == (2, 2) and (uv >= 0).all() and (uv <= 32).all() and len(result["to_keypoints_3d"]) == 2
     assert set(result["parts"]) == {"background", "body", "handle", "rim"}
-    assert (out / "keypoints.png").is_file() and (out / "parts.png").is_file() and (out / "reconstruction.png").is_file()
+    for name in ("keypoints.png", "parts.png", "reconstruction.png", "novel_views.png", "novel_features.png"):
+        assert (out / name).is_file(), name
 
 
 class _BallField:

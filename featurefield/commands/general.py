@@ -110,7 +110,7 @@ def general_query_command(run: Path, /, image: Path | None = None, keypoints: tu
                           to_image: Path | None = None, camera: Path | None = None, to_camera: Path | None = None,
                           scene: Path | None = None, view: int = 0, to_scene: Path | None = None, to_view: int = 0,
                           source: Literal["descriptor", "feature", "teacher"] = "descriptor", segment: int = 0,
-                          output: Path | None = None, device: str = "auto") -> int:
+                          novel_views: int = 4, output: Path | None = None, device: str = "auto") -> int:
     """Single-image queries of a generalizable RUN: keypoint transfer to another image (2D, and 3D positions),
     part segmentation from K labelled training instances, and the image's 3D reconstruction from one view.
 
@@ -123,6 +123,7 @@ def general_query_command(run: Path, /, image: Path | None = None, keypoints: tu
         scene, view: instead of --image, view N of a scene folder (any format featurefield loads), framed as the
             category's views (object at the scene's centre, upright); to_scene, to_view: likewise for --to-image.
         segment: label IMAGE's parts by transfer from this many labelled training instances (0: off).
+        novel_views: render this many views around the object from IMAGE alone (colour and feature PCA; 0: off).
         output: folder for the pictures and JSON (default RUN/queries/IMAGE-stem).
     """
     from featurefield import viz
@@ -153,6 +154,16 @@ def general_query_command(run: Path, /, image: Path | None = None, keypoints: tu
     render_a = render_view(fld, cond_a, cam_a, need=("rgb",))
     viz.save_png(out_dir / "reconstruction.png", viz.side_by_side([img_a.permute(1, 2, 0), render_a["rgb"]],
                                                                  ["input", "rendered from it"]))
+    if novel_views:
+        from featurefield.fields.general.queries import orbit_cameras
+
+        cams = orbit_cameras(cam_a, novel_views)
+        renders = [render_view(fld, cond_a, cams[k], need=("rgb", "feature")) for k in range(novel_views)]
+        fg = torch.cat([r["feature"][r["alpha"] > 0.5] for r in renders])  # one PCA basis over the object in all views
+        basis = viz.fit_pca(fg if len(fg) >= 2 else torch.cat([r["feature"].reshape(-1, r["feature"].shape[-1]) for r in renders]))
+        viz.save_png(out_dir / "novel_views.png", viz.side_by_side([r["rgb"] for r in renders]))
+        viz.save_png(out_dir / "novel_features.png",
+                     viz.side_by_side([viz.pca_image(r["feature"].permute(2, 0, 1), basis) for r in renders]))
     result: dict = {"run": str(run), "image": name_a, "source": source}
     if kps is not None:
         desc_a, _ = descriptor_map(fld, img_a, cam_a, source, teacher, cond=cond_a)

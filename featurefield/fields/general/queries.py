@@ -159,3 +159,20 @@ def segment_parts(ref_desc: list[Tensor], ref_labels: list[Tensor], desc: Tensor
         sim = desc.reshape(-1, C)[rows].float() @ feats.float().T
         out.view(-1)[rows] = labels[sim.argmax(1)]
     return out
+
+
+def orbit_cameras(camera: Cameras, n: int) -> Cameras:
+    """``n`` cameras circling the origin at ``camera``'s distance and elevation (z up), starting at its azimuth,
+    with its intrinsics: the novel views to render from one image."""
+    import math
+
+    from featurefield.cameras import look_at
+
+    eye = camera.centers[0].cpu()
+    r = float(eye.norm())
+    az0, el = math.atan2(float(eye[1]), float(eye[0])), math.asin(max(-1.0, min(1.0, float(eye[2]) / r)))
+    az = torch.tensor([az0 + 2 * math.pi * k / n for k in range(n)])
+    eyes = torch.stack([az.cos() * math.cos(el), az.sin() * math.cos(el), torch.full_like(az, math.sin(el))], -1) * r
+    c2w = look_at(eyes, torch.zeros(3))
+    return Cameras(c2w=c2w, fx=camera.fx[0].cpu(), fy=camera.fy[0].cpu(), cx=camera.cx[0].cpu(), cy=camera.cy[0].cpu(),
+                   width=int(camera.width[0]), height=int(camera.height[0]))
