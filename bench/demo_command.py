@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from featurefield.demo import run_demo
+from featurefield.commands.demo import run_demo
 
 
 def main() -> None:

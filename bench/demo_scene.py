@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from featurefield.data.demo import make_demo_scene
+from featurefield.data.demo_scene import make_demo_scene
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import torch
 from featurefield.errors import FeatureFieldError
 from featurefield.run import load_run
 from featurefield.viewer import ViewRenderer
-from featurefield.viewer.cameras import sized
+from featurefield.viewer.viser_cameras import sized
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
-"""The ``featurefield`` command: thin, parses arguments with tyro and calls the library.
+"""The ``featurefield`` command: dispatches to :mod:`featurefield.commands`, which parses arguments with tyro.
 
-Each subcommand is a typed function somewhere in the library; only the one asked for is imported,
+Each subcommand is a typed function in ``featurefield/commands/``; only the one asked for is imported,
 so ``featurefield --help`` is instant. A :class:`~featurefield.errors.FeatureFieldError` is printed
 on one line and exits with code 2.
 """
@@ -16,18 +16,18 @@ from featurefield.stopping import TrainingStopped
 
 #: subcommand -> ("module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("featurefield.demo:demo_command", "run the whole pipeline on the built-in demo scene and write an HTML report"),
-    "process-images": ("featurefield.data.sfm:process_images_command", "recover camera poses of plain photos with COLMAP (pycolmap)"),
-    "inspect": ("featurefield.data.inspect:inspect_command", "load a scene folder and summarise it (format, views, split, points)"),
-    "teachers": ("featurefield.teachers.commands:teachers_command", "list teachers and whether their weights are present"),
-    "weights": ("featurefield.teachers.commands:weights_command", "put a teacher's weights in the per-user cache"),
-    "features": ("featurefield.teachers.commands:features_command", "extract and cache teacher features of a scene; write PCA pictures"),
-    "train": ("featurefield.train:train_command", "train a feature field (splat or nerf) on a scene"),
-    "render": ("featurefield.render:render_command", "render test views or a camera path of a trained run to PNGs and MP4"),
-    "export": ("featurefield.export:export_command", "export a trained run (3DGS PLY with embeddings, or a point cloud)"),
-    "query": ("featurefield.query.commands:query_command", "text or prompt queries on a trained run; extract objects in 3D"),
-    "eval": ("featurefield.evaluate:eval_command", "evaluate a trained run: PSNR/SSIM/LPIPS, feature fidelity, mask IoU, PCK, mIoU"),
-    "view": ("featurefield.viewer.server:view_command", "open a trained run in the browser: colour, depth, feature PCA, text queries, SAM clicks"),
+    "demo": ("featurefield.commands.demo:demo_command", "run the whole pipeline on the built-in demo scene and write an HTML report"),
+    "process-images": ("featurefield.commands.process_images:process_images_command", "recover camera poses of plain photos with COLMAP (pycolmap)"),
+    "inspect": ("featurefield.commands.inspect:inspect_command", "load a scene folder and summarise it (format, views, split, points)"),
+    "teachers": ("featurefield.commands.teachers:teachers_command", "list teachers and whether their weights are present"),
+    "weights": ("featurefield.commands.teachers:weights_command", "put a teacher's weights in the per-user cache"),
+    "features": ("featurefield.commands.teachers:features_command", "extract and cache teacher features of a scene; write PCA pictures"),
+    "train": ("featurefield.commands.train:train_command", "train a feature field (splat or nerf) on a scene"),
+    "render": ("featurefield.commands.render:render_command", "render test views or a camera path of a trained run to PNGs and MP4"),
+    "export": ("featurefield.commands.export:export_command", "export a trained run (3DGS PLY with embeddings, or a point cloud)"),
+    "query": ("featurefield.commands.query:query_command", "text or prompt queries on a trained run; extract objects in 3D"),
+    "eval": ("featurefield.commands.eval:eval_command", "evaluate a trained run: PSNR/SSIM/LPIPS, feature fidelity, mask IoU, PCK, mIoU"),
+    "view": ("featurefield.commands.view:view_command", "open a trained run in the browser: colour, depth, feature PCA, text queries, SAM clicks"),
     "make-category": ("featurefield.commands.general:make_category_command", "render a procedural object category (mugs, chairs) into shards for generalizable fields"),
     "train-general": ("featurefield.commands.general:train_general_command", "train a generalizable feature field (FeatureNeRF) over a generated category"),
 }

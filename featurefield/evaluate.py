@@ -51,7 +51,7 @@ from torch import Tensor
 from featurefield.errors import FeatureFieldError
 from featurefield.metrics import (REGIONS, Lpips, confusion_matrix, content_regions, cosine_map, feature_fidelity,
                                   mask_iou, miou, psnr, ssim)
-from featurefield.run import Run, atomic_write_json, load_run
+from featurefield.run import Run, load_run
 
 
 def _spread(views: list[int], max_views: int | None) -> list[int]:
@@ -349,91 +349,3 @@ def save_view_pictures(run: Run, views: list[int], folder: Path) -> list[Path]:
     from featurefield.viz import save_png
 
     return [save_png(Path(folder) / f"view_{v:04d}.png", view_picture(run, v)[0]) for v in views]
-
-
-def jsonable(obj):
-    """``nan``/``inf`` floats become ``None`` (strict JSON), recursively."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    return obj
-
-
-def metrics_table(metrics: dict):
-    """A rich Table of the headline numbers."""
-    from rich.table import Table
-
-    def fmt(x):
-        if isinstance(x, float):
-            return "n/a" if math.isnan(x) else f"{x:.4f}"
-        return str(x)
-
-    table = Table(title=f"{metrics['run']} · step {metrics['step']} · {metrics['views']} {metrics['split']} views")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in metrics["image"].items():
-        if not isinstance(v, dict):  # psnr_per_view stays in the JSON
-            table.add_row(k.upper(), fmt(v))
-    if len(metrics["image"].get("psnr_per_view", {})) > 1:
-        worst = worst_views(metrics, 3)
-        table.add_row(f"lowest PSNR ({len(worst)} views)", ", ".join(f"#{v} {p:.2f}" for v, p in worst))
-    for t, d in metrics.get("features", {}).items():
-        table.add_row(f"{t} feature cosine", fmt(d["cosine"]))
-        if "cosine_without_spill" in d:
-            table.add_row(f"{t} feature cosine without the spill model", fmt(d["cosine_without_spill"]))
-        if "cosine_area_averaged" in d:
-            table.add_row(f"{t} feature cosine, render averaged over each cell", fmt(d["cosine_area_averaged"]))
-        for name, r in d.get("cosine_by_region", {}).items():
-            table.add_row(f"  {name} cells ({r['share']:.0%})", fmt(r["cosine"]))
-        table.add_row(f"{t} feature rel. L2", fmt(d["rel_l2"]))
-    sam = metrics.get("sam")
-    if sam:
-        if "unavailable" in sam:
-            table.add_row("sam mask IoU", sam["unavailable"])
-        else:
-            kind = sam.get("prompt", "boxes").split(" ")[0]
-            table.add_row(f"sam mask IoU rendered vs teacher ({sam['prompts']} {kind})", fmt(sam["mask_iou_rendered_vs_teacher"]))
-            if "iou_rendered_vs_gt" in sam:
-                table.add_row(f"sam IoU rendered vs {sam['gt']}", fmt(sam["iou_rendered_vs_gt"]))
-                table.add_row(f"sam IoU teacher vs {sam['gt']}", fmt(sam["iou_teacher_vs_gt"]))
-    for t, d in metrics.get("pck", {}).items():
-        table.add_row(f"{t} PCK@1/2/5% ({d['points']} pts, {d['depth']} depth)",
-                      " / ".join(fmt(d[k]) for k in ("pck@0.01", "pck@0.02", "pck@0.05")))
-    for t, d in metrics.get("semantic", {}).items():
-        table.add_row(f"{t} semantic mIoU field", fmt(d["field_miou"]))
-        table.add_row(f"{t} semantic mIoU 2D teacher", fmt(d["teacher_miou"]))
-    return table
-
-
-def eval_command(run: Path, /, output: Path | None = None, max_views: int | None = None, device: str = "auto",
-                 split: str = "test", no_lpips: bool = False, worst: int = 0) -> int:
-    """Evaluate a trained RUN: PSNR/SSIM/LPIPS, feature fidelity, SAM mask IoU, PCK, semantic mIoU.
-
-    Args:
-        run: run folder written by `featurefield train`.
-        output: JSON file to write (default RUN/eval/metrics.json).
-        max_views: evaluate at most this many views (evenly spaced).
-        split: which views (test, train or all).
-        no_lpips: skip LPIPS.
-        worst: also draw the N lowest-PSNR views (ground truth | render | error | opacity | depth) as PNGs
-            in a folder worst/ beside the JSON (default RUN/eval/worst/).
-    """
-    from rich.console import Console
-
-    if worst < 0:
-        raise FeatureFieldError(f"--worst must be 0 or more, got {worst}")
-    loaded = load_run(run, device=device)
-    metrics = evaluate_run(loaded, split, max_views, lpips=not no_lpips)
-    path = output or Path(run) / "eval" / "metrics.json"
-    atomic_write_json(path, jsonable(metrics))
-    console = Console()
-    console.print(metrics_table(metrics))
-    console.print(f"wrote {path}")
-    if worst:
-        folder = path.parent / "worst"
-        saved = save_view_pictures(loaded, [v for v, _ in worst_views(metrics, worst)], folder)
-        console.print(f"{len(saved)} lowest-PSNR views drawn in {folder}")
-    return 0

@@ -7,16 +7,14 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from featurefield.errors import FeatureFieldError
-from featurefield.run import Run, load_run
+from featurefield.io import atomic_path
+from featurefield.run import Run
 
 
 def write_point_cloud(path: Path, xyz: Tensor, rgb: Tensor | None = None, features: Tensor | None = None,
@@ -43,16 +41,8 @@ def write_point_cloud(path: Path, xyz: Tensor, rgb: Tensor | None = None, featur
     vertex = np.empty(n, dtype=[(name, arr.dtype) for name, arr in cols])
     for name, arr in cols:
         vertex[name] = arr
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        PlyData([PlyElement.describe(vertex, "vertex")]).write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        PlyData([PlyElement.describe(vertex, "vertex")]).write(str(tmp))
     return path
 
 
@@ -70,22 +60,3 @@ def export_run(run: Run, output: Path, teacher: str | None = None, max_points: i
     path = write_point_cloud(output / "points.ply", xyz, pts.get("rgb"), pts.get("features"),
                              {"opacity": pts["opacity"].float()} if "opacity" in pts else None)
     return [path]
-
-
-def export_command(run: Path, /, output: Path | None = None, teacher: str | None = None,
-                   max_points: int = 1_000_000, device: str = "auto") -> int:
-    """Export a trained RUN (3DGS PLY + embeddings + decoders, or a NeRF point cloud) in world coordinates.
-
-    Args:
-        run: run folder written by `featurefield train`.
-        output: folder to write (default RUN/export).
-        teacher: for NeRF runs, whose features to attach to the points (default: the first).
-        max_points: NeRF point-cloud size.
-    """
-    loaded = load_run(run, device=device)
-    if teacher is not None and teacher not in loaded.teacher_names:
-        raise FeatureFieldError(f"{run}: no teacher {teacher!r} in this run (has {', '.join(loaded.teacher_names) or 'none'})")
-    files = export_run(loaded, output or loaded.path / "export", teacher, max_points)
-    for f in files:
-        print(f"wrote {f}")
-    return 0

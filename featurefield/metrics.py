@@ -1,6 +1,6 @@
 """Image, feature, mask and correspondence metrics used by ``featurefield eval``.
 
-* :func:`psnr`, :func:`ssim` (torchmetrics) on ``[H, W, 3]`` images in [0, 1].
+* :func:`psnr` (and :func:`psnr_from_mse`, what training logs), :func:`ssim` (torchmetrics) on ``[H, W, 3]`` images in [0, 1].
 * :class:`Lpips`: torchmetrics LPIPS; its backbone needs ImageNet weights from the torch hub cache,
   which cannot be downloaded here, so when they are absent the metric reports
   ``"unavailable (reason)"`` instead of failing or inventing a number.
@@ -26,11 +26,16 @@ def _nchw(img: Tensor) -> Tensor:
     return img.permute(0, 3, 1, 2).contiguous()
 
 
-def psnr(pred: Tensor, target: Tensor) -> float:
-    """Peak signal-to-noise ratio in dB for images in [0, 1] (``[H, W, 3]`` or ``[N, H, W, 3]``)."""
-    from torchmetrics.functional.image import peak_signal_noise_ratio
+def psnr_from_mse(mse: Tensor) -> Tensor:
+    """Peak signal-to-noise ratio in dB of a mean squared error of images in [0, 1] (0-d tensor in, 0-d out;
+    no host sync, so a training step can log it)."""
+    return -10.0 * torch.log10(mse.clamp_min(1e-10))
 
-    return float(peak_signal_noise_ratio(_nchw(pred).clamp(0, 1), _nchw(target), data_range=1.0))
+
+def psnr(pred: Tensor, target: Tensor) -> float:
+    """Peak signal-to-noise ratio in dB for images in [0, 1] (``[H, W, 3]`` or ``[N, H, W, 3]``; ``pred`` is
+    clamped to [0, 1] first)."""
+    return float(psnr_from_mse(((pred.float().clamp(0, 1) - target.float().to(pred.device)) ** 2).mean()))
 
 
 def ssim(pred: Tensor, target: Tensor) -> float:

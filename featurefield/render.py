@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from rich.progress import track
 
 from featurefield.cameras import Cameras
-from featurefield.errors import FeatureFieldError
-from featurefield.run import Run, atomic_write_json, load_run
+from featurefield.io import atomic_write_json
+from featurefield.run import Run
 
 
 def pca_basis(run: Run, teacher: str, views: int = 4, samples: int = 20_000):
@@ -43,11 +42,6 @@ def pca_basis(run: Run, teacher: str, views: int = 4, samples: int = 20_000):
     basis = fit_pca(torch.cat(feats), k=3)
     atomic_write_json(path, basis.to_dict())
     return basis
-
-
-def render_pca(run: Run, camera: Cameras, teacher: str, basis) -> np.ndarray:
-    """A PCA picture ``[H, W, 3]`` uint8 of ``teacher``'s features at ``camera``."""
-    return pca_render(run, camera, teacher, basis)[0]
 
 
 def pca_render(run: Run, camera: Cameras, teacher: str, basis, field=None):
@@ -81,7 +75,7 @@ def render_path(run: Run, cameras: Cameras, output: Path, outputs: tuple[str, ..
             if "depth" in outputs:
                 pictures["depth"] = depth_image(r.depth[..., 0].cpu(), r.alpha[..., 0].cpu())
             for t, basis in bases.items():
-                pictures[f"pca_{t}"] = render_pca(run, cam, t, basis)
+                pictures[f"pca_{t}"] = pca_render(run, cam, t, basis)[0]
             for kind, pic in pictures.items():
                 path = output / kind / f"{names[k]}.png"
                 save_png(path, pic)
@@ -91,54 +85,3 @@ def render_path(run: Run, cameras: Cameras, output: Path, outputs: tuple[str, ..
         for kind, pics in frames.items():
             written[kind].append(write_video(output / f"{kind}.mp4", pics, fps=fps))
     return written
-
-
-def render_command(
-    run: Path,
-    /,
-    output: Path | None = None,
-    path: Literal["test", "train", "orbit", "interpolate"] = "test",
-    frames: int = 120,
-    orbit: Literal["auto", "full", "captured"] = "auto",
-    fps: int = 30,
-    outputs: tuple[str, ...] = ("rgb", "depth", "pca"),
-    max_views: int | None = None,
-    device: str = "auto",
-) -> int:
-    """Render a trained RUN to PNGs and MP4s.
-
-    Args:
-        run: run folder written by `featurefield train`.
-        output: where to write (default RUN/renders/<path>).
-        path: `test`/`train` views, a smooth `orbit`, or an `interpolate`d path through the train views.
-        frames: frames of an orbit or interpolated path.
-        orbit: `full` circle, `captured` (a sweep over the azimuths the train views cover, and back), or
-            `auto` (captured when the capture leaves a gap over 90 degrees, e.g. a phone capture from one side).
-        outputs: any of rgb, depth, pca.
-        max_views: render at most this many views of a split (evenly spaced).
-    """
-    loaded = load_run(run, device=device)
-    bad = set(outputs) - {"rgb", "depth", "pca"}
-    if bad:
-        raise FeatureFieldError(f"unknown output(s) {sorted(bad)}; choose from rgb, depth, pca")
-    if "pca" in outputs and not loaded.teacher_names:
-        outputs = tuple(o for o in outputs if o != "pca")
-    from featurefield.camera_paths import interpolate_path, orbit_path
-
-    if path in ("test", "train"):
-        views = loaded.view_indices(path)
-        if max_views:
-            views = [views[int(i)] for i in np.linspace(0, len(views) - 1, min(max_views, len(views))).round()]
-        cams = loaded.normalization.cameras_to_canonical(loaded.scene().cameras[views]).to(loaded.device)
-        names = [f"view_{v:04d}" for v in views]
-    else:
-        train = loaded.cameras("train").to("cpu")
-        cams = (orbit_path(train, frames, arc=orbit) if path == "orbit" else interpolate_path(train, frames)).to(loaded.device)
-        names = None
-    out = output or loaded.path / "renders" / path
-    written = render_path(loaded, cams, out, tuple(outputs), fps=fps, names=names)
-    for kind, files in written.items():
-        pngs = [f for f in files if f.suffix == ".png"]
-        videos = [f for f in files if f.suffix != ".png"]
-        print(f"{kind}: {len(pngs)} frames in {out / kind}" + "".join(f", video {v}" for v in videos))
-    return 0

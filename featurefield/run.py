@@ -12,11 +12,8 @@ Layout of a run folder::
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -25,55 +22,11 @@ from featurefield.cameras import Cameras
 from featurefield.data.scene import Normalization, Scene
 from featurefield.errors import FeatureFieldError
 from featurefield.fields.base import FeatureField, TeacherTarget, field_class
+from featurefield.io import resolve_device
 
 CONFIG = "config.json"
 NORMALIZATION = "normalization.json"
 CHECKPOINT = Path("checkpoints") / "latest.pt"
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when present, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FeatureFieldError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    return device
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def atomic_torch_save(path: Path, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
@@ -168,6 +121,30 @@ class Run:
                 )
             self._teachers[name] = teacher_from_spec(specs[name]).to(self.device)
         return self._teachers[name]
+
+    def text_teacher(self, name: str | None = None):
+        """The run's teacher with a text encoder (``name`` or the first one), or a one-line error naming them."""
+        if name is not None and name not in self.teacher_names:
+            raise FeatureFieldError(f"{self.path}: run has no teacher {name!r}; it was trained with "
+                                    f"{', '.join(self.teacher_names) or 'no teachers'}")
+        has_text = [t for t in self.teacher_names if self.teacher(t).has_text]
+        if name is not None and name not in has_text:
+            hint = f"use --teacher {has_text[0]}" if has_text else "train with --teacher clip"
+            raise FeatureFieldError(f"{self.path}: teacher {name!r} has no text encoder; {hint}")
+        if not has_text:
+            raise FeatureFieldError(f"{self.path}: text queries need a teacher with a text encoder (clip); this run's "
+                                    f"teachers ({', '.join(self.teacher_names) or 'none'}) have none; train with --teacher clip")
+        return self.teacher(name or has_text[0])
+
+    def prompt_decoder(self, what: str = "prompts need"):
+        """SAM's prompt decoder for a run trained with the sam teacher, or a one-line error (``what`` starts it)."""
+        from featurefield.teachers.sam_decoder import SamPromptDecoder
+
+        if "sam" not in self.teacher_names:
+            raise FeatureFieldError(f"{self.path}: {what} a run trained with the sam teacher; "
+                                    f"this run has {', '.join(self.teacher_names) or 'no teachers'}")
+        spec = next(t for t in self.config["teachers"] if t["name"] == "sam")
+        return SamPromptDecoder.from_weights(spec.get("options", {}).get("weights"), device=self.device)
 
     def features(self, name: str, views: list[int]) -> Tensor:
         """Teacher features ``[len(views), D, h, w]`` fp16 for scene views (from the feature cache)."""

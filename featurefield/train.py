@@ -20,7 +20,6 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -31,11 +30,11 @@ from featurefield.errors import FeatureFieldError
 from featurefield.fields.base import FeatureField, TeacherTarget, TrainData, field_class
 from featurefield.fields.nerf.config import NerfConfig
 from featurefield.fields.splat.config import SplatConfig
-from featurefield.metrics import cosine_map
+from featurefield.metrics import cosine_map, psnr
 from featurefield.stopping import StopRequest, TrainingStopped
+from featurefield.io import atomic_torch_save, atomic_write_json, resolve_device
 from featurefield.run import (
-    CHECKPOINT, CONFIG, NORMALIZATION, Run, atomic_torch_save, atomic_write_json, load_checkpoint, load_run,
-    resolve_device, scene_from_config, teacher_from_spec,
+    CHECKPOINT, CONFIG, NORMALIZATION, Run, load_checkpoint, load_run, scene_from_config, teacher_from_spec,
 )
 
 
@@ -290,8 +289,7 @@ class Trainer:
         for k, i in enumerate(views):
             r = fld.render(cams[i].to(self.device), background=self.data.background, features=bool(self.targets))
             gt = self.scene.image(i).to(self.device)
-            mse = ((r.rgb.clamp(0, 1) - gt) ** 2).mean()
-            psnrs.append(float(-10 * torch.log10(mse.clamp_min(1e-10))))
+            psnrs.append(psnr(r.rgb, gt))
             for t in self.targets:
                 target = targets[t.name][k].to(self.device, torch.float32)
                 pred = fld.decode(r, t.name, tuple(target.shape[-2:]), as_teacher=True)
@@ -511,61 +509,3 @@ def train(scene: str | Path | Scene, output: str | Path, *, field: str = "splat"
     trainer = Trainer(output, loaded, spec, field, field_config, teacher_specs, config)
     trainer.fit(resume=resume)
     return load_run(output, device=trainer.device)
-
-
-def train_command(
-    scene: str,
-    /,
-    output: Path | None = None,
-    field: Literal["splat", "nerf"] = "splat",
-    teacher: tuple[str, ...] = ("sam",),
-    weights: Path | None = None,
-    steps: int | None = None,
-    format: str | None = None,
-    downscale: float = 1.0,
-    resume: bool = False,
-    device: str = "auto",
-    seed: int = 0,
-    eval_every: int = 0,
-    final_eval_views: int | None = None,
-    checkpoint_every: int = 1000,
-    cache_dir: Path | None = None,
-    no_features: bool = False,
-    scene_option: tuple[str, ...] = (),
-    splat: SplatConfig = SplatConfig(),  # noqa: B008 (tyro reads the default)
-    nerf: NerfConfig = NerfConfig(),  # noqa: B008
-) -> int:
-    """Train a feature field on SCENE (a scene folder, or `demo`).
-
-    Args:
-        scene: scene folder (Blender, nerfstudio, COLMAP, LLFF) or `demo` / `demo:SEED`.
-        output: run folder (default: runs/<scene>-<field>).
-        field: `splat` (3D Gaussians, fast) or `nerf` (F3RM hash grids).
-        teacher: teachers to distill, e.g. `sam`, `clip`, `dino`, `clip:model=ViT-B-16`, `sam@0.5` (loss weight).
-        weights: weights file/folder for `sam` (else $FEATUREFIELD_WEIGHTS or the user cache).
-        steps: training steps (default 30,000 on GPU; on CPU 520 for splat, 2,400 for nerf: the demo scene in 2-3 minutes).
-        format: force a scene format instead of detecting it.
-        downscale: shrink images by this factor.
-        resume: continue the run in --output from its last checkpoint.
-        device: auto, cpu or cuda.
-        eval_every: evaluate on a few held-out views every this many steps (0: only at the end).
-        final_eval_views: at most this many test views in the final evaluation (default: all of them).
-        checkpoint_every: write the checkpoint every this many steps.
-        cache_dir: feature cache folder (default: $FEATUREFIELD_CACHE or the per-user cache).
-        no_features: train colour only (no teacher).
-        scene_option: loader options as key=value, e.g. `size=96 views=24` for the demo scene.
-        splat: Gaussian-field settings (used with --field splat).
-        nerf: NeRF-field settings (used with --field nerf).
-    """
-    options = parse_options(scene_option, "--scene-option")
-    name = "demo" if scene.startswith("demo") else Path(scene).resolve().name
-    output = output or Path("runs") / f"{name}-{field}"
-    cfg = TrainConfig(steps=steps, seed=seed, eval_every=eval_every, checkpoint_every=checkpoint_every,
-                      device=device, cache_dir=cache_dir, final_eval_views=final_eval_views)
-    run = train(scene, output, field=field, teachers=[] if no_features else list(teacher), config=cfg,
-                field_config=splat if field == "splat" else nerf,
-                format=format, downscale=downscale, weights=weights, resume=resume, scene_options=options)
-    summary = json.loads((run.path / "metrics.json").read_text())
-    line = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
-    print(f"trained {run.path}: {line}")
-    return 0

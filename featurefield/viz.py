@@ -7,8 +7,6 @@ views) and reuse it, so the same feature gets the same colour in every picture a
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ import torch
 from torch import Tensor
 
 from featurefield.errors import FeatureFieldError
+from featurefield.io import atomic_path
 
 # ---------------------------------------------------------------------------------------------- colour maps
 #: Anchor colours (position, RGB 0-255) of the colour maps, linearly interpolated into 256-entry tables.
@@ -356,26 +355,14 @@ def side_by_side(images: Sequence, labels: Sequence[str] | None = None, pad: int
 
 
 # ---------------------------------------------------------------------------------------------- files
-def _temp_beside(path: Path, suffix: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; outputs are meant to be shared
-    return Path(tmp)
-
-
 def save_png(path: str | Path, image) -> Path:
     """Write a picture (uint8 or float in [0, 1]; grey, RGB or RGBA) to ``path`` atomically; returns ``path``."""
     from PIL import Image
 
     path = Path(path)
     arr = to_uint8(image)
-    tmp = _temp_beside(path, ".png")
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(arr).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -416,29 +403,22 @@ def write_video(path: str | Path, frames: Sequence, fps: int = 30) -> Path:
     if path.suffix.lower() != ".gif" and _ffmpeg_available():
         import imageio.v2 as imageio
 
-        tmp = _temp_beside(path, path.suffix or ".mp4")
         try:
-            with imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=8,
-                                    pixelformat="yuv420p", macro_block_size=1) as writer:
+            with atomic_path(path, suffix=path.suffix or ".mp4") as tmp, imageio.get_writer(
+                    tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=8, pixelformat="yuv420p",
+                    macro_block_size=1) as writer:
                 for p in pics:
                     writer.append_data(_even(p))
-            os.replace(tmp, path)
             return path
         except Exception as err:  # noqa: BLE001 - a broken ffmpeg install falls back to GIF below
             warnings.warn(f"{path}: writing MP4 failed ({err}); writing a GIF instead", stacklevel=2)
-        finally:
-            tmp.unlink(missing_ok=True)
     elif path.suffix.lower() != ".gif":
         warnings.warn(f"{path}: ffmpeg is not available (pip install imageio-ffmpeg); writing a GIF instead",
                       stacklevel=2)
     from PIL import Image
 
     gif = path.with_suffix(".gif")
-    tmp = _temp_beside(gif, ".gif")
-    try:
+    with atomic_path(gif, suffix=".gif") as tmp:
         ims = [Image.fromarray(p) for p in pics]
         ims[0].save(tmp, format="GIF", save_all=True, append_images=ims[1:], duration=max(1, round(1000 / fps)), loop=0)
-        os.replace(tmp, gif)
-    finally:
-        tmp.unlink(missing_ok=True)
     return gif

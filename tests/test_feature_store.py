@@ -113,7 +113,7 @@ def test_resume_after_interruption(tmp_path):
 
 def test_features_command_writes_pca(tmp_path, monkeypatch):
     from featurefield.teachers import base
-    from featurefield.teachers import commands
+    from featurefield.commands import teachers as commands
 
     scene = make_scene()
     scene.name = "toy"

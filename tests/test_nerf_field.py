@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from featurefield.data.demo import make_demo_scene
+from featurefield.data.demo_scene import make_demo_scene
 from featurefield.fields.base import TeacherTarget, TrainData, field_class
 from featurefield.fields.nerf.config import NerfConfig
 from featurefield.fields.nerf.model import NerfField

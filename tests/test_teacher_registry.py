@@ -54,7 +54,7 @@ def test_unknown_teacher():
 
 
 def test_teachers_command_lists_all(capsys):
-    from featurefield.teachers.commands import teachers_command
+    from featurefield.commands.teachers import teachers_command
 
     assert teachers_command() == 0
     out = capsys.readouterr().out

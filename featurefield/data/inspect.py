@@ -1,15 +1,13 @@
-"""``featurefield inspect``: load a scene and print what featurefield sees in it."""
+"""A plain-data summary of a loaded scene (what ``featurefield inspect`` prints)."""
 
 from __future__ import annotations
 
-import torch
 
-from featurefield.data.registry import load_scene
 from featurefield.data.scene import Scene
 
 
 def summarize(scene: Scene) -> dict:
-    """A plain-data summary of ``scene`` (what :func:`inspect_command` prints)."""
+    """A plain-data summary of ``scene`` (what ``featurefield inspect`` prints)."""
     cams = scene.cameras
     sizes = sorted({(int(w), int(h)) for w, h in zip(cams.width, cams.height)})
     centers = cams.centers
@@ -32,47 +30,3 @@ def summarize(scene: Scene) -> dict:
         "depth": scene.depths is not None,
         "labels": scene.semantics is not None or scene.instances is not None,
     }
-
-
-def inspect_command(scene: str, /, format: str | None = None, downscale: float = 1.0) -> int:
-    """Load a scene folder and summarise it (format, views, resolution, split, cameras, points).
-
-    Args:
-        scene: scene folder (Blender, nerfstudio, COLMAP, LLFF) or ``demo``.
-        format: force a format instead of detecting it.
-        downscale: shrink images by this factor, as training would.
-    """
-    from rich.console import Console
-    from rich.table import Table
-
-    loaded = load_scene(scene, format=format, downscale=downscale)
-    info = summarize(loaded)
-    table = Table(title=f"scene {info['name']}", show_header=False)
-    table.add_column("key", style="bold")
-    table.add_column("value")
-    res = ", ".join(f"{w}x{h}" for w, h in info["resolutions"][:4])
-    if len(info["resolutions"]) > 4:
-        res += f" (+{len(info['resolutions']) - 4} more)"
-    rows = [
-        ("format", info["format"]),
-        ("source", str(info["source"])),
-        ("views", str(info["views"])),
-        ("resolution", res),
-        ("split", ", ".join(f"{k} {v}" for k, v in info["split"].items())),
-        ("camera model", info["camera_model"] + (" (with distortion)" if info["distorted"] else "")),
-        ("focal (px)", "{:.1f}".format(info["focal_px"][0]) if info["focal_px"][0] == info["focal_px"][1]
-         else "{:.1f} - {:.1f}".format(*info["focal_px"])),
-        ("camera extent", f"{info['camera_extent']:.3f} (world units, max distance from mean centre)"),
-        ("points", str(info["points"])),
-        ("depth / labels", f"{'yes' if info['depth'] else 'no'} / {'yes' if info['labels'] else 'no'}"),
-        ("background", "opaque" if info["background"] is None else str(tuple(round(c, 3) for c in info["background"]))),
-        ("normalization", "centre ({}), scale {:.4g}".format(
-            ", ".join(f"{c:.3f}" for c in info["normalization"]["center"]), info["normalization"]["scale"])),
-    ]
-    if info["bounds"] is not None:
-        b = torch.tensor(info["bounds"])
-        rows.append(("bounds", f"{b[0].tolist()} .. {b[1].tolist()}"))
-    for k, v in rows:
-        table.add_row(k, v)
-    Console().print(table)
-    return 0

@@ -15,9 +15,7 @@ Downscaling uses ``images_N`` folders (and ``masks_N``) where they exist, else r
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +37,7 @@ from featurefield.data.loading import (
 )
 from featurefield.data.scene import Normalization, PointCloud, Scene
 from featurefield.errors import FeatureFieldError
+from featurefield.io import atomic_path, atomic_write_json
 
 #: nerfstudio camera_model -> featurefield camera model
 CAMERA_MODELS = {"PINHOLE": "pinhole", "OPENCV": "opencv", "OPENCV_FISHEYE": "fisheye"}
@@ -272,7 +271,7 @@ def write_nerfstudio(scene: Scene, out_dir: Path) -> Path:
         _write_ply(scene.points, out_dir / "sparse_pc.ply")
         meta["ply_file_path"] = "sparse_pc.ply"
     target = out_dir / "transforms.json"
-    _atomic_write_json(meta, target)
+    atomic_write_json(target, meta, indent=1)
     return target
 
 
@@ -284,16 +283,5 @@ def _write_ply(points: PointCloud, path: Path) -> None:
     data = np.empty(len(xyz), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
     data["x"], data["y"], data["z"] = xyz.T
     data["red"], data["green"], data["blue"] = rgb.T
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".ply.tmp")
-    os.close(fd)
-    PlyData([PlyElement.describe(data, "vertex")]).write(tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_json(obj: dict, path: Path) -> None:
-    import json
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        PlyData([PlyElement.describe(data, "vertex")]).write(str(tmp))

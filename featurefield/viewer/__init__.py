@@ -10,16 +10,16 @@ clicking one moves the view there. While the camera moves, renders are small (``
 it rests for a moment, the view is rendered again at ``max_side``.
 
 Everything is in the run's canonical frame (the one ``field.render`` takes). Usable from Python, a
-module each: ``cameras`` (:func:`viewer_camera` / :func:`camera_pose`: viser's camera to ours and
+module each: ``viser_cameras`` (:func:`viewer_camera` / :func:`camera_pose`: viser's camera to ours and
 back), ``renderer`` (:class:`ViewRenderer`: any output for a camera), ``client`` (:class:`ClientView`:
 one browser tab's render loop), ``server`` (:func:`serve`: the panel and the callbacks; ``featurefield
 view``).
 """
 
-from featurefield.viewer.cameras import camera_pose, viewer_camera
+from featurefield.viewer.viser_cameras import camera_pose, viewer_camera
 from featurefield.viewer.client import REST_SECONDS, SHOW, ClientView
 from featurefield.viewer.renderer import BASE_OUTPUTS, CutOut, ViewRenderer, relevancy_overlay
-from featurefield.viewer.server import serve, view_command
+from featurefield.viewer.server import serve
 
 __all__ = ["BASE_OUTPUTS", "REST_SECONDS", "SHOW", "ClientView", "CutOut", "ViewRenderer", "camera_pose",
-           "relevancy_overlay", "serve", "view_command", "viewer_camera"]
+           "relevancy_overlay", "serve", "viewer_camera"]

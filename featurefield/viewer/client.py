@@ -11,7 +11,7 @@ import torch
 
 from featurefield.cameras import Cameras
 from featurefield.errors import FeatureFieldError
-from featurefield.viewer.cameras import sized, viewer_camera
+from featurefield.viewer.viser_cameras import sized, viewer_camera
 from featurefield.viewer.renderer import CutOut, ViewRenderer
 
 #: seconds the camera must rest before the full-size render

@@ -77,9 +77,7 @@ class ViewRenderer:
 
     def decoder(self):
         if self._decoder is None:
-            from featurefield.query.commands import _sam_decoder
-
-            self._decoder = _sam_decoder(self.run, "SAM prompts need")
+            self._decoder = self.run.prompt_decoder("SAM prompts need")
         return self._decoder
 
     @torch.no_grad()

@@ -43,6 +43,7 @@ from featurefield.fields.nerf.rendering import (
 from featurefield.fields.nerf.samplers import pdf_edges, ray_aabb, spacing_to_distance, uniform_edges
 from featurefield.fields.spill import FeatureSpill
 from featurefield.fields.teacher_grid import sample_at_cell_centres
+from featurefield.metrics import psnr_from_mse
 
 #: features of a whole view above this many bytes are returned in fp16 (4K x 256-D fits a 24 GB card).
 _FP32_FEATURE_BYTES = 2**31
@@ -588,7 +589,7 @@ class NerfField(FeatureField):
         out = self.render_rays(batch["origins"], batch["directions"], batch["image"], step=step, background=bg, screen=screen,
                                teachers=[t.name for t in self.targets], normals=cfg.predict_normals)
         rgb_loss = F.mse_loss(out["rgb"], batch["rgb"])
-        losses: dict[str, Tensor] = {"rgb": rgb_loss, "psnr": -10 * torch.log10(rgb_loss.detach().clamp_min(1e-10))}
+        losses: dict[str, Tensor] = {"rgb": rgb_loss, "psnr": psnr_from_mse(rgb_loss.detach())}
         total = rgb_loss
         K = batch.get("patch", 1)
         for t in self.targets:

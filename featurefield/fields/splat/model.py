@@ -34,6 +34,7 @@ from featurefield.fields.splat.resample import resample, resample_hwc
 from featurefield.fields.splat.sh import num_sh_bases, rgb_to_sh, sh_to_colors, sh_to_rgb
 from featurefield.fields.spill import FeatureSpill
 from featurefield.fields.splat.views import View, views_of
+from featurefield.metrics import psnr_from_mse
 
 GAUSSIAN_PARAMS = ("means", "scales", "quats", "opacities", "sh0", "shN", "embedding")
 
@@ -464,7 +465,8 @@ class GaussianField(FeatureField):
         l1 = losses.l1(rgb, gt)
         ssim = losses.ssim(rgb, gt)
         total = (1 - cfg.ssim_lambda) * l1 + cfg.ssim_lambda * (1 - ssim)
-        out: dict[str, Tensor] = {"rgb": l1.detach(), "ssim": ssim.detach(), "psnr": losses.psnr(rgb, gt)}
+        out: dict[str, Tensor] = {"rgb": l1.detach(), "ssim": ssim.detach(),
+                                  "psnr": psnr_from_mse(F.mse_loss(rgb.detach().float(), gt.float()))}
         if cfg.alpha_weight > 0 and data.alphas is not None:
             alpha_gt = data.alphas[i].to(dev).float()[..., None] / 255.0  # [H, W, 1]
             alpha_l1 = losses.l1(alpha, alpha_gt)

@@ -11,7 +11,6 @@ normalization has no rotation). The per-teacher decoders go to ``<name>.decoders
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +18,7 @@ import torch
 
 from featurefield.data.scene import Normalization
 from featurefield.errors import FeatureFieldError
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+from featurefield.io import atomic_path, atomic_torch_save
 
 
 @torch.no_grad()
@@ -56,7 +46,8 @@ def export_splat(field, normalization: Normalization, out_dir: str | Path, name:
     for k, v in columns:
         vertex[k] = v
     ply_path = out_dir / f"{name}.ply"
-    _atomic_write(ply_path, lambda t: PlyData([PlyElement.describe(vertex, "vertex")]).write(str(t)))
+    with atomic_path(ply_path) as tmp:
+        PlyData([PlyElement.describe(vertex, "vertex")]).write(str(tmp))
     side = {
         "format": "featurefield-splat-decoders/1",
         "embed_dim": int(emb.shape[1]),
@@ -69,7 +60,7 @@ def export_splat(field, normalization: Normalization, out_dir: str | Path, name:
                           if k.startswith(("spills.", "backgrounds."))},
     }
     dec_path = out_dir / f"{name}.decoders.pt"
-    _atomic_write(dec_path, lambda t: torch.save(side, t))
+    atomic_torch_save(dec_path, side)
     return [ply_path, dec_path]
 
 

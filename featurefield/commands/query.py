@@ -24,21 +24,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:40] or "query"
 
 
-def text_teacher(run: Run, name: str | None = None):
-    """The run's teacher with a text encoder (``name`` or the first one), or a one-line error naming them."""
-    if name is not None and name not in run.teacher_names:
-        raise FeatureFieldError(f"{run.path}: run has no teacher {name!r}; it was trained with "
-                                f"{', '.join(run.teacher_names) or 'no teachers'}")
-    has_text = [t for t in run.teacher_names if run.teacher(t).has_text]
-    if name is not None and name not in has_text:
-        hint = f"use --teacher {has_text[0]}" if has_text else "train with --teacher clip"
-        raise FeatureFieldError(f"{run.path}: teacher {name!r} has no text encoder; {hint}")
-    if not has_text:
-        raise FeatureFieldError(f"{run.path}: text queries need a teacher with a text encoder (clip); this run's "
-                                f"teachers ({', '.join(run.teacher_names) or 'none'}) have none; train with --teacher clip")
-    return run.teacher(name or has_text[0])
-
-
 def _view_camera(run: Run, split: str, view: int):
     views = run.view_indices(split)
     if not 0 <= view < len(views):
@@ -146,7 +131,7 @@ def _text_query(run: Run, cam, text, negatives, threshold, out: Path, extract: b
     from featurefield.query.selection import export_cutout
     from featurefield.query.text import point_relevancy, relevancy_map
 
-    t = text_teacher(run, teacher)
+    t = run.text_teacher(teacher)
     q = relevancy_map(run.field, cam, t, text, negatives, background=run.background)
     written = [viz.save_png(out / "rgb.png", (q.render.rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())]
     masks = q.masks(threshold)
@@ -174,7 +159,7 @@ def _keypoint_query(run: Run, cam, scene_index: int, uv: torch.Tensor, target: R
 
     from featurefield.query.correspondence import transfer_keypoints, unproject
     from featurefield.query.selection import surface_depth
-    from featurefield.run import atomic_write_json
+    from featurefield.io import atomic_write_json
 
     shared = [t for t in run.teacher_names if t in target.teacher_names]
     if teacher is not None and teacher not in shared:
@@ -209,22 +194,11 @@ def _keypoint_query(run: Run, cam, scene_index: int, uv: torch.Tensor, target: R
     return [viz.save_png(out / "keypoints.png", picture), out / "keypoints.json"]
 
 
-def _sam_decoder(run: Run, what: str):
-    """SAM's prompt decoder for a run trained with the sam teacher, or a one-line error."""
-    from featurefield.teachers.sam_decoder import SamPromptDecoder
-
-    if "sam" not in run.teacher_names:
-        raise FeatureFieldError(f"{run.path}: {what} a run trained with the sam teacher; "
-                                f"this run has {', '.join(run.teacher_names) or 'no teachers'}")
-    spec = next(t for t in run.config["teachers"] if t["name"] == "sam")
-    return SamPromptDecoder.from_weights(spec.get("options", {}).get("weights"), device=run.device)
-
-
 def _everything_query(run: Run, cam, points_per_side: int, out: Path, extract: bool) -> list[Path]:
     from featurefield.query.prompts import render_sam_features, segment_everything
     from featurefield.query.selection import export_cutout, lift_masks
 
-    decoder = _sam_decoder(run, "--everything needs")
+    decoder = run.prompt_decoder("--everything needs")
     H, W = int(cam.height[0]), int(cam.width[0])
     feats, r = render_sam_features(run.field, cam, background=run.background)
     opaque = r.alpha[..., 0].cpu() > 0.5  # prompt where the field has something (everywhere if it has nothing yet)
@@ -251,7 +225,7 @@ def _prompt_query(run: Run, cam, box, point, out: Path, extract: bool) -> list[P
     from featurefield.query.prompts import prompt_view
     from featurefield.query.selection import export_cutout, lift_masks
 
-    decoder = _sam_decoder(run, "box/point prompts need")
+    decoder = run.prompt_decoder("box/point prompts need")
     pts = None if point is None else torch.tensor([point], dtype=torch.float32)
     mask, score, r = prompt_view(run.field, cam, decoder, points=pts, box=box, background=run.background)
     written = [viz.save_png(out / "rgb.png", (r.rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()),

@@ -1,4 +1,4 @@
-"""CLI commands: ``featurefield teachers``, ``featurefield weights``, ``featurefield features``."""
+"""``featurefield teachers`` (list them), ``featurefield weights`` (fetch them), ``featurefield features`` (extract and cache)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import numpy as np
 import torch
 
 from featurefield.errors import FeatureFieldError
+from featurefield.io import resolve_device
+from featurefield.train import parse_teacher
 
 
 def _teacher_rows() -> list[tuple[str, str, str, str, str]]:
@@ -76,28 +78,11 @@ def _parse_views(scene, views: str) -> list[int]:
 
 def _pca_pictures(features: torch.Tensor, k: int = 3) -> list[np.ndarray]:
     """uint8 ``[h, w, 3]`` pictures of ``[V, D, h, w]`` features, one PCA basis shared by all views."""
-    try:
-        from featurefield.viz import fit_pca, pca_image
+    from featurefield.viz import fit_pca, pca_image
 
-        feats = features.float()
-        basis = fit_pca(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]), k=3)
-        return [np.asarray(pca_image(f, basis=basis)) for f in feats]
-    except ImportError:
-        return _private_pca(features.float())
-
-
-def _private_pca(feats: torch.Tensor) -> list[np.ndarray]:
-    # fallback while featurefield.viz is absent: top-3 principal components, 1-99% percentile stretch
-    v, d, h, w = feats.shape
-    x = feats.permute(0, 2, 3, 1).reshape(-1, d)
-    mean = x.mean(0, keepdim=True)
-    _, _, vecs = torch.pca_lowrank(x - mean, q=min(3, d), center=False)
-    proj = (x - mean) @ vecs
-    lo, hi = torch.quantile(proj[:: max(1, len(proj) // 100000)], torch.tensor([0.01, 0.99]), dim=0)
-    img = ((proj - lo) / (hi - lo).clamp_min(1e-8)).clamp(0, 1)
-    if img.shape[1] < 3:
-        img = torch.cat([img, img.new_zeros(len(img), 3 - img.shape[1])], 1)
-    return [(img.reshape(v, h, w, 3)[i].numpy() * 255).astype(np.uint8) for i in range(v)]
+    feats = features.float()
+    basis = fit_pca(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]), k=k)
+    return [np.asarray(pca_image(f, basis=basis)) for f in feats]
 
 
 def _torchrun_ranks() -> tuple[int, int, int]:
@@ -135,13 +120,9 @@ def features_command(scene: str, /, teacher: list[str] = ["sam"], views: str = "
     from featurefield.data.registry import load_scene
     from featurefield.teachers.base import create_teacher
     from featurefield.teachers.store import FeatureStore
-    from featurefield.train import parse_teacher
 
     rank, world, local_rank = _torchrun_ranks()
-    if device == "auto":
-        dev = torch.device(f"cuda:{local_rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
-    else:
-        dev = torch.device(device)
+    dev = resolve_device(device, local_rank)
     sc = load_scene(scene, format=format, downscale=downscale)
     ids = _parse_views(sc, views)
     store = FeatureStore(cache_dir)

@@ -1,0 +1,28 @@
+"""``featurefield export``: a trained run's 3D content in the scene's world frame."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from featurefield.errors import FeatureFieldError
+from featurefield.export import export_run
+from featurefield.run import load_run
+
+
+def export_command(run: Path, /, output: Path | None = None, teacher: str | None = None,
+                   max_points: int = 1_000_000, device: str = "auto") -> int:
+    """Export a trained RUN (3DGS PLY + embeddings + decoders, or a NeRF point cloud) in world coordinates.
+
+    Args:
+        run: run folder written by `featurefield train`.
+        output: folder to write (default RUN/export).
+        teacher: for NeRF runs, whose features to attach to the points (default: the first).
+        max_points: NeRF point-cloud size.
+    """
+    loaded = load_run(run, device=device)
+    if teacher is not None and teacher not in loaded.teacher_names:
+        raise FeatureFieldError(f"{run}: no teacher {teacher!r} in this run (has {', '.join(loaded.teacher_names) or 'none'})")
+    files = export_run(loaded, output or loaded.path / "export", teacher, max_points)
+    for f in files:
+        print(f"wrote {f}")
+    return 0
