@@ -16,13 +16,13 @@ import json
 import math
 
 import torch
+from cuda_timing import median_ms  # noqa: E402 (bench/ is on sys.path when run as a script)
 
 from featurefield.cameras import Cameras, look_at
 from featurefield.fields.base import TeacherTarget
 from featurefield.fields.splat.config import SplatConfig
 from featurefield.fields.splat.model import GaussianField
 from featurefield.query.text import lerf_relevancy, text_scores
-from cuda_timing import median_ms  # noqa: E402 (bench/ is on sys.path when run as a script)
 
 
 def timed(fn, warmup: int = 5, iters: int = 30) -> float:

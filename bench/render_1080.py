@@ -2,8 +2,8 @@
 
 Ours: the E-channel embedding rasterized, then decoded per pixel to the teacher's D channels
 (``field.render(colour=False)`` + ``field.decode``), with the decode in fp32 and under fp16 autocast; also
-with colour and depth in the same pass (what the viewer and ``featurefield render`` draw). The naive way (Feature 3DGS without its speed-up module): decode
-every Gaussian's embedding once, then rasterize the D channels directly.
+with colour and depth in the same pass (what the viewer and ``featurefield render`` draw). The naive way (Feature
+3DGS without its speed-up module): decode every Gaussian's embedding once, then rasterize the D channels directly.
 Each camera is a test camera of the run with its vertical field of view kept and its image widened to
 1920 x 1080. CUDA events, median per camera, then the median over cameras.
 

@@ -24,9 +24,10 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from featurefield.data import load_scene
-    from featurefield.fields.base import field_class
+    from featurefield.fields.registry import field_spec
     from featurefield.fields.splat.config import SplatConfig
-    from featurefield.train import TrainConfig, Trainer, parse_teacher
+    from featurefield.teachers import TeacherSpec
+    from featurefield.train import TrainConfig, Trainer
 
     ap = argparse.ArgumentParser()
     ap.add_argument("scene")
@@ -43,14 +44,14 @@ def main() -> None:
         sys.exit("bench/splat_profile.py needs a CUDA GPU")
 
     scene = load_scene(args.scene)
-    trainer = Trainer(Path(args.out), scene, {"path": args.scene}, "splat", SplatConfig(embed_dim=args.embed_dim),
-                      [parse_teacher("sam", Path(args.weights))], TrainConfig(steps=30_000, progress=False))
+    trainer = Trainer(Path(args.out), scene, "splat", SplatConfig(embed_dim=args.embed_dim),
+                      [TeacherSpec.parse("sam", Path(args.weights))], TrainConfig(steps=30_000, progress=False))
     trainer.prepare()
     results = []
     for k, mode in enumerate(args.feature_render):
         cfg = SplatConfig(embed_dim=args.embed_dim, feature_render=mode)
         torch.manual_seed(0)
-        fld = field_class("splat").create(scene, trainer.targets, cfg, max_steps=30_000, device="cuda").cuda()
+        fld = field_spec("splat").field_class().create(scene, trainer.targets, cfg, max_steps=30_000, device="cuda").cuda()
         fld.train()
         gen = torch.Generator().manual_seed(0)
         flag = torch.zeros((), dtype=torch.bool, device="cuda")

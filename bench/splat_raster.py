@@ -22,8 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from featurefield.fields.splat import rasterize_gsplat, rasterize_torch  # noqa: E402
 from cuda_timing import median_ms  # noqa: E402 (bench/ is on sys.path when run as a script)
+
+from featurefield.fields.splat import rasterize_gsplat, rasterize_torch  # noqa: E402
 
 
 def random_scene(n: int, width: int, height: int, channels: int, device, seed: int = 0):

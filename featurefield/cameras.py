@@ -71,7 +71,7 @@ class Cameras:
     def __len__(self) -> int:
         return self.c2w.shape[0]
 
-    def __getitem__(self, index) -> "Cameras":
+    def __getitem__(self, index) -> Cameras:
         """Select cameras by int, slice, list or bool mask; always returns a batch."""
         if isinstance(index, int):
             index = [index]
@@ -80,7 +80,7 @@ class Cameras:
             width=self.width[index], height=self.height[index], model=self.model, distortion=self.distortion[index],
         )
 
-    def to(self, device) -> "Cameras":
+    def to(self, device) -> Cameras:
         return Cameras(
             c2w=self.c2w.to(device), fx=self.fx.to(device), fy=self.fy.to(device), cx=self.cx.to(device),
             cy=self.cy.to(device), width=self.width.to(device), height=self.height.to(device),
@@ -115,7 +115,7 @@ class Cameras:
         out[:, :3, 3:] = -R.transpose(1, 2) @ t
         return out
 
-    def scaled(self, factor: float) -> "Cameras":
+    def scaled(self, factor: float) -> Cameras:
         """Cameras for images resized by ``factor`` (e.g. 0.5 halves the resolution).
 
         Sizes round down like an image resize; intrinsics scale about the image corner, which keeps
@@ -128,7 +128,7 @@ class Cameras:
         return replace(self, fx=self.fx * sx, fy=self.fy * sy, cx=self.cx * sx, cy=self.cy * sy,
                        width=width, height=height, c2w=self.c2w.clone(), distortion=self.distortion.clone())
 
-    def with_poses(self, c2w: Tensor) -> "Cameras":
+    def with_poses(self, c2w: Tensor) -> Cameras:
         """The same intrinsics with new poses ``[N, 4, 4]``."""
         return replace(self, c2w=c2w)
 

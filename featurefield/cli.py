@@ -14,29 +14,30 @@ import sys
 from featurefield.errors import FeatureFieldError
 from featurefield.stopping import TrainingStopped
 
-#: subcommand -> ("module:function", one-line help)
+#: subcommand -> ("module:function" in featurefield.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("featurefield.commands.demo:demo_command", "run the whole pipeline on the built-in demo scene and write an HTML report"),
-    "process-images": ("featurefield.commands.process_images:process_images_command", "recover camera poses of plain photos with COLMAP (pycolmap)"),
-    "inspect": ("featurefield.commands.inspect:inspect_command", "load a scene folder and summarise it (format, views, split, points)"),
-    "teachers": ("featurefield.commands.teachers:teachers_command", "list teachers and whether their weights are present"),
-    "weights": ("featurefield.commands.teachers:weights_command", "put a teacher's weights in the per-user cache"),
-    "features": ("featurefield.commands.teachers:features_command", "extract and cache teacher features of a scene; write PCA pictures"),
-    "train": ("featurefield.commands.train:train_command", "train a feature field (splat or nerf) on a scene"),
-    "render": ("featurefield.commands.render:render_command", "render test views or a camera path of a trained run to PNGs and MP4"),
-    "export": ("featurefield.commands.export:export_command", "export a trained run (3DGS PLY with embeddings, or a point cloud)"),
-    "query": ("featurefield.commands.query:query_command", "text or prompt queries on a trained run; extract objects in 3D"),
-    "eval": ("featurefield.commands.eval:eval_command", "evaluate a trained run: PSNR/SSIM/LPIPS, feature fidelity, mask IoU, PCK, mIoU"),
-    "view": ("featurefield.commands.view:view_command", "open a trained run in the browser: colour, depth, feature PCA, text queries, SAM clicks"),
-    "make-category": ("featurefield.commands.general:make_category_command", "render a procedural object category (mugs, chairs) into shards for generalizable fields"),
-    "train-general": ("featurefield.commands.general:train_general_command", "train a generalizable feature field (FeatureNeRF) over a generated category"),
+    "demo": ("demo:demo_command", "run the whole pipeline on the built-in demo scene and write an HTML report"),
+    "process-images": ("process_images:process_images_command", "recover camera poses of plain photos with COLMAP (pycolmap)"),
+    "inspect": ("inspect:inspect_command", "load a scene folder and summarise it (format, views, split, points)"),
+    "teachers": ("teachers:teachers_command", "list teachers and whether their weights are present"),
+    "weights": ("teachers:weights_command", "put a teacher's weights in the per-user cache"),
+    "features": ("teachers:features_command", "extract and cache teacher features of a scene; write PCA pictures"),
+    "train": ("train:train_command", "train a feature field on a scene: `featurefield train splat|nerf SCENE`"),
+    "render": ("render:render_command", "render test views or a camera path of a trained run to PNGs and MP4"),
+    "export": ("export:export_command", "export a trained run (3DGS PLY with embeddings, or a point cloud)"),
+    "query": ("query:query_command", "text or prompt queries on a trained run; extract objects in 3D"),
+    "eval": ("eval:eval_command", "evaluate a trained run: PSNR/SSIM/LPIPS, feature fidelity, mask IoU, PCK, mIoU"),
+    "view": ("view:view_command", "open a trained run in the browser: colour, depth, feature PCA, text queries, SAM clicks"),
+    "make-category": ("general:make_category_command", "render a procedural object category (mugs, chairs) into shards for generalizable fields"),
+    "train-general": ("general:train_general_command", "train a generalizable feature field (FeatureNeRF) over a generated category"),
 }
 
-#: verbs whose RUN may be a generalizable run (``"field": "general"`` in its config.json): routed to these.
+#: verbs whose RUN may be a generalizable run (``"field": "general"`` in its config.json): routed to these
+#: ("module:function" in featurefield.commands).
 #: (Until the field registry gives each field kind its own verbs.)
 GENERAL_COMMANDS: dict[str, str] = {
-    "query": "featurefield.commands.general:general_query_command",
-    "eval": "featurefield.commands.general:general_eval_command",
+    "query": "general:general_query_command",
+    "eval": "general:general_eval_command",
 }
 
 
@@ -87,10 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         module, func = target.split(":")
-        fn = getattr(importlib.import_module(module), func)
-        import tyro
+        fn = getattr(importlib.import_module(f"featurefield.commands.{module}"), func)
+        if getattr(fn, "parses_own_arguments", False):
+            result = fn(rest, prog=f"featurefield {name}", description=help_)
+        else:
+            import tyro
 
-        result = tyro.cli(fn, args=rest, prog=f"featurefield {name}", description=help_)
+            result = tyro.cli(fn, args=rest, prog=f"featurefield {name}", description=help_)
         return int(result) if isinstance(result, int) else 0
     except TrainingStopped as err:  # not an error: the run is intact and resumable
         print(f"featurefield {name}: {err}", file=sys.stderr)

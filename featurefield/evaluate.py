@@ -49,8 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from featurefield.errors import FeatureFieldError
-from featurefield.metrics import (REGIONS, Lpips, confusion_matrix, content_regions, cosine_map, feature_fidelity,
-                                  mask_iou, miou, psnr, ssim)
+from featurefield.metrics import REGIONS, Lpips, confusion_matrix, content_regions, cosine_map, feature_fidelity, mask_iou, miou, psnr, ssim
 from featurefield.run import Run, load_run
 
 
@@ -158,15 +157,18 @@ def _mean(xs: list[float]) -> float:
 
 @torch.no_grad()
 def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | None = None, *, lpips: bool = True,
-                 pck_pairs: int = 4, pck_points: int = 256, match_side: int = 128, sam_decoder=None,
+                 pck_pairs: int = 4, pck_points: int = 256, match_side: int = 128, prompt_decoder=None,
                  semantic_train_views: int = 8, progress: bool = True, device: str = "auto") -> dict:
-    """All metrics of a run (see module docstring); a JSON-able dict."""
+    """All metrics of a run (see module docstring); a JSON-able dict.
+
+    The mask IoUs of prompts are made with the first teacher that decodes prompts (``prompt_decoder``: its
+    decoder, default loaded from the run's weights) and stored under that teacher's name.
+    """
     from rich.progress import track
 
     from featurefield.query.correspondence import evaluate_pair
     from featurefield.query.prompts import prompt_mask
     from featurefield.query.selection import surface_depth
-    from featurefield.teachers.sam import valid_grid
 
     if not isinstance(run, Run):
         run = load_run(run, device=device)
@@ -185,15 +187,13 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
     depths: list[Tensor] = []
     depth_source = "scene" if scene.depths is not None else "rendered"
 
-    # SAM prompt decoder (optional)
+    # prompts decoded on the rendered and the teacher's features (a teacher with a prompt decoder, optional)
+    prompting = next((t for t in teachers if t in run.prompt_teachers), None)
     sam: dict | None = None
-    if "sam" in teachers:
-        if sam_decoder is None:
+    if prompting is not None:
+        if prompt_decoder is None:
             try:
-                from featurefield.teachers.sam_decoder import SamPromptDecoder
-
-                spec = next(t for t in run.config["teachers"] if t["name"] == "sam")
-                sam_decoder = SamPromptDecoder.from_weights(spec.get("options", {}).get("weights"), device=run.device)
+                prompt_decoder = run.prompt_decoder(teacher=prompting)
             except (FeatureFieldError, ImportError) as err:
                 sam = {"unavailable": f"unavailable ({err})"}
         if sam is None:
@@ -245,15 +245,15 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
                 cos = cosine_map(pred, target).double()
                 by_region[t][0].index_add_(0, regions.flatten().cpu(), cos.flatten().cpu())
                 by_region[t][1].index_add_(0, regions.flatten().cpu(), torch.ones(cos.numel(), dtype=torch.float64))
-            if t == "sam" and sam is not None and "unavailable" not in sam:
-                boxes, gts, kind = _sam_boxes(scene, v)
-                sam["gt"] = kind
+            if t == prompting and sam is not None and "unavailable" not in sam:
+                boxes, gts, gt_source = _sam_boxes(scene, v)
+                sam["gt"] = gt_source
                 # without masks to draw boxes from, the same point prompts on both: rendered vs teacher only
                 prompts = [{"box": box} for box in boxes] or [{"points": p[None]} for p in _grid_points(H, W)]
-                rendered = fld.decode(r, "sam", valid_grid(H, W)).float()
+                rendered = fld.decode(r, t, run.teacher(t).feature_grid(H, W)).float()
                 for j, prompt in enumerate(prompts):
-                    mr, _ = prompt_mask(sam_decoder, rendered, (H, W), **prompt)
-                    mt, _ = prompt_mask(sam_decoder, target, (H, W), **prompt)
+                    mr, _ = prompt_mask(prompt_decoder, rendered, (H, W), **prompt)
+                    mt, _ = prompt_mask(prompt_decoder, target, (H, W), **prompt)
                     sam["rendered_vs_teacher"].append(mask_iou(mr, mt))
                     if boxes:
                         sam["rendered_vs_gt"].append(mask_iou(mr, gts[j]))
@@ -278,14 +278,14 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
                        "share": float(cells[i] / cells.sum())} for i, name in enumerate(REGIONS)}
     if sam is not None:
         if "unavailable" in sam:
-            out["sam"] = sam
+            out[prompting] = sam
         else:
-            out["sam"] = {"prompts": len(sam["rendered_vs_teacher"]), "gt": sam["gt"],
-                          "prompt": "boxes" if sam["rendered_vs_gt"] else "points (3 x 3 grid)",
-                          "mask_iou_rendered_vs_teacher": _mean(sam["rendered_vs_teacher"])}
+            out[prompting] = {"prompts": len(sam["rendered_vs_teacher"]), "gt": sam["gt"],
+                              "prompt": "boxes" if sam["rendered_vs_gt"] else "points (3 x 3 grid)",
+                              "mask_iou_rendered_vs_teacher": _mean(sam["rendered_vs_teacher"])}
             if sam["rendered_vs_gt"]:
-                out["sam"].update({"iou_rendered_vs_gt": _mean(sam["rendered_vs_gt"]),
-                                   "iou_teacher_vs_gt": _mean(sam["teacher_vs_gt"])})
+                out[prompting].update({"iou_rendered_vs_gt": _mean(sam["rendered_vs_gt"]),
+                                       "iou_teacher_vs_gt": _mean(sam["teacher_vs_gt"])})
 
     # correspondence PCK between consecutive evaluated views
     if teachers and len(views) > 1:

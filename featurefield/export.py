@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from featurefield.io import atomic_path
@@ -48,15 +47,5 @@ def write_point_cloud(path: Path, xyz: Tensor, rgb: Tensor | None = None, featur
 
 def export_run(run: Run, output: Path, teacher: str | None = None, max_points: int = 1_000_000) -> list[Path]:
     """Write the run's 3D content to ``output`` in world coordinates; returns the files written."""
-    output = Path(output)
-    if run.kind == "splat":
-        from featurefield.fields.splat.ply import export_splat
-
-        return list(export_splat(run.field, run.normalization, output))
     teacher = teacher or (run.teacher_names[0] if run.teacher_names else None)
-    with torch.no_grad():
-        pts = run.field.points_with_features(teacher, max_points=max_points)
-    xyz = run.normalization.to_world(pts["xyz"].float())
-    path = write_point_cloud(output / "points.ply", xyz, pts.get("rgb"), pts.get("features"),
-                             {"opacity": pts["opacity"].float()} if "opacity" in pts else None)
-    return [path]
+    return run.field.export(run.normalization, Path(output), teacher=teacher, max_points=max_points)

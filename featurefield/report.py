@@ -6,7 +6,7 @@ moved or zipped as a whole. Nothing is fetched from the network (inline CSS, no 
 Example::
 
     report = Report("featurefield demo")
-    report.note("SAM weights not found: using DINO with random weights", kind="warning")
+    report.note("SAM weights not found: using DINO with random weights", level="warning")
     report.images([("images/rgb.png", "rendered RGB"), ("images/gt.png", "ground truth")], title="view 0")
     report.table([("PSNR", "31.2")], headers=("metric", "value"), title="metrics")
     report.write(Path("out/report.html"))
@@ -43,7 +43,7 @@ pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; }
 
 @dataclass
 class _Block:
-    kind: str
+    type: str
     payload: dict = field(default_factory=dict)
 
 
@@ -92,9 +92,9 @@ class Report:
         self.blocks.append(_Block("paragraph", {"text": text}))
         return self
 
-    def note(self, text: str, kind: str = "info") -> Report:
-        """A highlighted box; ``kind`` is ``info`` or ``warning``."""
-        self.blocks.append(_Block("note", {"text": text, "kind": "warning" if kind == "warning" else "info"}))
+    def note(self, text: str, level: str = "info") -> Report:
+        """A highlighted box; ``level`` is ``info`` or ``warning``."""
+        self.blocks.append(_Block("note", {"text": text, "level": "warning" if level == "warning" else "info"}))
         return self
 
     def images(self, items: Sequence[tuple[str, str]], title: str | None = None, width: int | None = None) -> Report:
@@ -116,7 +116,7 @@ class Report:
     # ------------------------------------------------------------------ output
     def image_paths(self) -> list[str]:
         """Every picture path the report links to (relative to the HTML file)."""
-        return [p for b in self.blocks if b.kind == "images" for p, _ in b.payload["items"]]
+        return [p for b in self.blocks if b.type == "images" for p, _ in b.payload["items"]]
 
     def html(self) -> str:
         e = html.escape
@@ -126,15 +126,15 @@ class Report:
             out.append(f"<p>{e(self.subtitle)}</p>")
         for block in self.blocks:
             p = block.payload
-            if block.kind == "heading":
+            if block.type == "heading":
                 out.append(f"<h2>{e(p['text'])}</h2>")
-            elif block.kind == "paragraph":
+            elif block.type == "paragraph":
                 out.append(f"<p>{e(p['text'])}</p>")
-            elif block.kind == "note":
-                out.append(f'<div class="note {p["kind"]}">{e(p["text"])}</div>')
-            elif block.kind == "code":
+            elif block.type == "note":
+                out.append(f'<div class="note {p["level"]}">{e(p["text"])}</div>')
+            elif block.type == "code":
                 out.append(f"<pre>{e(p['text'])}</pre>")
-            elif block.kind == "images":
+            elif block.type == "images":
                 if p["title"]:
                     out.append(f"<h3>{e(p['title'])}</h3>")
                 style = f' width="{int(p["width"])}"' if p["width"] else ""
@@ -144,7 +144,7 @@ class Report:
                     out.append(f'<figure><a href="{src}"><img src="{src}" alt="{e(caption, quote=True)}"{style}></a>'
                                f"<figcaption>{e(caption)}</figcaption></figure>")
                 out.append("</div>")
-            elif block.kind == "table":
+            elif block.type == "table":
                 if p["title"]:
                     out.append(f"<h3>{e(p['title'])}</h3>")
                 css_id = f' id="{e(p["id"], quote=True)}"' if p["id"] else ""

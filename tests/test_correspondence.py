@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch
 
 from featurefield.query.correspondence import (
-    evaluate_pair, geometric_truth, match_features, sample_features, transfer_keypoints, unproject,
+    evaluate_pair,
+    geometric_truth,
+    match_features,
+    sample_features,
+    transfer_keypoints,
+    unproject,
 )
 from tests.toyfield import ring_cameras, two_spheres
 

@@ -14,7 +14,7 @@ from PIL import Image
 from featurefield.cli import main
 from featurefield.data import load_scene
 from featurefield.errors import FeatureFieldError
-from tests.test_data_blender import write_blender
+from tests.toyscenes import write_blender
 
 
 def _edit_json(path: Path, fn) -> None:

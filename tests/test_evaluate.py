@@ -11,44 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from featurefield.cli import main
-from featurefield.teachers.base import Teacher, register_teacher
 
 
-class ColourTeacher(Teacher):
-    """A cheap deterministic teacher: 4x4-pooled colour lifted to 8-D, with a toy text encoder."""
-
-    dim = 8
-
-    def __init__(self, name: str, text: bool):
-        self.name, self.has_text = name, text
-        g = torch.Generator().manual_seed(3)
-        self.lift = torch.randn(3, 8, generator=g)
-
-    def feature_grid(self, height, width):
-        return height // 4, width // 4
-
-    def extract(self, images):
-        x = F.avg_pool2d(images.float(), 4) * 2 - 1
-        return torch.tanh(torch.einsum("nchw,cd->ndhw", x, self.lift.to(x.device)))
-
-    def encode_text(self, texts):
-        if not self.has_text:
-            return super().encode_text(texts)
-        colours = {"red thing": [1.0, -1, -1], "white": [1.0, 1, 1]}
-        rgb = torch.tensor([colours.get(t, [0.0, 0.0, 0.0]) for t in texts])
-        emb = torch.tanh(rgb @ self.lift)
-        emb[torch.tensor([t not in colours for t in texts])] = torch.randn(8, generator=torch.Generator().manual_seed(5))
-        return F.normalize(emb, dim=-1)
-
-    def settings(self):
-        return {"name": self.name, "dim": 8, "version": 1}
-
-
-register_teacher("toycolour")(lambda **o: ColourTeacher("toycolour", False))
-register_teacher("toytext")(lambda **o: ColourTeacher("toytext", True))
-
-
-@pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     from featurefield.train import TrainConfig, train
 
@@ -64,7 +28,7 @@ def test_evaluate_run_reports_every_section(demo_run):
 
     m = evaluate_run(demo_run, max_views=3, progress=False)
     # the evaluated views' teacher features are fetched as one set, not one set per view
-    folder = FeatureStore(demo_run.config["cache_dir"]).teacher_dir(demo_run.teacher("toycolour"))
+    folder = FeatureStore(demo_run.config.cache_dir).teacher_dir(demo_run.teacher("toycolour"))
     sets = json.loads((folder / "index.json").read_text())["sets"].values()
     assert 3 in [e["shape"][0] for e in sets] and 1 not in [e["shape"][0] for e in sets]
     assert m["views"] == 3 and m["image"]["psnr"] > 8 and 0 < m["image"]["ssim"] <= 1
@@ -118,9 +82,9 @@ def test_eval_draws_the_lowest_psnr_views(demo_run, capsys):
 
 
 def test_a_text_cut_out_is_written_as_points_and_as_gaussians(demo_run, tmp_path, monkeypatch):
-    import featurefield.query.text as text
     from plyfile import PlyData
 
+    import featurefield.query.text as text
     from featurefield.fields.splat.ply import read_splat_ply
 
     # relevancy 0.6 for the half of the Gaussians most similar to the phrase, 0.4 for the others

@@ -112,8 +112,8 @@ def test_resume_after_interruption(tmp_path):
 
 
 def test_features_command_writes_pca(tmp_path, monkeypatch):
-    from featurefield.teachers import base
     from featurefield.commands import teachers as commands
+    from featurefield.teachers import base
 
     scene = make_scene()
     scene.name = "toy"

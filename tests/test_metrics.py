@@ -7,8 +7,19 @@ from pathlib import Path
 
 import torch
 
-from featurefield.metrics import (LPIPS_BACKBONES, Lpips, confusion_matrix, content_regions, cosine_map, feature_fidelity,
-                                  mask_iou, miou, pck, psnr, ssim)
+from featurefield.metrics import (
+    LPIPS_BACKBONES,
+    Lpips,
+    confusion_matrix,
+    content_regions,
+    cosine_map,
+    feature_fidelity,
+    mask_iou,
+    miou,
+    pck,
+    psnr,
+    ssim,
+)
 
 
 def test_psnr_and_ssim():

@@ -8,7 +8,7 @@ import torch
 
 from featurefield.fields.nerf.config import NerfConfig
 from featurefield.fields.nerf.model import NerfField
-from tests.test_nerf_field import TINY, _step, setup  # noqa: F401  (setup is a fixture)
+from tests.toynerf import TINY, _step
 
 
 def looking_away(cameras):
@@ -18,8 +18,8 @@ def looking_away(cameras):
                          width=cameras.width, height=cameras.height)
 
 
-def test_empty_space_shows_the_background_map_where_it_lies_in_the_image(setup):
-    scene, data, targets = setup
+def test_empty_space_shows_the_background_map_where_it_lies_in_the_image(tiny_nerf_scene):
+    scene, data, targets = tiny_nerf_scene
     fld = NerfField.create(scene, targets, NerfConfig.small(**TINY), device="cpu")
     assert fld.features.background["toy"].shape == (6, 6, 6)  # [D, h, w] on the teacher's grid
     with torch.no_grad():
@@ -33,8 +33,8 @@ def test_empty_space_shows_the_background_map_where_it_lies_in_the_image(setup):
     torch.testing.assert_close(mean, fld.features.background["toy"].detach().mean((1, 2)))
 
 
-def test_a_constant_background_and_runs_from_before_the_map(setup):
-    scene, data, targets = setup
+def test_a_constant_background_and_runs_from_before_the_map(tiny_nerf_scene):
+    scene, data, targets = tiny_nerf_scene
     fld = NerfField.create(scene, targets, NerfConfig.small(**TINY, feature_background="constant"), device="cpu")
     with torch.no_grad():
         fld.features.background["toy"].copy_(torch.arange(6.0))
@@ -44,11 +44,11 @@ def test_a_constant_background_and_runs_from_before_the_map(setup):
     cfg = json.loads(json.dumps(fld.config_dict()))
     del cfg["config"]["feature_background"]  # a run folder written before the option existed
     again = NerfField.from_config(cfg, fld.state_dict())
-    assert again.cfg.feature_background == "constant"
+    assert again.config.feature_background == "constant"
 
 
-def test_the_map_learns_from_rays_through_empty_space(setup):
-    scene, data, targets = setup
+def test_the_map_learns_from_rays_through_empty_space(tiny_nerf_scene):
+    scene, data, targets = tiny_nerf_scene
     fld = NerfField.create(scene, targets, NerfConfig.small(**TINY), max_steps=5, device="cpu")
     before = fld.features.background["toy"].detach().clone()
     gen = torch.Generator().manual_seed(0)

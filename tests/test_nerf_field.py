@@ -5,43 +5,17 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
-from featurefield.data.demo_scene import make_demo_scene
-from featurefield.fields.base import TeacherTarget, TrainData, field_class
 from featurefield.fields.nerf.config import NerfConfig
 from featurefield.fields.nerf.model import NerfField
+from featurefield.fields.registry import field_spec
 from featurefield.fields.teacher_grid import sample_at_cell_centres
-
-TINY = dict(num_levels=4, log2_hashmap_size=12, max_res=64, hidden_dim=32, hidden_dim_color=32, appearance_dim=4,
-            num_proposal_samples=(24,), proposal_max_res=(32,), proposal_levels=3, proposal_log2_hashmap_size=10,
-            num_nerf_samples=12, feature_levels=3, feature_features_per_level=4, feature_log2_hashmap_size=10,
-            feature_max_res=32, feature_pe_frequencies=2, feature_hidden_dim=16, rays_per_batch=256,
-            proposal_warmup=50, proposal_anneal_steps=30, lr_decay_steps=0, render_chunk=4096)
-
-
-@pytest.fixture(scope="module")
-def setup():
-    scene = make_demo_scene(size=24, views=10, supersample=1, points=100)
-    tr = scene.train
-    images = torch.stack([(scene.image(i) * 255).round().to(torch.uint8) for i in tr])
-    # a view-consistent "teacher": pooled colour lifted to 6 channels, 6x6 grid
-    pooled = torch.nn.functional.adaptive_avg_pool2d(images.permute(0, 3, 1, 2).float() / 255, 6)
-    feats = torch.cat([pooled, 1 - pooled], 1).half()
-    data = TrainData(scene.canonical_cameras()[tr], images, None, {"toy": feats}, torch.tensor(scene.background))
-    targets = [TeacherTarget("toy", 6, (6, 6))]
-    return scene, data, targets
-
-
-def _step(fld, data, step, gen):
-    from featurefield.train import optimization_step
-
-    return {k: float(v.detach()) for k, v in optimization_step(fld, data, step, gen).items()}
+from tests.toynerf import TINY, _step
 
 
 def test_registered_and_preset_resolution():
-    assert field_class("nerf") is NerfField
+    assert field_spec("nerf").field_class() is NerfField
     assert NerfConfig().resolved("cpu").preset == "small"
     assert NerfConfig().resolved("cpu").num_levels < 16
     assert NerfConfig().resolved("cuda").num_levels == 16
@@ -49,8 +23,8 @@ def test_registered_and_preset_resolution():
     assert NerfConfig(**json.loads(json.dumps(NerfConfig().__dict__))) == NerfConfig()  # JSON lists -> tuples
 
 
-def test_training_raises_psnr_and_lowers_feature_loss(setup):
-    scene, data, targets = setup
+def test_training_raises_psnr_and_lowers_feature_loss(tiny_nerf_scene):
+    scene, data, targets = tiny_nerf_scene
     torch.manual_seed(0)
     fld = NerfField.create(scene, targets, NerfConfig.small(**TINY), max_steps=80, device="cpu")
     assert fld.contraction_kind == "aabb"  # the demo scene has bounds
@@ -65,8 +39,8 @@ def test_training_raises_psnr_and_lowers_feature_loss(setup):
     assert {"loss", "rgb", "psnr", "feature/toy", "interlevel", "distortion"} <= set(hist[-1])
 
 
-def test_feature_loss_does_not_reach_geometry(setup):
-    scene, data, targets = setup
+def test_feature_loss_does_not_reach_geometry(tiny_nerf_scene):
+    scene, data, targets = tiny_nerf_scene
     fld = NerfField.create(scene, targets, NerfConfig.small(**TINY), max_steps=10, device="cpu")
     gen = torch.Generator().manual_seed(0)
     batch = fld.sample_batch(data, 0, gen)
@@ -79,17 +53,17 @@ def test_feature_loss_does_not_reach_geometry(setup):
     assert float(fld.features.grid.table.grad.abs().max()) > 0
 
 
-def test_chunked_render_equals_unchunked_and_shapes(setup):
-    scene, data, targets = setup
+def test_chunked_render_equals_unchunked_and_shapes(tiny_nerf_scene):
+    scene, data, targets = tiny_nerf_scene
     fld = NerfField.create(scene, targets, NerfConfig.small(**TINY), max_steps=10, device="cpu")
     gen = torch.Generator().manual_seed(0)
     for s in range(3):
         _step(fld, data, s, gen)
     fld.eval()
     cam = scene.canonical_cameras()[scene.test[0]].scaled(0.5)
-    fld.cfg.render_chunk = 100_000
+    fld.config.render_chunk = 100_000
     a = fld.render(cam, background=data.background, projection=("toy", torch.randn(6, 2), torch.ones(2)))
-    fld.cfg.render_chunk = 7
+    fld.config.render_chunk = 7
     b = fld.render(cam, background=data.background, projection=("toy", torch.randn(6, 2), torch.ones(2)))
     H, W = int(cam.height[0]), int(cam.width[0])
     assert a.rgb.shape == (H, W, 3) and a.depth.shape == (H, W, 1) and a.alpha.shape == (H, W, 1)
@@ -106,8 +80,8 @@ def test_chunked_render_equals_unchunked_and_shapes(setup):
     assert c.features == {}
 
 
-def test_from_config_round_trip(setup):
-    scene, data, targets = setup
+def test_from_config_round_trip(tiny_nerf_scene):
+    scene, data, targets = tiny_nerf_scene
     fld = NerfField.create(scene, targets, NerfConfig.small(**TINY), max_steps=10, device="cpu")
     gen = torch.Generator().manual_seed(0)
     for s in range(2):
@@ -133,8 +107,8 @@ def test_bilinear_teacher_lookup():
     torch.testing.assert_close(out[:, 0], torch.tensor([0.0, 1.5, 3.0]))
 
 
-def test_points_with_features(setup):
-    scene, data, targets = setup
+def test_points_with_features(tiny_nerf_scene):
+    scene, data, targets = tiny_nerf_scene
     fld = NerfField.create(scene, targets, NerfConfig.small(**TINY), max_steps=10, device="cpu")
     with torch.no_grad():
         fld.field.base[-1].bias[0] = 8.0  # dense everywhere: every grid point is content
@@ -142,4 +116,4 @@ def test_points_with_features(setup):
     assert pts["xyz"].shape == (500, 3) and pts["features"].shape == (500, 6) and pts["rgb"].shape == (500, 3)
     lo, hi = fld.contraction.aabb
     assert ((pts["xyz"] >= lo - 1e-5) & (pts["xyz"] <= hi + 1e-5)).all()
-    assert (pts["opacity"] > fld.cfg.point_threshold).all()
+    assert (pts["opacity"] > fld.config.point_threshold).all()

@@ -10,7 +10,11 @@ from featurefield.fields.nerf.contraction import Contraction, contract_linf, unc
 from featurefield.fields.nerf.encodings import frequency_encoding, spherical_harmonics
 from featurefield.fields.nerf.losses import distortion_loss, interlevel_loss, outer_weights
 from featurefield.fields.nerf.rendering import (
-    accumulate, composite_rgb, expected_distance, median_distance, weights_from_density,
+    accumulate,
+    composite_rgb,
+    expected_distance,
+    median_distance,
+    weights_from_density,
 )
 from featurefield.fields.nerf.samplers import pdf_edges, ray_aabb, spacing_to_distance, uniform_edges
 

@@ -13,7 +13,7 @@ from featurefield.fields.base import TeacherTarget
 from featurefield.fields.nerf.config import NerfConfig
 from featurefield.fields.nerf.model import NerfField, patch_offsets
 from featurefield.fields.teacher_grid import sample_at_cell_centres
-from tests.test_nerf_field import TINY, _step, setup  # noqa: F401  (setup is a fixture)
+from tests.toynerf import TINY, _step
 
 
 def spill_field(scene, targets, steps=10, **cfg):
@@ -28,8 +28,8 @@ def test_patch_offsets_are_one_cell_apart_in_the_kernels_order():
     assert du.tolist()[:5] == [-19, -9, 0, 9, 19] and dv.tolist()[::5] == [-25, -12, 0, 12, 25]
 
 
-def test_spill_batches_are_patches_around_their_targets(setup):
-    scene, data, targets = setup
+def test_spill_batches_are_patches_around_their_targets(tiny_nerf_scene):
+    scene, data, targets = tiny_nerf_scene
     fld = spill_field(scene, targets)
     batch = fld.sample_batch(data, 0, torch.Generator().manual_seed(0))
     M, K2 = TINY["rays_per_batch"] // 9, 9
@@ -48,8 +48,8 @@ def test_spill_batches_are_patches_around_their_targets(setup):
     assert torch.equal(batch["features"]["toy"], NerfField._lookup(maps, images[:, 0], centre, H, W))  # teacher at centres
 
 
-def test_feature_loss_compares_the_blurred_patch_with_the_teacher(setup):
-    scene, data, targets = setup
+def test_feature_loss_compares_the_blurred_patch_with_the_teacher(tiny_nerf_scene):
+    scene, data, targets = tiny_nerf_scene
     torch.manual_seed(0)
     fld = spill_field(scene, targets)
     with torch.no_grad():
@@ -65,8 +65,8 @@ def test_feature_loss_compares_the_blurred_patch_with_the_teacher(setup):
     assert fld.spills["toy"].logits.grad.abs().sum() > 0
 
 
-def test_nerf_trains_its_spill_and_compares_through_it(setup):
-    scene, data, targets = setup
+def test_nerf_trains_its_spill_and_compares_through_it(tiny_nerf_scene):
+    scene, data, targets = tiny_nerf_scene
     fld = spill_field(scene, targets, steps=20)
     assert fld.models_teacher_spill("toy")
     assert not NerfField.create(scene, targets, NerfConfig.small(**TINY), device="cpu").models_teacher_spill("toy")
@@ -94,8 +94,8 @@ def test_nerf_trains_its_spill_and_compares_through_it(setup):
     assert torch.equal(again.spills["toy"].logits, fld.spills["toy"].logits)  # checkpoints keep it
 
 
-def test_spill_settings_that_cannot_work_are_clear_errors(setup):
-    scene, _, targets = setup
+def test_spill_settings_that_cannot_work_are_clear_errors(tiny_nerf_scene):
+    scene, _, targets = tiny_nerf_scene
     with pytest.raises(FeatureFieldError, match="--nerf.feature-spill must be"):
         NerfField.create(scene, targets, NerfConfig.small(**TINY, feature_spill=2), device="cpu")
     two = targets + [TeacherTarget("other", 4, (3, 3))]

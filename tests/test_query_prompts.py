@@ -4,32 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from featurefield.errors import FeatureFieldError
 from featurefield.query.prompts import (
-    box_from_mask, check_box, check_points, mask_nms, prompt_mask, prompt_view, segment_everything,
+    box_from_mask,
+    check_box,
+    check_points,
+    mask_nms,
+    prompt_mask,
+    prompt_view,
+    segment_everything,
 )
+from tests.toydecoder import RegionDecoder
 from tests.toyfield import ring_cameras, two_spheres
-
-
-class RegionDecoder:
-    """A stand-in for SamPromptDecoder: channel 0 of the features holds a region id; a point prompt
-    returns its region (upsampled to the image), a box prompt the majority region inside the box."""
-
-    def __init__(self):
-        self.calls = []
-
-    def predict(self, embedding, image_size, points=None, labels=None, box=None):
-        self.calls.append((embedding.shape, tuple(image_size), points, box))
-        ids = F.interpolate(embedding[None, :1].float(), size=tuple(image_size), mode="nearest")[0, 0].round()
-        if points is not None:
-            x, y = points[0].tolist()
-            target = ids[int(y), int(x)]
-        else:
-            x0, y0, x1, y1 = [int(v) for v in box.tolist()]
-            target = ids[y0:y1, x0:x1].flatten().mode().values
-        return ids == target, 0.9
 
 
 def test_prompt_validation_errors():

@@ -9,8 +9,14 @@ import torch.nn.functional as F
 from featurefield.data.scene import Normalization
 from featurefield.errors import FeatureFieldError
 from featurefield.query.text import (
-    CANONICAL_NEGATIVES, export_selection_ply, lerf_relevancy, negative_phrases, point_relevancy, relevancy_map,
-    text_scores, text_similarity,
+    CANONICAL_NEGATIVES,
+    export_selection_ply,
+    lerf_relevancy,
+    negative_phrases,
+    point_relevancy,
+    relevancy_map,
+    text_scores,
+    text_similarity,
 )
 from tests.toyfield import ring_cameras, two_spheres
 

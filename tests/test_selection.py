@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 
 from featurefield.query.selection import (
-    delete_points, extract_points, lift_masks, points_in_mask, render_selection, subset_field, surface_depth, vote,
+    delete_points,
+    extract_points,
+    lift_masks,
+    points_in_mask,
+    render_selection,
+    subset_field,
+    surface_depth,
+    vote,
 )
 from tests.toyfield import ring_cameras, two_spheres
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from featurefield.fields.splat.resample import resample
 from featurefield.fields.spill import FeatureSpill
-from tests.test_splat_field import make_field, run_steps, toy_scene, train_data
+from featurefield.fields.splat.resample import resample
+from tests.toysplat import make_field, run_steps, toy_scene, train_data
 
 
 def test_spill_starts_near_identity_and_keeps_constants():

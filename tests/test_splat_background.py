@@ -6,7 +6,7 @@ import torch
 
 from featurefield.fields.base import Render
 from featurefield.fields.splat.model import GaussianField
-from tests.test_splat_field import make_field, run_steps, toy_scene, train_data
+from tests.toysplat import make_field, run_steps, toy_scene, train_data
 
 
 def flat_render(alpha: float, emb: torch.Tensor, size: int = 16) -> Render:

@@ -8,7 +8,7 @@ import torch
 from plyfile import PlyData
 
 from featurefield.fields.splat.ply import export_splat, field_from_ply, read_splat_ply
-from tests.test_splat_field import make_field, toy_scene
+from tests.toysplat import make_field, toy_scene
 
 
 def test_export_read_back_world_frame(tmp_path):

@@ -13,7 +13,7 @@ from featurefield.fields.splat.resample import resample, resample_hwc
 from featurefield.fields.splat.strategy import SyncFreeDefaultStrategy, group_optimizers
 from featurefield.fields.splat.views import views_of
 from tests.conftest import cuda
-from tests.test_splat_field import make_field, run_steps, toy_scene, train_data
+from tests.toysplat import make_field, run_steps, toy_scene, train_data
 
 
 @pytest.mark.parametrize("size,grid", [((800, 600), (50, 38)), ((32, 48), (64, 20)), ((16, 16), (16, 16))])
@@ -238,29 +238,33 @@ def test_feature_geometry_weight_scales_what_the_features_do_to_the_geometry_alo
 
 
 def _mcmc_field(scene, feats, steps: int, device: str):
+    from gsplat.strategy import MCMCStrategy
+
     from featurefield.fields.base import TeacherTarget
     from featurefield.fields.splat.config import SplatConfig
     from featurefield.fields.splat.model import GaussianField
 
     targets = [TeacherTarget("toy", feats.shape[1], tuple(feats.shape[-2:]))]
-    config = SplatConfig(sh_degree=1, strategy="mcmc", mcmc_cap_max=900, init_points_random=500)
+    config = SplatConfig(sh_degree=1, strategy="mcmc", mcmc=MCMCStrategy(cap_max=900), init_points_random=500)
     return GaussianField.create(scene, targets, config, max_steps=steps, device=device)
 
 
 def test_auto_strategy_is_mcmc_only_where_gsplat_rasterizes_on_cuda():
+    from gsplat.strategy import MCMCStrategy
+
     from featurefield.fields.splat.config import MCMC_MIN_AUTO_CAP, SplatConfig
 
     auto = SplatConfig()
-    assert auto.strategy == "auto" and auto.mcmc_cap_max == 0
+    assert auto.strategy == "auto" and auto.mcmc.cap_max == 0
     off = auto.resolved(gsplat_on_cuda=False, initial_gaussians=100_000)
-    assert (off.strategy, off.mcmc_cap_max) == ("default", 0)
+    assert (off.strategy, off.mcmc.cap_max) == ("default", 0)
     on = auto.resolved(gsplat_on_cuda=True, initial_gaussians=100_000)
-    assert (on.strategy, on.mcmc_cap_max) == ("mcmc", MCMC_MIN_AUTO_CAP)  # lego's random init: the 300k budget
-    assert auto.resolved(gsplat_on_cuda=True, initial_gaussians=250_000).mcmc_cap_max == 750_000  # 3 x an SfM init
+    assert (on.strategy, on.mcmc.cap_max) == ("mcmc", MCMC_MIN_AUTO_CAP)  # lego's random init: the 300k budget
+    assert auto.resolved(gsplat_on_cuda=True, initial_gaussians=250_000).mcmc.cap_max == 750_000  # 3 x an SfM init
     capped = SplatConfig(max_gaussians=200_000).resolved(gsplat_on_cuda=True, initial_gaussians=100_000)
-    assert capped.mcmc_cap_max == 200_000
-    given = SplatConfig(mcmc_cap_max=123_456).resolved(gsplat_on_cuda=True, initial_gaussians=100_000)
-    assert given.mcmc_cap_max == 123_456
+    assert capped.mcmc.cap_max == 200_000
+    given = SplatConfig(mcmc=MCMCStrategy(cap_max=123_456)).resolved(gsplat_on_cuda=True, initial_gaussians=100_000)
+    assert given.mcmc.cap_max == 123_456
     assert SplatConfig(strategy="default").resolved(gsplat_on_cuda=True, initial_gaussians=10).strategy == "default"
 
 
@@ -272,12 +276,12 @@ def test_automatic_mcmc_budget_and_random_init_scale_with_small_views():
 
     auto = SplatConfig()
     small = auto.resolved(gsplat_on_cuda=True, initial_gaussians=128 * 128 // 4, pixels_per_view=128 * 128)
-    assert small.mcmc_cap_max == 3 * 128 * 128 // 4  # three times the init beats half the pixels (8192)
-    assert auto.resolved(gsplat_on_cuda=True, initial_gaussians=1_000, pixels_per_view=128 * 128).mcmc_cap_max == 8192
+    assert small.mcmc.cap_max == 3 * 128 * 128 // 4  # three times the init beats half the pixels (8192)
+    assert auto.resolved(gsplat_on_cuda=True, initial_gaussians=1_000, pixels_per_view=128 * 128).mcmc.cap_max == 8192
     lego = auto.resolved(gsplat_on_cuda=True, initial_gaussians=100_000, pixels_per_view=800 * 800)
-    assert lego.mcmc_cap_max == MCMC_MIN_AUTO_CAP
+    assert lego.mcmc.cap_max == MCMC_MIN_AUTO_CAP
     sfm = auto.resolved(gsplat_on_cuda=True, initial_gaussians=250_000, pixels_per_view=64 * 64)
-    assert sfm.mcmc_cap_max == 750_000  # never below what the points already hold
+    assert sfm.mcmc.cap_max == 750_000  # never below what the points already hold
 
     scene, feats = toy_scene(n_views=3)
     pixels = int(scene.canonical_cameras().width[0] * scene.canonical_cameras().height[0])
@@ -309,17 +313,39 @@ def test_a_run_trained_with_mcmc_opens_and_renders_on_the_cpu():
     scene, feats = toy_scene(n_views=3)
     trained = make_field(scene, feats, 10)
     config = trained.config_dict()
-    config["config"] = {**config["config"], "strategy": "mcmc", "mcmc_cap_max": 300_000}
+    config["config"] = {**config["config"], "strategy": "mcmc", "mcmc": {**config["config"]["mcmc"], "cap_max": 300_000}}
     mcmc_state = MCMCStrategy(cap_max=300_000).initialize_state()  # what an MCMC checkpoint holds
     state = {**trained.state_dict(), "_extra_state": {"strategy_state": mcmc_state, "perm": None, "cursor": 0}}
     field = GaussianField.from_config(config, state)
     assert isinstance(field._strategy, MCMCStrategy) and field.config.strategy == "mcmc"
     assert field._strategy.cap_max == 300_000
     # an automatic budget never resolved (a field built directly) follows the same rule: here, --splat.max-gaussians
-    config["config"].update(mcmc_cap_max=0, max_gaussians=1_000)
+    config["config"]["mcmc"]["cap_max"] = 0
+    config["config"]["max_gaussians"] = 1_000
     assert GaussianField.from_config(config, state)._strategy.cap_max == 1_000
     r = field.render(scene.canonical_cameras()[0], background=torch.ones(3))
     torch.testing.assert_close(r.rgb, trained.render(scene.canonical_cameras()[0], background=torch.ones(3)).rgb)
+
+
+def test_the_strategies_are_gsplats_own_settings_scaled_to_the_run():
+    """The config nests gsplat's strategy dataclasses; their step numbers scale with the run length, and a config
+    written before they were nested (flat refine_* / mcmc_* settings) reads into them."""
+    from gsplat.strategy import DefaultStrategy, MCMCStrategy
+
+    from featurefield.fields.splat.config import SplatConfig
+
+    cfg = SplatConfig(strategy="default", default=DefaultStrategy(refine_stop_iter=15_000, reset_every=3_000))
+    short = cfg.scaled_strategy(3_000)  # a tenth of the 30k schedule
+    assert isinstance(short, DefaultStrategy)
+    assert (short.refine_start_iter, short.refine_stop_iter, short.reset_every, short.refine_every) == (50, 1_500, 300, 10)
+    assert cfg.scaled_strategy(30_000) == cfg.default
+    mcmc = SplatConfig(strategy="mcmc").scaled_strategy(3_000)
+    assert isinstance(mcmc, MCMCStrategy) and mcmc.refine_stop_iter == 2_500
+    assert SplatConfig.from_dict(SplatConfig(strategy="mcmc").to_dict()) == SplatConfig(strategy="mcmc")
+    old = SplatConfig.from_dict({"strategy": "default", "refine_stop": 9_000, "grow_grad2d": 0.0004, "absgrad": True,
+                                 "prune_opacity": 0.01, "mcmc_cap_max": 50_000, "embed_dim": 8})
+    assert (old.default.refine_stop_iter, old.default.grow_grad2d, old.default.prune_opa) == (9_000, 0.0004, 0.01)
+    assert old.absgrad and old.mcmc.cap_max == 50_000 and old.mcmc.min_opacity == 0.01 and old.embed_dim == 8
 
 
 def test_mcmc_strategy_off_cuda_is_a_clear_error():

@@ -17,7 +17,8 @@ from featurefield.cli import main
 from featurefield.errors import FeatureFieldError
 from featurefield.run import CHECKPOINT, load_run
 from featurefield.stopping import StopRequest
-from featurefield.train import TrainConfig, parse_teacher, train
+from featurefield.teachers import TeacherSpec
+from featurefield.train import TrainConfig, train
 
 DEMO = {"size": 32, "views": 12}
 
@@ -29,11 +30,17 @@ def _train_cmd(out: Path, steps: int, extra: list[str] = ()) -> list[str]:
 
 
 def test_parse_teacher_options_and_weight():
-    spec = parse_teacher("clip:model=ViT-B-16,pretrained=random,size=224@0.5")
-    assert spec == {"name": "clip", "options": {"model": "ViT-B-16", "pretrained": "random", "size": 224}, "weight": 0.5}
-    assert parse_teacher("sam", weights=Path("/w"))["options"] == {"weights": "/w"}
+    spec = TeacherSpec.parse("clip:model=ViT-B-16,pretrained=random,size=224@0.5")
+    assert spec == TeacherSpec("clip", {"model": "ViT-B-16", "pretrained": "random", "size": 224}, 0.5)
+    assert spec.to_dict() == {"name": "clip", "options": spec.options, "weight": 0.5}
+    # --weights goes to the teachers whose weights are a file or folder on disk (sam), not to the others
+    assert TeacherSpec.parse("sam", weights=Path("/w")).options == {"weights": "/w"}
+    assert TeacherSpec.parse("dino", weights=Path("/w")).options == {}
+    assert TeacherSpec.parse({"name": "sam", "options": {"weights": "/x"}}, weights=Path("/w")).options == {"weights": "/x"}
     with pytest.raises(FeatureFieldError):
-        parse_teacher("clip:model")
+        TeacherSpec.parse("clip:model")
+    with pytest.raises(FeatureFieldError, match="loss weight"):
+        TeacherSpec.parse("clip@heavy")
 
 
 def test_the_final_evaluation_covers_all_test_views_unless_capped(tmp_path):
@@ -298,7 +305,7 @@ def test_test_view_features_are_extracted_only_when_an_evaluation_needs_them(tmp
     register_teacher("toycount")(lambda **o: CountingTeacher())
     scene = load_scene("demo:1", **DEMO)
     train_views, test_views = scene.split["train"], scene.split["test"]
-    trainer = Trainer(tmp_path / "run", scene, {}, "splat", None, [parse_teacher("toycount")],
+    trainer = Trainer(tmp_path / "run", scene, "splat", None, [TeacherSpec.parse("toycount")],
                       TrainConfig(device="cpu", progress=False, cache_dir=tmp_path / "cache"))
     trainer.prepare()
     assert sum(seen) == len(train_views)  # the training views only
@@ -306,3 +313,63 @@ def test_test_view_features_are_extracted_only_when_an_evaluation_needs_them(tmp
     assert sum(seen) == len(train_views) + 1 and first[0].shape == (4, 8, 8)
     both = trainer.test_features("toycount", test_views[:2])
     assert sum(seen) == len(train_views) + 2 and torch.equal(both[0], first[0])  # the first one is kept
+
+
+def test_a_nerf_run_records_its_resolved_settings(tmp_path):
+    """The NeRF's preset "auto" is resolved on creation ("small" on the CPU); the run's config says what was built."""
+    from featurefield.fields.nerf.config import NerfConfig
+
+    cfg = TrainConfig(steps=2, device="cpu", progress=False)
+    run = train("demo:1", tmp_path / "run", field="nerf", teachers=[], config=cfg, scene_options=DEMO)
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["field_config"]
+    assert NerfConfig().preset == "auto" and recorded["preset"] == "small" == run.field.config.preset
+    assert recorded["num_levels"] == run.field.config.num_levels != NerfConfig().num_levels
+
+
+def test_train_takes_the_field_as_a_subcommand_or_as_field(tmp_path, capsys):
+    common = ["demo:1", "--no-features", "--steps", "2", "--device", "cpu", "--scene-option", "size=24", "views=8"]
+    assert main(["train", "nerf", *common, "--output", str(tmp_path / "a"), "--nerf.rays-per-batch", "64"]) == 0
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["field_config"]["rays_per_batch"] == 64
+    assert main(["train", *common, "--field", "nerf", "--output", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["field"] == "nerf"
+    assert main(["train", "nowhere", *common[1:], "--output", str(tmp_path / "c")]) == 2  # no scene folder "nowhere"
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["train", "voxels", *common, "--output", str(tmp_path / "d")])  # no such field
+
+
+def test_a_field_backend_plugs_in_through_an_entry_point(tmp_path, monkeypatch, capsys):
+    """One module and one spec: the registry finds the backend, the trainer and `train --help` offer it."""
+    import textwrap
+
+    from featurefield.fields import registry
+
+    (tmp_path / "fffield_demo.py").write_text(textwrap.dedent("""
+        from dataclasses import dataclass
+
+        from featurefield.fields.registry import FieldSpec
+
+        @dataclass
+        class BlobConfig:
+            blobs: int = 3
+
+        SPEC = FieldSpec("blob", "fffield_demo:BlobConfig", "tests.toyfield:ToySpheres", summary="toy blobs",
+                         cpu_steps=7, oom_advice="fewer blobs")
+    """))
+    dist = tmp_path / "fffield_demo-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fffield-demo\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[featurefield.fields]\nblob = fffield_demo:SPEC\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_PLUGINS", None)
+    spec = registry.field_spec("blob")
+    assert list(registry.registered())[-1] == "blob" and spec.default_steps("cpu") == 7
+    assert spec.config_class()().blobs == 3 and spec.capabilities() == frozenset()
+    assert spec.field_class().create(None, []).kind == "toy"
+    with pytest.raises(FeatureFieldError, match="unknown field 'voxels'; expected one of splat, nerf, blob"):
+        registry.field_spec("voxels")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "toy blobs" in capsys.readouterr().out
+    monkeypatch.setattr(registry, "_PLUGINS", None)  # forget the plug-in for the other tests

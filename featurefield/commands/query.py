@@ -157,9 +157,9 @@ def _keypoint_query(run: Run, cam, scene_index: int, uv: torch.Tensor, target: R
     frame, from its rendered depth)."""
     import json
 
+    from featurefield.io import atomic_write_json
     from featurefield.query.correspondence import transfer_keypoints, unproject
     from featurefield.query.selection import surface_depth
-    from featurefield.io import atomic_write_json
 
     shared = [t for t in run.teacher_names if t in target.teacher_names]
     if teacher is not None and teacher not in shared:

@@ -9,19 +9,18 @@ import torch
 
 from featurefield.errors import FeatureFieldError
 from featurefield.io import resolve_device
-from featurefield.train import parse_teacher
+from featurefield.teachers import DEFAULT_TEACHER, TeacherSpec
 
 
 def _teacher_rows() -> list[tuple[str, str, str, str, str]]:
-    from featurefield.teachers import base
+    from featurefield.teachers import describe, registered
 
-    base._load_all()
     rows = []
-    for name in sorted(base._REGISTRY):
-        describe = getattr(base._REGISTRY[name], "describe", None)
-        info = describe() if describe is not None else {}
-        rows.append((name, str(info.get("dim", "?")), {True: "yes", False: "no"}.get(info.get("has_text"), "?"),
-                     {True: "yes", False: "no"}.get(info.get("weights"), "?"), str(info.get("where", "(plug-in)"))))
+    for name in registered():
+        info = describe(name)
+        yes_no = {True: "yes", False: "no"}
+        rows.append((name, str(info.get("dim") or "?"), yes_no.get(info.get("has_text"), "?"),
+                     yes_no.get(info.get("weights"), "?"), str(info.get("where", "(plug-in)"))))
     return rows
 
 
@@ -46,19 +45,11 @@ def weights_command(teacher: str, /, target: Path | None = None) -> int:
         teacher: teacher name (only ``sam`` can be fetched; CLIP/DINO come from open_clip/timm caches).
         target: folder to put the files in (default: the per-user cache).
     """
-    from featurefield.teachers.weights import fetch_sam_weights
+    from featurefield.teachers import teacher_class
 
-    if teacher == "sam":
-        folder = fetch_sam_weights(target)
-        print(f"sam weights in {folder}")
-        return 0
-    if teacher in ("clip", "dino"):
-        lib = "open_clip.create_model(MODEL, pretrained=TAG)" if teacher == "clip" else "timm.create_model(MODEL, pretrained=True)"
-        raise FeatureFieldError(
-            f"featurefield does not download {teacher} weights; run {lib} once on a machine with network (it fills the "
-            f"Hugging Face cache, which featurefield reads offline), or pass --weights PATH to a checkpoint file"
-        )
-    raise FeatureFieldError(f"unknown teacher {teacher!r} for `featurefield weights`; only sam weights can be fetched")
+    folder = teacher_class(teacher).fetch_weights(target)
+    print(f"{teacher} weights in {folder}")
+    return 0
 
 
 def _parse_views(scene, views: str) -> list[int]:
@@ -94,7 +85,8 @@ def _torchrun_ranks() -> tuple[int, int, int]:
     return rank, world, int(os.environ.get("LOCAL_RANK", str(rank)))
 
 
-def features_command(scene: str, /, teacher: list[str] = ["sam"], views: str = "train", weights: Path | None = None,  # noqa: B006
+def features_command(scene: str, /, teacher: list[str] = [DEFAULT_TEACHER], views: str = "train",  # noqa: B006
+                     weights: Path | None = None,
                      cache_dir: Path | None = None, pca: int = 4, output: Path | None = None, device: str = "auto",
                      format: str | None = None, downscale: float = 1.0) -> int:
     """Extract and cache teacher features of a scene; write PCA pictures of a few views.
@@ -118,7 +110,6 @@ def features_command(scene: str, /, teacher: list[str] = ["sam"], views: str = "
     from PIL import Image
 
     from featurefield.data.registry import load_scene
-    from featurefield.teachers.base import create_teacher
     from featurefield.teachers.store import FeatureStore
 
     rank, world, local_rank = _torchrun_ranks()
@@ -133,9 +124,10 @@ def features_command(scene: str, /, teacher: list[str] = ["sam"], views: str = "
         dist.init_process_group("gloo")  # only for barriers: the features travel through the cache folder
     try:
         for spec in teacher:
-            parsed = parse_teacher(spec)
-            opts = {**({"weights": str(weights)} if weights is not None else {}), **parsed["options"]}
-            t = create_teacher(parsed["name"], **opts)
+            parsed = TeacherSpec.parse(spec)
+            if weights is not None:  # every teacher's weights= here, as documented
+                parsed.options = {"weights": str(weights), **parsed.options}
+            t = parsed.create()
             name = t.name
             if world > 1:
                 shards = [ids[r::world] for r in range(world)]

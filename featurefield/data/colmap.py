@@ -141,11 +141,11 @@ def load(path: Path, *, downscale: float = 1.0, **options) -> Scene:
     if not image_dir.is_dir():
         raise FeatureFieldError(f"{root}: no images/ folder beside the COLMAP model")
 
-    kinds, intr, dist, c2w, paths = set(), [], [], [], []
+    lenses, intr, dist, c2w, paths = set(), [], [], [], []
     for im in images:
         cam = rec.cameras[im.camera_id]
-        kind, k, d = camera_intrinsics(cam, model)
-        kinds.add(kind)
+        lens, k, d = camera_intrinsics(cam, model)
+        lenses.add(lens)
         intr.append(k + [cam.width, cam.height])
         dist.append(d)
         w2c = np.eye(4)
@@ -155,16 +155,16 @@ def load(path: Path, *, downscale: float = 1.0, **options) -> Scene:
     for p in paths:
         if not p.is_file():
             raise FeatureFieldError(f"{p}: image registered in {model} is missing from {image_dir}")
-    if "fisheye" in kinds and len(kinds) > 1:
+    if "fisheye" in lenses and len(lenses) > 1:
         raise FeatureFieldError(f"{model}: mixes fisheye and perspective camera models; use one model per scene")
-    kind = "fisheye" if "fisheye" in kinds else ("opencv" if "opencv" in kinds else "pinhole")
+    lens = "fisheye" if "fisheye" in lenses else ("opencv" if "opencv" in lenses else "pinhole")
     intr_t = torch.tensor(intr, dtype=torch.float64)
     width, height = intr_t[:, 4].long(), intr_t[:, 5].long()
     check_sizes(paths, width, height, model / "cameras")
     cameras = Cameras(
         c2w=torch.from_numpy(np.stack(c2w)).to(torch.float32), fx=intr_t[:, 0], fy=intr_t[:, 1],
-        cx=intr_t[:, 2], cy=intr_t[:, 3], width=width, height=height, model=kind,
-        distortion=None if kind == "pinhole" else torch.tensor(dist, dtype=torch.float32),
+        cx=intr_t[:, 2], cy=intr_t[:, 3], width=width, height=height, model=lens,
+        distortion=None if lens == "pinhole" else torch.tensor(dist, dtype=torch.float32),
     )
     cameras.validate(str(model))
 

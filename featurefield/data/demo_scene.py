@@ -355,25 +355,25 @@ class _Cone(_Primitive):
 # ---------------------------------------------------------------------------------------------- layout
 def _layout(rng: np.random.Generator) -> list[_Primitive]:
     """Objects for one seed: one of each class plus maybe an extra ball or box, not overlapping."""
-    kinds = ["ball", "box", "can", "cone"]
+    shapes = ["ball", "box", "can", "cone"]
     if rng.random() < 0.5:
-        kinds.append(str(rng.choice(["ball", "box"])))
+        shapes.append(str(rng.choice(["ball", "box"])))
     hue0 = rng.random()
-    hues = [(hue0 + i / len(kinds) + rng.uniform(-0.04, 0.04)) % 1.0 for i in range(len(kinds))]
+    hues = [(hue0 + i / len(shapes) + rng.uniform(-0.04, 0.04)) % 1.0 for i in range(len(shapes))]
     rng.shuffle(hues)
     placed: list[tuple[float, float, float]] = []  # (x, y, footprint radius)
     objects: list[_Primitive] = []
-    for i, (kind, hue) in enumerate(zip(kinds, hues)):
-        label, instance = CLASS_NAMES.index(kind), i + 2
+    for i, (shape, hue) in enumerate(zip(shapes, hues)):
+        label, instance = CLASS_NAMES.index(shape), i + 2
         a = _hsv(hue, rng.uniform(0.65, 0.9), rng.uniform(0.75, 0.95))
         b = _hsv((hue + rng.uniform(0.08, 0.15)) % 1, rng.uniform(0.2, 0.45), rng.uniform(0.9, 1.0))
-        if kind == "ball":
+        if shape == "ball":
             r = rng.uniform(0.2, 0.3)
             foot = r
-        elif kind == "box":
+        elif shape == "box":
             half = np.array([rng.uniform(0.14, 0.24), rng.uniform(0.12, 0.2), rng.uniform(0.12, 0.24)])
             foot = float(np.hypot(half[0], half[1]))
-        elif kind == "can":
+        elif shape == "can":
             r, h = rng.uniform(0.12, 0.17), rng.uniform(0.38, 0.55)
             foot = r
         else:
@@ -387,13 +387,13 @@ def _layout(rng: np.random.Generator) -> list[_Primitive]:
         else:  # pragma: no cover - the table always has room for five small objects
             raise FeatureFieldError("demo scene: could not place the objects; try another seed")
         placed.append((x, y, foot))
-        if kind == "ball":
+        if shape == "ball":
             objects.append(_Ball(label, instance, torch.tensor([x, y, r], dtype=torch.float32), r, a, b,
                                  rng.uniform(0, 2 * math.pi)))
-        elif kind == "box":
+        elif shape == "box":
             objects.append(_Box(label, instance, torch.tensor([x, y, half[2]], dtype=torch.float32),
                                 torch.tensor(half, dtype=torch.float32), rng.uniform(0, math.pi), a, b))
-        elif kind == "can":
+        elif shape == "can":
             metal = torch.full((3,), float(rng.uniform(0.6, 0.75)))
             objects.append(_Can(label, instance, torch.tensor([x, y, 0.0]), r, h, a, b, metal, rng.uniform(0, 2 * math.pi)))
         else:

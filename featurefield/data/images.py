@@ -8,8 +8,8 @@ cache; :class:`ImageArrays` wraps images already in memory (the procedural demo 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -61,7 +61,7 @@ class ImageSource:
     def load(self, i: int) -> Tensor:
         raise NotImplementedError
 
-    def subset(self, indices: Sequence[int]) -> "ImageSource":
+    def subset(self, indices: Sequence[int]) -> ImageSource:
         raise NotImplementedError
 
     def fingerprint(self, i: int) -> str:
@@ -108,7 +108,7 @@ class ImageFiles(ImageSource):
                 self._cache.popitem(last=False)
         return img
 
-    def subset(self, indices: Sequence[int]) -> "ImageFiles":
+    def subset(self, indices: Sequence[int]) -> ImageFiles:
         masks = None if self.masks is None else [self.masks[i] for i in indices]
         return ImageFiles([self.paths[i] for i in indices], self.downscale, self.cache_size, masks)
 
@@ -129,7 +129,7 @@ class ImageArrays(ImageSource):
     def load(self, i: int) -> Tensor:
         return self.images[i]
 
-    def subset(self, indices: Sequence[int]) -> "ImageArrays":
+    def subset(self, indices: Sequence[int]) -> ImageArrays:
         return ImageArrays([self.images[i] for i in indices])
 
     def fingerprint(self, i: int) -> str:
@@ -146,7 +146,7 @@ class ArraySource:
         self.loader = loader
 
     @staticmethod
-    def from_list(arrays: Sequence[Tensor]) -> "ArraySource":
+    def from_list(arrays: Sequence[Tensor]) -> ArraySource:
         arrays = list(arrays)
         return ArraySource(len(arrays), lambda i: arrays[i])
 
@@ -156,6 +156,6 @@ class ArraySource:
     def load(self, i: int) -> Tensor:
         return self.loader(i)
 
-    def subset(self, indices: Sequence[int]) -> "ArraySource":
+    def subset(self, indices: Sequence[int]) -> ArraySource:
         indices = list(indices)
         return ArraySource(len(indices), lambda j: self.loader(indices[j]))

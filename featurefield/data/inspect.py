@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from featurefield.data.scene import Scene
 
 

@@ -33,11 +33,11 @@ class Normalization:
     scale: float
 
     @staticmethod
-    def identity() -> "Normalization":
+    def identity() -> Normalization:
         return Normalization(torch.zeros(3), 1.0)
 
     @staticmethod
-    def fit(cameras: Cameras, points: Tensor | None = None, bounds: Tensor | None = None) -> "Normalization":
+    def fit(cameras: Cameras, points: Tensor | None = None, bounds: Tensor | None = None) -> Normalization:
         """Centre and scale so the cameras lie within the unit sphere.
 
         The centre is the middle of ``bounds`` when given (bounded synthetic scenes), else the mean of
@@ -82,7 +82,7 @@ class Normalization:
         return {"center": [float(x) for x in self.center], "scale": float(self.scale)}
 
     @staticmethod
-    def from_dict(d: dict) -> "Normalization":
+    def from_dict(d: dict) -> Normalization:
         return Normalization(torch.tensor(d["center"], dtype=torch.float32), float(d["scale"]))
 
 
@@ -186,7 +186,7 @@ class Scene:
             return None
         return PointCloud(self.normalization.to_canonical(self.points.xyz), self.points.rgb)
 
-    def subset(self, indices: list[int]) -> "Scene":
+    def subset(self, indices: list[int]) -> Scene:
         """A scene of the given views only (split re-indexed; indices outside the split are dropped)."""
         remap = {old: new for new, old in enumerate(indices)}
         return Scene(

@@ -10,8 +10,8 @@ lazily, view by view.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +64,7 @@ class UndistortedImages(ImageSource):
     def load(self, i: int) -> Tensor:
         return _sample(self.source.load(i), undistort_grid(self.cameras, i), self.mode)
 
-    def subset(self, indices: Sequence[int]) -> "UndistortedImages":
+    def subset(self, indices: Sequence[int]) -> UndistortedImages:
         return UndistortedImages(self.source.subset(indices), self.cameras[list(indices)], self.mode)
 
     def fingerprint(self, i: int) -> str:

@@ -1,18 +1,20 @@
 """The protocol every 3D backend implements, so the trainer, queries, eval and export work on all.
 
 A field lives in the scene's canonical frame (see :class:`~featurefield.data.scene.Normalization`)
-and is given canonical cameras. It renders colour, depth, alpha and, per teacher, features; the
-trainer drives it through :meth:`FeatureField.sample_batch`, :meth:`FeatureField.training_loss`,
-its optimizers and :meth:`FeatureField.after_step`.
+and is given canonical cameras. It is made by :meth:`FeatureField.create` for a scene; it renders colour,
+depth, alpha and, per teacher, features; the trainer drives it through :meth:`FeatureField.sample_batch`,
+:meth:`FeatureField.training_loss`, its optimizers and :meth:`FeatureField.after_step`. Beyond that, a field
+says what else it can do through :meth:`FeatureField.capabilities` (``"subset"``: render a subset of its
+primitives, for 3D cut-outs), and :meth:`FeatureField.export` writes it in the scene's world frame.
 
-Backends register by name in :data:`FIELDS` (``"splat"``, ``"nerf"``).
+Backends are found by name through :mod:`featurefield.fields.registry`.
 """
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -84,9 +86,58 @@ class Render:
 
 
 class FeatureField(nn.Module, ABC):
-    """A 3D field that renders colour, depth and teacher features from any camera."""
+    """A 3D field that renders colour, depth and teacher features from any camera.
+
+    Attributes:
+        kind: the backend's registry name (:mod:`featurefield.fields.registry`).
+        config: the field's settings as created (its config dataclass, with anything that creating resolved,
+            e.g. an automatic strategy); a run records them in its ``config.json``.
+    """
 
     kind: ClassVar[str] = "field"
+    config: Any
+
+    # --------------------------------------------------------------- construction
+    @classmethod
+    @abstractmethod
+    def create(cls, scene, targets: list[TeacherTarget], config=None, max_steps: int = 30_000,
+               device: torch.device | str = "cpu") -> FeatureField:
+        """A fresh field for ``scene`` (canonical frame) distilling ``targets``, on ``device``.
+
+        Args:
+            config: the backend's config dataclass (None: its defaults).
+            max_steps: the run length its schedules are laid out for.
+        """
+
+    # --------------------------------------------------------------- capabilities
+    @classmethod
+    def capabilities(cls) -> frozenset[str]:
+        """What the field can do beyond the protocol: ``"subset"`` when :meth:`subset` works (a field made of
+        primitives that render alone, e.g. Gaussians; not a NeRF's density)."""
+        return frozenset()
+
+    def subset(self, ids: Tensor, invert: bool = False) -> FeatureField:
+        """A copy with only the primitives ``ids [K]`` int64 (``points_with_features``' ``"ids"``), or all but
+        them (``invert``). Only where ``"subset" in capabilities()``."""
+        raise FeatureFieldError(f"the {self.kind} field cannot render a subset of itself; extract the selection as "
+                                "a point cloud instead")
+
+    def export(self, normalization, folder: Path, *, name: str | None = None, teacher: str | None = None,
+               max_points: int = 1_000_000) -> list[Path]:
+        """Write the field's 3D content into ``folder`` in the scene's world frame (``normalization``: the run's
+        world -> canonical similarity); returns the files written.
+
+        The default is a point cloud ``<name or "points">.ply`` of :meth:`points_with_features` with the
+        features of ``teacher``; a backend with a format of its own (Gaussians: a 3DGS PLY) overrides it.
+        """
+        from featurefield.export import write_point_cloud
+
+        with torch.no_grad():
+            pts = self.points_with_features(teacher, max_points=max_points)
+        xyz = normalization.to_world(pts["xyz"].float())
+        path = write_point_cloud(Path(folder) / f"{name or 'points'}.ply", xyz, pts.get("rgb"), pts.get("features"),
+                                 {"opacity": pts["opacity"].float()} if "opacity" in pts else None)
+        return [path]
 
     # --------------------------------------------------------------- rendering
     @abstractmethod
@@ -180,20 +231,5 @@ class FeatureField(nn.Module, ABC):
 
     @classmethod
     @abstractmethod
-    def from_config(cls, config: dict, state: dict[str, Tensor]) -> "FeatureField":
+    def from_config(cls, config: dict, state: dict[str, Tensor]) -> FeatureField:
         """Rebuild a field from :meth:`config_dict` and ``state_dict()`` (sizes may have changed)."""
-
-
-#: backend name -> "module:Class" (and its ``create`` factory).
-FIELDS: dict[str, str] = {
-    "splat": "featurefield.fields.splat.model:GaussianField",
-    "nerf": "featurefield.fields.nerf.model:NerfField",
-}
-
-
-def field_class(kind: str) -> type[FeatureField]:
-    """The field class registered as ``kind``."""
-    if kind not in FIELDS:
-        raise FeatureFieldError(f"unknown field {kind!r}; expected one of {', '.join(FIELDS)}")
-    module, cls = FIELDS[kind].split(":")
-    return getattr(importlib.import_module(module), cls)

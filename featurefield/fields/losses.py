@@ -50,17 +50,17 @@ def dssim(pred: Tensor, target: Tensor) -> Tensor:
     return 1.0 - ssim(pred, target)
 
 
-def feature_loss(pred: Tensor, target: Tensor, kind: str = "l1", dim: int = 0) -> Tensor:
+def feature_loss(pred: Tensor, target: Tensor, loss: str = "l1", dim: int = 0) -> Tensor:
     """Distillation loss between feature maps.
 
     Args:
         pred, target: features with the channel axis at ``dim`` (e.g. ``[D, h, w]``).
-        kind: ``"l1"`` (Feature 3DGS), ``"l1+cos"`` (L1 plus ``1 - cosine``), ``"mse"`` (F3RM).
+        loss: ``"l1"`` (Feature 3DGS), ``"l1+cos"`` (L1 plus ``1 - cosine``), ``"mse"`` (F3RM).
     """
-    if kind == "l1":
+    if loss == "l1":
         return l1(pred, target)
-    if kind == "mse":
+    if loss == "mse":
         return F.mse_loss(pred, target)
-    if kind == "l1+cos":
+    if loss == "l1+cos":
         return l1(pred, target) + (1 - F.cosine_similarity(pred, target, dim=dim, eps=1e-6)).mean()
-    raise ValueError(f"unknown feature loss {kind!r}; expected 'l1', 'l1+cos' or 'mse'")
+    raise ValueError(f"unknown feature loss {loss!r}; expected 'l1', 'l1+cos' or 'mse'")

@@ -12,8 +12,9 @@ masks, and removes duplicates by mask-IoU non-maximum suppression (best score fi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -21,6 +22,7 @@ from torch import Tensor
 from featurefield.cameras import Cameras
 from featurefield.errors import FeatureFieldError
 from featurefield.fields.base import FeatureField, Render
+from featurefield.teachers import DEFAULT_TEACHER
 
 
 class PromptDecoder(Protocol):
@@ -64,7 +66,7 @@ def check_box(box: Sequence[float] | Tensor, image_size: tuple[int, int]) -> Ten
 
 
 @torch.no_grad()
-def render_sam_features(field: FeatureField, camera: Cameras, teacher: str = "sam",
+def render_sam_features(field: FeatureField, camera: Cameras, teacher: str = DEFAULT_TEACHER,
                         background: Tensor | None = None, colour: bool = True) -> tuple[Tensor, Render]:
     """The field's ``sam`` features ``[256, h, w]`` at ``camera`` on SAM's grid for that size, and the render
     (with colour and depth unless ``colour=False``, the fast path when only the mask is wanted)."""
@@ -98,7 +100,7 @@ def prompt_mask(decoder: PromptDecoder, features: Tensor, image_size: tuple[int,
 
 @torch.no_grad()
 def prompt_view(field: FeatureField, camera: Cameras, decoder: PromptDecoder, points: Tensor | None = None,
-                labels: Tensor | None = None, box: Sequence[float] | Tensor | None = None, teacher: str = "sam",
+                labels: Tensor | None = None, box: Sequence[float] | Tensor | None = None, teacher: str = DEFAULT_TEACHER,
                 background: Tensor | None = None) -> tuple[Tensor, float, Render]:
     """Render ``camera``, decode its SAM features and prompt them: ``(mask [H, W], score, render)``."""
     size = (int(camera.height[0]), int(camera.width[0]))

@@ -3,7 +3,8 @@
 A point (a Gaussian centre, or a NeRF sample from :meth:`FeatureField.points_with_features`) votes
 for a view when it projects inside the image, in front of the camera, and is *visible*: its z-depth
 is not behind the field's rendered surface depth at that pixel by more than
-``rel_tol * depth + abs_tol`` (pixels where the render is empty see nothing). It is inside when, in addition, its pixel is in the view's mask.
+``rel_tol * depth + abs_tol`` (pixels where the render is empty see nothing). It is inside when, in addition,
+its pixel is in the view's mask.
 Across several views, a point is selected when it is inside in at least ``min_votes`` views and in
 at least ``min_ratio`` of the views where it is visible (views that cannot see it do not count
 against it).
@@ -15,9 +16,9 @@ Operations: :func:`extract_points` / :func:`delete_points` on the point dict, an
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -153,64 +154,32 @@ def delete_points(points: dict[str, Tensor], keep: Tensor) -> dict[str, Tensor]:
     return extract_points(points, ~keep.bool())
 
 
-def gaussian_mask(points: dict[str, Tensor], keep: Tensor, count: int) -> Tensor:
-    """``[count]`` bool over the field's primitives from a selection over ``points`` (via ``ids``)."""
-    out = torch.zeros(count, dtype=torch.bool, device=keep.device)
-    out[points["ids"].to(keep.device)[keep]] = True
-    return out
-
-
 def subset_field(field: FeatureField, points: dict[str, Tensor], keep: Tensor, invert: bool = False) -> FeatureField:
     """A field with only the selected primitives (or all but them, ``invert=True``).
 
-    Needs a backend with ``subset(mask [G] bool) -> FeatureField`` over its primitives (Gaussians);
-    point samples of a NeRF cannot be re-rendered alone.
+    Needs a backend with the ``"subset"`` capability (Gaussians); point samples of a NeRF cannot be
+    re-rendered alone.
     """
-    subset = getattr(field, "subset", None)
-    if subset is None and field.kind == "splat":
-        subset = lambda m: _splat_subset(field, m)  # noqa: E731
-    if subset is None:
-        raise FeatureFieldError(f"the {field.kind} field cannot render a subset of itself; "
-                                "extract the selection as a point cloud instead (use a splat run to re-render)")
-    count = int(getattr(field, "num_gaussians", 0) or (int(points["ids"].max()) + 1 if len(points["ids"]) else 0))
-    mask = gaussian_mask(points, keep.bool(), count)
-    return subset(~mask if invert else mask)
-
-
-def _splat_subset(field: FeatureField, mask: Tensor) -> FeatureField:
-    """A copy of a Gaussian field keeping the Gaussians where ``mask [G]`` is True (rebuilt through
-    ``from_config`` with the smaller parameter tensors; densification statistics are filtered alike)."""
-    n = field.num_gaussians
-    mask = mask.to(field.device)
-
-    def cut(v):
-        return v[mask] if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == n else v
-
-    state = {}
-    for k, v in field.state_dict().items():
-        if k.startswith("params."):
-            state[k] = cut(v)
-        elif k.endswith("_extra_state") and isinstance(v, dict):
-            state[k] = {**v, "strategy_state": {a: cut(b) for a, b in v.get("strategy_state", {}).items()}}
-        else:
-            state[k] = v
-    return type(field).from_config(field.config_dict(), state).to(field.device).eval()
+    if "subset" not in field.capabilities():
+        raise FeatureFieldError(f"the {field.kind} field cannot render a subset of itself; extract the selection as "
+                                "a point cloud instead (a field made of primitives, e.g. splat, re-renders it)")
+    keep = keep.bool()
+    return field.subset(points["ids"].to(keep.device)[keep], invert=invert)
 
 
 def export_cutout(field: FeatureField, path: Path, points: dict[str, Tensor], keep: Tensor, normalization,
                   extra: dict[str, Tensor] | None = None) -> list[Path]:
     """Write a 3D selection: a point-cloud PLY at ``path`` (scene's world frame, with colour and opacity),
-    and for a Gaussian field also the selected Gaussians as a standard 3DGS PLY, ``<stem>_gaussians.ply``
-    with its decoders (what splat viewers open; :func:`~featurefield.fields.splat.ply.field_from_ply`
-    reads it back). Returns the written paths, the point cloud first."""
+    and for a field that can subset itself also the selected primitives exported in its own format,
+    ``<stem>_gaussians.*`` for Gaussians (a standard 3DGS PLY with its decoders, what splat viewers open;
+    :func:`~featurefield.fields.splat.ply.field_from_ply` reads it back). Returns the written paths, the point
+    cloud first."""
     from featurefield.query.text import export_selection_ply
 
     path = Path(path)
     written = [export_selection_ply(path, points, keep, normalization, extra=extra)]
-    if field.kind == "splat":
-        from featurefield.fields.splat.ply import export_splat
-
-        written += export_splat(subset_field(field, points, keep), normalization, path.parent, f"{path.stem}_gaussians")
+    if "subset" in field.capabilities():
+        written += subset_field(field, points, keep).export(normalization, path.parent, name=f"{path.stem}_gaussians")
     return written
 
 

@@ -1,15 +1,23 @@
 """The Teacher interface and the registry that finds teachers by name.
 
 A teacher is a frozen 2D foundation model whose dense features get distilled into 3D. Adding one
-means writing one module with a factory and registering it, either in-tree with
-:func:`register_teacher` or from another package through the ``featurefield.teachers`` entry-point
-group (``name = "package.module:factory"``); the core never changes.
+means writing one module with a :class:`Teacher` subclass (or a factory) and registering it, either
+in-tree with :func:`register_teacher` or from another package through the ``featurefield.teachers``
+entry-point group (``name = "package.module:TeacherClass"``); the core never changes.
+
+Code outside ``teachers/`` knows a teacher by its capabilities, never by its name: :attr:`Teacher.has_text`
+(a text encoder, for language queries), :attr:`Teacher.has_prompts` (a prompt decoder, for point / box
+prompts: :meth:`Teacher.prompt_decoder`), :attr:`Teacher.weights_folder` (takes the command line's
+``--weights``), :meth:`Teacher.describe` and :meth:`Teacher.fetch_weights` (``featurefield teachers`` /
+``featurefield weights``).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -24,11 +32,33 @@ class Teacher(ABC):
         name: registry name (``"sam"``, ``"clip"``, ``"dino"``, ...).
         dim: feature dimension ``D``.
         has_text: whether :meth:`encode_text` is available (CLIP-like teachers).
+        has_prompts: whether :meth:`prompt_decoder` gives a decoder of point / box prompts (SAM-like teachers).
+        weights_folder: whether the command line's ``--weights`` (a weights file or folder) is meant for it.
     """
 
     name: str = "teacher"
     dim: int = 0
     has_text: bool = False
+    has_prompts: ClassVar[bool] = False
+    weights_folder: ClassVar[bool] = False
+
+    @classmethod
+    def describe(cls, weights: str | Path | None = None) -> dict[str, Any]:
+        """Static facts for ``featurefield teachers``, with no model loaded: ``{"dim", "has_text", "weights"
+        (present: True / False / None when unknown), "where" (the weights' place, or how to get them)}``;
+        ``weights``: the ``weights`` option the teacher would be created with."""
+        return {"dim": cls.dim or None, "has_text": cls.has_text, "weights": None, "where": "(plug-in)"}
+
+    @classmethod
+    def fetch_weights(cls, target: Path | None = None, timeout: float = 600.0) -> Path:
+        """Put the teacher's weights into ``target`` (default: the per-user cache); returns the folder."""
+        raise FeatureFieldError(f"featurefield does not download {cls.name} weights; put them where the teacher "
+                                "looks (see `featurefield teachers`) or pass weights=PATH")
+
+    def prompt_decoder(self, device: torch.device | str | None = None):
+        """The teacher's decoder of point / box prompts on its features (where :attr:`has_prompts`), e.g.
+        :class:`~featurefield.teachers.sam_decoder.SamPromptDecoder`."""
+        raise FeatureFieldError(f"teacher {self.name!r} has no prompt decoder; use a teacher with one (sam)")
 
     @abstractmethod
     def feature_grid(self, height: int, width: int) -> tuple[int, int]:
@@ -52,7 +82,7 @@ class Teacher(ABC):
         """Everything that changes the features (model, weights file, resolution...): the cache key."""
         return {"name": self.name, "dim": self.dim}
 
-    def to(self, device: torch.device | str) -> "Teacher":
+    def to(self, device: torch.device | str) -> Teacher:
         return self
 
 
@@ -77,7 +107,7 @@ class PatchGridTeacher(Teacher):
         rh, rw = self.resized_size(height, width)
         return rh // self.patch, rw // self.patch
 
-    def to(self, device) -> "PatchGridTeacher":
+    def to(self, device) -> PatchGridTeacher:
         self.device = torch.device(device)
         self.model.to(self.device)
         return self
@@ -88,7 +118,8 @@ _BUILTIN_MODULES = ("featurefield.teachers.sam", "featurefield.teachers.clip", "
 
 
 def register_teacher(name: str) -> Callable[[TeacherFactory], TeacherFactory]:
-    """Decorator: ``@register_teacher("sam") def make_sam(**options) -> Teacher``."""
+    """Decorator: ``@register_teacher("sam") class SamTeacher(Teacher)`` (or on a factory function
+    ``def make(**options) -> Teacher``; its capabilities then default to :class:`Teacher`'s)."""
 
     def wrap(factory: TeacherFactory) -> TeacherFactory:
         _REGISTRY[name] = factory
@@ -111,10 +142,38 @@ def _load_all() -> None:
             _REGISTRY[ep.name] = ep.load()
 
 
+def registered() -> dict[str, TeacherFactory]:
+    """Every registered teacher by name (built-in and entry points): its class, or its factory."""
+    _load_all()
+    return dict(sorted(_REGISTRY.items()))
+
+
 def available_teachers() -> list[str]:
     """Names of every registered teacher (built-in and entry points)."""
-    _load_all()
-    return sorted(_REGISTRY)
+    return list(registered())
+
+
+def teacher_class(name: str) -> type[Teacher]:
+    """The class registered as ``name`` (for a factory function: :class:`Teacher`, whose capabilities are
+    the defaults), to ask a capability without loading a model."""
+    factory = registered().get(name)
+    if factory is None:
+        raise FeatureFieldError(f"unknown teacher {name!r}; available: {', '.join(sorted(_REGISTRY)) or 'none'}")
+    return factory if isinstance(factory, type) and issubclass(factory, Teacher) else Teacher
+
+
+def describe(name: str, weights: str | Path | None = None) -> dict[str, Any]:
+    """:meth:`Teacher.describe` of the teacher registered as ``name`` (a factory's own ``describe`` when it has one)."""
+    factory = registered().get(name)
+    own = getattr(factory, "describe", None)
+    if own is not None and not isinstance(factory, type):
+        return own()
+    return teacher_class(name).describe(weights)
+
+
+def takes_weights_folder(name: str) -> bool:
+    """Whether the command line's ``--weights`` is meant for the teacher ``name`` (unknown names: no)."""
+    return name in registered() and teacher_class(name).weights_folder
 
 
 def create_teacher(name: str, **options) -> Teacher:

@@ -285,21 +285,23 @@ class ClipTeacher(PatchGridTeacher):
             emb = self.model.encode_text(tokens)
         return F.normalize(emb.float(), dim=-1)
 
+    @classmethod
+    def describe(cls, weights=None) -> dict:
+        found = None
+        try:
+            found = _find_cached_checkpoint("ViT-L-14-336", "openai")
+        except Exception:  # open_clip missing or unusual install: just report absent
+            pass
+        return {"dim": 768, "has_text": True, "weights": found is not None,
+                "where": str(found) if found else "not cached (ViT-L-14-336/openai); pass weights=PATH or pretrained=random"}
 
-def describe() -> dict:
-    found = None
-    try:
-        found = _find_cached_checkpoint("ViT-L-14-336", "openai")
-    except Exception:  # open_clip missing or unusual install: just report absent
-        pass
-    return {"dim": 768, "has_text": True, "weights": found is not None,
-            "where": str(found) if found else "not cached (ViT-L-14-336/openai); pass weights=PATH or pretrained=random"}
+    @classmethod
+    def fetch_weights(cls, target=None, timeout: float = 600.0):
+        raise FeatureFieldError(
+            f"featurefield does not download {cls.name} weights; run open_clip.create_model(MODEL, pretrained=TAG) once on a machine with "
+            "network (it fills the Hugging Face cache, which featurefield reads offline), or pass weights=PATH to a "
+            "checkpoint file"
+        )
 
 
-@register_teacher("clip")
-def make_clip(**options) -> ClipTeacher:
-    """Factory: ``create_teacher("clip", model="ViT-L-14-336", pretrained="openai")``."""
-    return ClipTeacher(**options)
-
-
-make_clip.describe = describe
+register_teacher("clip")(ClipTeacher)

@@ -124,7 +124,8 @@ class DinoTeacher(PatchGridTeacher):
         x = images.to(self.device).float()
         if (rh, rw) != (H, W):
             x = F.interpolate(x, size=(rh, rw), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-        x = (x - torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        x = (x - mean) / torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "auto": torch.bfloat16}.get(self.precision)
         out = []
         for chunk in x.split(self.max_batch):
@@ -135,21 +136,23 @@ class DinoTeacher(PatchGridTeacher):
         feats = torch.cat(out)
         return F.normalize(feats, dim=1) if self.normalize else feats
 
+    @classmethod
+    def describe(cls, weights=None) -> dict:
+        found = None
+        try:
+            _, found = _cached_hub_file("vit_small_patch14_dinov2", None)
+        except Exception:  # timm missing or unusual install: report absent
+            pass
+        return {"dim": 384, "has_text": False, "weights": found is not None,
+                "where": str(found) if found else "not cached (vit_small_patch14_dinov2); pass weights=PATH or pretrained=random"}
 
-def describe() -> dict:
-    found = None
-    try:
-        _, found = _cached_hub_file("vit_small_patch14_dinov2", None)
-    except Exception:  # timm missing or unusual install: report absent
-        pass
-    return {"dim": 384, "has_text": False, "weights": found is not None,
-            "where": str(found) if found else "not cached (vit_small_patch14_dinov2); pass weights=PATH or pretrained=random"}
+    @classmethod
+    def fetch_weights(cls, target=None, timeout: float = 600.0):
+        raise FeatureFieldError(
+            f"featurefield does not download {cls.name} weights; run timm.create_model(MODEL, pretrained=True) once on a machine with "
+            "network (it fills the Hugging Face cache, which featurefield reads offline), or pass weights=PATH to a "
+            "checkpoint file"
+        )
 
 
-@register_teacher("dino")
-def make_dino(**options) -> DinoTeacher:
-    """Factory: ``create_teacher("dino", model="vit_small_patch14_dinov2")``."""
-    return DinoTeacher(**options)
-
-
-make_dino.describe = describe
+register_teacher("dino")(DinoTeacher)

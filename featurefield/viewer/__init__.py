@@ -16,10 +16,10 @@ one browser tab's render loop), ``server`` (:func:`serve`: the panel and the cal
 view``).
 """
 
-from featurefield.viewer.viser_cameras import camera_pose, viewer_camera
 from featurefield.viewer.client import REST_SECONDS, SHOW, ClientView
 from featurefield.viewer.renderer import BASE_OUTPUTS, CutOut, ViewRenderer, relevancy_overlay
 from featurefield.viewer.server import serve
+from featurefield.viewer.viser_cameras import camera_pose, viewer_camera
 
 __all__ = ["BASE_OUTPUTS", "REST_SECONDS", "SHOW", "ClientView", "CutOut", "ViewRenderer", "camera_pose",
            "relevancy_overlay", "serve", "viewer_camera"]

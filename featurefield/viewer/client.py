@@ -11,8 +11,8 @@ import torch
 
 from featurefield.cameras import Cameras
 from featurefield.errors import FeatureFieldError
-from featurefield.viewer.viser_cameras import sized, viewer_camera
 from featurefield.viewer.renderer import CutOut, ViewRenderer
+from featurefield.viewer.viser_cameras import sized, viewer_camera
 
 #: seconds the camera must rest before the full-size render
 REST_SECONDS = 0.25
@@ -72,17 +72,17 @@ class ClientView:
         match its phrase (:meth:`ViewRenderer.extract_text`); otherwise SAM's mask for the clicked point at
         the latest view (:meth:`ViewRenderer.extract`). It becomes :attr:`cut`; None when nothing is selected."""
         output, text, _ = self.settings()
-        kind, _, teacher = output.partition(": ")
-        if kind == "text" and not text.strip():
+        what, _, teacher = output.partition(": ")
+        if what == "text" and not text.strip():
             self._status("type a phrase first")
             return None
-        if kind != "text" and (self.prompt is None or self._last is None):
+        if what != "text" and (self.prompt is None or self._last is None):
             self._status("click an object first (with a prompt output), or type a phrase (with a text output)")
             return None
         folder = Path(folder)
         path = folder / f"selection_{len(list(folder.glob('selection_*.ply'))) if folder.is_dir() else 0:02d}.ply"
         try:
-            if kind == "text":
+            if what == "text":
                 cut = self.renderer.extract_text(teacher, text.strip(), path)
                 empty = f"no point's relevancy for {text.strip()!r} is above 0.5"
             else:

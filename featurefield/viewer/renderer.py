@@ -58,12 +58,16 @@ class CutOut:
 class ViewRenderer:
     """Renders one output of a run for a camera; thread-safe (renders take turns)."""
 
-    def __init__(self, run: Run, decoder=None, prompt_teacher: str = "sam") -> None:
-        """``decoder``: SAM's prompt decoder (default: loaded from the run's sam weights when first needed);
-        ``prompt_teacher``: the teacher whose features it reads."""
+    def __init__(self, run: Run, decoder=None, prompt_teacher: str | None = None) -> None:
+        """``decoder``: the prompt decoder (default: the prompt teacher's, loaded when first needed);
+        ``prompt_teacher``: the teacher whose features it reads (default: the run's first with a prompt decoder)."""
         self.run = run
         self.text_teachers = [t for t in run.teacher_names if run.teacher(t).has_text]
-        self.prompt_teacher = prompt_teacher if prompt_teacher in run.teacher_names else None
+        prompting = run.prompt_teachers
+        if prompt_teacher is None:
+            self.prompt_teacher = prompting[0] if prompting else None
+        else:
+            self.prompt_teacher = prompt_teacher if prompt_teacher in run.teacher_names else None
         self._decoder = decoder
         self._bases: dict = {}
         self._lock = threading.Lock()
@@ -77,7 +81,7 @@ class ViewRenderer:
 
     def decoder(self):
         if self._decoder is None:
-            self._decoder = self.run.prompt_decoder("SAM prompts need")
+            self._decoder = self.run.prompt_decoder("SAM prompts need", teacher=self.prompt_teacher)
         return self._decoder
 
     @torch.no_grad()
@@ -97,16 +101,16 @@ class ViewRenderer:
         if output not in self.outputs:
             raise FeatureFieldError(f"unknown output {output!r}; this run has: {', '.join(self.outputs)}")
         camera = camera.to(self.run.device)
-        kind, _, teacher = output.partition(": ")
+        what, _, teacher = output.partition(": ")
         field = field or self.run.field
         with self._lock:
-            if kind == "features":
+            if what == "features":
                 if teacher not in self._bases:
                     self._bases[teacher] = pca_basis(self.run, teacher)
                 picture, r = pca_render(self.run, camera, teacher, self._bases[teacher], field=field)
-            elif kind == "prompt" and prompt is not None and len(prompt):
+            elif what == "prompt" and prompt is not None and len(prompt):
                 picture, r = self._prompted(camera, teacher, prompt, field)
-            elif kind == "text" and text.strip():
+            elif what == "text" and text.strip():
                 from featurefield.query.text import relevancy_map
 
                 q = relevancy_map(field, camera, self.run.teacher(teacher), [text.strip()], background=self.run.background)
@@ -114,9 +118,9 @@ class ViewRenderer:
                 picture = relevancy_overlay(r.rgb, q.relevancy[0])
             else:
                 r = field.render(camera, background=self.run.background, features=False)
-                if kind == "depth":
+                if what == "depth":
                     picture = viz.depth_image(r.depth[..., 0], r.alpha[..., 0])
-                elif kind == "opacity":
+                elif what == "opacity":
                     picture = viz.to_uint8(r.alpha[..., 0])
                 else:
                     picture = viz.to_uint8(r.rgb)
@@ -184,7 +188,7 @@ class ViewRenderer:
 
     def can_show_alone(self) -> bool:
         """Whether the field can render a cut-out alone or without it (Gaussians can; a NeRF's point samples cannot)."""
-        return self.run.field.kind == "splat"
+        return "subset" in self.run.field.capabilities()
 
     def subset(self, cut: CutOut, without: bool = False):
         """The run's field with only the cut-out's primitives (``without=True``: all but them)."""

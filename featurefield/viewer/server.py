@@ -6,9 +6,9 @@ from pathlib import Path
 
 from featurefield.cameras import Cameras
 from featurefield.run import Run, load_run
-from featurefield.viewer.viser_cameras import camera_pose
 from featurefield.viewer.client import SHOW, ClientView
 from featurefield.viewer.renderer import ViewRenderer
+from featurefield.viewer.viser_cameras import camera_pose
 
 
 def default_sides(run: Run) -> tuple[int, int]:

@@ -118,11 +118,11 @@ class NerfConfig:
         self.proposal_max_res = tuple(int(v) for v in self.proposal_max_res)
 
     @staticmethod
-    def small(**overrides) -> "NerfConfig":
+    def small(**overrides) -> NerfConfig:
         """The CPU-sized model (demo scene in minutes on 2 cores)."""
         return dataclasses.replace(NerfConfig(preset="full"), **{**SMALL, **overrides, "preset": "small"})
 
-    def resolved(self, device: torch.device | str) -> "NerfConfig":
+    def resolved(self, device: torch.device | str) -> NerfConfig:
         """The concrete settings for ``device`` (preset applied), with ``preset="full"`` or ``"small"``."""
         preset = self.preset
         if preset == "auto":

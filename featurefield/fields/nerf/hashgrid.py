@@ -196,7 +196,8 @@ class HashGrid(nn.Module):
             return False
         if self.backend == "triton":
             if not triton_available():
-                raise FeatureFieldError("hash-grid backend 'triton' asked for but triton is not installed; use --nerf.hashgrid-backend torch")
+                raise FeatureFieldError("hash-grid backend 'triton' asked for but triton is not installed; "
+                                        "use --nerf.hashgrid-backend torch")
             return True
         return x.is_cuda and triton_available()
 

@@ -35,10 +35,17 @@ from featurefield.fields.nerf.contraction import Contraction
 from featurefield.fields.nerf.encodings import frequency_encoding, spherical_harmonics
 from featurefield.fields.nerf.hashgrid import HashGrid
 from featurefield.fields.nerf.losses import (
-    distortion_loss, interlevel_loss, normal_consistency_loss, orientation_loss,
+    distortion_loss,
+    interlevel_loss,
+    normal_consistency_loss,
+    orientation_loss,
 )
 from featurefield.fields.nerf.rendering import (
-    accumulate, composite_rgb, expected_distance, median_distance, weights_from_density,
+    accumulate,
+    composite_rgb,
+    expected_distance,
+    median_distance,
+    weights_from_density,
 )
 from featurefield.fields.nerf.samplers import pdf_edges, ray_aabb, spacing_to_distance, uniform_edges
 from featurefield.fields.spill import FeatureSpill
@@ -211,7 +218,7 @@ class NerfField(FeatureField):
             raise FeatureFieldError(
                 f"nerf config: {len(cfg.num_proposal_samples)} proposal sample counts but "
                 f"{len(cfg.proposal_max_res)} proposal resolutions; give one resolution per proposal level")
-        self.cfg, self.targets, self.num_images = cfg, list(targets), int(num_images)
+        self.config, self.targets, self.num_images = cfg, list(targets), int(num_images)
         self.contraction_kind, self.aabb_list, self.max_steps = contraction, aabb, int(max_steps)
         self.background_list = background
         self.contraction = Contraction(contraction, None if aabb is None else torch.tensor(aabb, dtype=torch.float32))
@@ -236,7 +243,7 @@ class NerfField(FeatureField):
     # ------------------------------------------------------------------ construction
     @classmethod
     def create(cls, scene: Scene, targets: list[TeacherTarget], config: NerfConfig | None = None,
-               max_steps: int = 30_000, device: torch.device | str = "cpu") -> "NerfField":
+               max_steps: int = 30_000, device: torch.device | str = "cpu") -> NerfField:
         """A fresh field for ``scene`` (canonical frame), sized by ``config`` for ``device``."""
         cfg = (config or NerfConfig()).resolved(device)
         bounds = scene.canonical_bounds()
@@ -251,12 +258,12 @@ class NerfField(FeatureField):
         return cls(cfg, targets, len(scene.split["train"]), kind, aabb, bg, max_steps).to(device)
 
     def config_dict(self) -> dict:
-        return {"config": dataclasses.asdict(self.cfg), "targets": [dataclasses.asdict(t) for t in self.targets],
+        return {"config": dataclasses.asdict(self.config), "targets": [dataclasses.asdict(t) for t in self.targets],
                 "num_images": self.num_images, "contraction": self.contraction_kind, "aabb": self.aabb_list,
                 "background": self.background_list, "max_steps": self.max_steps}
 
     @classmethod
-    def from_config(cls, config: dict, state: dict[str, Tensor]) -> "NerfField":
+    def from_config(cls, config: dict, state: dict[str, Tensor]) -> NerfField:
         targets = [TeacherTarget(t["name"], int(t["dim"]), tuple(t["grid"]), float(t.get("weight", 1.0)))
                    for t in config["targets"]]
         cfg = NerfConfig(**{"feature_background": "constant", **config["config"]})  # runs from before the map
@@ -267,25 +274,25 @@ class NerfField(FeatureField):
 
     # ------------------------------------------------------------------ helpers
     def _autocast(self, device: torch.device):
-        if self.cfg.mixed_precision and device.type == "cuda":
+        if self.config.mixed_precision and device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
     def _bounds(self, origins: Tensor, directions: Tensor) -> tuple[Tensor, Tensor, str]:
         if self.contraction_kind == "aabb":
-            near, far = ray_aabb(origins, directions, self.contraction.aabb.to(origins), self.cfg.near_plane)
+            near, far = ray_aabb(origins, directions, self.contraction.aabb.to(origins), self.config.near_plane)
             return near, far, "uniform"
-        near = torch.full_like(origins[:, 0], self.cfg.near_plane)
-        return near, torch.full_like(near, self.cfg.far_plane), "lindisp"
+        near = torch.full_like(origins[:, 0], self.config.near_plane)
+        return near, torch.full_like(near, self.config.far_plane), "lindisp"
 
     def _anneal(self, step: int) -> float:
-        frac = min(max(step / max(self.cfg.proposal_anneal_steps, 1), 0.0), 1.0)
-        b = self.cfg.proposal_anneal_slope
+        frac = min(max(step / max(self.config.proposal_anneal_steps, 1), 0.0), 1.0)
+        b = self.config.proposal_anneal_slope
         return (b * frac) / ((b - 1) * frac + 1)
 
     def _update_proposals(self, step: int) -> bool:
-        every = float(np.clip(np.interp(step, [0, self.cfg.proposal_warmup], [0, self.cfg.proposal_update_every]),
-                              1, self.cfg.proposal_update_every))
+        every = float(np.clip(np.interp(step, [0, self.config.proposal_warmup], [0, self.config.proposal_update_every]),
+                              1, self.config.proposal_update_every))
         return step < 10 or step % max(int(round(every)), 1) == 0
 
     def _positions(self, origins: Tensor, directions: Tensor, edges: Tensor, near: Tensor, far: Tensor,
@@ -318,7 +325,7 @@ class NerfField(FeatureField):
             ``median_distance [R]``, ``features`` {name: ``[R, D]``}, ``projected [R, K]`` and, for
             training, ``edges_list`` / ``weights_list`` (spacing space) and normals when asked.
         """
-        cfg = self.cfg
+        cfg = self.config
         R, dev = origins.shape[0], origins.device
         train = step is not None
         near, far, spacing = self._bounds(origins, directions)
@@ -408,14 +415,14 @@ class NerfField(FeatureField):
         acc = torch.empty(H * W, device=dev)
         feats = {n: torch.empty(H * W, dims[n], device=dev, dtype=feat_dtype) for n in teachers}
         proj = None if projection is None else torch.empty(H * W, projection[1].shape[1], device=dev)
-        normals = torch.empty(H * W, 3, device=dev) if self.cfg.predict_normals else None
+        normals = torch.empty(H * W, 3, device=dev) if self.config.predict_normals else None
         forward = camera.c2w[0, :3, 2]
-        chunk = max(int(self.cfg.render_chunk), 1)
+        chunk = max(int(self.config.render_chunk), 1)
         for s in range(0, H * W, chunk):
             e = min(s + chunk, H * W)
             o, d = camera.rays_at(index[s:e], grid[s:e])
             out = self.render_rays(o, d, None, background=bg, teachers=teachers, projection=projection,
-                                   normals=self.cfg.predict_normals, screen=screen[s:e])
+                                   normals=self.config.predict_normals, screen=screen[s:e])
             rgb[s:e], acc[s:e] = out["rgb"], out["accumulation"]
             dist[s:e] = out["distance"] * (d @ forward)  # ray length -> z-depth
             for n in teachers:
@@ -486,7 +493,7 @@ class NerfField(FeatureField):
                 density, _ = self.field.geometry(uu, inside)
             voxel = self._voxel_size(x, res)
             opa = 1 - torch.exp(-density.float() * voxel)
-            keep = opa > self.cfg.point_threshold
+            keep = opa > self.config.point_threshold
             xyz_all.append(x[keep])
             opa_all.append(opa[keep])
         xyz, opa = torch.cat(xyz_all), torch.cat(opa_all)
@@ -543,8 +550,8 @@ class NerfField(FeatureField):
         """
         dev = data.images.device
         N, H, W = data.images.shape[:3]
-        R = self.cfg.rays_per_batch
-        K = self.cfg.feature_spill if self.spills else 1
+        R = self.config.rays_per_batch
+        K = self.config.feature_spill if self.spills else 1
         M = max(1, R // (K * K))  # patches of K x K rays (single rays without a spill model)
         image = torch.randint(N, (M,), generator=generator)
         u = torch.randint(W, (M,), generator=generator)
@@ -582,7 +589,7 @@ class NerfField(FeatureField):
         return (f00 * (1 - fx) + f01 * fx) * (1 - fy) + (f10 * (1 - fx) + f11 * fx) * fy
 
     def training_loss(self, batch: dict[str, Any], data: TrainData, step: int) -> dict[str, Tensor]:
-        cfg = self.cfg
+        cfg = self.config
         bg = data.background.to(batch["origins"]) if data.background is not None else None
         H, W = data.images.shape[1:3]
         screen = batch["pixels"] / torch.tensor([W, H], device=batch["pixels"].device, dtype=batch["pixels"].dtype)
@@ -618,17 +625,17 @@ class NerfField(FeatureField):
             groups = {"proposal_networks": self.proposals.parameters(), "fields": self.field.parameters(),
                       "feature_field": self.features.parameters()}
             # fused (one kernel for all parameters), on CPU too: there 10x faster than the default loop
-            self._optimizers = {k: torch.optim.Adam(list(p), lr=self.cfg.lr, eps=self.cfg.adam_eps, fused=True)
+            self._optimizers = {k: torch.optim.Adam(list(p), lr=self.config.lr, eps=self.config.adam_eps, fused=True)
                                 for k, p in groups.items()}
             if len(self.spills):
-                self._optimizers["spills"] = torch.optim.Adam(list(self.spills.parameters()), lr=self.cfg.lr_spill,
+                self._optimizers["spills"] = torch.optim.Adam(list(self.spills.parameters()), lr=self.config.lr_spill,
                                                               fused=True)
         return self._optimizers
 
     def schedulers(self) -> dict[str, Any]:
         if self._schedulers is None:
-            steps = self.cfg.lr_decay_steps or self.max_steps
-            self._schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, _exp_decay(self.cfg.lr, self.cfg.lr_final, steps))
+            steps = self.config.lr_decay_steps or self.max_steps
+            self._schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, _exp_decay(self.config.lr, self.config.lr_final, steps))
                                 for k, o in self.optimizers().items() if k != "spills"}
         return self._schedulers
 

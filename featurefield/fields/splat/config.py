@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Literal
+
+from gsplat.strategy import DefaultStrategy, MCMCStrategy
 
 # the automatic MCMC budget of a scene with large views: lego at 30k steps fits 6 minutes with it
 # (BENCHMARKS.md, ninth session)
@@ -32,17 +34,20 @@ class SplatConfig:
         max_gaussians: stop growing (clone/split) above this count, and bound the automatic MCMC budget; 0 = no cap.
         cpu_max_gaussians: the same cap when training on CPU (the torch rasterizer is slow).
         init_opacity, init_scale: initial opacity, and a factor on the nearest-neighbour scale.
-        strategy: densification: ``"default"`` (3DGS clone/split/prune), ``"mcmc"`` (3DGS-MCMC: relocation and
-            noise, a fixed budget; needs gsplat on CUDA) or ``"auto"`` (mcmc where gsplat rasterizes on CUDA, else
-            default; resolved when the field is created, and the run's config records the choice).
-        schedule_steps: the run length the step numbers below are written for (30k as in 3DGS).
-        refine_start, refine_stop, refine_every, reset_every: densification schedule (scaled).
+        strategy: densification: ``"default"`` (3DGS clone/split/prune, settings in ``default``), ``"mcmc"``
+            (3DGS-MCMC: relocation and noise, a fixed budget, settings in ``mcmc``; needs gsplat on CUDA) or
+            ``"auto"`` (mcmc where gsplat rasterizes on CUDA, else default; resolved when the field is created,
+            and the run's config records the choice).
+        default: gsplat's ``DefaultStrategy`` settings. Its step numbers (``refine_start_iter``, ``refine_stop_iter``,
+            ``reset_every``, ``refine_every``, ...) are written for ``schedule_steps`` and scale with the run length;
+            ``absgrad`` also makes the rasterizer keep absolute gradients.
+        mcmc: gsplat's ``MCMCStrategy`` settings (step numbers scaled alike). ``cap_max`` is the Gaussian budget;
+            0 = ``max(min(300k, pixels of a training view / 2), 3 x the initial Gaussians)``, at most
+            ``max_gaussians`` when that is set.
+        schedule_steps: the run length the strategies' step numbers are written for (30k as in 3DGS).
         reset_min_interval: skip opacity resets when the scaled ``reset_every`` is shorter than this
             (a short run has no time to recover from them).
-        grow_grad2d, prune_opacity: DefaultStrategy thresholds.
-        mcmc_cap_max: MCMC's Gaussian budget; 0 = ``max(min(300k, pixels of a training view / 2), 3 x the
-            initial Gaussians)``, at most ``max_gaussians`` when that is set.
-        mcmc_noise_lr, mcmc_opacity_reg, mcmc_scale_reg: MCMC settings (3DGS-MCMC's values).
+        mcmc_opacity_reg, mcmc_scale_reg: the opacity and scale regularizers of 3DGS-MCMC (with ``mcmc`` only).
         lr_means, lr_means_final: means LR (times scene scale), exponentially decayed over the run.
         lr_spill: Adam LR of the spill kernels' logits (``feature_spill``).
         lr_scales, lr_quats, lr_opacities, lr_sh0, lr_shN, lr_embedding, lr_decoder: Adam LRs.
@@ -80,7 +85,7 @@ class SplatConfig:
             empty, instead of holding background-coloured Gaussians that show from other directions
             (lego's PSNR did not change with it: BENCHMARKS.md, fifth session).
         rasterizer: ``"auto"`` (gsplat on CUDA, else torch), ``"torch"`` or ``"gsplat"``.
-        packed, absgrad, antialiased: gsplat options (absgrad also switches the densify gradient).
+        packed, antialiased: gsplat options.
         near_plane, far_plane: depth culling in canonical units.
     """
 
@@ -95,16 +100,10 @@ class SplatConfig:
     init_opacity: float = 0.1
     init_scale: float = 1.0
     strategy: Literal["auto", "default", "mcmc"] = "auto"
+    default: DefaultStrategy = field(default_factory=DefaultStrategy)
+    mcmc: MCMCStrategy = field(default_factory=lambda: MCMCStrategy(cap_max=0))
     schedule_steps: int = 30_000
-    refine_start: int = 500
-    refine_stop: int = 15_000
-    refine_every: int = 100
-    reset_every: int = 3_000
     reset_min_interval: int = 500
-    grow_grad2d: float = 0.0002
-    prune_opacity: float = 0.005
-    mcmc_cap_max: int = 0
-    mcmc_noise_lr: float = 5e5
     mcmc_opacity_reg: float = 0.01
     mcmc_scale_reg: float = 0.01
     lr_means: float = 1.6e-4
@@ -133,7 +132,6 @@ class SplatConfig:
     alpha_weight: float = 0.0
     rasterizer: Literal["auto", "torch", "gsplat"] = "auto"
     packed: bool = False
-    absgrad: bool = False
     antialiased: bool = False
     near_plane: float = 0.01
     far_plane: float = 1e10
@@ -145,7 +143,7 @@ class SplatConfig:
         return max(1, round(step * max_steps / self.schedule_steps))
 
     def resolved(self, *, gsplat_on_cuda: bool, initial_gaussians: int,
-                 pixels_per_view: int | None = None) -> "SplatConfig":
+                 pixels_per_view: int | None = None) -> SplatConfig:
         """This config with ``strategy="auto"`` and an automatic MCMC cap replaced by what they mean here.
 
         ``pixels_per_view`` (the training views' median width x height) scales the automatic budget down for
@@ -154,7 +152,7 @@ class SplatConfig:
         strategy = self.strategy
         if strategy == "auto":
             strategy = "mcmc" if gsplat_on_cuda else "default"
-        cap = self.mcmc_cap_max
+        cap = self.mcmc.cap_max
         if strategy == "mcmc" and cap <= 0:
             budget = MCMC_MIN_AUTO_CAP
             if pixels_per_view is not None:
@@ -162,12 +160,64 @@ class SplatConfig:
             cap = max(budget, 3 * initial_gaussians)
             if self.max_gaussians > 0:
                 cap = min(cap, self.max_gaussians)
-        return replace(self, strategy=strategy, mcmc_cap_max=cap)
+        return replace(self, strategy=strategy, mcmc=replace(self.mcmc, cap_max=cap))
+
+    @property
+    def absgrad(self) -> bool:
+        """Whether the rasterizer keeps absolute screen-space gradients (the default strategy's ``absgrad``)."""
+        return self.strategy == "default" and self.default.absgrad
+
+    def scaled_strategy(self, max_steps: int) -> DefaultStrategy | MCMCStrategy:
+        """The strategy's settings (``"auto"`` read as ``"default"``) with its step numbers mapped onto a run of
+        ``max_steps`` (densification at least every 10 steps, or as written when that is rarer)."""
+        chosen = self.mcmc if self.strategy == "mcmc" else self.default
+        steps = {k: self.scaled(getattr(chosen, k), max_steps) for k in _SCHEDULE_STEPS if getattr(chosen, k, 0) > 0}
+        steps["refine_every"] = max(self.scaled(chosen.refine_every, max_steps), min(chosen.refine_every, 10))
+        return replace(chosen, **steps)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @staticmethod
-    def from_dict(d: dict) -> "SplatConfig":
+    def from_dict(d: dict) -> SplatConfig:
+        """Rebuild from :meth:`to_dict` (settings unknown to this version are dropped; a config written before
+        the strategies were nested has its flat ``refine_*`` / ``mcmc_*`` settings moved into them)."""
+        d = _nest_flat_strategy(dict(d))
         known = {f.name for f in fields(SplatConfig)}
-        return SplatConfig(**{k: v for k, v in d.items() if k in known})
+        out = {k: v for k, v in d.items() if k in known}
+        for name, cls in (("default", DefaultStrategy), ("mcmc", MCMCStrategy)):
+            if isinstance(out.get(name), dict):
+                names = {f.name for f in fields(cls)}
+                out[name] = cls(**{k: v for k, v in out[name].items() if k in names})
+        return SplatConfig(**out)
+
+
+#: strategy settings counted in steps, scaled with the run length (``refine_every`` has its own rule)
+_SCHEDULE_STEPS = ("refine_start_iter", "refine_stop_iter", "reset_every", "refine_scale2d_stop_iter",
+                   "pause_refine_after_reset")
+
+#: settings of configs written before the strategies were nested: flat name -> (strategy, its name there)
+_FLAT_STRATEGY = {
+    "refine_start": (("default", "refine_start_iter"), ("mcmc", "refine_start_iter")),
+    "refine_stop": (("default", "refine_stop_iter"),),
+    "refine_every": (("default", "refine_every"), ("mcmc", "refine_every")),
+    "reset_every": (("default", "reset_every"),),
+    "grow_grad2d": (("default", "grow_grad2d"),),
+    "prune_opacity": (("default", "prune_opa"), ("mcmc", "min_opacity")),
+    "absgrad": (("default", "absgrad"),),
+    "mcmc_cap_max": (("mcmc", "cap_max"),),
+    "mcmc_noise_lr": (("mcmc", "noise_lr"),),
+}
+
+
+def _nest_flat_strategy(d: dict) -> dict:
+    """A config dict of an older run with its flat strategy settings moved into ``default`` / ``mcmc``."""
+    flat = {k: d.pop(k) for k in list(d) if k in _FLAT_STRATEGY}
+    if not flat:
+        return d
+    nested = {"default": {**asdict(DefaultStrategy()), **d.get("default", {})},
+              "mcmc": {**asdict(MCMCStrategy(cap_max=0)), **d.get("mcmc", {})}}
+    for k, v in flat.items():
+        for strategy, name in _FLAT_STRATEGY[k]:
+            nested[strategy][name] = v
+    return {**d, **nested}

@@ -17,7 +17,7 @@ relocation kernel), ``"default"`` (3DGS's clone/split/prune, pure PyTorch) elsew
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import torch
@@ -28,11 +28,11 @@ from featurefield.cameras import Cameras
 from featurefield.errors import FeatureFieldError
 from featurefield.fields import losses
 from featurefield.fields.base import FeatureField, Render, TeacherTarget, TrainData
+from featurefield.fields.spill import FeatureSpill
 from featurefield.fields.splat import rasterize_gsplat, rasterize_torch
 from featurefield.fields.splat.config import INIT_PIXELS_PER_GAUSSIAN, SplatConfig
 from featurefield.fields.splat.resample import resample, resample_hwc
 from featurefield.fields.splat.sh import num_sh_bases, rgb_to_sh, sh_to_colors, sh_to_rgb
-from featurefield.fields.spill import FeatureSpill
 from featurefield.fields.splat.views import View, views_of
 from featurefield.metrics import psnr_from_mse
 
@@ -112,7 +112,7 @@ class GaussianField(FeatureField):
     # ------------------------------------------------------------------ construction
     @classmethod
     def create(cls, scene, targets: list[TeacherTarget], config: SplatConfig | None = None, max_steps: int = 30_000,
-               device: str | torch.device = "cpu") -> "GaussianField":
+               device: str | torch.device = "cpu") -> GaussianField:
         """Initialise Gaussians for a scene (canonical frame).
 
         From the scene's sparse points when present (``init`` "auto"/"points"), else uniformly at
@@ -177,22 +177,16 @@ class GaussianField(FeatureField):
         return field.to(device)
 
     def _build_strategy(self):
-        cfg, steps = self.config, self.max_steps
-        from gsplat.strategy import MCMCStrategy
-
+        """gsplat's strategy for the config (``"auto"`` is resolved by :meth:`create`; a field built directly
+        reads it as ``"default"``), its step numbers scaled to the run, and its fresh state."""
         from featurefield.fields.splat.strategy import SyncFreeDefaultStrategy
 
-        start, stop = cfg.scaled(cfg.refine_start, steps), cfg.scaled(cfg.refine_stop, steps)
-        every = max(cfg.scaled(cfg.refine_every, steps), min(cfg.refine_every, 10))
-        if cfg.strategy == "mcmc":  # ("auto" is resolved by create(); a field built directly treats it as "default")
-            cap = cfg.resolved(gsplat_on_cuda=True, initial_gaussians=self.num_gaussians).mcmc_cap_max  # 0: its rule
-            strategy = MCMCStrategy(cap_max=cap, noise_lr=cfg.mcmc_noise_lr, refine_start_iter=start,
-                                    refine_stop_iter=cfg.scaled(25_000, steps), refine_every=every,
-                                    min_opacity=cfg.prune_opacity)
+        cfg = self.config
+        if cfg.strategy == "mcmc":
+            cap = cfg.resolved(gsplat_on_cuda=True, initial_gaussians=self.num_gaussians).mcmc.cap_max  # 0: its rule
+            strategy = replace(cfg.scaled_strategy(self.max_steps), cap_max=cap)
             return strategy, strategy.initialize_state()
-        strategy = SyncFreeDefaultStrategy(prune_opa=cfg.prune_opacity, grow_grad2d=cfg.grow_grad2d, refine_start_iter=start,
-                                   refine_stop_iter=stop, refine_every=every,
-                                   reset_every=cfg.scaled(cfg.reset_every, steps), absgrad=cfg.absgrad)
+        strategy = SyncFreeDefaultStrategy(**asdict(cfg.scaled_strategy(self.max_steps)))
         return strategy, strategy.initialize_state(scene_scale=self.scene_scale)
 
     # ------------------------------------------------------------------ properties
@@ -587,12 +581,49 @@ class GaussianField(FeatureField):
         self._perm = state.get("perm")
         self._cursor = int(state.get("cursor", 0))
 
+    # ------------------------------------------------------------------ capabilities
+    @classmethod
+    def capabilities(cls) -> frozenset[str]:
+        return frozenset({"subset"})
+
+    def subset(self, ids: Tensor, invert: bool = False) -> GaussianField:
+        """A copy keeping the Gaussians ``ids [K]`` (or all but them, ``invert``), rebuilt through
+        :meth:`from_config` with the smaller parameter tensors; densification statistics are filtered alike."""
+        n = self.num_gaussians
+        mask = torch.zeros(n, dtype=torch.bool, device=self.device)
+        mask[ids.to(self.device)] = True
+        if invert:
+            mask = ~mask
+
+        def cut(v):
+            return v[mask] if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == n else v
+
+        state = {}
+        for k, v in self.state_dict().items():
+            if k.startswith("params."):
+                state[k] = cut(v)
+            elif k.endswith("_extra_state") and isinstance(v, dict):
+                state[k] = {**v, "strategy_state": {a: cut(b) for a, b in v.get("strategy_state", {}).items()}}
+            else:
+                state[k] = v
+        return type(self).from_config(self.config_dict(), state).to(self.device).eval()
+
+    def export(self, normalization, folder, *, name: str | None = None, teacher: str | None = None,
+               max_points: int = 1_000_000) -> list:
+        """A standard 3DGS PLY ``<name or "splat">.ply`` with the embeddings as extra properties, and the decoders
+        beside it (:func:`~featurefield.fields.splat.ply.export_splat`); every teacher's, so ``teacher`` and
+        ``max_points`` do not apply."""
+        from featurefield.fields.splat.ply import export_splat
+
+        return list(export_splat(self, normalization, folder, name or "splat"))
+
+    # ------------------------------------------------------------------ persistence
     def config_dict(self) -> dict:
         return {"config": self.config.to_dict(), "targets": [asdict(t) for t in self.targets],
                 "scene_scale": self.scene_scale, "max_steps": self.max_steps, "background": self.background_list}
 
     @classmethod
-    def from_config(cls, config: dict, state: dict[str, Tensor]) -> "GaussianField":
+    def from_config(cls, config: dict, state: dict[str, Tensor]) -> GaussianField:
         """Rebuild with the checkpoint's Gaussian count, then load ``state``."""
         targets = [TeacherTarget(t["name"], int(t["dim"]), tuple(t["grid"]), float(t.get("weight", 1.0)))
                    for t in config["targets"]]

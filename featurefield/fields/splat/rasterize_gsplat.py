@@ -14,8 +14,9 @@ from torch import Tensor
 
 from featurefield.errors import FeatureFieldError
 
-
-# channel counts gsplat 1.5.3 compiles its rasterization kernels for; others are padded to a power of two
+# channel counts gsplat 1.5.3 compiles its rasterization kernels for; others are padded to a power of two. Read
+# from gsplat's build (its CUDA sources list them), so pyproject.toml pins gsplat to the 1.5 series: a newer one may
+# compile other counts, and the chunking below would then pick sizes it pads.
 NATIVE_CHANNELS = (1, 2, 3, 4, 5, 8, 9, 16, 17, 32, 33, 64, 65, 128, 129, 256, 257, 512, 513)
 
 

@@ -52,6 +52,8 @@ class SyncFreeDefaultStrategy(DefaultStrategy):
     norm of its screen-space mean gradient (scaled to NDC) and the number of steps it was visible.
     """
 
+    # overrides a private method of gsplat 1.5 (its signature and the state keys it fills, grad2d / count /
+    # radii): pyproject.toml pins gsplat to the 1.5 series; tests/test_splat_training_parts.py compares the two
     def _update_state(self, params, state: dict[str, Any], info: dict[str, Any], packed: bool = False) -> None:
         if packed:
             return super()._update_state(params, state, info, packed=packed)

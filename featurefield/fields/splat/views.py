@@ -32,7 +32,7 @@ class View:
     width: int
     height: int
 
-    def resized(self, width: int, height: int) -> "View":
+    def resized(self, width: int, height: int) -> View:
         """The same camera for an image of ``width x height`` pixels (intrinsics scaled per axis)."""
         if (width, height) == (self.width, self.height):
             return self

@@ -1,0 +1,75 @@
+"""A teacher as a run records it: name, options, loss weight; parsed from the command line's short form."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from featurefield.errors import FeatureFieldError
+
+
+def parse_options(items, what: str) -> dict:
+    """``["k=v", ...]`` -> ``{k: v}`` with JSON values parsed (numbers, booleans), strings kept."""
+    options: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise FeatureFieldError(f"{what} {item!r} is not key=value")
+        k, v = item.split("=", 1)
+        try:
+            options[k] = json.loads(v)
+        except json.JSONDecodeError:
+            options[k] = v
+    return options
+
+
+@dataclass
+class TeacherSpec:
+    """One teacher of a run.
+
+    Attributes:
+        name: the registered teacher (:func:`featurefield.teachers.registered`).
+        options: keyword arguments of its factory (e.g. ``model``, ``weights``).
+        weight: its loss weight.
+    """
+
+    name: str
+    options: dict = field(default_factory=dict)
+    weight: float = 1.0
+
+    @classmethod
+    def parse(cls, spec: str | dict | TeacherSpec, weights: str | Path | None = None) -> TeacherSpec:
+        """``"clip:model=ViT-B-16,pretrained=random@0.5"`` -> a spec; a dict (a run's record) or a spec as is.
+
+        ``@W`` sets the loss weight; ``key=value`` pairs become teacher options (numbers parsed). ``weights`` (the
+        command line's ``--weights``) becomes the ``weights`` option of a teacher whose weights are a file or
+        folder found on disk (:func:`featurefield.teachers.base.takes_weights_folder`), unless the spec sets it.
+        """
+        from featurefield.teachers.base import takes_weights_folder
+
+        if isinstance(spec, TeacherSpec):
+            out = cls(spec.name, dict(spec.options), float(spec.weight))
+        elif isinstance(spec, dict):
+            out = cls(spec["name"], dict(spec.get("options", {})), float(spec.get("weight", 1.0)))
+        else:
+            weight, text = 1.0, spec
+            if "@" in text:
+                text, w = text.rsplit("@", 1)
+                try:
+                    weight = float(w)
+                except ValueError as err:
+                    raise FeatureFieldError(f"teacher {spec!r}: the loss weight after @ is not a number") from err
+            name, _, rest = text.partition(":")
+            out = cls(name, parse_options(filter(None, rest.split(",")), f"teacher option in {text!r}:"), weight)
+        if weights is not None and "weights" not in out.options and takes_weights_folder(out.name):
+            out.options["weights"] = str(weights)
+        return out
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "options": dict(self.options), "weight": self.weight}
+
+    def create(self):
+        """The :class:`~featurefield.teachers.base.Teacher` this spec describes (its weights are not moved to a device)."""
+        from featurefield.teachers.base import create_teacher
+
+        return create_teacher(self.name, **self.options)
