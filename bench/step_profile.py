@@ -26,7 +26,9 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from featurefield.data import load_scene
-    from featurefield.train import TrainConfig, Trainer, _field_config_class, parse_teacher
+    from featurefield.fields.registry import field_spec
+    from featurefield.teachers import TeacherSpec
+    from featurefield.train import TrainConfig, Trainer
 
     ap = argparse.ArgumentParser()
     ap.add_argument("scene")
@@ -43,16 +45,15 @@ def main() -> None:
         sys.exit("bench/step_profile.py needs a CUDA GPU")
 
     scene = load_scene(args.scene, format=args.format)
-    cfg = _field_config_class(args.field)()
-    trainer = Trainer(Path(args.out), scene, {"path": args.scene}, args.field, cfg,
-                      [parse_teacher("sam", Path(args.weights))], TrainConfig(steps=30_000, progress=False))
+    spec = field_spec(args.field)
+    cfg = spec.config_class()()
+    trainer = Trainer(Path(args.out), scene, args.field, cfg,
+                      [TeacherSpec.parse("sam", Path(args.weights))], TrainConfig(steps=30_000, progress=False))
     t0 = time.perf_counter()
     trainer.prepare()
     prepare_s = time.perf_counter() - t0
-    from featurefield.fields.base import field_class
-
     torch.manual_seed(0)
-    fld = field_class(args.field).create(scene, trainer.targets, cfg, max_steps=30_000, device="cuda").cuda()
+    fld = spec.field_class().create(scene, trainer.targets, cfg, max_steps=30_000, device="cuda").cuda()
     fld.train()
     gen = torch.Generator().manual_seed(0)
     flag = torch.zeros((), dtype=torch.bool, device="cuda")

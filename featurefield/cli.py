@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "query": ("query:query_command", "text or prompt queries on a trained run; extract objects in 3D"),
     "eval": ("eval:eval_command", "evaluate a trained run: PSNR/SSIM/LPIPS, feature fidelity, mask IoU, PCK, mIoU"),
     "view": ("view:view_command", "open a trained run in the browser: colour, depth, feature PCA, text queries, SAM clicks"),
-    "make-category": ("general:make_category_command", "render a procedural object category (mugs, chairs) into shards for generalizable fields"),
+    "make-category": ("general:make_category_command", "render a procedural object category (mugs, chairs) into shards for general fields"),
     "train-general": ("general:train_general_command", "train a generalizable feature field (FeatureNeRF) over a generated category"),
 }
 

@@ -321,7 +321,7 @@ def test_teacher_cache_serves_the_teachers_features(mugs):
 
 def test_a_loaded_scene_view_becomes_an_input_framed_like_the_category():
     from featurefield.data.category.render import DISTANCE
-    from featurefield.data.demo import make_demo_scene
+    from featurefield.data.demo_scene import make_demo_scene
     from featurefield.fields.general.run import view_from_scene
 
     scene = make_demo_scene(seed=0, size=48, height=40, views=2, supersample=1, points=64)

@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 
 from featurefield.errors import FeatureFieldError
+from featurefield.teachers import DEFAULT_TEACHER
 
 
 def make_category_command(category: Literal["mugs", "chairs"], out: Path, /, instances: int = 1000, views: int = 16,
@@ -46,7 +47,7 @@ def make_category_command(category: Literal["mugs", "chairs"], out: Path, /, ins
     return 0
 
 
-def train_general_command(data: Path, /, output: Path, teacher: str = "sam", weights: Path | None = None,
+def train_general_command(data: Path, /, output: Path, teacher: str = DEFAULT_TEACHER, weights: Path | None = None,
                           encoder: Literal["teacher", "cnn"] = "teacher",
                           steps: int = 20000, batch: int = 8, rays: int = 512, samples: int = 64, width: int = 256,
                           lr: float = 5e-4, feature_weight: float = 0.5, sources: int = 1, workers: int = 2,
@@ -130,7 +131,7 @@ def general_query_command(run: Path, /, image: Path | None = None, keypoints: tu
     from featurefield.fields.general.queries import descriptor_map, lift_points, segment_parts, transfer_keypoints
     from featurefield.fields.general.rendering import render_view
     from featurefield.fields.general.run import load_general_run
-    from featurefield.run import atomic_write_json
+    from featurefield.io import atomic_write_json
 
     kps = _pairs(keypoints) if keypoints else None
     if kps is not None and to_image is None and to_scene is None:
@@ -217,7 +218,7 @@ def general_eval_command(run: Path, /, data: Path | None = None, instances: int 
 
     from featurefield.fields.general.evaluate import evaluate_general
     from featurefield.fields.general.run import load_general_run
-    from featurefield.run import atomic_write_json
+    from featurefield.io import atomic_write_json
 
     loaded = load_general_run(run, device=device)
     metrics = evaluate_general(loaded, loaded.data(data) if data else None, instances=instances, pairs=pairs,

@@ -112,7 +112,7 @@ def generate_category(category: str, n: int, out: str | Path, views: int = 16, s
              "arrays": {"rgb": "uint8 [n,V,H,W,3]", "depth": "float16 [n,V,H,W] z-depth", "parts": "uint8 [n,V,H,W]",
                         "c2w": "float32 [n,V,4,4] OpenCV", "intrinsics": "float32 [n,V,4] fx fy cx cy",
                         "keypoints": "float32 [n,K,3]", "visible": "bool [n,V,K]", "uv": "float32 [n,V,K,2]"}}
-    from featurefield.run import atomic_write_json
+    from featurefield.io import atomic_write_json
 
     atomic_write_json(index_path, index)
     return out

@@ -1,7 +1,7 @@
 """Rendering a category instance: RGB, z-depth, part labels and keypoint visibility per view.
 
 Ray casting reuses the demo scene's analytic primitives and nearest-hit search
-(:func:`featurefield.data.demo._cast`); shading is Lambertian with one directional light of random
+(:func:`featurefield.data.demo_scene._cast`); shading is Lambertian with one directional light of random
 direction, colour and strength, cast shadows, and ambient light, so lighting varies per instance.
 RGB is anti-aliased by ``supersample x supersample`` rays per pixel; depth and labels come from the
 ray through the pixel centre.
@@ -21,7 +21,7 @@ from torch import Tensor
 
 from featurefield.cameras import Cameras, look_at
 from featurefield.data.category.shapes import Instance
-from featurefield.data.demo import _cast
+from featurefield.data.demo_scene import _cast
 
 #: the camera distance from the object's centre and the horizontal field of view (degrees)
 DISTANCE = 2.6

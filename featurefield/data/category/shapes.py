@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from featurefield.data.demo import _Box, _hsv, _mix, _nearest, _Primitive, _solve_quadratic
+from featurefield.data.demo_scene import _Box, _hsv, _mix, _nearest, _Primitive, _solve_quadratic
 
 _NAN = float("nan")
 

@@ -14,7 +14,9 @@ from featurefield.cameras import Cameras
 from featurefield.errors import FeatureFieldError
 from featurefield.fields.general.model import GeneralConfig, GeneralField
 from featurefield.fields.general.train import KIND, make_teacher
-from featurefield.run import CHECKPOINT, CONFIG, load_checkpoint, resolve_device
+from featurefield.io import resolve_device
+from featurefield.run import load_checkpoint
+from featurefield.run_config import CHECKPOINT, CONFIG
 
 
 @dataclass
@@ -114,7 +116,7 @@ def write_view(data, instance: int, view: int, path: str | Path) -> Path:
     """Write one view of a generated instance as ``PATH`` (PNG) and its camera as ``PATH.json`` (for queries)."""
     from PIL import Image
 
-    from featurefield.run import atomic_write_bytes, atomic_write_json
+    from featurefield.io import atomic_write_bytes, atomic_write_json
 
     path = Path(path)
     inst = data.instance(instance, views=[view])

@@ -28,7 +28,9 @@ from featurefield.data.category.shards import CategoryData, InstanceStream
 from featurefield.errors import FeatureFieldError
 from featurefield.fields.general.model import GeneralConfig, GeneralField
 from featurefield.fields.general.rendering import render_rays
-from featurefield.run import CHECKPOINT, CONFIG, atomic_torch_save, atomic_write_json, load_checkpoint, resolve_device
+from featurefield.io import atomic_torch_save, atomic_write_json, resolve_device
+from featurefield.run import load_checkpoint
+from featurefield.run_config import CHECKPOINT, CONFIG
 from featurefield.stopping import StopRequest
 
 KIND = "general"
