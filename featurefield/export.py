@@ -1,8 +1,10 @@
-"""Export a trained run in the scene's original world frame.
+"""Export a trained run in the scene's original world frame, in the field's own format
+(:meth:`FeatureField.export <featurefield.fields.base.FeatureField.export>`):
 
 * Gaussian runs: a standard 3DGS PLY (opens in common splat viewers) with the embeddings as extra
   per-vertex properties, and the decoders in a side file (see :mod:`featurefield.fields.splat.ply`).
-* NeRF runs: a coloured point cloud sampled where density is high, with features per point.
+* NeRF runs (the protocol's default): a coloured point cloud sampled where density is high, with features
+  per point (:func:`write_point_cloud`).
 """
 
 from __future__ import annotations
