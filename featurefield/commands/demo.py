@@ -60,9 +60,9 @@ FALLBACK_TEACHER = TeacherSpec("dino", {"pretrained": "random", "resolution": 22
 def choose_teacher(teacher: str, weights: Path | None = None, fetch: bool = False) -> tuple[TeacherSpec, str | None]:
     """The teacher spec to train with, and why it differs from the one asked for (``None`` if it does not).
 
-    A teacher whose weights are not found (``--weights``, ``$FEATUREFIELD_WEIGHTS``, the user cache) falls back
-    to :data:`FALLBACK_TEACHER`; with ``fetch``, its weights are first fetched (``featurefield weights NAME``)
-    unless ``$HF_HUB_OFFLINE`` is set.
+    A teacher whose weights files are not found (``--weights``, ``$FEATUREFIELD_WEIGHTS``, the user cache: teachers
+    with :attr:`~featurefield.teachers.base.Teacher.weights_folder`) falls back to :data:`FALLBACK_TEACHER`; with
+    ``fetch``, its weights are first fetched (``featurefield weights NAME``) unless ``$HF_HUB_OFFLINE`` is set.
     """
     from featurefield.teachers import teacher_class
 
@@ -72,7 +72,9 @@ def choose_teacher(teacher: str, weights: Path | None = None, fetch: bool = Fals
     def present() -> bool:  # unknown (None) counts as present: the teacher says for itself when it loads
         return cls.describe(spec.options.get("weights"))["weights"] is not False
 
-    if present():
+    # only weights found as files on disk (--weights) are looked for; a teacher whose weights come from its own
+    # library's cache (or that runs with random weights) loads them, or says why, itself
+    if not cls.weights_folder or present():
         return spec, None
     why = f"get them with `featurefield weights {spec.name}`"
     if fetch and os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
