@@ -15,7 +15,8 @@ import torch
 
 from featurefield.cli import main
 from featurefield.errors import FeatureFieldError
-from featurefield.run import CHECKPOINT, load_run
+from featurefield.run import load_run
+from featurefield.run_config import CHECKPOINT
 from featurefield.stopping import StopRequest
 from featurefield.teachers import TeacherSpec
 from featurefield.train import TrainConfig, train
