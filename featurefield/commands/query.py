@@ -167,7 +167,7 @@ def _keypoint_query(run: Run, cam, scene_index: int, uv: torch.Tensor, target: R
     if not shared:
         raise FeatureFieldError(f"keypoints: {run.path} and {target.path} share no teacher; their features are not comparable")
     name = teacher or shared[0]
-    specs = [next(t for t in r.config["teachers"] if t["name"] == name) for r in (run, target)]
+    specs = [r.config.teacher(name).to_dict() for r in (run, target)]
     if json.dumps(specs[0], sort_keys=True) != json.dumps(specs[1], sort_keys=True):
         print(f"warning: the two runs' {name} teachers were set up differently ({specs[0]} vs {specs[1]}); "
               "their features may not be comparable")
