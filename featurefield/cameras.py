@@ -133,22 +133,15 @@ class Cameras:
         return replace(self, c2w=c2w)
 
     # ------------------------------------------------------------------ distortion
-    def distort(self, xy: Tensor, index: Tensor | None = None) -> Tensor:
-        """Apply lens distortion to normalized image coordinates ``x/z, y/z``.
-
-        Args:
-            xy: ``[..., M, 2]`` undistorted normalized coordinates.
-            index: camera index per point, shaped like ``xy[..., 0]``; ``None`` means ``xy`` is
-                ``[N, M, 2]`` with one row per camera.
-        Returns:
-            ``[..., M, 2]`` distorted normalized coordinates.
-        """
-        if self.model == "pinhole":
-            return xy
+    def _coefficients(self, index: Tensor | None) -> tuple[Tensor, ...]:
+        """``(k1, k2, k3, k4, p1, p2)`` broadcastable against ``xy[..., 0]`` (see :meth:`distort`)."""
         if index is None:  # xy is [N, M, 2]: one coefficient row per camera
-            k1, k2, k3, k4, p1, p2 = (self.distortion[:, i, None] for i in range(6))
-        else:  # index has xy's leading shape: coefficients per point
-            k1, k2, k3, k4, p1, p2 = (self.distortion[index][..., i] for i in range(6))
+            return tuple(self.distortion[:, i, None] for i in range(6))
+        per_point = self.distortion[index]  # index has xy's leading shape: coefficients per point
+        return tuple(per_point[..., i] for i in range(6))
+
+    def _distort_with(self, xy: Tensor, coeffs: tuple[Tensor, ...]) -> Tensor:
+        k1, k2, k3, k4, p1, p2 = coeffs
         x, y = xy[..., 0], xy[..., 1]
         if self.model == "opencv":
             r2 = x * x + y * y
@@ -164,6 +157,20 @@ class Cameras:
         s = theta_d / r
         return torch.stack([x * s, y * s], -1)
 
+    def distort(self, xy: Tensor, index: Tensor | None = None) -> Tensor:
+        """Apply lens distortion to normalized image coordinates ``x/z, y/z``.
+
+        Args:
+            xy: ``[..., M, 2]`` undistorted normalized coordinates.
+            index: camera index per point, shaped like ``xy[..., 0]``; ``None`` means ``xy`` is
+                ``[N, M, 2]`` with one row per camera.
+        Returns:
+            ``[..., M, 2]`` distorted normalized coordinates.
+        """
+        if self.model == "pinhole":
+            return xy
+        return self._distort_with(xy, self._coefficients(index))
+
     def undistort(self, xy_distorted: Tensor, index: Tensor | None = None, iterations: int = 20) -> Tensor:
         """Invert :meth:`distort` with Newton iterations (numerical Jacobian-free fixed point + Newton).
 
@@ -176,13 +183,14 @@ class Cameras:
             return xy_distorted
         xy = xy_distorted.clone()
         eps = 1e-6
+        coeffs = self._coefficients(index)  # gathered once, not per evaluation
+        dx = torch.tensor([eps, 0.0]).to(xy.device)
+        dy = torch.tensor([0.0, eps]).to(xy.device)
         for _ in range(iterations):
-            f = self.distort(xy, index) - xy_distorted
+            f = self._distort_with(xy, coeffs) - xy_distorted
             # 2x2 Jacobian by central differences: cheap, robust for every model.
-            dx = torch.tensor([eps, 0.0], device=xy.device)
-            dy = torch.tensor([0.0, eps], device=xy.device)
-            jx = (self.distort(xy + dx, index) - self.distort(xy - dx, index)) / (2 * eps)
-            jy = (self.distort(xy + dy, index) - self.distort(xy - dy, index)) / (2 * eps)
+            jx = (self._distort_with(xy + dx, coeffs) - self._distort_with(xy - dx, coeffs)) / (2 * eps)
+            jy = (self._distort_with(xy + dy, coeffs) - self._distort_with(xy - dy, coeffs)) / (2 * eps)
             a, c = jx[..., 0], jx[..., 1]
             b, d = jy[..., 0], jy[..., 1]
             det = a * d - b * c
@@ -199,6 +207,25 @@ class Cameras:
         v, u = torch.meshgrid(torch.arange(H, device=self.device), torch.arange(W, device=self.device), indexing="ij")
         return torch.stack([u, v], -1).to(torch.float32) + 0.5
 
+    def normalized(self, index: Tensor, pixels: Tensor) -> Tensor:
+        """Undistorted normalized image coordinates ``[M, 2]`` (``x/z, y/z``) of pixel positions ``[M, 2]``
+        of cameras ``index [M]``."""
+        x = (pixels[:, 0] - self.cx[index]) / self.fx[index]
+        y = (pixels[:, 1] - self.cy[index]) / self.fy[index]
+        xy = torch.stack([x, y], -1)
+        if self.model != "pinhole":
+            xy = self.undistort(xy[None], index[None])[0]
+        return xy
+
+    def rays_from_normalized(self, index: Tensor, xy: Tensor) -> tuple[Tensor, Tensor]:
+        """World rays (origins ``[M, 3]``, unit directions ``[M, 3]``) of undistorted normalized coordinates
+        ``xy [M, 2]`` in cameras ``index [M]``."""
+        dirs_cam = torch.cat([xy, torch.ones_like(xy[:, :1])], -1)
+        R = self.c2w[index, :3, :3]
+        dirs = torch.einsum("mij,mj->mi", R, dirs_cam)
+        dirs = dirs / dirs.norm(dim=-1, keepdim=True)
+        return self.c2w[index, :3, 3], dirs
+
     def rays_at(self, index: Tensor, pixels: Tensor) -> tuple[Tensor, Tensor]:
         """Rays through given pixel positions (already including the +0.5 centre offset).
 
@@ -208,16 +235,7 @@ class Cameras:
         Returns:
             origins ``[M, 3]`` and unit directions ``[M, 3]`` in world coordinates.
         """
-        x = (pixels[:, 0] - self.cx[index]) / self.fx[index]
-        y = (pixels[:, 1] - self.cy[index]) / self.fy[index]
-        xy = torch.stack([x, y], -1)
-        if self.model != "pinhole":
-            xy = self.undistort(xy[None], index[None])[0]
-        dirs_cam = torch.cat([xy, torch.ones_like(xy[:, :1])], -1)
-        R = self.c2w[index, :3, :3]
-        dirs = torch.einsum("mij,mj->mi", R, dirs_cam)
-        dirs = dirs / dirs.norm(dim=-1, keepdim=True)
-        return self.c2w[index, :3, 3], dirs
+        return self.rays_from_normalized(index, self.normalized(index, pixels))
 
     def rays(self, i: int) -> tuple[Tensor, Tensor]:
         """All rays of camera ``i``: origins ``[H, W, 3]`` and unit directions ``[H, W, 3]``."""
@@ -289,3 +307,44 @@ def look_at(eye: Tensor, target: Tensor, up: Tensor | None = None) -> Tensor:
     c2w = torch.eye(4).repeat(eye.shape[0], 1, 1)
     c2w[:, :3, 0], c2w[:, :3, 1], c2w[:, :3, 2], c2w[:, :3, 3] = x, y, z, eye
     return c2w
+
+
+class PixelRays:
+    """Rays through the pixel centres of a fixed batch of cameras, each camera's lens undistortion solved once.
+
+    :meth:`Cameras.rays_at` inverts the distortion of every ray with Newton iterations: hundreds of small
+    kernels, which a training step drawing random pixels of distorted photos would launch every step. For
+    distorted cameras of one size this holds the undistorted normalized coordinates of every pixel centre
+    ``[N, H, W, 2]``, computed once by :meth:`Cameras.normalized` itself, so a step gathers them and gets the
+    very rays ``rays_at`` gives. Pinhole cameras (or a table over ``max_bytes``) keep computing ``rays_at``.
+
+    Args:
+        cameras: the ``N`` cameras (on the device the rays are wanted on).
+        max_bytes: largest table to build (``None``: a quarter of the free memory of a CUDA device, 512 MiB
+            on the CPU).
+    """
+
+    def __init__(self, cameras: Cameras, max_bytes: int | None = None) -> None:
+        self.cameras = cameras
+        self.table: Tensor | None = None
+        if not cameras.is_distorted or len(set(zip(cameras.width.tolist(), cameras.height.tolist()))) != 1:
+            return
+        W, H = int(cameras.width[0]), int(cameras.height[0])
+        size = len(cameras) * H * W * 2 * 4
+        if max_bytes is None:
+            dev = cameras.device
+            max_bytes = torch.cuda.mem_get_info(dev)[0] // 4 if dev.type == "cuda" else 512 * 2**20
+        if size > max_bytes:
+            return
+        grid = cameras.pixel_grid(0).reshape(-1, 2)  # [H * W, 2]: every camera has this size
+        table = torch.empty(len(cameras), H * W, 2, device=cameras.device)
+        for i in range(len(cameras)):
+            table[i] = cameras.normalized(torch.full((H * W,), i, dtype=torch.int64, device=cameras.device), grid)
+        self.table = table.reshape(len(cameras), H, W, 2)
+
+    def __call__(self, index: Tensor, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Origins and unit directions ``[M, 3]`` of the rays through pixels ``(u, v)`` (int64 ``[M]`` each,
+        the pixel's centre) of cameras ``index [M]``, as ``rays_at(index, (u, v) + 0.5)``."""
+        if self.table is None:
+            return self.cameras.rays_at(index, torch.stack([u, v], -1).float() + 0.5)
+        return self.cameras.rays_from_normalized(index, self.table[index, v, u])

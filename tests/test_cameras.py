@@ -117,3 +117,30 @@ def test_validate_rejects_bad_cameras(breaker, message):
 def test_unknown_model_is_an_error():
     with pytest.raises(FeatureFieldError, match="unknown camera model"):
         _ring(model="equirect")
+
+
+@pytest.mark.parametrize("model", list(DISTORTIONS))
+def test_pixel_rays_are_the_rays_of_rays_at(model):
+    from featurefield.cameras import PixelRays
+
+    cams = _ring(n=3, model=model, distortion=DISTORTIONS[model], width=20, height=14)
+    rays = PixelRays(cams)
+    assert (rays.table is not None) == (model != "pinhole")  # distorted views are solved once, in the table
+    g = torch.Generator().manual_seed(0)
+    index, u, v = torch.randint(3, (200,), generator=g), torch.randint(20, (200,), generator=g), torch.randint(14, (200,), generator=g)
+    o, d = rays(index, u, v)
+    o_ref, d_ref = cams.rays_at(index, torch.stack([u, v], -1).float() + 0.5)
+    torch.testing.assert_close(o, o_ref, atol=0, rtol=0)
+    torch.testing.assert_close(d, d_ref, atol=1e-7, rtol=0)
+
+
+def test_pixel_rays_without_room_for_a_table_solve_each_ray():
+    from featurefield.cameras import PixelRays
+
+    cams = _ring(n=2, model="opencv", distortion=DISTORTIONS["opencv"], width=8, height=6)
+    rays = PixelRays(cams, max_bytes=100)  # the table would take 2 * 6 * 8 * 2 * 4 bytes
+    assert rays.table is None
+    index, u, v = torch.tensor([0, 1]), torch.tensor([7, 0]), torch.tensor([5, 2])
+    o, d = rays(index, u, v)
+    o_ref, d_ref = cams.rays_at(index, torch.tensor([[7.5, 5.5], [0.5, 2.5]]))
+    torch.testing.assert_close(d, d_ref, atol=0, rtol=0)

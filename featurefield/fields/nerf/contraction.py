@@ -43,13 +43,22 @@ class Contraction:
             raise ValueError("aabb contraction needs a box")
         self.kind = kind
         self.aabb = None if aabb is None else torch.as_tensor(aabb, dtype=torch.float32)
+        self._aabb_on: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+    def box(self, like: Tensor) -> Tensor:
+        """The box ``[2, 3]`` on ``like``'s device and dtype, copied there once (a copy per call would make
+        the host wait for the GPU every training step)."""
+        key = (like.device, like.dtype)
+        if key not in self._aabb_on:
+            self._aabb_on[key] = self.aabb.to(like)
+        return self._aabb_on[key]
 
     def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Returns ``[..., 3]`` positions in ``[0, 1]^3`` and ``[...]`` bool: inside the modelled region."""
         if self.kind == "linf":
             u = (contract_linf(x) + 2.0) / 4.0
         else:
-            lo, hi = self.aabb.to(x)
+            lo, hi = self.box(x)
             u = (x - lo) / (hi - lo)
         inside = ((u >= 0) & (u <= 1)).all(-1)
         return u, inside
@@ -58,5 +67,5 @@ class Contraction:
         """``[..., 3]`` in ``[0, 1]^3`` back to canonical positions."""
         if self.kind == "linf":
             return uncontract_linf(u * 4.0 - 2.0)
-        lo, hi = self.aabb.to(u)
+        lo, hi = self.box(u)
         return lo + u * (hi - lo)

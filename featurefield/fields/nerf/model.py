@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from featurefield.cameras import Cameras
+from featurefield.cameras import Cameras, PixelRays
 from featurefield.data.scene import Scene
 from featurefield.errors import FeatureFieldError
 from featurefield.fields.base import FeatureField, Render, TeacherTarget, TrainData
@@ -171,6 +171,15 @@ class FeatureEncoder(nn.Module):
         return {n: self.heads[n](enc) for n in names}
 
 
+def _to_device(x: Tensor, device: torch.device) -> Tensor:
+    """A small host tensor on ``device``; to CUDA through pinned memory without blocking, so the host does
+    not wait for the GPU to drain its queue (PyTorch's pinned-memory cache keeps the buffer until the copy
+    has run)."""
+    if device.type != "cuda":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
+
+
 def patch_offsets(size: int, grid: tuple[int, int], image_size: tuple[int, int], device=None) -> tuple[Tensor, Tensor]:
     """Pixel offsets ``(du, dv)``, each ``[size * size]`` row-major (``dv`` slowest), of a square patch of rays
     one teacher-grid cell apart, centred on its middle ray (the layout of :class:`FeatureSpill`'s kernel).
@@ -238,6 +247,7 @@ class NerfField(FeatureField):
         self._optimizers: dict[str, torch.optim.Optimizer] | None = None
         self._schedulers: dict[str, Any] | None = None
         self._feature_cache: dict[str, tuple[int, Tensor]] = {}
+        self._rays: PixelRays | None = None
         self.schedulers()  # builds the optimizers too, before any step (LambdaLR wraps optimizer.step)
 
     # ------------------------------------------------------------------ construction
@@ -280,7 +290,7 @@ class NerfField(FeatureField):
 
     def _bounds(self, origins: Tensor, directions: Tensor) -> tuple[Tensor, Tensor, str]:
         if self.contraction_kind == "aabb":
-            near, far = ray_aabb(origins, directions, self.contraction.aabb.to(origins), self.config.near_plane)
+            near, far = ray_aabb(origins, directions, self.contraction.box(origins), self.config.near_plane)
             return near, far, "uniform"
         near = torch.full_like(origins[:, 0], self.config.near_plane)
         return near, torch.full_like(near, self.config.far_plane), "lindisp"
@@ -521,7 +531,7 @@ class NerfField(FeatureField):
     def _voxel_size(self, x: Tensor, res: int) -> Tensor:
         """Canonical-space edge length ``[M]`` of a grid voxel at ``x`` (contracted grids stretch outside)."""
         if self.contraction_kind == "aabb":
-            lo, hi = self.contraction.aabb.to(x)
+            lo, hi = self.contraction.box(x)
             return torch.full_like(x[:, 0], float((hi - lo).mean()) / res)
         r = x.abs().amax(-1).clamp_min(1.0)
         return 4.0 / res * r * r  # d|x|/d|y| = 1 / (2 - |y|)^2 = |x|^2 outside the unit cube
@@ -541,6 +551,12 @@ class NerfField(FeatureField):
         self._feature_cache[name] = (key, maps)
         return maps
 
+    def _pixel_rays(self, data: TrainData) -> PixelRays:
+        """The training cameras' rays (undistortion solved once per pixel for distorted photos)."""
+        if self._rays is None or self._rays.cameras is not data.cameras:
+            self._rays = PixelRays(data.cameras)
+        return self._rays
+
     def sample_batch(self, data: TrainData, step: int, generator: torch.Generator) -> dict[str, Any]:
         """``cfg.rays_per_batch`` random pixels of random training images.
 
@@ -556,7 +572,7 @@ class NerfField(FeatureField):
         image = torch.randint(N, (M,), generator=generator)
         u = torch.randint(W, (M,), generator=generator)
         v = torch.randint(H, (M,), generator=generator)
-        image, u, v = image.to(dev), u.to(dev), v.to(dev)
+        image, u, v = _to_device(torch.stack([image, u, v]), dev)  # one copy, and no wait for the GPU
         centres = torch.stack([u, v], -1).float() + 0.5
         if K > 1:
             du, dv = patch_offsets(K, tuple(self.targets[0].grid), (H, W), dev)
@@ -564,7 +580,7 @@ class NerfField(FeatureField):
             v = (v[:, None] + dv).clamp(0, H - 1).flatten()
             image = image.repeat_interleave(K * K)
         pixels = torch.stack([u, v], -1).float() + 0.5
-        origins, directions = data.cameras.rays_at(image, pixels)
+        origins, directions = self._pixel_rays(data)(image, u, v)
         batch = {"image": image, "pixels": pixels, "origins": origins, "directions": directions,
                  "rgb": data.images[image, v, u].float() / 255.0, "features": {}, "patch": K}
         centre_images = image[:: K * K]
@@ -592,7 +608,7 @@ class NerfField(FeatureField):
         cfg = self.config
         bg = data.background.to(batch["origins"]) if data.background is not None else None
         H, W = data.images.shape[1:3]
-        screen = batch["pixels"] / torch.tensor([W, H], device=batch["pixels"].device, dtype=batch["pixels"].dtype)
+        screen = torch.stack([batch["pixels"][:, 0] / W, batch["pixels"][:, 1] / H], -1)  # no host-to-device copy
         out = self.render_rays(batch["origins"], batch["directions"], batch["image"], step=step, background=bg, screen=screen,
                                teachers=[t.name for t in self.targets], normals=cfg.predict_normals)
         rgb_loss = F.mse_loss(out["rgb"], batch["rgb"])
