@@ -9,6 +9,10 @@ kernels reach, counting the bytes they must move:
   element size) per point;
 * backward: points + grad output + 8 atomic read-modify-writes per level (2 x 8 L F 4 B) per point.
 
+The backward alone is also timed both ways (one atomic add per point and corner, or runs of consecutive
+points in one cell summed first) on uniformly random points and on points laid out as the NeRF's samples
+(48 sorted samples per ray), with each one's relative error against the plain-PyTorch gradient.
+
 Gathers move whole 32-byte sectors, so the achieved DRAM traffic is higher than these counts: the
 fraction is a lower bound on what the memory system does.
 
@@ -80,6 +84,38 @@ def bench(name: str, levels: int, feats: int, log2: int, rmin: int, rmax: int, n
     results.append({"config": name, "parity_rel_out": rel, "parity_rel_grad": float((ga - gb).norm() / ga.norm())})
 
 
+def ray_points(n: int, samples: int = 48) -> torch.Tensor:
+    """``[n, 3]`` points as the NeRF evaluates them: ``samples`` consecutive, sorted samples per random ray,
+    concentrated about a surface (most of each ray's samples lie within a few percent of the box)."""
+    rays = n // samples
+    o = torch.rand(rays, 1, 3, device="cuda")
+    d = torch.nn.functional.normalize(torch.randn(rays, 1, 3, device="cuda"), dim=-1)
+    t = (0.3 + 0.03 * torch.randn(rays, samples, 1, device="cuda")).sort(1).values
+    return (o + d * t).clamp(0, 1).reshape(-1, 3)
+
+
+def bench_backward(name: str, levels: int, feats: int, rmax: int, n: int, results: list) -> None:
+    """The backward alone, one atomic add per point vs runs of points in one cell summed first."""
+    grid = HashGrid(levels, feats, 19, 16, rmax).cuda()
+    grid.table.data.uniform_(-1, 1)
+    g = torch.randn(n, levels * feats, device="cuda")
+    for layout, x in (("random", torch.rand(n, 3, device="cuda")), ("rays", ray_points(n))):
+        g = g[: x.shape[0]]
+        ref = torch.autograd.grad(hash_encode_torch(x, grid.table, grid.resolutions, grid.dense), grid.table, g)[0]
+        row = {"config": name, "layout": layout, "points": x.shape[0]}
+        for aggregate in (False, True):
+            out = hash_encode_triton(x, grid.table, grid.resolutions, grid.dense, "float32", aggregate)
+
+            def bwd():
+                torch.autograd.grad(out, grid.table, g, retain_graph=True)
+
+            key = "runs_summed" if aggregate else "per_point"
+            row[f"{key}_ms"] = _time(bwd)
+            got = torch.autograd.grad(out, grid.table, g, retain_graph=True)[0]
+            row[f"{key}_rel_err"] = float((got - ref).norm() / ref.norm())
+        results.append(row)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--points", type=int, default=2**20)
@@ -88,6 +124,8 @@ def main() -> None:
     results: list = []
     bench("radiance 16x2 2^19 16..2048", 16, 2, 19, 16, 2048, args.points, results)
     bench("feature 12x8 2^19 16..128", 12, 8, 19, 16, 128, args.points, results)
+    bench_backward("radiance 16x2 2^19 16..2048", 16, 2, 2048, args.points, results)
+    bench_backward("feature 12x8 2^19 16..128", 12, 8, 128, args.points, results)
     print(torch.cuda.get_device_name())
     for r in results:
         print(json.dumps({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()}))

@@ -150,3 +150,53 @@ def test_triton_kernel_logic_under_interpreter():
     proc = subprocess.run([sys.executable, "-c", _INTERPRET_SCRIPT], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+_RUNS_SCRIPT = textwrap.dedent("""
+    import torch
+    from featurefield.fields.nerf.hashgrid import HashGrid, hash_encode_torch
+    from featurefield.fields.nerf.hashgrid_triton import BLOCK, hash_encode_triton
+    torch.manual_seed(0)
+    g = HashGrid(3, 2, 8, 4, 32)  # level 0 dense, 1-2 hashed
+    g.table.data.uniform_(-1, 1)
+    # samples along rays, in ray order (as the NeRF evaluates them): runs of points in one cell, some
+    # crossing a block boundary; then the same point repeated; then scattered points (no runs)
+    R, S = 5, 40
+    o, d = torch.rand(R, 1, 3) * 0.4, torch.rand(R, 1, 3) * 0.5
+    x = torch.cat([(o + d * torch.linspace(0, 1, S)[None, :, None]).reshape(-1, 3),
+                   torch.full((BLOCK + 7, 3), 0.3), torch.rand(29, 3)])
+    go = torch.randn(x.shape[0], 6)
+    ref = hash_encode_torch(x, g.table, g.resolutions, g.dense)
+    (gref,) = torch.autograd.grad(ref, g.table, go)
+    for aggregate in (True, False):
+        out = hash_encode_triton(x, g.table, g.resolutions, g.dense, "float32", aggregate)
+        (gout,) = torch.autograd.grad(out, g.table, go)
+        assert float((gout - gref).abs().max()) < 1e-5 * float(gref.abs().max()), aggregate
+    print("OK")
+""")
+
+
+def test_triton_backward_sums_runs_of_points_in_one_cell_under_interpreter():
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-c", _RUNS_SCRIPT], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+@cuda
+def test_triton_backward_with_runs_matches_torch_on_cuda():
+    from featurefield.fields.nerf.hashgrid_triton import hash_encode_triton
+
+    torch.manual_seed(0)
+    for levels, feats, rmax in [(16, 2, 2048), (12, 8, 128)]:
+        g = HashGrid(levels, feats, 19, 16, rmax).cuda()
+        g.table.data.uniform_(-1, 1)
+        o, d = torch.rand(4096, 1, 3, device="cuda") * 0.5, torch.rand(4096, 1, 3, device="cuda") * 0.5
+        x = (o + d * torch.rand(1, 48, 1, device="cuda").sort(1).values).reshape(-1, 3)  # ray-ordered samples
+        go = torch.randn(x.shape[0], levels * feats, device="cuda")
+        (gref,) = torch.autograd.grad(hash_encode_torch(x, g.table, g.resolutions, g.dense), g.table, go)
+        for aggregate in (True, False):
+            (gout,) = torch.autograd.grad(hash_encode_triton(x, g.table, g.resolutions, g.dense, "float32", aggregate),
+                                          g.table, go)
+            assert float((gout - gref).norm() / gref.norm()) <= 1e-5, (levels, aggregate)

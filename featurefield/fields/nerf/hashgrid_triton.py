@@ -4,7 +4,8 @@ One program handles ``BLOCK`` points of one level: it loads the points, finds th
 indexes the table (dense or hashed exactly as :func:`~featurefield.fields.nerf.hashgrid.hash_encode_torch`),
 and blends their features trilinearly in registers; nothing ``[N, L, 8, F]``-sized ever reaches
 memory. The backward recomputes indices and weights and scatters ``w * dL/dout`` into an fp32 table
-gradient with atomic adds. The table may be read as fp16 (half the bytes of the gathers); gradients
+gradient with atomic adds; runs of consecutive points in one cell (samples along a ray, at the coarse
+levels) are summed first, so such a run costs one atomic add per corner instead of one per point. The table may be read as fp16 (half the bytes of the gathers); gradients
 are always accumulated in fp32 and returned for the fp32 parameter.
 
 Runs on CUDA; under ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors (used by the tests).
@@ -72,8 +73,14 @@ def _hash_fwd(x_ptr, table_ptr, res_ptr, dense_ptr, out_ptr, N, T, L,
 
 
 @triton.jit
+def _segment_sum(a, a_start, b, b_start):
+    """Combine of a segmented inclusive scan: a sum that restarts where an element starts a segment."""
+    return tl.where(b_start != 0, b, a + b), a_start | b_start
+
+
+@triton.jit
 def _hash_bwd(x_ptr, grad_out_ptr, res_ptr, dense_ptr, grad_table_ptr, N, T, L,
-              F: tl.constexpr, BLOCK: tl.constexpr):
+              F: tl.constexpr, BLOCK: tl.constexpr, AGGREGATE: tl.constexpr):
     lvl = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
@@ -84,14 +91,38 @@ def _hash_bwd(x_ptr, grad_out_ptr, res_ptr, dense_ptr, grad_table_ptr, N, T, L,
     offs64 = offs.to(tl.int64)
     g = tl.load(grad_out_ptr + offs64[:, None] * (L * F) + lvl * F + fo[None, :], mask=mask[:, None], other=0.0)
     g = g.to(tl.float32)
-    for c in tl.static_range(8):
-        row, w = _vertex(ix, iy, iz, fx, fy, fz, res, is_dense, lvl, T, c)
-        tl.atomic_add(grad_table_ptr + row[:, None] * F + fo[None, :], w[:, None] * g, mask=mask[:, None])
+    if AGGREGATE:
+        # Consecutive points are consecutive samples of a ray and often share a cell at the coarser levels,
+        # where every point's atomics otherwise queue on the same few table rows. A run of points in one
+        # cell is summed in registers (segmented scan) and its last point adds the sum, once per corner.
+        first = (offs % BLOCK) == 0
+        last = ((offs % BLOCK) == BLOCK - 1) | (offs == N - 1)
+        px, py, pz, _, _, _ = _cell(x_ptr, offs - 1, mask & ~first, res)
+        nx, ny, nz, _, _, _ = _cell(x_ptr, offs + 1, mask & ~last, res)
+        start = first | (px != ix) | (py != iy) | (pz != iz)
+        end = last | (nx != ix) | (ny != iy) | (nz != iz)
+        runs = tl.sum((start & mask).to(tl.int32), axis=0) < tl.sum(mask.to(tl.int32), axis=0)
+    else:
+        start = offs >= 0
+        end = start
+        runs = False
+    if runs:
+        start2 = tl.broadcast_to(start.to(tl.int32)[:, None], (BLOCK, F))
+        keep = (mask & end)[:, None]
+        for c in tl.static_range(8):
+            row, w = _vertex(ix, iy, iz, fx, fy, fz, res, is_dense, lvl, T, c)
+            total, _ = tl.associative_scan((w[:, None] * g, start2), 0, _segment_sum)
+            tl.atomic_add(grad_table_ptr + row[:, None] * F + fo[None, :], total, mask=keep)
+    else:
+        for c in tl.static_range(8):
+            row, w = _vertex(ix, iy, iz, fx, fy, fz, res, is_dense, lvl, T, c)
+            tl.atomic_add(grad_table_ptr + row[:, None] * F + fo[None, :], w[:, None] * g, mask=mask[:, None])
 
 
 class _HashEncode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, table: Tensor, resolutions: Tensor, dense: Tensor, table_dtype: str) -> Tensor:
+    def forward(ctx, x: Tensor, table: Tensor, resolutions: Tensor, dense: Tensor, table_dtype: str,
+                aggregate: bool) -> Tensor:
         L, T, F = table.shape
         x = x.detach().float().contiguous()
         N = x.shape[0]
@@ -103,7 +134,7 @@ class _HashEncode(torch.autograd.Function):
         if N:
             _hash_fwd[(L, triton.cdiv(N, BLOCK))](x, tab, res, dns, out, N, T, L, F=F, BLOCK=BLOCK)
         ctx.save_for_backward(x, res, dns)
-        ctx.shape = (L, T, F)
+        ctx.shape, ctx.aggregate = (L, T, F), aggregate
         return out
 
     @staticmethod
@@ -114,12 +145,12 @@ class _HashEncode(torch.autograd.Function):
         grad_table = torch.zeros(L * T, F, device=x.device, dtype=torch.float32)
         if N:
             _hash_bwd[(L, triton.cdiv(N, BLOCK))](x, grad_out.float().contiguous(), res, dns, grad_table, N, T, L,
-                                                  F=F, BLOCK=BLOCK)
-        return None, grad_table.view(L, T, F), None, None, None
+                                                  F=F, BLOCK=BLOCK, AGGREGATE=ctx.aggregate)
+        return None, grad_table.view(L, T, F), None, None, None, None
 
 
 def hash_encode_triton(x: Tensor, table: Tensor, resolutions: Tensor, dense: Tensor,
-                       table_dtype: str = "float32") -> Tensor:
+                       table_dtype: str = "float32", aggregate: bool = True) -> Tensor:
     """Fused hash encoding, same contract as :func:`~featurefield.fields.nerf.hashgrid.hash_encode_torch`.
 
     Args:
@@ -127,7 +158,9 @@ def hash_encode_triton(x: Tensor, table: Tensor, resolutions: Tensor, dense: Ten
         table: ``[L, T, F]`` fp32 parameter.
         resolutions: ``[L]`` int64; dense: ``[L]`` bool.
         table_dtype: ``"float32"`` or ``"float16"`` (the dtype the kernel gathers in).
+        aggregate: in the backward, sum runs of consecutive points in one cell before the atomic adds
+            (the same gradient up to fp32 rounding; False: one atomic add per point, corner and feature).
     Returns:
         ``[N, L * F]`` fp32.
     """
-    return _HashEncode.apply(x, table, resolutions, dense, table_dtype)
+    return _HashEncode.apply(x, table, resolutions, dense, table_dtype, aggregate)
