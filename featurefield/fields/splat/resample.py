@@ -34,7 +34,10 @@ def resample_hwc(maps: Tensor, grid: tuple[int, int]) -> Tensor:
     ry = resample_matrix(H, h, dev).to(maps.dtype)
     rx = resample_matrix(W, w, dev).to(maps.dtype)
     rows = (ry.T @ maps.reshape(H, W * C)).reshape(h, W, C)  # [h, W, C]
-    return rx.T @ rows  # [w, W] @ [h, W, C] -> [h, w, C]
+    # one matrix product over all rows ([w, W] @ [W, h * C]), not a batch of h thin ones: a batched
+    # product with a few channels runs as h matrix-vector products, several times slower
+    cols = rx.T @ rows.transpose(0, 1).reshape(W, h * C)  # [w, h * C]
+    return cols.reshape(w, h, C).transpose(0, 1)  # [h, w, C] (a view)
 
 
 def resample(maps: Tensor, grid: tuple[int, int]) -> Tensor:
