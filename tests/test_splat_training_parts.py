@@ -372,3 +372,44 @@ def test_mcmc_strategy_grows_to_its_cap_and_fits():
     assert field.num_gaussians == 900  # 5% more per refinement (every 10 steps here), capped
     assert last["psnr"] > first["psnr"] + 3
     assert last["feature/toy"] < 0.8 * first["feature/toy"]
+
+
+def _noise_params(n: int, device: str) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return {"means": torch.randn(n, 3, generator=g).to(device), "quats": torch.randn(n, 4, generator=g).to(device),
+            "scales": (torch.randn(n, 3, generator=g) - 3).to(device),
+            "opacities": torch.cat([torch.full((n // 2,), -8.0), torch.randn(n - n // 2, generator=g)]).to(device)}
+
+
+def test_mcmc_position_noise_is_covariance_times_a_normal_sample_for_transparent_gaussians():
+    """The lean noise against the formula written out with a batched matrix product (gsplat's einsum)."""
+    pytest.importorskip("gsplat")
+    from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci
+
+    from featurefield.fields.splat.strategy import inject_position_noise
+
+    params = _noise_params(400, "cpu")
+    before = params["means"].clone()
+    torch.manual_seed(5)
+    inject_position_noise(params, scaler=0.3)
+    torch.manual_seed(5)
+    covars = _quat_scale_to_covar_preci(params["quats"], torch.exp(params["scales"]), True, False)[0]
+    gate = 1 / (1 + torch.exp(-100 * ((1 - torch.sigmoid(params["opacities"])) - 0.995)))
+    expected = torch.einsum("bij,bj->bi", covars, torch.randn(400, 3) * gate[:, None] * 0.3)
+    torch.testing.assert_close(params["means"] - before, expected, atol=1e-6, rtol=1e-5)
+    moved = (params["means"] - before).norm(dim=-1)
+    assert (moved[:200] > 0).all() and moved[200:].max() < 1e-3 * moved[:200].median()  # opaque ones barely move
+
+
+@cuda
+def test_mcmc_position_noise_matches_gsplat_on_cuda():
+    from gsplat.strategy.ops import inject_noise_to_position
+
+    from featurefield.fields.splat.strategy import inject_position_noise
+
+    ours, theirs = _noise_params(10_000, "cuda"), _noise_params(10_000, "cuda")
+    torch.manual_seed(3)
+    inject_position_noise(ours, scaler=0.2)
+    torch.manual_seed(3)
+    inject_noise_to_position(theirs, {}, {}, scaler=0.2)
+    torch.testing.assert_close(ours["means"], theirs["means"], atol=1e-6, rtol=1e-5)

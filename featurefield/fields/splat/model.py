@@ -179,12 +179,12 @@ class GaussianField(FeatureField):
     def _build_strategy(self):
         """gsplat's strategy for the config (``"auto"`` is resolved by :meth:`create`; a field built directly
         reads it as ``"default"``), its step numbers scaled to the run, and its fresh state."""
-        from featurefield.fields.splat.strategy import SyncFreeDefaultStrategy
+        from featurefield.fields.splat.strategy import LeanMCMCStrategy, SyncFreeDefaultStrategy
 
         cfg = self.config
         if cfg.strategy == "mcmc":
             cap = cfg.resolved(gsplat_on_cuda=True, initial_gaussians=self.num_gaussians).mcmc.cap_max  # 0: its rule
-            strategy = replace(cfg.scaled_strategy(self.max_steps), cap_max=cap)
+            strategy = LeanMCMCStrategy(**asdict(replace(cfg.scaled_strategy(self.max_steps), cap_max=cap)))
             return strategy, strategy.initialize_state()
         strategy = SyncFreeDefaultStrategy(**asdict(cfg.scaled_strategy(self.max_steps)))
         return strategy, strategy.initialize_state(scene_scale=self.scene_scale)

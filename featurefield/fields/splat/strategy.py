@@ -9,6 +9,9 @@ optimizer they expect.
 :class:`SyncFreeDefaultStrategy` is gsplat's ``DefaultStrategy`` with the per-step gradient
 statistics accumulated by masked sums instead of boolean indexing, which made every step wait for
 the GPU (``nonzero``) just to count which Gaussians were visible.
+
+:class:`LeanMCMCStrategy` is gsplat's ``MCMCStrategy`` with its per-step position noise computed by
+:func:`inject_position_noise` (the same noise, without a batched 3 x 3 matrix product per step).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from gsplat.strategy import DefaultStrategy
+from gsplat.strategy import DefaultStrategy, MCMCStrategy
 from torch import Tensor
 
 
@@ -88,3 +91,46 @@ class GroupLambdaLR(torch.optim.lr_scheduler.LambdaLR):
         super().load_state_dict(state_dict)
         for group, lr in zip(self.optimizer.param_groups, self._last_lr):
             group["lr"] = lr
+
+
+def _covariances(quats: Tensor, scales: Tensor) -> Tensor:
+    """``[N, 3, 3]`` covariances ``R S S R^T`` of Gaussians (gsplat's kernel on CUDA, its PyTorch twin elsewhere)."""
+    if quats.is_cuda:
+        from gsplat import quat_scale_to_covar_preci
+
+        return quat_scale_to_covar_preci(quats, scales, compute_covar=True, compute_preci=False, triu=False)[0]
+    from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci
+
+    return _quat_scale_to_covar_preci(quats, scales, compute_covar=True, compute_preci=False, triu=False)[0]
+
+
+@torch.no_grad()
+def inject_position_noise(params, scaler: float) -> None:
+    """3DGS-MCMC's exploration noise, as gsplat's ``inject_noise_to_position``: each mean moves by its
+    covariance times a standard normal sample, scaled by ``scaler`` and gated to nearly transparent
+    Gaussians (a steep sigmoid of ``1 - opacity`` about 0.995).
+
+    The covariance-times-sample product is a broadcast multiply and a 3-term sum (gsplat's ``einsum``
+    runs as a batched matrix-vector product, a slow kernel for 3 x 3 matrices); it draws the same
+    normal samples, so the noise is gsplat's up to fp32 rounding.
+    """
+    means = params["means"]
+    opacities = torch.sigmoid(params["opacities"].flatten())
+    covars = _covariances(params["quats"], torch.exp(params["scales"]))
+    gate = 1 / (1 + torch.exp(-100 * ((1 - opacities) - 0.995)))
+    noise = torch.randn_like(means) * gate[:, None] * scaler  # [N, 3]
+    means.add_((covars * noise[:, None, :]).sum(-1))
+
+
+class LeanMCMCStrategy(MCMCStrategy):
+    """gsplat's ``MCMCStrategy`` (relocate dead Gaussians, add new ones up to the cap, then noise) with the
+    noise of :func:`inject_position_noise`."""
+
+    def step_post_backward(self, params, optimizers, state: dict[str, Any], step: int, info: dict[str, Any],
+                           lr: float) -> None:
+        state["binoms"] = state["binoms"].to(params["means"].device)
+        if self.refine_start_iter < step < self.refine_stop_iter and step % self.refine_every == 0:
+            self._relocate_gs(params, optimizers, state["binoms"])
+            self._add_new_gs(params, optimizers, state["binoms"])
+            torch.cuda.empty_cache()
+        inject_position_noise(params, lr * self.noise_lr)
