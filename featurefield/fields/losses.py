@@ -21,14 +21,36 @@ def _gaussian_1d(size: int, sigma: float, device: str, dtype: torch.dtype) -> Te
     return (g / g.sum()).to(device=device, dtype=dtype)
 
 
+@functools.lru_cache(maxsize=1)
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def ssim(pred: Tensor, target: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
     """Mean structural similarity with a Gaussian window ("valid" borders, as torchmetrics/pytorch-msssim).
+
+    On CUDA, ``[H, W, C]`` fp32 images go through the fused Triton kernels of
+    :mod:`featurefield.fields.ssim_triton` (gradient for ``pred`` only); elsewhere :func:`ssim_torch`.
 
     Args:
         pred, target: ``[H, W, C]`` or ``[B, C, H, W]`` images in [0, 1].
     Returns:
         0-d tensor, 1 for identical images.
     """
+    if (pred.is_cuda and pred.dim() == 3 and pred.dtype == torch.float32 and target.shape == pred.shape
+            and min(pred.shape[:2]) >= window and not target.requires_grad and _triton_available()):
+        from featurefield.fields.ssim_triton import ssim_fused
+
+        return ssim_fused(pred, target, _gaussian_1d(window, sigma, str(pred.device), torch.float32))
+    return ssim_torch(pred, target, window, sigma)
+
+
+def ssim_torch(pred: Tensor, target: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
+    """:func:`ssim` in plain PyTorch (the fused kernels' twin): two grouped 1-D convolutions for the moments."""
     if pred.dim() == 3:
         pred, target = pred.permute(2, 0, 1)[None], target.permute(2, 0, 1)[None]
     C = pred.shape[1]
