@@ -70,4 +70,9 @@ def tiny_nerf_scene():
     return scene, data, targets
 
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+_needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def cuda(test):
+    """Marks a test ``cuda`` (``pytest -m cuda`` selects the GPU tests alone) and skips it without a CUDA GPU."""
+    return pytest.mark.cuda(_needs_cuda(test))
