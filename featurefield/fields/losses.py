@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,9 @@ def _gaussian_1d(size: int, sigma: float, device: str, dtype: torch.dtype) -> Te
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
     return (g / g.sum()).to(device=device, dtype=dtype)
+
+
+_fused_ssim_failed: list[str] = []  # the reason, once the fused kernels failed to build on this device
 
 
 @functools.lru_cache(maxsize=1)
@@ -42,10 +46,17 @@ def ssim(pred: Tensor, target: Tensor, window: int = 11, sigma: float = 1.5) -> 
         0-d tensor, 1 for identical images.
     """
     if (pred.is_cuda and pred.dim() == 3 and pred.dtype == torch.float32 and target.shape == pred.shape
-            and min(pred.shape[:2]) >= window and not target.requires_grad and _triton_available()):
+            and min(pred.shape[:2]) >= window and not target.requires_grad and _triton_available()
+            and not _fused_ssim_failed):
         from featurefield.fields.ssim_triton import ssim_fused
 
-        return ssim_fused(pred, target, _gaussian_1d(window, sigma, str(pred.device), torch.float32))
+        try:
+            return ssim_fused(pred, target, _gaussian_1d(window, sigma, str(pred.device), torch.float32))
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as err:  # a Triton that cannot build the kernels here: the twin computes the same
+            _fused_ssim_failed.append(repr(err))
+            warnings.warn(f"fused SSIM unavailable ({err!r:.200}); using the PyTorch SSIM", stacklevel=2)
     return ssim_torch(pred, target, window, sigma)
 
 

@@ -15,6 +15,8 @@ only (the target is an image). Runs on CUDA; under ``TRITON_INTERPRET=1`` on CPU
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import triton
 import triton.language as tl
@@ -122,9 +124,20 @@ class _FusedSSIM(torch.autograd.Function):
         win = g.shape[0]
         Ho, Wo = H - win + 1, W - win + 1
         grad = torch.empty(H, W, C, device=pred.device, dtype=torch.float32)
-        _ssim_bwd[(triton.cdiv(H * W, BLOCK), C)](pred, target, g, dmu, dxx, dxy, grad_out.float().contiguous(), grad,
-                                                 H, W, Ho, Wo, C, 1.0 / (C * Ho * Wo), *pred.stride(), *target.stride(),
-                                                 WIN=win, BLOCK=BLOCK)
+        try:
+            _ssim_bwd[(triton.cdiv(H * W, BLOCK), C)](pred, target, g, dmu, dxx, dxy, grad_out.float().contiguous(),
+                                                     grad, H, W, Ho, Wo, C, 1.0 / (C * Ho * Wo), *pred.stride(),
+                                                     *target.stride(), WIN=win, BLOCK=BLOCK)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as err:  # a Triton that cannot build this kernel here: the twin's gradient, from now on
+            from featurefield.fields import losses
+
+            losses._fused_ssim_failed.append(repr(err))
+            warnings.warn(f"fused SSIM backward unavailable ({err!r:.200}); using the PyTorch SSIM", stacklevel=2)
+            with torch.enable_grad():
+                p = pred.detach().requires_grad_(True)
+                (grad,) = torch.autograd.grad(losses.ssim_torch(p, target, win), p, grad_out)
         return grad.to(pred.dtype), None, None, None, None
 
 

@@ -13,12 +13,15 @@ Runs on CUDA; under ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors (
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
 BLOCK = 128
+_aggregate_failed: list[str] = []  # the reason, once the run-summing backward failed to build on this device
 
 
 @triton.jit
@@ -144,8 +147,21 @@ class _HashEncode(torch.autograd.Function):
         N = x.shape[0]
         grad_table = torch.zeros(L * T, F, device=x.device, dtype=torch.float32)
         if N:
-            _hash_bwd[(L, triton.cdiv(N, BLOCK))](x, grad_out.float().contiguous(), res, dns, grad_table, N, T, L,
-                                                  F=F, BLOCK=BLOCK, AGGREGATE=ctx.aggregate)
+            grad_out = grad_out.float().contiguous()
+            aggregate = ctx.aggregate and not _aggregate_failed
+            try:
+                _hash_bwd[(L, triton.cdiv(N, BLOCK))](x, grad_out, res, dns, grad_table, N, T, L, F=F, BLOCK=BLOCK,
+                                                      AGGREGATE=aggregate)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as err:  # a Triton that cannot build the scan here: the per-point kernel
+                if not aggregate:
+                    raise
+                _aggregate_failed.append(repr(err))
+                warnings.warn(f"hash-grid backward without run sums ({err!r:.200})", stacklevel=2)
+                grad_table.zero_()
+                _hash_bwd[(L, triton.cdiv(N, BLOCK))](x, grad_out, res, dns, grad_table, N, T, L, F=F, BLOCK=BLOCK,
+                                                      AGGREGATE=False)
         return None, grad_table.view(L, T, F), None, None, None, None
 
 
