@@ -320,8 +320,8 @@ class PixelRays:
 
     Args:
         cameras: the ``N`` cameras (on the device the rays are wanted on).
-        max_bytes: largest table to build (``None``: a quarter of the free memory of a CUDA device, 512 MiB
-            on the CPU).
+        max_bytes: largest table to build (``None``: a quarter of the free memory of a CUDA device; 64 MiB on
+            the CPU, where solving every pixel of full-size photos once costs more than a run's rays do).
     """
 
     def __init__(self, cameras: Cameras, max_bytes: int | None = None) -> None:
@@ -333,7 +333,7 @@ class PixelRays:
         size = len(cameras) * H * W * 2 * 4
         if max_bytes is None:
             dev = cameras.device
-            max_bytes = torch.cuda.mem_get_info(dev)[0] // 4 if dev.type == "cuda" else 512 * 2**20
+            max_bytes = torch.cuda.mem_get_info(dev)[0] // 4 if dev.type == "cuda" else 64 * 2**20
         if size > max_bytes:
             return
         grid = cameras.pixel_grid(0).reshape(-1, 2)  # [H * W, 2]: every camera has this size
