@@ -5,8 +5,9 @@ indexes the table (dense or hashed exactly as :func:`~featurefield.fields.nerf.h
 and blends their features trilinearly in registers; nothing ``[N, L, 8, F]``-sized ever reaches
 memory. The backward recomputes indices and weights and scatters ``w * dL/dout`` into an fp32 table
 gradient with atomic adds; runs of consecutive points in one cell (samples along a ray, at the coarse
-levels) are summed first, so such a run costs one atomic add per corner instead of one per point. The table may be read as fp16 (half the bytes of the gathers); gradients
-are always accumulated in fp32 and returned for the fp32 parameter.
+levels) are summed first, so such a run costs one atomic add per corner instead of one per point.
+The table may be read as fp16 (half the bytes of the gathers); gradients are always accumulated in
+fp32 and returned for the fp32 parameter.
 
 Runs on CUDA; under ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors (used by the tests).
 """
