@@ -15,7 +15,8 @@ stamp() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a "$OUT/timeline.txt"; }
 
 DL=bench/infra/device_lego.sh; [ -f "$DL" ] || DL=bench/device_lego.sh
 stamp setup
-bash "$DL" setup > "$OUT/setup.log" 2>&1 || { tail -20 "$OUT/setup.log"; exit 1; }
+bash "$DL" setup > "$OUT/setup.log" 2>&1  # its exit code is the build step's last test, not a verdict
+grep -q "gsplat ready" "$OUT/setup.log" || { tail -20 "$OUT/setup.log"; exit 1; }
 tail -4 "$OUT/setup.log"
 # the environment device_lego.sh gives its phases
 export PYTHONPATH=$PWD/runs/site:$PWD
