@@ -22,33 +22,35 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "teachers": ("teachers:teachers_command", "list teachers and whether their weights are present"),
     "weights": ("teachers:weights_command", "put a teacher's weights in the per-user cache"),
     "features": ("teachers:features_command", "extract and cache teacher features of a scene; write PCA pictures"),
-    "train": ("train:train_command", "train a feature field on a scene: `featurefield train splat|nerf SCENE`"),
+    "train": ("train:train_command", "train a feature field: `train splat|nerf SCENE`, or over a category: `train general DATA`"),
     "render": ("render:render_command", "render test views or a camera path of a trained run to PNGs and MP4"),
     "export": ("export:export_command", "export a trained run (3DGS PLY with embeddings, or a point cloud)"),
     "query": ("query:query_command", "text or prompt queries on a trained run; extract objects in 3D"),
     "eval": ("eval:eval_command", "evaluate a trained run: PSNR/SSIM/LPIPS, feature fidelity, mask IoU, PCK, mIoU"),
     "view": ("view:view_command", "open a trained run in the browser: colour, depth, feature PCA, text queries, SAM clicks"),
     "make-category": ("general:make_category_command", "render a procedural object category (mugs, chairs) into shards for general fields"),
-    "train-general": ("general:train_general_command", "train a generalizable feature field (FeatureNeRF) over a generated category"),
 }
 
-#: verbs whose RUN may be a generalizable run (``"field": "general"`` in its config.json): routed to these
-#: ("module:function" in featurefield.commands).
-#: (Until the field registry gives each field kind its own verbs.)
-GENERAL_COMMANDS: dict[str, str] = {
-    "query": "general:general_query_command",
-    "eval": "general:general_eval_command",
-}
+#: verbs whose first argument is a run folder: a run of a field with verbs of its own (its FieldSpec's
+#: ``commands``, e.g. the generalizable field's query and eval) goes to those
+RUN_VERBS = ("query", "eval")
 
 
-def _is_general_run(arg: str) -> bool:
+def _own_command(verb: str, rest: list[str]) -> str | None:
+    """The field's own command for ``verb`` when ``rest`` starts with such a run's folder, else ``None``."""
     import json
     from pathlib import Path
 
+    if not rest or rest[0].startswith("-"):
+        return None
     try:
-        return json.loads((Path(arg) / "config.json").read_text()).get("field") == "general"
+        kind = json.loads((Path(rest[0]) / "config.json").read_text()).get("field")
     except (OSError, ValueError, AttributeError):
-        return False
+        return None
+    from featurefield.fields.registry import registered
+
+    spec = registered().get(kind) if isinstance(kind, str) else None
+    return spec.own_command(verb) if spec is not None else None
 
 
 #: commands that may run under torchrun (one process per GPU)
@@ -78,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"featurefield: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     target, help_ = COMMANDS[name]
-    if name in GENERAL_COMMANDS and rest and not rest[0].startswith("-") and _is_general_run(rest[0]):
-        target = GENERAL_COMMANDS[name]
+    if name in RUN_VERBS:
+        target = _own_command(name, rest) or target
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and name not in DISTRIBUTED_COMMANDS:
         if os.environ.get("RANK", "0") == "0":
             print(f"featurefield {name}: error: runs in one process; under torchrun only `featurefield features` "

@@ -15,9 +15,9 @@ from featurefield.cameras import Cameras
 from featurefield.data.scene import Normalization, Scene
 from featurefield.errors import FeatureFieldError
 from featurefield.fields.base import FeatureField, TeacherTarget
-from featurefield.fields.registry import field_spec
+from featurefield.fields.registry import field_spec, registered
 from featurefield.io import resolve_device
-from featurefield.run_config import CHECKPOINT, RunConfig, read_normalization
+from featurefield.run_config import CHECKPOINT, CONFIG, RunConfig, read_normalization
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
@@ -125,6 +125,21 @@ class Run:
         return store.load_or_extract(self.scene(), self.teacher(name), views, device=self.device, progress=False)
 
 
+def _refuse_own_command_runs(path: Path) -> None:
+    """A one-line error for a run of a field that answers its verbs itself (see ``FieldSpec.commands``)."""
+    import json
+
+    try:
+        kind = json.loads((path / CONFIG).read_text()).get("field")
+    except (OSError, ValueError, AttributeError):
+        return  # RunConfig.read says what is wrong
+    if isinstance(kind, str) and kind in registered():
+        verbs = [verb for verb, _ in field_spec(kind).commands if verb != "train"]
+        if verbs:
+            raise FeatureFieldError(f"{path}: holds a {kind} field, which only `featurefield {' / '.join(verbs)} RUN` take; "
+                                    "this command needs a run trained on a scene (`featurefield train splat|nerf SCENE`)")
+
+
 def load_run(path: str | Path, device: str | torch.device | None = None) -> Run:
     """Load a run folder written by :func:`featurefield.train.train`.
 
@@ -134,6 +149,7 @@ def load_run(path: str | Path, device: str | torch.device | None = None) -> Run:
     path = Path(path)
     if not path.is_dir():
         raise FeatureFieldError(f"{path}: no such run folder")
+    _refuse_own_command_runs(path)
     config = RunConfig.read(path)
     device = resolve_device(device or "auto")
     ckpt = load_checkpoint(path / CHECKPOINT, device="cpu")

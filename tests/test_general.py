@@ -229,9 +229,13 @@ def test_cli_bad_inputs_give_one_line_and_exit_2(mugs, tmp_path, capsys):
 
     with pytest.raises(FeatureFieldError, match="not a generalizable one"):
         general_eval_command(other)
-    code = main(["train-general", str(mugs), "--output", str(run_dir)])
+    code = main(["train", "general", str(mugs), "--output", str(run_dir)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "--resume" in err
+    # a verb for scene runs, given a general run
+    code = main(["render", str(run_dir)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "holds a general field" in err
 
 
 def test_cli_make_category_and_query_a_general_run(mugs, tmp_path, capsys):

@@ -367,7 +367,7 @@ def test_a_field_backend_plugs_in_through_an_entry_point(tmp_path, monkeypatch, 
     assert list(registry.registered())[-1] == "blob" and spec.default_steps("cpu") == 7
     assert spec.config_class()().blobs == 3 and spec.capabilities() == frozenset()
     assert spec.field_class().create(None, []).kind == "toy"
-    with pytest.raises(FeatureFieldError, match="unknown field 'voxels'; expected one of splat, nerf, blob"):
+    with pytest.raises(FeatureFieldError, match="unknown field 'voxels'; expected one of splat, nerf, general, blob"):
         registry.field_spec("voxels")
     capsys.readouterr()
     with pytest.raises(SystemExit):

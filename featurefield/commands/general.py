@@ -1,5 +1,6 @@
-"""CLI verbs of the generalizable field: ``make-category``, ``train-general``, and ``query`` / ``eval`` on a
-general run (``featurefield.cli`` routes those two here when RUN's config says ``"field": "general"``).
+"""CLI verbs of the generalizable field: ``make-category``, ``train general``, and ``query`` / ``eval`` on a
+general run (the ``general`` FieldSpec names them: ``featurefield train general DATA`` comes here, and
+``featurefield.cli`` routes ``query`` / ``eval`` here when RUN holds a general field).
 
 Each verb parses its arguments (tyro reads the signatures), calls the library and prints; nothing in the
 library imports this module.
@@ -116,7 +117,7 @@ def general_query_command(run: Path, /, image: Path | None = None, keypoints: tu
     part segmentation from K labelled training instances, and the image's 3D reconstruction from one view.
 
     Args:
-        run: a run written by `featurefield train-general`.
+        run: a run written by `featurefield train general`.
         image: the source image (PNG of the run's image size); its camera is IMAGE.json unless --camera.
         keypoints: x y pixel positions in IMAGE to transfer.
         to_image: the target image (camera TO_IMAGE.json unless --to-camera).
@@ -208,7 +209,7 @@ def general_eval_command(run: Path, /, data: Path | None = None, instances: int 
     and part mIoU (K labelled instances) with the teacher's, the distilled and the NeRF-intermediate features.
 
     Args:
-        run: a run written by `featurefield train-general`.
+        run: a run written by `featurefield train general`.
         data: the category to evaluate on (default: the one it was trained on; its held-out instances).
         instances: held-out instances used. pairs: keypoint-transfer image pairs. shots: K values for parts.
         output: JSON file (default RUN/eval/metrics.json).

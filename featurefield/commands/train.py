@@ -88,8 +88,21 @@ def _with_field_first(args: list[str], names: list[str]) -> list[str]:
 
 @parses_own_arguments
 def train_command(args: list[str], prog: str, description: str) -> int:
-    """Train a feature field on SCENE: ``featurefield train FIELD SCENE [OPTIONS]`` (FIELD: splat, nerf, ...)."""
-    specs = registered()
+    """Train a feature field on SCENE: ``featurefield train FIELD SCENE [OPTIONS]`` (FIELD: splat, nerf, ...).
+
+    A field with a training command of its own (``FieldSpec.commands``; ``general`` trains over a generated
+    category, not a scene) gets the arguments after its name: ``featurefield train general DATA --output RUN``.
+    """
+    everything = registered()
+    own = {n: s.own_command("train") for n, s in everything.items() if s.own_command("train")}
+    first = _with_field_first(args, list(everything))
+    if first and first[0] in own:
+        import importlib
+
+        module, func = own[first[0]].split(":")
+        fn = getattr(importlib.import_module(f"featurefield.commands.{module}"), func)
+        return int(tyro.cli(fn, args=first[1:], prog=f"{prog} {first[0]}", description=fn.__doc__.splitlines()[0]))
+    specs = {n: s for n, s in everything.items() if n not in own}
     choice = Union[tuple(_subcommand(s) for s in specs.values())]  # noqa: UP007 - built at run time
     parsed = tyro.cli(choice, args=_with_field_first(args, list(specs)), prog=prog, description=description)
     kind = next(name for name in specs if hasattr(parsed, name))

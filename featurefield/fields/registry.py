@@ -39,6 +39,9 @@ class FieldSpec:
         cpu_steps: default training steps on the CPU (what the demo scene fits in a few minutes).
         cuda_steps: default training steps on a GPU.
         oom_advice: what lowers its memory, for the out-of-GPU-memory message (e.g. its settings to lower).
+        commands: verbs the field answers with commands of its own, as ``(verb, "module:function")`` pairs in
+            :mod:`featurefield.commands`: a field trained on something other than one scene (the generalizable
+            field trains over a category of objects) trains, queries and evaluates its runs through them.
     """
 
     name: str
@@ -48,6 +51,11 @@ class FieldSpec:
     cpu_steps: int
     cuda_steps: int = 30_000
     oom_advice: str = ""
+    commands: tuple[tuple[str, str], ...] = ()
+
+    def own_command(self, verb: str) -> str | None:
+        """``"module:function"`` of the field's own command for ``verb`` (``train``, ``query``, ``eval``), if any."""
+        return dict(self.commands).get(verb)
 
     def config_class(self) -> type:
         return _load(self.config)
@@ -85,6 +93,14 @@ BUILTIN: dict[str, FieldSpec] = {
         summary="a Nerfacto radiance field and a separate hash-grid feature field (F3RM)",
         cpu_steps=2_400,
         oom_advice="fewer rays a step (--nerf.rays-per-batch)",
+    ),
+    "general": FieldSpec(
+        "general", "featurefield.fields.general.model:GeneralConfig", "featurefield.fields.general.model:GeneralField",
+        summary="generalizable (FeatureNeRF): trained over a generated category; one image in, a 3D feature volume out",
+        cpu_steps=2_000, cuda_steps=20_000,
+        oom_advice="fewer instances or rays a step (--batch, --rays)",
+        commands=(("train", "general:train_general_command"), ("query", "general:general_query_command"),
+                  ("eval", "general:general_eval_command")),
     ),
 }
 

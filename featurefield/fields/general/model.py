@@ -131,6 +131,11 @@ class GeneralField(nn.Module):
         self.color = nn.Sequential(nn.Linear(w + de, w // 2), nn.ReLU(inplace=True), nn.Linear(w // 2, 3))
         self.feature = nn.Sequential(nn.Linear(w, w), nn.ReLU(inplace=True), nn.Linear(w, config.feature_dim))
 
+    @classmethod
+    def capabilities(cls) -> frozenset[str]:
+        """Nothing beyond rendering: it is queried from images (:mod:`.queries`), not subset or exported."""
+        return frozenset()
+
     @property
     def descriptor_dim(self) -> int:
         return self.config.width

@@ -64,14 +64,14 @@ def load_general_run(path: str | Path, device: str | torch.device | None = None,
     path = Path(path)
     cfg_path = path / CONFIG
     if not cfg_path.is_file():
-        raise FeatureFieldError(f"{path}: not a featurefield run (no {CONFIG}); pass the folder `featurefield train-general` wrote")
+        raise FeatureFieldError(f"{path}: not a featurefield run (no {CONFIG}); pass the folder `featurefield train general` wrote")
     try:
         config = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as err:
         raise FeatureFieldError(f"{cfg_path}: broken JSON ({err})") from err
     if config.get("field") != KIND:
         raise FeatureFieldError(f"{path}: holds a {config.get('field')!r} field, not a generalizable one; this needs a run "
-                                "trained with `featurefield train-general`")
+                                "trained with `featurefield train general`")
     device = resolve_device(device or "auto")
     ckpt = load_checkpoint(path / CHECKPOINT, device="cpu")
     fcfg = GeneralConfig(**ckpt["field_config"])
