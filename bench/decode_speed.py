@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cuda_timing import median_ms  # noqa: E402
+from infra.cuda_timing import median_ms  # noqa: E402
 
 
 @torch.no_grad()

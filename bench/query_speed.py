@@ -16,7 +16,7 @@ import json
 import math
 
 import torch
-from cuda_timing import median_ms  # noqa: E402 (bench/ is on sys.path when run as a script)
+from infra.cuda_timing import median_ms  # noqa: E402 (bench/ is on sys.path when run as a script)
 
 from featurefield.cameras import Cameras, look_at
 from featurefield.fields.base import TeacherTarget

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cuda_timing import median_ms  # noqa: E402
+from infra.cuda_timing import median_ms  # noqa: E402
 
 from featurefield.errors import FeatureFieldError  # noqa: E402
 from featurefield.run import load_run  # noqa: E402

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cuda_timing import median_ms  # noqa: E402 (bench/ is on sys.path when run as a script)
+from infra.cuda_timing import median_ms  # noqa: E402 (bench/ is on sys.path when run as a script)
 
 from featurefield.fields.splat import rasterize_gsplat, rasterize_torch  # noqa: E402
 

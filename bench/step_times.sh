@@ -13,14 +13,14 @@ T0=$(date +%s); DEADLINE=$(( T0 + ${BUDGET_S:-470} ))
 left() { local l=$(( DEADLINE - $(date +%s) - ${1:-0} )); [ "$l" -lt 1 ] && l=1; echo "$l"; }
 stamp() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a "$OUT/timeline.txt"; }
 
-DL=bench/infra/device_lego.sh; [ -f "$DL" ] || DL=bench/device_lego.sh
+DL=bench/infra/device_lego.sh
 stamp setup
 bash "$DL" setup > "$OUT/setup.log" 2>&1  # its exit code is the build step's last test, not a verdict
 grep -q "gsplat ready" "$OUT/setup.log" || { tail -20 "$OUT/setup.log"; exit 1; }
 tail -4 "$OUT/setup.log"
 # the environment device_lego.sh gives its phases
 export PYTHONPATH=$PWD/runs/site:$PWD
-SITE=bench/infra/site; [ -d "$SITE" ] || SITE=bench/site
+SITE=bench/infra/site
 if [ -f .carry/gsplat_so/gsplat_cuda.so.gz ]; then
     [ -f runs/gsplat_cuda.so ] || gunzip -c .carry/gsplat_so/gsplat_cuda.so.gz > runs/gsplat_cuda.so
     export GSPLAT_PREBUILT=$PWD/runs/gsplat_cuda.so PYTHONPATH=$PYTHONPATH:$PWD/$SITE

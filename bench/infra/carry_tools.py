@@ -5,9 +5,9 @@ its graph plus fp16 initializers (half the size) and is rebuilt as an fp32 ONNX 
 The fp16 rounding of the weights changes the features by ~1e-3 relative; benchmarks that use the
 unpacked model say so.
 
-    python bench/carry_tools.py pack   MODEL.onnx OUT_DIR
-    python bench/carry_tools.py unpack OUT_DIR MODEL.onnx
-    python bench/carry_tools.py lego   LEGO_DIR OUT_DIR [--train] [--test START:STOP]
+    python bench/infra/carry_tools.py pack   MODEL.onnx OUT_DIR
+    python bench/infra/carry_tools.py unpack OUT_DIR MODEL.onnx
+    python bench/infra/carry_tools.py lego   LEGO_DIR OUT_DIR [--train] [--test START:STOP]
 
 ``lego`` copies a NeRF-synthetic scene's views as lossless RGBA WebP (the same pixels, ~30% smaller
 than PNG): the train views with ``--train``, and test views START..STOP-1 (their frames alone in

@@ -1,4 +1,4 @@
-"""One table of a lego sweep: ``python bench/sweep_table.py OUT RUN...`` (used by ``device_lego.sh sweep``).
+"""One table of a lego sweep: ``python bench/infra/sweep_table.py OUT RUN...`` (used by ``device_lego.sh sweep``).
 
 Reads each run's ``metrics.json`` (steps, Gaussians, training seconds) and ``OUT/<run>.json`` (the
 ``featurefield eval`` result over the test views present) and prints one row per run. "worst 12%" is

@@ -1,4 +1,4 @@
-"""For device runs only (``bench/device_lego.sh`` puts this folder on PYTHONPATH): gsplat's CUDA extension
+"""For device runs only (``bench/infra/device_lego.sh`` puts this folder on PYTHONPATH): gsplat's CUDA extension
 built on an earlier machine, so a fresh machine skips gsplat's JIT build (80-100 s each time).
 
 gsplat first tries ``from gsplat import csrc`` and builds only when that fails. When ``GSPLAT_PREBUILT`` names
