@@ -213,7 +213,7 @@ def _train(scene, run_dir: Path, field: str, spec: TeacherSpec, steps: int, seed
     if getattr(field_config, "feature_loss", None) == "l1":
         # L1 + cosine where a field offers it (the Gaussian field): on this scene (520 CPU steps) feature cosine
         # 0.850 vs 0.825 with L1 alone, and semantic mIoU 0.582 vs 0.566, beating the 2D teacher's 0.572
-        # (BENCHMARKS.md, "Demo scene"); with the learnt background map (the default since), cosine 0.889 vs 0.881
+        # (BENCHMARKS.md, "CPU demo"); with the learnt background map (the default since), cosine 0.889 vs 0.881
         field_config = dataclasses.replace(field_config, feature_loss="l1+cos")
     return train(scene, run_dir, field=field, teachers=[spec], field_config=field_config,
                  config=TrainConfig(steps=steps, seed=seed, device=str(device), cache_dir=cache_dir, progress=progress,

@@ -8,11 +8,11 @@ from typing import Literal
 from gsplat.strategy import DefaultStrategy, MCMCStrategy
 
 # the automatic MCMC budget of a scene with large views: lego at 30k steps fits 6 minutes with it
-# (BENCHMARKS.md, ninth session)
+# (BENCHMARKS.md, "Densification: 3DGS-MCMC vs 3DGS's strategy")
 MCMC_MIN_AUTO_CAP = 300_000
 # Small views get fewer: at most one Gaussian per 2 pixels of a training view in the automatic budget, one per 4
 # in a random init. On the 128 x 128 demo scene 12k Gaussians fit 7000 steps in 53 s for 28.9 dB, where 300k
-# took 136 s for 28.6 dB (BENCHMARKS.md, tenth session); lego (640k pixels a view) keeps 300k.
+# took 136 s for 28.6 dB (BENCHMARKS.md, "Gaussian budget on small views"); lego (640k pixels a view) keeps 300k.
 MCMC_PIXELS_PER_GAUSSIAN = 2
 INIT_PIXELS_PER_GAUSSIAN = 4
 
@@ -58,8 +58,9 @@ class SplatConfig:
         feature_render: how training draws the embedding: ``"joint"`` (channels of the colour pass at
             full resolution; feature gradients reach the geometry and its densification, as Feature
             3DGS) or ``"separate"`` (its own pass at ``feature_supersample`` x the teacher's grid, capped
-            at the image size; densification sees colour only). Measured on lego (BENCHMARKS.md): separate
-            trains 15-20% faster and fits colour better, joint reproduces the teacher's features better.
+            at the image size; densification sees colour only). On lego, separate trains 15-20% faster and fits
+            colour better, joint reproduces the teacher's features better (BENCHMARKS.md, "Feature render: joint
+            vs separate pass").
         feature_geometry_weight: how strongly the feature losses move the Gaussians' geometry and drive
             their densification, relative to the colour loss (the gradient reaching the rendered
             embedding is scaled by it): 1 = Feature 3DGS's joint pass; towards 0, the features barely move
@@ -83,7 +84,7 @@ class SplatConfig:
         alpha_weight: weight of an L1 loss between the rendered opacity and the images' alpha (scenes
             with alpha; 0 = off): empty space seen against the background in the training views is kept
             empty, instead of holding background-coloured Gaussians that show from other directions
-            (lego's PSNR did not change with it: BENCHMARKS.md, fifth session).
+            (lego's PSNR did not change with it).
         rasterizer: ``"auto"`` (gsplat on CUDA, else torch), ``"torch"`` or ``"gsplat"``.
         packed, antialiased: gsplat options.
         near_plane, far_plane: depth culling in canonical units.

@@ -333,7 +333,7 @@ class GaussianField(FeatureField):
         (with ``as_teacher`` and a ``grid``, through the teacher's learnt spill, if any, in between).
 
         Under ``torch.autocast("cuda", dtype=torch.float16)`` the decode runs in fp16, the teacher cache's own
-        precision: 256-D features at 1920 x 1080 come 1.5x faster than in fp32 (BENCHMARKS.md, tenth session).
+        precision: 256-D features at 1080p come 1.5x faster than in fp32 (BENCHMARKS.md, "1080p decoded features").
         """
         if teacher not in self.decoders:
             raise FeatureFieldError(f"this field has no decoder for teacher {teacher!r}; it was trained with "
