@@ -2,19 +2,19 @@
 # The generalizable field (issue #20) on the GPU machine: train on a category generated there, evaluate,
 # time the single-image paths. Each phase fits one 10-minute device call.
 #
-#   bash bench/device_general.sh train [ARGS...]   # bench/general_train.py: generate, train until DEADLINE, evaluate
-#                                                  # when done; the run comes back in $OUT/run (< 16 MiB)
-#   bash bench/device_general.sh speed [ARGS...]   # bench/general_speed.py on the run in $OUT/run (or .carry/general_run)
-#   bash bench/device_general.sh tests             # the generalizable field's CUDA test (GPU renders = CPU renders)
+#   bash bench/infra/device_general.sh train [ARGS...]   # bench/general_train.py: generate, train until DEADLINE, evaluate
+#                                                        # when done; the run comes back in $OUT/run (< 16 MiB)
+#   bash bench/infra/device_general.sh speed [ARGS...]   # bench/general_speed.py on the run in $OUT/run (or .carry/general_run)
+#   bash bench/infra/device_general.sh tests             # the generalizable field's CUDA test (GPU renders = CPU renders)
 #
 # Carried (git-ignored, as for device_lego.sh): .carry/whl_gpu (wheels missing there: onnx2torch, ...),
 # .carry/sam16 (the SAM encoder, fp16 weights, bench/infra/carry_tools.py pack); from the second call on,
 # .carry/general_run = the previous call's $OUT/run, which `train` continues.
 # One GPU, two calls (~20 minutes):
-#   call 1: export DEADLINE=$(( $(date +%s) + 570 )); bash bench/device_general.sh train
+#   call 1: export DEADLINE=$(( $(date +%s) + 570 )); bash bench/infra/device_general.sh train
 #   call 2 (carry .carry/general_run too): export DEADLINE=$(( $(date +%s) + 480 ));
-#           bash bench/device_general.sh train --eval-always; bash bench/device_general.sh speed;
-#           bash bench/device_general.sh tests
+#           bash bench/infra/device_general.sh train --eval-always; bash bench/infra/device_general.sh speed;
+#           bash bench/infra/device_general.sh tests
 # The CNN encoder instead of SAM's: add --encoder cnn (a separate run: another $OUT).
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -50,7 +50,7 @@ tests)
     timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_general.py -k cuda 2>&1 | tail -4
     ;;
 *)
-    echo "usage: bash bench/device_general.sh train|speed|tests [ARGS...]" >&2
+    echo "usage: bash bench/infra/device_general.sh train|speed|tests [ARGS...]" >&2
     exit 2
     ;;
 esac
