@@ -186,6 +186,7 @@ def test_triton_backward_sums_runs_of_points_in_one_cell_under_interpreter():
 
 @cuda
 def test_triton_backward_with_runs_matches_torch_on_cuda():
+    from featurefield.fields.nerf import hashgrid_triton
     from featurefield.fields.nerf.hashgrid_triton import hash_encode_triton
 
     torch.manual_seed(0)
@@ -196,7 +197,13 @@ def test_triton_backward_with_runs_matches_torch_on_cuda():
         x = (o + d * torch.rand(1, 48, 1, device="cuda").sort(1).values).reshape(-1, 3)  # ray-ordered samples
         go = torch.randn(x.shape[0], levels * feats, device="cuda")
         (gref,) = torch.autograd.grad(hash_encode_torch(x, g.table, g.resolutions, g.dense), g.table, go)
+        grads = {}
         for aggregate in (True, False):
-            (gout,) = torch.autograd.grad(hash_encode_triton(x, g.table, g.resolutions, g.dense, "float32", aggregate),
-                                          g.table, go)
-            assert float((gout - gref).norm() / gref.norm()) <= 1e-5, (levels, aggregate)
+            (grads[aggregate],) = torch.autograd.grad(
+                hash_encode_triton(x, g.table, g.resolutions, g.dense, "float32", aggregate), g.table, go)
+            # fp32 trilinear weights at resolution 2048 round differently in the two implementations (x * res
+            # carries ~res * 6e-8 of absolute error): ~5e-5 relative at the finest level, far below a wrong sum
+            assert float((grads[aggregate] - gref).norm() / gref.norm()) <= 1e-4, (levels, aggregate)
+        # the same weights, only the order of the sums differs: the run sums must agree much more closely
+        assert float((grads[True] - grads[False]).norm() / grads[False].norm()) <= 1e-5, levels
+    assert not hashgrid_triton._aggregate_failed, hashgrid_triton._aggregate_failed  # the run-summing kernel built

@@ -101,8 +101,8 @@ def _hash_bwd(x_ptr, grad_out_ptr, res_ptr, dense_ptr, grad_table_ptr, N, T, L,
         # cell is summed in registers (segmented scan) and its last point adds the sum, once per corner.
         first = (offs % BLOCK) == 0
         last = ((offs % BLOCK) == BLOCK - 1) | (offs == N - 1)
-        px, py, pz, _, _, _ = _cell(x_ptr, offs - 1, mask & ~first, res)
-        nx, ny, nz, _, _, _ = _cell(x_ptr, offs + 1, mask & ~last, res)
+        px, py, pz, _pfx, _pfy, _pfz = _cell(x_ptr, offs - 1, mask & ~first, res)
+        nx, ny, nz, _nfx, _nfy, _nfz = _cell(x_ptr, offs + 1, mask & ~last, res)
         start = first | (px != ix) | (py != iy) | (pz != iz)
         end = last | (nx != ix) | (ny != iy) | (nz != iz)
         runs = tl.sum((start & mask).to(tl.int32), axis=0) < tl.sum(mask.to(tl.int32), axis=0)
@@ -115,7 +115,7 @@ def _hash_bwd(x_ptr, grad_out_ptr, res_ptr, dense_ptr, grad_table_ptr, N, T, L,
         keep = (mask & end)[:, None]
         for c in tl.static_range(8):
             row, w = _vertex(ix, iy, iz, fx, fy, fz, res, is_dense, lvl, T, c)
-            total, _ = tl.associative_scan((w[:, None] * g, start2), 0, _segment_sum)
+            total, _starts = tl.associative_scan((w[:, None] * g, start2), 0, _segment_sum)
             tl.atomic_add(grad_table_ptr + row[:, None] * F + fo[None, :], total, mask=keep)
     else:
         for c in tl.static_range(8):
