@@ -382,3 +382,127 @@ def test_a_cut_out_that_cannot_be_made_is_said_in_the_panel(run, tmp_path):
         view.stop()
     assert any(line.startswith("error: SAM's decoder weights are missing") for line in client.lines)
     assert not list(tmp_path.iterdir())
+
+
+def _orbit(position, look_at, up, azimuth: float, elevation: float):
+    """A drag of viser's orbit controls: the camera turns ``azimuth`` about ``up`` and ``elevation`` towards
+    it, around ``look_at``, and keeps looking there. ``(c2w [4, 4])`` in OpenCV axes."""
+    import viser.transforms as vtf
+
+    up = np.asarray(up, dtype=np.float64) / np.linalg.norm(up)
+    rel = np.asarray(position, dtype=np.float64) - np.asarray(look_at, dtype=np.float64)
+    rel = vtf.SO3.exp(up * azimuth).as_matrix() @ rel
+    side = np.cross(up, rel)
+    rel = vtf.SO3.exp(side / np.linalg.norm(side) * elevation).as_matrix() @ rel
+    eye = np.asarray(look_at) + rel
+    z = -rel / np.linalg.norm(rel)
+    x = np.cross(z, -up)
+    x /= np.linalg.norm(x)
+    c2w = np.eye(4)
+    c2w[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
+    c2w[:3, 3] = eye
+    return torch.from_numpy(c2w).float()
+
+
+def _browser_tab(server, timeout: float = 20.0):
+    """Connect to ``server`` as the browser does (its first camera message, at viser's start pose (3, 3, 3)
+    looking at the origin, 5.2 units away) and return the server's handle of that tab once it is set up."""
+    import msgspec
+    import viser
+    from viser._messages import ViewerCameraMessage
+    from websockets.sync.client import connect
+
+    ws = connect(f"ws://127.0.0.1:{server.get_port()}", subprotocols=[f"viser-v{viser.__version__}"])
+    forward = -np.ones(3) / np.sqrt(3)
+    right = np.cross(forward, (0.0, 0.0, 1.0))
+    right /= np.linalg.norm(right)
+    wxyz = viser.transforms.SO3.from_matrix(np.stack([right, np.cross(forward, right), forward], 1)).wxyz
+    camera = ViewerCameraMessage(wxyz=tuple(wxyz), position=(3.0, 3.0, 3.0), fov=0.8, near=0.01, far=100.0,
+                                 image_height=240, image_width=320, look_at=(0.0, 0.0, 0.0),
+                                 up_direction=(0.0, 0.0, 1.0))
+    ws.send(msgspec.msgpack.encode(camera.as_serializable_dict()))
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        clients = list(server.get_clients().values())
+        if clients and np.linalg.norm(clients[0].camera.position - np.array([3.0, 3.0, 3.0])) > 1e-3:
+            return ws, clients[0]
+        time.sleep(0.05)
+    ws.close()
+    raise AssertionError("the server never moved the tab's camera to the first training view")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_after_an_orbit_the_scene_centre_stays_in_view(run):
+    from featurefield.query.selection import project_points
+
+    centre = run.field.points_with_features()["xyz"].float().median(dim=0).values.cpu()
+    server = serve(run, port=_free_port(), max_side=32, verbose=False)
+    try:
+        ws, tab = _browser_tab(server)
+        look_at, up, position = tab.camera.look_at.copy(), tab.camera.up_direction.copy(), tab.camera.position.copy()
+        ws.close()
+    finally:
+        server.stop()
+    train = run.cameras("train").to("cpu")
+    assert np.allclose(position, train.centers[0].numpy(), atol=1e-5)  # at the first training view
+    template = train[[0]]
+    for azimuth, elevation in ((0.0, 0.0), (0.5, 0.0), (-0.5, 0.0), (1.2, 0.0), (0.4, 0.3), (-0.4, -0.3)):
+        orbited = template.with_poses(_orbit(position, look_at, up, azimuth, elevation)[None])
+        uv, _, inside = project_points(centre[None], orbited)
+        assert inside.all(), f"the scene centre left the view after an orbit of {azimuth:.1f} / {elevation:.1f} rad"
+        W, H = float(orbited.width[0]), float(orbited.height[0])
+        assert 0.1 * W < float(uv[0, 0]) < 0.9 * W and 0.1 * H < float(uv[0, 1]) < 0.9 * H
+
+
+def test_the_pivot_lies_on_each_training_view_at_the_scene_depth(run):
+    from featurefield.camera_paths import focus_point
+    from featurefield.viewer.server import orbit_pivots
+
+    train = run.cameras("train").to("cpu")
+    pivots = orbit_pivots(train)
+    forward = train.c2w[:, :3, 2]
+    rel = pivots - train.centers
+    assert torch.allclose(torch.linalg.cross(rel, forward, dim=-1), torch.zeros_like(rel), atol=1e-5)  # on the axis
+    depth = ((focus_point(train)[None] - train.centers) * forward).sum(-1)
+    assert torch.allclose((rel * forward).sum(-1), depth, atol=1e-5)
+
+
+def test_a_tab_hides_the_frustums_its_camera_stands_in(run):
+    from featurefield.viewer.server import frustum_scale, hidden_frustums
+
+    train = run.cameras("train").to("cpu")
+    centres, scale = train.centers.numpy(), frustum_scale(train)
+    near = hidden_frustums(centres, centres[0], scale)
+    assert near[0] and near.sum() < len(centres)
+    assert not hidden_frustums(centres, centres[0] + 100.0, scale).any()
+    server = serve(run, port=_free_port(), max_side=32, verbose=False)
+    try:
+        ws, tab = _browser_tab(server)
+        try:
+            deadline = time.time() + 10
+            handles = []
+            while time.time() < deadline and not handles:
+                handles = [h for i in range(len(train)) if (h := tab.scene.get_handle_by_name(f"/train/{i:04d}"))]
+                time.sleep(0.05)
+            assert len(handles) == len(train)
+            shown = {h.name: h.visible for h in handles}
+            assert not shown["/train/0000"] and sum(shown.values()) == len(train) - int(near.sum())
+        finally:
+            ws.close()
+    finally:
+        server.stop()
+
+
+def test_the_resolution_slider_warns_above_the_device_default():
+    from featurefield.viewer.server import resolution_warning, slider_limit
+
+    assert slider_limit(320, 320) == 640 and slider_limit(320, 1000) == 1008  # asked for on the command line
+    assert resolution_warning(320, 320, [1e-6]) is None
+    line = resolution_warning(640, 320, [1e-5])
+    assert line.startswith("warning: 640 px is above") and "about 3.1 s" in line  # 640 x 480 px at 10 us each
+    assert "take about" not in resolution_warning(640, 320, [])

@@ -37,6 +37,7 @@ class ClientView:
         self._subsets: dict[str, object] = {}  # show -> the field rendered for it (for self.cut)
         self._cut_lock = threading.Lock()  # the render thread and the panel's callbacks both read the cut
         self._last: tuple[Cameras, np.ndarray] | None = None  # the latest render's camera and depth
+        self.seconds_per_pixel: float | None = None  # the latest render's time over its pixels
         self._moved, self._stopped = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"featurefield-view-{id(client)}", daemon=True)
         self._thread.start()
@@ -158,7 +159,9 @@ class ClientView:
             return
         if self._stopped.is_set():  # the tab closed while this was rendering
             return
+        seconds = time.perf_counter() - start
         self._last = (camera, depth)
+        self.seconds_per_pixel = seconds / (int(camera.width[0]) * int(camera.height[0]))
         self.client.scene.set_background_image(picture, format="jpeg", depth=depth)
         size = f"{int(camera.width[0])} x {int(camera.height[0])}"
-        self._status(f"{output} · {size} · {(time.perf_counter() - start) * 1e3:.0f} ms")
+        self._status(f"{output} · {size} · {seconds * 1e3:.0f} ms")

@@ -35,6 +35,51 @@ def frustum_scale(cameras: Cameras) -> float:
     return min(max(float(0.5 * gaps.min(dim=1).values.median()), 1e-3), 0.1)
 
 
+def orbit_pivots(cameras: Cameras, centre=None):
+    """Where the browser's orbit turns around for each training camera: ``[N, 3]``, on the camera's optical
+    axis at the depth of the scene's centre (``centre`` ``[3]``, default the point closest to every optical
+    axis, :func:`~featurefield.camera_paths.focus_point`). viser orbits around its ``look_at`` point; left
+    alone it stays where the browser started (about 5 units away), so a small drag swings the scene out of
+    view."""
+    import torch
+
+    from featurefield.camera_paths import focus_point
+
+    centre = focus_point(cameras) if centre is None else torch.as_tensor(centre, dtype=torch.float32)
+    forward = cameras.c2w[:, :3, 2] / cameras.c2w[:, :3, 2].norm(dim=-1, keepdim=True)
+    rel = centre[None] - cameras.centers
+    depth = (rel * forward).sum(-1).clamp_min(0.1 * float(rel.norm(dim=-1).median().clamp_min(1e-3)))
+    return cameras.centers + forward * depth[:, None]
+
+
+def slider_limit(default_side: int, max_side: int) -> int:
+    """The resolution slider's top: twice the device's default size (a CPU frame at 2048 px takes ~14 s),
+    or ``max_side`` where that was asked for on the command line; a multiple of 16."""
+    return max(16 * -(-2 * int(default_side) // 16), 16 * -(-int(max_side) // 16))
+
+
+def resolution_warning(side: int, default_side: int, seconds_per_pixel: list[float]) -> str | None:
+    """The panel's warning when the resolution goes above the device's default, with the time a frame
+    will take where renders were already timed (``seconds_per_pixel`` of the tabs' latest renders, 4:3
+    assumed); None at or below the default."""
+    if side <= default_side:
+        return None
+    line = f"warning: {side} px is above this device's default ({default_side} px)"
+    if seconds_per_pixel:
+        seconds = max(seconds_per_pixel) * side * side * 3 / 4
+        line += f"; each full frame will take about {seconds:.1f} s"
+    return line
+
+
+def hidden_frustums(centres, position, scale: float):
+    """``[N]`` bool: the training frustums (camera centres ``[N, 3]``, drawn ``scale`` long) a camera at
+    ``position`` ``[3]`` stands in or right next to (within twice their length): drawn, they would cover
+    its view."""
+    import numpy as np
+
+    return np.linalg.norm(np.asarray(centres) - np.asarray(position, dtype=np.float64)[None], axis=-1) < 2 * scale
+
+
 def serve(run: Run | str | Path, host: str = "127.0.0.1", port: int = 8080, max_side: int | None = None,
           preview_side: int | None = None, device: str = "auto", verbose: bool = True):
     """Start a viser server for ``run`` and return it (``server.stop()`` ends it; it runs in threads).
@@ -56,23 +101,28 @@ def serve(run: Run | str | Path, host: str = "127.0.0.1", port: int = 8080, max_
     train = run.cameras("train").to("cpu")
     server = viser.ViserServer(host=host, port=port, verbose=verbose)
     try:
-        _build(server, renderer, train, max_side, preview_side, world_up(train))
+        _build(server, renderer, train, max_side, preview_side, world_up(train), top)
     except BaseException:
         server.stop()
         raise
     return server
 
 
-def _build(server, renderer: ViewRenderer, train: Cameras, max_side: int, preview_side: int, up) -> None:
+def _build(server, renderer: ViewRenderer, train: Cameras, max_side: int, preview_side: int, up,
+           default_side: int) -> None:
     """The panel, the training frustums and the per-client render loops of :func:`serve`."""
     server.scene.set_up_direction(tuple(float(x) for x in up))
 
     output = server.gui.add_dropdown("output", renderer.outputs, initial_value="colour")
     phrase = server.gui.add_text("text query", initial_value="", visible=bool(renderer.text_teachers),
                                  hint="a phrase; shown with a 'text: ...' output")
-    resolution = server.gui.add_slider("resolution", min=16, max=max(4096, int(max_side)), step=16,
-                                       initial_value=int(max_side))
+    resolution = server.gui.add_slider("resolution", min=16, max=slider_limit(default_side, max_side), step=16,
+                                       initial_value=int(max_side),
+                                       hint=f"longer side of the picture at rest; above {default_side} px "
+                                            "(this device's default) frames get slow")
     home = server.gui.add_button("first training view")
+    cameras = server.gui.add_checkbox("training cameras", initial_value=True,
+                                      hint="draw the training views' frustums (click one to go there)")
     clear = server.gui.add_button("clear SAM prompt", visible=renderer.prompt_teacher is not None)
     show = server.gui.add_dropdown("show", SHOW, initial_value=SHOW[0], visible=False,
                                    hint="the latest cut-out alone, or the scene without it")
@@ -90,32 +140,72 @@ def _build(server, renderer: ViewRenderer, train: Cameras, max_side: int, previe
     def set_status(line: str) -> None:
         status.content = line
 
+    pivots = orbit_pivots(train).numpy()
+    up_direction = tuple(float(x) for x in up)
+
     def move_to(client, index: int) -> None:
-        wxyz, position, fov_y = camera_pose(train, index)
+        """Put the tab's camera at training view ``index``, orbiting around the scene in front of it (viser's
+        setters: the position moves ``look_at`` along, and ``look_at`` with ``up_direction`` fix the rotation)."""
+        _, position, fov_y = camera_pose(train, index)
         with client.atomic():
             client.camera.fov = fov_y
-            client.camera.wxyz = wxyz
             client.camera.position = position
+            client.camera.look_at = pivots[index]
+            client.camera.up_direction = up_direction
 
     scale = frustum_scale(train)
-    for i in range(len(train)):
-        wxyz, position, fov_y = camera_pose(train, i)
-        aspect = float(train.width[i] / train.height[i])
-        frustum = server.scene.add_camera_frustum(f"/train/{i:04d}", fov=fov_y, aspect=aspect, scale=scale, wxyz=wxyz,
-                                                  position=position, color=(90, 90, 200))
-        frustum.on_click(lambda event, i=i: move_to(event.client, i))
+    centres = train.centers.numpy()
+    frustums: dict[int, list] = {}  # client id -> its frustums (each tab hides the ones its camera is in)
+
+    def add_frustums(client) -> list:
+        handles = []
+        for i in range(len(train)):
+            wxyz, position, fov_y = camera_pose(train, i)
+            aspect = float(train.width[i] / train.height[i])
+            # thickness in screen pixels: in world units (viser's default) a frustum next to the camera
+            # covers the view with thick bands
+            frustum = client.scene.add_camera_frustum(
+                f"/train/{i:04d}", fov=fov_y, aspect=aspect, scale=scale, wxyz=wxyz, position=position,
+                color=(90, 90, 200), thickness=1.5, thickness_units="screen", visible=cameras.value)
+            frustum.on_click(lambda event, i=i: move_to(event.client, i))
+            handles.append(frustum)
+        return handles
+
+    def update_frustums(client) -> None:
+        """Hide the frustums the tab's camera stands in or next to; show the others (if shown at all)."""
+        handles = frustums.get(client.client_id)
+        if not handles:
+            return
+        near = hidden_frustums(centres, client.camera.position, scale)
+        for i, handle in enumerate(handles):
+            visible = bool(cameras.value) and not near[i]
+            if handle.visible != visible:
+                handle.visible = visible
+
+    @cameras.on_update
+    def _toggle_frustums(_event) -> None:
+        for client in server.get_clients().values():
+            update_frustums(client)
 
     @server.on_client_connect
     def _connect(client) -> None:
         move_to(client, 0)
+        frustums[client.client_id] = add_frustums(client)
         view = ClientView(client, renderer, settings, preview_side=preview_side, on_status=set_status)
         view.show = show.value
         views[client.client_id] = view
-        client.camera.on_update(lambda _camera: view.request())
+
+        def moved(_camera) -> None:
+            update_frustums(client)
+            view.request()
+
+        client.camera.on_update(moved)
+        update_frustums(client)
         view.request()
 
     @server.on_client_disconnect
     def _disconnect(client) -> None:
+        frustums.pop(client.client_id, None)
         view = views.pop(client.client_id, None)
         if view is not None:
             view.stop()
@@ -124,8 +214,16 @@ def _build(server, renderer: ViewRenderer, train: Cameras, max_side: int, previe
         for view in list(views.values()):
             view.request()
 
-    for handle in (output, phrase, resolution):
+    for handle in (output, phrase):
         handle.on_update(rerender)
+
+    @resolution.on_update
+    def _resolution(_event) -> None:
+        line = resolution_warning(int(resolution.value), default_side,
+                                  [v.seconds_per_pixel for v in views.values() if v.seconds_per_pixel])
+        if line:
+            set_status(line)
+        rerender()
 
     @show.on_update
     def _show(event) -> None:
