@@ -98,3 +98,35 @@ def test_splat_subset_renders_only_the_selection():
     assert subset_field(field, pts, keep).num_gaussians == int(keep.sum())
     assert only.alpha[:, :8].max() < 0.05 and only.alpha[:, 16:].mean() > 0.1
     assert deleted.alpha[:, 16:].mean() < ref.alpha[:, 16:].mean()
+
+
+def test_an_object_is_cut_out_whole_from_views_around_it():
+    """One view's mask leaves the object's back and inside behind; views spread around it complete it."""
+    from featurefield.query.selection import spread_views
+
+    field = two_spheres()
+    cams = ring_cameras(8, size=40)
+    surface = field.points_with_features(None)
+    centres = field.centers[surface["sphere"]]
+    inner = centres + 0.5 * (surface["xyz"] - centres)  # inside the spheres: no view ever sees these
+    points = {"xyz": torch.cat([surface["xyz"], inner]), "sphere": torch.cat([surface["sphere"], surface["sphere"]])}
+    points["ids"] = torch.arange(len(points["xyz"]))
+    target = points["sphere"] == 1
+    masks = [field.render(cams[i], features=False).extras["hit"] == 1 for i in range(len(cams))]
+    one, _ = lift_masks(field, cams[[0]], masks[:1], points=points)
+    assert one.keep[target].float().mean() < 0.5  # from one view: the front of the sphere only
+    views = spread_views(cams, field.centers[1], 3, start=cams.centers[0])
+    assert len(views) == 3 and views[0] in (3, 4, 5)  # first the view across from the one clicked in
+    sel, _ = lift_masks(field, [cams[[0]], *(cams[[i]] for i in views)], [masks[0], *(masks[i] for i in views)],
+                        points=points)
+    assert sel.keep[target].float().mean() > 0.9  # front, back and inside
+    assert sel.keep[~target].float().mean() < 0.03  # and not the other sphere
+
+
+def test_spread_views_skips_cameras_that_do_not_frame_the_point():
+    from featurefield.query.selection import spread_views
+
+    cams = ring_cameras(6, size=32)
+    assert sorted(spread_views(cams, torch.zeros(3), 10)) == list(range(6))
+    assert spread_views(cams, torch.tensor([0.0, 0.0, 50.0]), 3) == []  # far above every camera: framed by none
+    assert len(set(spread_views(cams, torch.zeros(3), 3))) == 3

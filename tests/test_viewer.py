@@ -178,14 +178,16 @@ def test_a_browser_camera_over_the_websocket_gets_rendered(run, monkeypatch):
 class DiskDecoder:
     """A stand-in for SAM's prompt decoder: a disk of ``radius`` pixels around the first point; records the points."""
 
-    def __init__(self, radius: float = 3.0):
-        self.points, self.radius = [], radius
+    def __init__(self, radius: float = 3.0, per_width: int | None = None):
+        """``per_width``: the radius is for images that wide, and scales with the image (an object's mask does)."""
+        self.points, self.radius, self.per_width = [], radius, per_width
 
     def predict(self, embedding, image_size, points=None, labels=None, box=None):
         self.points.append(points.clone())
         H, W = image_size
+        radius = self.radius * (W / self.per_width if self.per_width else 1)
         v, u = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
-        return (u - points[0, 0]) ** 2 + (v - points[0, 1]) ** 2 <= self.radius**2, 1.0
+        return (u - points[0, 0]) ** 2 + (v - points[0, 1]) ** 2 <= radius**2, 1.0
 
 
 def test_a_click_prompts_sam_at_the_same_3d_point_from_another_view(run):
@@ -230,7 +232,8 @@ def test_the_clicked_object_is_cut_out_in_3d(run, tmp_path):
 
     from featurefield.query.selection import project_points
 
-    renderer = ViewRenderer(run, decoder=DiskDecoder(radius=15), prompt_teacher="toycolour")
+    decoder = DiskDecoder(radius=15, per_width=96)
+    renderer = ViewRenderer(run, decoder=decoder, prompt_teacher="toycolour")
     client = FakeClient(run)
     view = client.watch(renderer, lambda: ("prompt: toycolour", "", 96), 96)
     try:
@@ -239,8 +242,10 @@ def test_the_clicked_object_is_cut_out_in_3d(run, tmp_path):
         client.wait_for(1)
         assert view.click(0.5, 0.6)
         client.settle(2)
+        prompted = len(decoder.points)
         cut = view.extract(tmp_path)
         path, xyz = cut.path, cut.xyz
+        assert len(decoder.points) - prompted >= 3  # SAM prompted at the view and at training views around the point
         assert any("points written" in line for line in client.lines)
         # the cut-out alone, and the scene without it: the Gaussians it holds, and all the others
         kept = int(cut.keep.sum())
@@ -264,7 +269,8 @@ def test_the_clicked_object_is_cut_out_in_3d(run, tmp_path):
     camera, _ = view._last
     uv, _, inside = project_points(xyz, camera.to("cpu"))
     centre = torch.tensor([0.5 * 96, 0.6 * 72])
-    assert inside.all() and ((uv - centre).norm(dim=-1) <= 15.5).all()  # all within the disk the decoder drew
+    # within the disk the decoder drew, but for a few points of the other views' hull just outside it
+    assert inside.all() and ((uv - centre).norm(dim=-1) <= 15.5).float().mean() > 0.9
     world = PlyData.read(str(path))["vertex"]
     assert len(world["x"]) == len(xyz)
     expected = run.normalization.to_world(xyz)

@@ -7,7 +7,11 @@ is not behind the field's rendered surface depth at that pixel by more than
 its pixel is in the view's mask.
 Across several views, a point is selected when it is inside in at least ``min_votes`` views and in
 at least ``min_ratio`` of the views where it is visible (views that cannot see it do not count
-against it).
+against it). A point no view sees (inside an object, or behind it from every view) is selected when
+it lies in the masks' visual hull: inside the masks of at least two views and of 3/4 of the views
+whose image it falls in. One view cannot cut an object out whole: its back and inside are hidden
+there, and stay behind when the selection is deleted; :func:`spread_views` picks further views that
+see a clicked point from around it, whose masks (SAM prompted with the same 3D point) complete it.
 
 Operations: :func:`extract_points` / :func:`delete_points` on the point dict, and
 :func:`subset_field` / :func:`render_selection` for fields that can keep a subset of their primitives
@@ -110,19 +114,54 @@ class Selection:
         return int(self.keep.sum())
 
 
-def vote(inside: Sequence[Tensor], visible: Sequence[Tensor], min_votes: int = 1, min_ratio: float = 0.5) -> Selection:
-    """Combine per-view ``inside``/``visible`` ``[M]`` bool tensors into a :class:`Selection`."""
+def vote(inside: Sequence[Tensor], visible: Sequence[Tensor], min_votes: int = 1, min_ratio: float = 0.5,
+         hull: Sequence[Tensor] | None = None, framed: Sequence[Tensor] | None = None) -> Selection:
+    """Combine per-view ``inside``/``visible`` ``[M]`` bool tensors into a :class:`Selection`.
+
+    ``hull``/``framed``: per view, ``[M]`` bool "projects into the mask" and "projects into the image",
+    occlusion ignored; with them, a point no view sees is kept when it is in the masks of at least two
+    views and of 3/4 of the views that frame it (the masks' visual hull).
+    """
     votes = torch.stack([x.long() for x in inside]).sum(0)
     seen = torch.stack([x.long() for x in visible]).sum(0)
     keep = (votes >= max(1, min_votes)) & (votes.float() >= min_ratio * seen.float())
+    if hull is not None and framed is not None:
+        in_hull = torch.stack([x.long() for x in hull]).sum(0)
+        frames = torch.stack([x.long() for x in framed]).sum(0)
+        # 3/4 rather than all: another object may hide part of this one in a view, and so its mask
+        keep |= (seen == 0) & (in_hull >= 2) & (in_hull.float() >= 0.75 * frames.float())
     return Selection(keep, votes, seen)
 
 
+def spread_views(cameras: Cameras, xyz: Tensor, count: int, start: Tensor | None = None) -> list[int]:
+    """Up to ``count`` of ``cameras`` whose image frames the point ``xyz`` ``[3]``, seeing it from directions
+    as different as possible (farthest-point sampling of the directions point -> camera, starting from the
+    one farthest from ``start`` ``[3]``, a camera centre that already has a view, when given)."""
+    candidates = [i for i in range(len(cameras)) if bool(project_points(xyz[None], cameras[i])[2][0])]
+    if not candidates:
+        return []
+    directions = cameras.centers[candidates].float().cpu() - xyz.float().cpu()[None]
+    directions = directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+    if start is not None:
+        first = (start.float().cpu() - xyz.float().cpu())
+        nearest = directions @ (first / first.norm().clamp_min(1e-9))
+    else:
+        nearest = torch.full((len(candidates),), -2.0)
+    chosen: list[int] = []
+    while len(chosen) < min(count, len(candidates)):
+        k = int(nearest.argmin())  # the direction least like any chosen so far (cosine)
+        chosen.append(candidates[k])
+        nearest = torch.maximum(nearest, directions @ directions[k])
+        nearest[k] = 2.0
+    return chosen
+
+
 @torch.no_grad()
-def lift_masks(field: FeatureField, cameras: Cameras, masks: Sequence[Tensor], points: dict[str, Tensor] | None = None,
+def lift_masks(field: FeatureField, cameras: Cameras | Sequence[Cameras], masks: Sequence[Tensor], points: dict[str, Tensor] | None = None,
                min_votes: int = 1, min_ratio: float = 0.5, occlusion: bool = True, rel_tol: float = 0.03,
                abs_tol: float = 0.01, max_points: int = 1_000_000) -> tuple[Selection, dict[str, Tensor]]:
-    """Lift masks ``[H, W]`` at ``cameras`` (one per mask, canonical frame) to a 3D selection.
+    """Lift masks ``[H, W]`` at ``cameras`` (one per mask, canonical frame; or a list of one-camera
+    :class:`Cameras` of different sizes) to a 3D selection.
 
     Args:
         points: the field's points (default: ``field.points_with_features(None)``).
@@ -134,14 +173,18 @@ def lift_masks(field: FeatureField, cameras: Cameras, masks: Sequence[Tensor], p
         raise ValueError(f"{len(masks)} masks for {len(cameras)} cameras")
     if points is None:
         points = field.points_with_features(None, max_points=max_points)
-    inside, visible = [], []
+    inside, visible, hull, framed = [], [], [], []
     for k, mask in enumerate(masks):
         cam = cameras[k]
         depth = surface_depth(field.render(cam, features=False)) if occlusion else None
         i, v = points_in_mask(points["xyz"], cam, mask, depth, rel_tol, abs_tol)
         inside.append(i)
         visible.append(v)
-    return vote(inside, visible, min_votes, min_ratio), points
+        if occlusion:
+            h, f = points_in_mask(points["xyz"], cam, mask, None)
+            hull.append(h)
+            framed.append(f)
+    return vote(inside, visible, min_votes, min_ratio, hull or None, framed or None), points
 
 
 def extract_points(points: dict[str, Tensor], keep: Tensor) -> dict[str, Tensor]:

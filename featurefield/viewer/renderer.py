@@ -12,6 +12,7 @@ import torch
 from featurefield.cameras import Cameras
 from featurefield.errors import FeatureFieldError
 from featurefield.run import Run
+from featurefield.viewer.cameras import sized
 
 #: outputs every run has; teacher outputs are "features: NAME", "text: NAME" and "prompt: NAME"
 BASE_OUTPUTS = ("colour", "depth", "opacity")
@@ -151,10 +152,15 @@ class ViewRenderer:
         return prompt_mask(self.decoder(), feats, (H, W), points=uv[seen].cpu())[0], r
 
     @torch.no_grad()
-    def extract(self, camera: Cameras, prompt: torch.Tensor, path: Path) -> CutOut | None:
-        """Cut out in 3D what SAM selects for ``prompt`` at ``camera``: the field's points inside the mask and
-        visible there, written to ``path`` as a PLY in the scene's world frame; None when nothing is."""
-        from featurefield.query.selection import export_cutout, lift_masks
+    def extract(self, camera: Cameras, prompt: torch.Tensor, path: Path, views: int = 6) -> CutOut | None:
+        """Cut out in 3D what SAM selects for ``prompt`` at ``camera``, written to ``path`` as a PLY in the
+        scene's world frame; None when nothing is.
+
+        SAM is prompted with the same 3D point at up to ``views`` training views that see it from around
+        it (:func:`~featurefield.query.selection.spread_views`), and the masks are lifted together
+        (:func:`~featurefield.query.selection.lift_masks`): from ``camera`` alone, the object's back and
+        inside are hidden and would stay in the scene when the cut-out is deleted."""
+        from featurefield.query.selection import export_cutout, lift_masks, spread_views
 
         if self.prompt_teacher is None:
             raise FeatureFieldError(f"{self.run.path}: SAM prompts need a run trained with the sam teacher")
@@ -163,7 +169,17 @@ class ViewRenderer:
             mask, _ = self._prompt_mask(camera, self.prompt_teacher, prompt)
             if mask is None or not mask.any():
                 return None
-            selection, points = lift_masks(self.run.field, camera, [mask.to(self.run.device)])
+            cams, masks = [camera], [mask.to(self.run.device)]
+            if views > 0:
+                train = self.run.cameras("train").to(self.run.device)
+                side = max(int(camera.width[0]), int(camera.height[0]))
+                for i in spread_views(train, prompt[0], views, start=camera.centers[0]):
+                    other = sized(train[[i]], min(side, max(int(train.width[i]), int(train.height[i]))))
+                    other_mask, _ = self._prompt_mask(other, self.prompt_teacher, prompt)
+                    if other_mask is not None:  # None: the point is hidden there
+                        cams.append(other)
+                        masks.append(other_mask.to(self.run.device))
+            selection, points = lift_masks(self.run.field, cams, masks)
         if not selection.keep.any():
             return None
         return CutOut(points, selection.keep, export_cutout(self.run.field, path, points, selection.keep,
