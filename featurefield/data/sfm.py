@@ -31,9 +31,9 @@ SFM_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
 def _photos(photos: Path) -> list[Path]:
     if not photos.exists():
-        raise FeatureFieldError(f"{photos}: no such folder; give a folder of photos")
+        raise FeatureFieldError(f"{photos}: no such folder; give a folder of photos, a video or a folder of videos")
     if not photos.is_dir():
-        raise FeatureFieldError(f"{photos}: not a folder; give a folder of photos")
+        raise FeatureFieldError(f"{photos}: neither a folder of photos nor a video (.mp4, .mov, .m4v, .avi, .mkv, .webm, .mts)")
     files = [p for p in list_photos(photos) if p.suffix.lower() in SFM_SUFFIXES]
     if not files:
         raise FeatureFieldError(f"{photos}: the folder holds no photos (.jpg, .png, .tif, .bmp)")
@@ -173,6 +173,27 @@ def run_sfm(
         "registered": len(names), "total": len(files), "points": best.num_points3D(),
         "model": output / "sparse" / "0", "images": output / "images", "registered_names": names,
     }
+
+
+def run_video_sfm(videos: list[Path], output: Path, num_frames: int = 150, matcher: Literal["exhaustive", "sequential"] = "sequential",
+                  max_image_size: int = 1600, camera_model: str = "SIMPLE_RADIAL", overwrite: bool = False,
+                  num_threads: int = -1, on_stage: Callable[[str, int, int], None] | None = None) -> dict:
+    """:func:`run_sfm` on about ``num_frames`` sharp frames of ``videos``
+    (:func:`~featurefield.data.video.sample_video_frames`; one camera per video size). Sequential matching
+    by default: consecutive frames overlap. Returns :func:`run_sfm`'s dict plus ``"frames"`` (a
+    :class:`~featurefield.data.video.VideoFrames`)."""
+    from featurefield.data.video import sample_video_frames
+
+    output = Path(output)
+    for name in ("images", "sparse"):  # said before minutes of decoding, not after
+        if (output / name).exists() and not overwrite:
+            raise FeatureFieldError(f"{output / name}: already exists; choose a new OUTPUT folder or pass --overwrite")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".featurefield-frames-", dir=output.parent) as frames_dir:
+        frames = sample_video_frames(videos, Path(frames_dir), target=num_frames, on_stage=on_stage)
+        result = run_sfm(Path(frames_dir), output, matcher=matcher, max_image_size=max_image_size,
+                         camera_model=camera_model, overwrite=overwrite, num_threads=num_threads, on_stage=on_stage)
+    return {**result, "frames": frames}
 
 
 def align_similarity(src: Tensor, dst: Tensor) -> tuple[float, Tensor, Tensor, Tensor]:

@@ -1,0 +1,94 @@
+"""process-images on videos: frames sampled evenly, the sharpest of each stretch kept, blurred stretches dropped."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from featurefield.cli import main
+from featurefield.data.video import list_videos, sample_video_frames, sharpness
+from featurefield.errors import FeatureFieldError
+
+
+def _blur(image: np.ndarray, width: int) -> np.ndarray:
+    c = np.cumsum(np.pad(image.astype(np.float32), ((0, 0), (width // 2 + 1, width // 2), (0, 0)), mode="edge"), axis=1)
+    return ((c[:, width:] - c[:, :-width]) / width).astype(np.uint8)
+
+
+def _write_video(path, frames, fps=30):
+    import imageio_ffmpeg
+
+    H, W = frames[0].shape[:2]
+    writer = imageio_ffmpeg.write_frames(str(path), (W, H), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+                                         quality=10, macro_block_size=8, ffmpeg_log_level="error")
+    writer.send(None)
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def shaky_video(tmp_path_factory):
+    """60 frames (2 s), 6 stretches of 10: in each one frame is sharp (index 10 k + 3 + k % 4), the others
+    blurred; stretch 4 is blurred all through."""
+    rng = np.random.default_rng(0)
+    texture = (rng.random((96, 400, 3)) * 255).astype(np.uint8)
+    texture = _blur(texture.transpose(1, 0, 2), 3).transpose(1, 0, 2)  # some smoothness, like a photo
+    frames, sharp = [], []
+    for i in range(60):
+        frame = texture[:, 2 * i: 2 * i + 128]
+        k = i // 10
+        if i == 10 * k + 3 + k % 4 and k != 4:
+            sharp.append(i)
+        else:
+            frame = _blur(frame, 9 if k != 4 else 25)
+        frames.append(frame)
+    return _write_video(tmp_path_factory.mktemp("video") / "shaky.mp4", frames), sharp
+
+
+def test_sharpness_falls_with_blur():
+    rng = np.random.default_rng(1)
+    image = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
+    scores = [sharpness(_blur(image, w)[..., 1]) if w > 1 else sharpness(image[..., 1]) for w in (1, 3, 7, 15)]
+    assert scores == sorted(scores, reverse=True) and scores[-1] < 0.1 * scores[0]
+
+
+def test_the_sharpest_frame_of_each_stretch_is_kept(shaky_video, tmp_path):
+    video, sharp = shaky_video
+    stages = []
+    frames = sample_video_frames([video], tmp_path / "frames", target=6, on_stage=lambda *a: stages.append(a))
+    kept = [int(p.stem.split("_")[-1]) for p in frames.paths]
+    assert frames.decoded == 60 and kept == sharp  # the blurred-through stretch 4 is dropped
+    assert frames.dropped_blurry == 1
+    assert all(p.name.startswith("shaky_") and p.suffix == ".jpg" for p in frames.paths)
+    assert {s for s, _, _ in stages} == {"decode", "write"} and stages[-1] == ("write", 5, 5)
+    from PIL import Image
+
+    assert Image.open(frames.paths[0]).size == (128, 96)
+
+
+def test_a_folder_of_videos_shares_the_frames(shaky_video, tmp_path):
+    video, _ = shaky_video
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in ("a.mp4", "b.MOV"):
+        (folder / name).write_bytes(video.read_bytes())
+    (folder / "notes.txt").write_text("not a video")
+    assert [p.name for p in list_videos(folder)] == ["a.mp4", "b.MOV"]
+    assert list_videos(folder / "notes.txt") == [] and list_videos(video) == [video]
+    frames = sample_video_frames(list_videos(folder), tmp_path / "frames", target=12)
+    assert sorted({p.stem.split("_")[0] for p in frames.paths}) == ["a", "b"] and len(frames.paths) == 10
+
+
+def test_video_errors_are_one_line(tmp_path, capsys):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not really a video")
+    with pytest.raises(FeatureFieldError, match="broken.mp4"):
+        sample_video_frames([broken], tmp_path / "frames")
+    assert main(["process-images", str(broken), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "broken.mp4" in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(FeatureFieldError, match="at least 2"):
+        sample_video_frames([broken], tmp_path / "frames", target=1)
