@@ -311,6 +311,7 @@ class Trainer:
         """Log the step's numbers to ``metrics.jsonl``; returns the progress line's text."""
         last = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in losses.items()}
         last.update({k: float(v) for k, v in fld.stats().items()})
+        self._last_logged = last
         rate = (done - start) / max(time.perf_counter() - self._t_loop, 1e-9)
         self._log({"step": done, **last, "it_per_s": rate})
         info = f"loss {last['loss']:.4f}"
@@ -330,7 +331,11 @@ class Trainer:
                    TextColumn("{task.fields[info]}"), TimeRemainingColumn()]
         self._t_loop = time.perf_counter()
         done = start
-        with StopRequest() as stop, Progress(*columns, console=self.console, disable=not self.config.progress,
+        self._last_logged: dict = {}
+        # piped to a file, a live bar prints nothing until the end: plain lines instead, every tenth of the run
+        plain = self.config.progress and not self.console.is_terminal
+        plain_every = max(1, (self.steps - start) // 10)
+        with StopRequest() as stop, Progress(*columns, console=self.console, disable=not self.config.progress or plain,
                                              transient=False) as bar:
             task = bar.add_task(f"train {self.kind}", total=self.steps, completed=start, info="")
             nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
@@ -356,6 +361,10 @@ class Trainer:
                 if checkpoint_now or stop:
                     self.save_checkpoint(fld, done, generator)
                 bar.update(task, completed=done)
+                if plain and ((done - start) % plain_every == 0 or done == self.steps):
+                    line = _plain_progress_line(self.kind, done, self.steps, start, time.perf_counter() - self._t_loop,
+                                                self._last_logged)
+                    self.console.print(line, highlight=False, soft_wrap=True)
                 if stop:
                     break
         if stop:  # also after the last step: the final evaluation is left to --resume
@@ -406,6 +415,22 @@ class Trainer:
         summary = self._finish(fld, start, generator)
         self.field = fld
         return summary
+
+
+def _plain_progress_line(kind: str, done: int, total: int, start: int, seconds: float, last: dict) -> str:
+    """``train splat: step 52/520 (10%)  loss 0.1234  psnr 21.05  3.1 it/s  about 2 min 31 s left``."""
+    rate = (done - start) / max(seconds, 1e-9)
+    line = f"train {kind}: step {done}/{total} ({100 * done // max(total, 1)}%)"
+    if "loss" in last:
+        line += f"  loss {last['loss']:.4f}"
+    if "psnr" in last:
+        line += f"  psnr {last['psnr']:.2f}"
+    line += f"  {rate:.1f} it/s"
+    if done < total:
+        left = int(round((total - done) / max(rate, 1e-9)))
+        line += f"  about {left // 60} min {left % 60} s left" if left >= 60 else f"  about {left} s left"
+    return line
+
 
 
 def train(scene: str | Path | Scene, output: str | Path, *, field: str = "splat",

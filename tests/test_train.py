@@ -374,3 +374,23 @@ def test_a_field_backend_plugs_in_through_an_entry_point(tmp_path, monkeypatch, 
         main(["train", "--help"])
     assert "toy blobs" in capsys.readouterr().out
     monkeypatch.setattr(registry, "_PLUGINS", None)  # forget the plug-in for the other tests
+def test_training_piped_to_a_file_reports_progress_as_it_goes(tmp_path):
+    """Through a pipe (not a terminal), plain progress lines, each flushed as the run passes a tenth."""
+    proc = subprocess.Popen(_train_cmd(tmp_path / "run", 20, ["--checkpoint-every", "20"]), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"})
+    lines = []
+    for line in proc.stdout:
+        lines.append((time.perf_counter(), line.rstrip()))
+    assert proc.wait(timeout=300) == 0
+    steps = [text for _, text in lines if text.startswith("train splat: step ")]
+    assert [s.split()[3] for s in steps] == [f"{k}/20" for k in range(2, 21, 2)]
+    assert "left" in steps[0] and "it/s" in steps[0] and "left" not in steps[-1]
+    first, final = next(t for t, text in lines if text == steps[0]), lines[-1][0]
+    assert first < final  # printed while training, not all at the end
+
+
+def test_plain_progress_line_reads_as_words():
+    from featurefield.train import _plain_progress_line
+
+    line = _plain_progress_line("splat", 52, 520, 0, 10.0, {"loss": 0.12345, "psnr": 21.049})
+    assert line == "train splat: step 52/520 (10%)  loss 0.1235  psnr 21.05  5.2 it/s  about 1 min 30 s left"
