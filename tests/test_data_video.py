@@ -92,3 +92,28 @@ def test_video_errors_are_one_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     with pytest.raises(FeatureFieldError, match="at least 2"):
         sample_video_frames([broken], tmp_path / "frames", target=1)
+
+
+@pytest.mark.slow
+def test_a_video_becomes_a_colmap_scene(beer_dir, tmp_path, capsys):
+    """Ten beer photos as a 2 s clip (each held 6 frames, the passages between them motion-blurred):
+    `featurefield process-images CLIP OUT` keeps one sharp frame per photo and registers them all."""
+    from PIL import Image
+
+    from featurefield.data import load_scene
+
+    frames = []
+    for i in range(10):
+        im = Image.open(beer_dir / "images" / f"{i:04d}.jpg")
+        im.thumbnail((640, 640))
+        sharp = np.asarray(im)[: im.height // 8 * 8, : im.width // 8 * 8]
+        frames += [_blur(sharp, 15), _blur(sharp, 7), sharp, _blur(sharp, 5), _blur(sharp, 9), _blur(sharp, 15)]
+    clip = _write_video(tmp_path / "clip.mp4", frames)
+    out = tmp_path / "scene"
+    assert main(["process-images", str(clip), str(out), "--num-frames", "10", "--max-image-size", "640"]) == 0
+    printed = capsys.readouterr().out
+    assert "60 frames read, 10 kept" in printed and "registered 10 of 10 images" in printed
+    names = sorted(p.name for p in (out / "images").iterdir())
+    assert names == [f"clip_{6 * i + 2:06d}.jpg" for i in range(10)]  # the sharp frame of each photo
+    assert len(load_scene(out).cameras) == 10
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".featurefield")]  # frames folder removed

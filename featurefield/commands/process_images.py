@@ -1,4 +1,4 @@
-"""``featurefield process-images``: camera poses of plain photos with COLMAP, written as a scene folder."""
+"""``featurefield process-images``: camera poses of plain photos, or of a video's frames, with COLMAP, written as a scene folder."""
 
 from __future__ import annotations
 
@@ -7,35 +7,44 @@ from typing import Annotated, Literal
 
 import tyro
 
-from featurefield.data.sfm import run_sfm
+from featurefield.data.sfm import run_sfm, run_video_sfm
 
 
 def process_images_command(
     photos: Annotated[Path, tyro.conf.arg(metavar="PHOTOS")],
     output: Annotated[Path, tyro.conf.arg(metavar="OUTPUT")],
     /,
-    matcher: Literal["exhaustive", "sequential"] = "exhaustive",
+    matcher: Literal["auto", "exhaustive", "sequential"] = "auto",
     max_image_size: int = 1600,
     camera_model: str = "SIMPLE_RADIAL",
+    num_frames: int = 150,
     overwrite: bool = False,
 ) -> int:
-    """Recover camera poses of plain photos with COLMAP (pycolmap) and write a scene folder.
+    """Recover camera poses of plain photos, or of a video's frames, with COLMAP (pycolmap) and write a scene folder.
 
     Args:
-        photos: folder of photos of one scene.
-        output: folder to write (``images/`` and the COLMAP model ``sparse/0``).
-        matcher: exhaustive (all pairs, up to a few hundred photos) or sequential (video frames).
+        photos: folder of photos of one scene, or a video file, or a folder of videos.
+        output: folder to write (images/ and the COLMAP model sparse/0).
+        matcher: auto (sequential for videos, exhaustive for photos), exhaustive (all pairs, up to a few
+            hundred photos) or sequential (consecutive frames).
         max_image_size: longest side, in pixels, used for feature extraction.
         camera_model: COLMAP camera model (SIMPLE_RADIAL, OPENCV, PINHOLE, ...).
+        num_frames: for videos: frames kept, sampled evenly, the sharpest of each stretch.
         overwrite: replace an existing OUTPUT/images and OUTPUT/sparse.
     """
     import pycolmap
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from featurefield.data.video import list_videos
+
+    videos = list_videos(photos)
+    if matcher == "auto":
+        matcher = "sequential" if videos else "exhaustive"
     console = Console(stderr=True)
     pycolmap.logging.minloglevel = 2  # keep COLMAP's own log quiet; rich shows progress
-    labels = {"copy": "copy photos", "extract": "extract features", "match": f"match ({matcher})",
+    labels = {"decode": "read the video (frames)", "write": "keep the sharpest frames",
+              "copy": "copy photos", "extract": "extract features", "match": f"match ({matcher})",
               "map": "incremental mapping (images registered)"}
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
@@ -46,8 +55,16 @@ def process_images_command(
                 tasks[stage] = progress.add_task(labels.get(stage, stage), total=total)
             progress.update(tasks[stage], completed=done, total=total)
 
-        result = run_sfm(photos, output, matcher=matcher, max_image_size=max_image_size,
-                         camera_model=camera_model, overwrite=overwrite, on_stage=on_stage)
+        options = dict(matcher=matcher, max_image_size=max_image_size, camera_model=camera_model,
+                       overwrite=overwrite, on_stage=on_stage)
+        if videos:
+            result = run_video_sfm(videos, output, num_frames=num_frames, **options)
+        else:
+            result = run_sfm(photos, output, **options)
+    if videos:
+        frames = result["frames"]
+        print(f"{len(videos)} video(s): {frames.decoded} frames read, {len(frames.paths)} kept "
+              f"({frames.dropped_blurry} stretches dropped as blurred)")
     print(f"registered {result['registered']} of {result['total']} images, {result['points']} points; "
           f"scene written to {output} (load it with `featurefield inspect {output}`)")
     return 0
