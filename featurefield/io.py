@@ -12,6 +12,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,22 @@ from typing import Any
 import torch
 
 from featurefield.errors import FeatureFieldError
+
+
+_umask_lock = threading.Lock()
+
+
+def default_mode() -> int:
+    """The permission bits ``open()`` gives a new file: ``0o666`` less the umask (``0o644`` under ``022``)."""
+    with _umask_lock:  # the umask can only be read by setting it; put it straight back
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
+def share(path: str | Path) -> None:
+    """Give ``path`` (a fresh temporary file) the mode of a plainly written file (:func:`default_mode`)."""
+    os.chmod(path, default_mode())
 
 
 @contextlib.contextmanager
@@ -34,7 +51,7 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(name)
     try:
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; outputs are meant to be shared
+        share(tmp)  # mkstemp makes owner-only (0600) files; renamed, they would keep that
         yield tmp
         os.replace(tmp, path)
     finally:
