@@ -512,3 +512,21 @@ def test_the_resolution_slider_warns_above_the_device_default():
     line = resolution_warning(640, 320, [1e-5])
     assert line.startswith("warning: 640 px is above") and "about 3.1 s" in line  # 640 x 480 px at 10 us each
     assert "take about" not in resolution_warning(640, 320, [])
+
+
+def test_the_viewer_loads_no_teacher_model_to_show_colour(run, monkeypatch):
+    from featurefield.teachers import base
+
+    assert base.teacher_has_text("sam") is False and base.teacher_has_text("clip") is True
+    for name in run.teacher_names:  # the toy teachers describe themselves, as the built-in ones do
+        monkeypatch.setattr(base._REGISTRY[name], "describe", lambda name=name: {"has_text": name == "toytext"},
+                            raising=False)
+
+    def no_model(name):
+        raise AssertionError(f"teacher {name!r} was loaded")
+
+    monkeypatch.setattr(run, "teacher", no_model)
+    renderer = ViewRenderer(run)
+    assert renderer.text_teachers == ["toytext"]
+    picture, _ = renderer.render(run.cameras("test")[0], "colour")
+    assert picture.ndim == 3

@@ -176,6 +176,19 @@ def takes_weights_folder(name: str) -> bool:
     return name in registered() and teacher_class(name).weights_folder
 
 
+def teacher_has_text(name: str) -> bool | None:
+    """Whether teacher ``name`` encodes text, asked without loading a model: its class's capability, or a
+    factory function's ``describe()``; None where neither says (ask a built teacher then)."""
+    _load_all()
+    factory = _REGISTRY.get(name)
+    if isinstance(factory, type) and issubclass(factory, Teacher):
+        return bool(factory.has_text)
+    describe = getattr(factory, "describe", None)
+    if describe is None:
+        return None
+    return bool(describe().get("has_text", False))
+
+
 def create_teacher(name: str, **options) -> Teacher:
     """Build the teacher registered as ``name`` with ``options`` (e.g. ``weights=PATH``)."""
     _load_all()

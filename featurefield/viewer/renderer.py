@@ -56,6 +56,15 @@ class CutOut:
         return self.points["xyz"][self.keep.to(self.points["xyz"].device)].float().cpu()
 
 
+def _encodes_text(run: Run, teacher: str) -> bool:
+    """Whether a run's teacher encodes text, without loading its model where its factory says (the viewer
+    must not load SAM's image encoder to show colour)."""
+    from featurefield.teachers.base import teacher_has_text
+
+    known = teacher_has_text(teacher)
+    return run.teacher(teacher).has_text if known is None else known
+
+
 class ViewRenderer:
     """Renders one output of a run for a camera; thread-safe (renders take turns)."""
 
@@ -63,7 +72,7 @@ class ViewRenderer:
         """``decoder``: the prompt decoder (default: the prompt teacher's, loaded when first needed);
         ``prompt_teacher``: the teacher whose features it reads (default: the run's first with a prompt decoder)."""
         self.run = run
-        self.text_teachers = [t for t in run.teacher_names if run.teacher(t).has_text]
+        self.text_teachers = [t for t in run.teacher_names if _encodes_text(run, t)]
         prompting = run.prompt_teachers
         if prompt_teacher is None:
             self.prompt_teacher = prompting[0] if prompting else None

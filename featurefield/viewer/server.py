@@ -132,6 +132,7 @@ def _build(server, renderer: ViewRenderer, train: Cameras, max_side: int, previe
     server.gui.add_markdown("With a *prompt* output, click an object to prompt SAM.",
                             visible=renderer.prompt_teacher is not None)
     status = server.gui.add_markdown("")
+    last_cut = server.gui.add_markdown("", visible=False)  # stays put, unlike the status line
     views: dict[int, ClientView] = {}
 
     def settings() -> tuple[str, str, int]:
@@ -242,6 +243,11 @@ def _build(server, renderer: ViewRenderer, train: Cameras, max_side: int, previe
         if view is None:
             return
         cut = view.extract(renderer.run.path / "view")
+        if cut is not None:
+            files = ", ".join(str(f) for f in cut.files)
+            last_cut.content = f"last cut-out: {len(cut.xyz)} points in `{cut.path}`"
+            last_cut.visible = True
+            print(f"featurefield view: cut-out of {len(cut.xyz)} points written to {files}", flush=True)
         if cut is not None and not renderer.can_show_alone():  # a NeRF's cut-out: its points, over the render
             event.client.scene.add_point_cloud("/selection", points=cut.xyz.numpy(), colors=(255, 40, 40),
                                                point_size=0.01)
