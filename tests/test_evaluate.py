@@ -71,7 +71,7 @@ def test_eval_draws_the_lowest_psnr_views(demo_run, capsys):
     assert len(per_view) == 3
     worst = worst_views(data, 2)
     assert [v for v, _ in worst] == sorted(per_view, key=per_view.get)[:2]
-    assert "lowest PSNR" in out and f"#{worst[0][0]} " in out
+    assert "2 lowest PSNRs" in out and f"#{worst[0][0]}: " in out and "(3 views)" not in out  # the 2 asked for
     drawn = sorted((demo_run.path / "eval" / "worst").glob("view_*.png"))
     assert [p.name for p in drawn] == sorted(f"view_{v:04d}.png" for v, _ in worst)
     picture, db = view_picture(demo_run, worst[0][0])
@@ -199,3 +199,20 @@ def test_keypoints_find_their_own_features_in_another_view_and_another_run(demo_
     assert "missing_run" in err(["--keypoints", "1", "2", "--to-run", str(tmp_path / "missing_run")])
     assert "out of range" in err(["--keypoints", "1", "2", "--to-view", "99"])
     assert not (demo_run.path / "queries" / f"view_{test[0]:04d}" / "keypoints.json").exists()  # nothing half-written
+
+
+def test_an_lpips_that_cannot_run_is_said_in_one_line():
+    from featurefield.commands.eval import lpips_note, metrics_table
+
+    reason = "unavailable (alex ImageNet backbone weights not found at /x/alexnet.pth; put the torchvision checkpoint there)"
+    metrics = {"run": "r", "step": 1, "views": 2, "split": "test", "image": {"psnr": 20.0, "lpips": reason}}
+    note = lpips_note(metrics)
+    assert note.startswith("LPIPS not computed: alex ImageNet backbone weights not found at /x/alexnet.pth")
+    assert "\n" not in note and "unavailable (" not in note
+    assert lpips_note({"image": {"lpips": 0.1}}) is None and lpips_note({"image": {"lpips": "not computed"}}) is None
+    from rich.console import Console
+
+    console = Console(width=100, record=True)
+    console.print(metrics_table(metrics))
+    text = console.export_text()
+    assert "/x/alexnet.pth" not in text and "not computed" in text

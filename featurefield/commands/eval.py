@@ -11,8 +11,17 @@ from featurefield.io import atomic_write_json, jsonable
 from featurefield.run import load_run
 
 
-def metrics_table(metrics: dict):
-    """A rich Table of the headline numbers."""
+def lpips_note(metrics: dict) -> str | None:
+    """One line saying why LPIPS was not computed (None when it was, or was not asked for)."""
+    value = metrics.get("image", {}).get("lpips")
+    if not isinstance(value, str) or value == "not computed":
+        return None
+    reason = value.removeprefix("unavailable (").removesuffix(")")
+    return f"LPIPS not computed: {reason} (or pass --no-lpips)"
+
+
+def metrics_table(metrics: dict, worst: int = 3):
+    """A rich Table of the headline numbers; ``worst``: how many lowest-PSNR views to name."""
     from rich.table import Table
 
     def fmt(x):
@@ -24,11 +33,14 @@ def metrics_table(metrics: dict):
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in metrics["image"].items():
-        if not isinstance(v, dict):  # psnr_per_view stays in the JSON
+        if isinstance(v, str):  # e.g. LPIPS without its weights: one line after the table (lpips_note)
+            table.add_row(k.upper(), "not computed")
+        elif not isinstance(v, dict):  # psnr_per_view stays in the JSON
             table.add_row(k.upper(), fmt(v))
-    if len(metrics["image"].get("psnr_per_view", {})) > 1:
-        worst = worst_views(metrics, 3)
-        table.add_row(f"lowest PSNR ({len(worst)} views)", ", ".join(f"#{v} {p:.2f}" for v, p in worst))
+    if len(metrics["image"].get("psnr_per_view", {})) > 1 and worst > 0:
+        lowest = worst_views(metrics, worst)
+        label = "lowest PSNR" if len(lowest) == 1 else f"{len(lowest)} lowest PSNRs"
+        table.add_row(f"{label} (view: dB)", ", ".join(f"#{v}: {p:.2f}" for v, p in lowest))
     for t, d in metrics.get("features", {}).items():
         table.add_row(f"{t} feature cosine", fmt(d["cosine"]))
         if "cosine_without_spill" in d:
@@ -61,7 +73,7 @@ def metrics_table(metrics: dict):
 
 
 def eval_command(run: Path, /, output: Path | None = None, max_views: int | None = None, device: str = "auto",
-                 split: str = "test", no_lpips: bool = False, worst: int = 0) -> int:
+                 split: str = "test", no_lpips: bool = False, worst: int = 0, html: bool = False) -> int:
     """Evaluate a trained RUN: PSNR/SSIM/LPIPS, feature fidelity, SAM mask IoU, PCK, semantic mIoU.
 
     Args:
@@ -72,6 +84,8 @@ def eval_command(run: Path, /, output: Path | None = None, max_views: int | None
         no_lpips: skip LPIPS.
         worst: also draw the N lowest-PSNR views (ground truth | render | error | opacity | depth) as PNGs
             in a folder worst/ beside the JSON (default RUN/eval/worst/).
+        html: also write report.html beside the JSON: pictures first (ground truth, render, feature PCA,
+            a SAM mask), the figures in plain words, the training curves, the raw numbers folded.
     """
     from rich.console import Console
 
@@ -82,10 +96,17 @@ def eval_command(run: Path, /, output: Path | None = None, max_views: int | None
     path = output or Path(run) / "eval" / "metrics.json"
     atomic_write_json(path, jsonable(metrics))
     console = Console()
-    console.print(metrics_table(metrics))
+    console.print(metrics_table(metrics, worst=worst or 3))
+    note = lpips_note(metrics)
+    if note:
+        console.print(note, soft_wrap=True, highlight=False)
     console.print(f"wrote {path}")
     if worst:
         folder = path.parent / "worst"
         saved = save_view_pictures(loaded, [v for v, _ in worst_views(metrics, worst)], folder)
         console.print(f"{len(saved)} lowest-PSNR views drawn in {folder}")
+    if html:
+        from featurefield.eval_report import eval_report
+
+        console.print(f"wrote {eval_report(loaded, jsonable(metrics), path.parent / 'report.html')}")
     return 0
