@@ -61,6 +61,7 @@ class ClientView:
             return False
         uv = torch.tensor([[u + 0.5, v + 0.5]])
         self.prompt = unproject(camera.to("cpu"), uv, torch.tensor([float(depth[v, u])]))
+        self._status("prompting SAM at the clicked point ...")
         self.request()
         return True
 
@@ -164,4 +165,7 @@ class ClientView:
         self.seconds_per_pixel = seconds / (int(camera.width[0]) * int(camera.height[0]))
         self.client.scene.set_background_image(picture, format="jpeg", depth=depth)
         size = f"{int(camera.width[0])} x {int(camera.height[0])}"
-        self._status(f"{output} · {size} · {seconds * 1e3:.0f} ms")
+        line = f"{output} · {size} · {seconds * 1e3:.0f} ms"
+        if output.startswith("prompt: ") and self.prompt is not None:
+            line += f" · {len(self.prompt)} point{'s' if len(self.prompt) > 1 else ''} clicked"
+        self._status(line)

@@ -79,6 +79,7 @@ class ViewRenderer:
         else:
             self.prompt_teacher = prompt_teacher if prompt_teacher in run.teacher_names else None
         self._decoder = decoder
+        self._decoder_lock = threading.Lock()
         self._bases: dict = {}
         self._lock = threading.Lock()
 
@@ -89,7 +90,25 @@ class ViewRenderer:
                 *(f"text: {t}" for t in self.text_teachers),
                 *([f"prompt: {self.prompt_teacher}"] if self.prompt_teacher else [])]
 
+    def preload(self) -> None:
+        """Load SAM's prompt decoder now, in a thread of its own (the first click then waits for no load);
+        a failure (e.g. missing weights) is left for the first click to say."""
+        if self.prompt_teacher is None or self._decoder is not None:
+            return
+
+        def load() -> None:
+            try:
+                self.decoder()
+            except FeatureFieldError:
+                pass
+
+        threading.Thread(target=load, name="featurefield-view-sam-decoder", daemon=True).start()
+
     def decoder(self):
+        with self._decoder_lock:
+            return self._load_decoder()
+
+    def _load_decoder(self):
         if self._decoder is None:
             self._decoder = self.run.prompt_decoder("SAM prompts need", teacher=self.prompt_teacher)
         return self._decoder

@@ -96,6 +96,7 @@ def serve(run: Run | str | Path, host: str = "127.0.0.1", port: int = 8080, max_
     if not isinstance(run, Run):
         run = load_run(run, device=device)
     renderer = ViewRenderer(run)
+    renderer.preload()
     top, preview = default_sides(run)
     max_side, preview_side = max_side or top, preview_side or preview
     train = run.cameras("train").to("cpu")
