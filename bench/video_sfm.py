@@ -76,15 +76,22 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from featurefield.data.loading import load_scene
+    from featurefield.data import load_scene
     from featurefield.data.sfm import align_similarity, run_video_sfm
 
+    import os
+
+    import pycolmap
+
+    pycolmap.logging.minloglevel = 2
     out = args.work / "scene"
     shutil.rmtree(out, ignore_errors=True)
     marks: dict[str, list[float]] = {}
 
     def on_stage(stage: str, done: int, total: int) -> None:
         now = time.perf_counter()
+        if stage not in marks:
+            print(f"  {now - start:7.1f} s: {stage} starts (load average {os.getloadavg()[0]:.1f})", flush=True)
         marks.setdefault(stage, [now, now])[1] = now
 
     start = time.perf_counter()
@@ -96,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{result['total']} ({100 * result['registered'] / result['total']:.0f} %), {result['points']} points")
     for stage, (first, last) in marks.items():
         print(f"  {stage:8s} {last - first:6.1f} s")
+    print(f"  load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     # sharp frames chosen? the blur ramp peaks at the middle of each passage between photos
     fps_frames = frames.decoded / (len(photos) - 1)
     phase = np.array([int(p.stem.split("_")[-1]) for p in frames.paths]) / fps_frames % 1.0
