@@ -17,7 +17,7 @@ from featurefield.stopping import TrainingStopped
 #: subcommand -> ("module:function" in featurefield.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo:demo_command", "run the whole pipeline on the built-in demo scene and write an HTML report"),
-    "process-images": ("process_images:process_images_command", "recover camera poses of plain photos with COLMAP (pycolmap)"),
+    "process-images": ("process_images:process_images_command", "recover camera poses of plain photos or a video with COLMAP (pycolmap)"),
     "inspect": ("inspect:inspect_command", "load a scene folder and summarise it (format, views, split, points)"),
     "teachers": ("teachers:teachers_command", "list teachers and whether their weights are present"),
     "weights": ("teachers:weights_command", "put a teacher's weights in the per-user cache"),
