@@ -72,16 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         make_video(photos, video, seconds=args.seconds)
         print(f"made {video} ({video.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - start:.0f} s")
 
+    import os
     import shutil
 
+    import pycolmap
     import torch
 
     from featurefield.data import load_scene
     from featurefield.data.sfm import align_similarity, run_video_sfm
-
-    import os
-
-    import pycolmap
 
     pycolmap.logging.minloglevel = 2
     out = args.work / "scene"

@@ -21,7 +21,6 @@ import torch
 
 from featurefield.errors import FeatureFieldError
 
-
 _umask_lock = threading.Lock()
 
 
