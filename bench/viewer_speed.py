@@ -86,7 +86,7 @@ def serve_timings(run_path: str, device: str, moving_side: int, seconds: float) 
     from featurefield.viewer import client as client_module
     from featurefield.viewer import serve
     from featurefield.viewer import server as server_module
-    from featurefield.viewer.cameras import camera_pose
+    from featurefield.viewer.viser_cameras import camera_pose
 
     shown: list[tuple[float, int]] = []  # (when, longer side) of each frame sent to the tab
     done = threading.Condition()

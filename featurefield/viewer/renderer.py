@@ -12,7 +12,7 @@ import torch
 from featurefield.cameras import Cameras
 from featurefield.errors import FeatureFieldError
 from featurefield.run import Run
-from featurefield.viewer.cameras import sized
+from featurefield.viewer.viser_cameras import sized
 
 #: outputs every run has; teacher outputs are "features: NAME", "text: NAME" and "prompt: NAME"
 BASE_OUTPUTS = ("colour", "depth", "opacity")
