@@ -129,6 +129,13 @@ def test_demo_end_to_end_writes_a_complete_report(tmp_path, no_sam_weights, caps
     assert res.fallback and "RANDOM weights" in html and "warning" in html
     assert "random weights" in capsys.readouterr().err.lower()
     assert (out / "run" / "config.json").is_file()
+    # pictures before words: the strip (with the orbit video), the headline cards, the training curves, the
+    # pictures with colour bars; the raw tables folded at the bottom
+    body = html[html.index("<body>"):]
+    marks = [body.index(m) for m in ('class="strip"', 'class="headline"', "<svg", 'class="cbar"', "<details>", 'id="metrics"')]
+    assert marks == sorted(marks)
+    assert 'src="orbit.mp4"' in body and (out / "orbit.mp4").stat().st_size > 0
+    assert "Picture quality (PSNR)" in body
     # a second demo into the same folder is refused without --overwrite (CLI: exit code 2)
     with pytest.raises(FeatureFieldError, match="--overwrite"):
         run_demo(out, steps=2, size=48, views=8, device="cpu", progress=False)

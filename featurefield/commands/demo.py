@@ -223,7 +223,9 @@ def _train(scene, run_dir: Path, field: str, spec: TeacherSpec, steps: int, seed
 def _render_test_views(run, scene, name: str, pictures: _Pictures) -> _TestViews:
     """Stage 4: each test view rendered beside its truth, depth, labels and PCA pictures of the features."""
     from featurefield import viz
+    from featurefield.eval_report import ERROR_MAX
     from featurefield.metrics import psnr
+    from featurefield.report import colour_stops
 
     fld, bg, scale = run.field, run.background, run.normalization.scale
     save = pictures.save
@@ -246,13 +248,16 @@ def _render_test_views(run, scene, name: str, pictures: _Pictures) -> _TestViews
             per_view.append([v, db, cos])
             err = (r.rgb.cpu().clamp(0, 1) - gt).abs().mean(-1)
             near, far = viz.depth_range(scene.depth(v))  # one colour scale for true and rendered depth
+            bar = colour_stops(viz.colormap("turbo"))
             rows.append((f"test view {v}: PSNR {db:.2f} dB, feature cosine {cos:.3f}", [
                 (save(f"view{v:03d}_gt", _uint8(gt)), "ground truth"),
                 (save(f"view{v:03d}_rgb", _uint8(r.rgb)), "rendered RGB"),
-                (save(f"view{v:03d}_error", viz.heatmap(err, 0.0, 0.25)), "|error| (0-0.25)"),
-                (save(f"view{v:03d}_depth_gt", viz.depth_image(scene.depth(v), near=near, far=far)), "true depth"),
+                (save(f"view{v:03d}_error", viz.heatmap(err, 0.0, ERROR_MAX)), "|error|, mean over RGB",
+                 (0.0, ERROR_MAX, bar)),
+                (save(f"view{v:03d}_depth_gt", viz.depth_image(scene.depth(v), near=near, far=far)), "true depth",
+                 (near, far, bar)),
                 (save(f"view{v:03d}_depth", viz.depth_image(r.depth[..., 0].cpu() / scale, r.alpha[..., 0].cpu(),
-                                                            near=near, far=far)), "rendered depth"),
+                                                            near=near, far=far)), "rendered depth", (near, far, bar)),
                 (save(f"view{v:03d}_instances", viz.labels_image(scene.instance(v))), "true instances"),
                 (save(f"view{v:03d}_pca_teacher", _upsample(viz.pca_image(teacher_feats[k], basis), size_hw)),
                  f"{name} features of the image (PCA)"),
@@ -308,11 +313,12 @@ def _similarity_query(run, name: str, views: _TestViews, v0: int, gt_mask, obj_c
     sim = _similarity(feats0, click, (H, W))
     thresh = 0.5 * (float(sim.median()) + 1.0)
     sim_mask = sim >= thresh
-    out.metrics[f"{name} similarity query: IoU vs truth"] = _iou(sim_mask, gt_mask)
+    out.metrics[f"{name} similarity query: IoU vs truth"] = iou = _iou(sim_mask, gt_mask)
     marked = rgb0.copy()
     cx, cy = int(click[0]), int(click[1])
     marked[max(cy - 1, 0):cy + 2, max(cx - 1, 0):cx + 2] = (255, 0, 255)
-    out.rows.append((f"{name} feature similarity to one pixel of the {obj_class}", [
+    failed = f" (IoU {iou:.2f} with the true {obj_class})" if iou < 0.3 else ""  # mostly not the object
+    out.rows.append((f"{name} feature similarity to one pixel of the {obj_class}{failed}", [
         (pictures.save("query_click", marked), f"clicked pixel ({cx}, {cy})"),
         (pictures.save("query_similarity", viz.heatmap(sim, float(sim.median()), 1.0)),
          f"cosine similarity ({float(sim.median()):.2f}..1)"),
@@ -324,12 +330,20 @@ def _selection_3d(run, scene, views: _TestViews, v0: int, v1: int, obj: int, obj
                   lift_source: str, pictures: _Pictures, out: _Queries) -> None:
     """Stage 5c: lift a mask of view ``v0`` to 3D, render the selection alone and deleted from view ``v1``."""
     from featurefield import viz
-    from featurefield.query.selection import lift_masks, render_selection
+    from featurefield.query.selection import lift_masks, render_selection, spread_views
 
     fld, bg = run.field, run.background
     H, W = lift_mask.shape
+    cam0 = views.cameras[0]
     cam1 = run.normalization.cameras_to_canonical(scene.cameras[[v1]]).to(run.device)
-    sel, points = lift_masks(fld, views.cameras[0], [lift_mask.to(run.device)], max_points=100_000)
+    # one view's mask leaves the object's back and inside behind: the true masks of training views around it too
+    train_views = list(scene.split["train"])
+    train_cams = run.normalization.cameras_to_canonical(scene.cameras[train_views]).to(run.device)
+    around = [k for k in spread_views(train_cams, _object_centre(fld, cam0, lift_mask), 5, start=cam0.centers[0])
+              if (scene.instance(train_views[k]) == obj).any()]
+    sel, points = lift_masks(fld, [cam0, *(train_cams[[k]] for k in around)],
+                             [lift_mask.to(run.device), *((scene.instance(train_views[k]) == obj).to(run.device)
+                                                          for k in around)], max_points=100_000)
     out.metrics["3D selection: points selected"] = len(sel)
     gt1 = scene.instance(v1) == obj
     uv, z = cam1.project(points["xyz"][sel.keep.to(points["xyz"].device)].float(), 0)
@@ -347,7 +361,8 @@ def _selection_3d(run, scene, views: _TestViews, v0: int, v1: int, obj: int, obj
     out.metrics[f"3D selection: IoU of the selection's silhouette vs truth in view {v1}"] = _iou(
         only.alpha[..., 0].cpu() > 0.5, gt1)
     rgb0 = _uint8(views.renders[v0].rgb)
-    out.rows.append((f"3D selection lifted from {lift_source} in view {v0}, seen from view {v1}", [
+    out.rows.append((f"3D selection lifted from {lift_source} in view {v0} (and the true masks of {len(around)} "
+                     f"training views around it), seen from view {v1}", [
         (pictures.save("selection_mask", viz.overlay_mask(rgb0, lift_mask.numpy())), f"mask in view {v0}"),
         (pictures.save("selection_truth", viz.overlay_mask(_uint8(scene.image(v1)), gt1.numpy(), (60, 200, 60))),
          f"true {obj_class} in view {v1}"),
@@ -400,21 +415,67 @@ def _evaluate(run, per_view: list, progress: bool) -> tuple[dict, str | None]:
     return metrics, None
 
 
+def _object_centre(field, camera, mask) -> torch.Tensor:
+    """``[3]``: the mean 3D point of the rendered surface inside ``mask`` ``[H, W]`` at ``camera``."""
+    import torch
+
+    from featurefield.query.correspondence import unproject
+    from featurefield.query.selection import surface_depth
+
+    depth = surface_depth(field.render(camera, features=False))
+    ys, xs = torch.nonzero(mask.to(depth.device).bool() & torch.isfinite(depth), as_tuple=True)
+    if not len(xs):
+        return camera.centers[0] + camera.c2w[0, :3, 2]
+    uv = torch.stack([xs.float() + 0.5, ys.float() + 0.5], -1)
+    return unproject(camera, uv, depth[ys, xs]).mean(0)
+
+
+def _orbit_video(run, path: Path, frames: int = 48) -> Path | None:
+    """An orbit of the run's colour as an MP4 at ``path`` (None where no video could be written)."""
+    import torch
+
+    from featurefield import viz
+    from featurefield.camera_paths import orbit_path
+
+    cams = orbit_path(run.cameras("train"), frames=frames).to(run.device)
+    with torch.no_grad():
+        pictures = [_uint8(run.field.render(cams[k], background=run.background, features=False).rgb)
+                    for k in range(len(cams))]
+    written = viz.write_video(path, pictures, fps=24)
+    return written if written.suffix == ".mp4" else None
+
+
 def _write_report(output: Path, run_dir: Path, subtitle: str, fallback: str | None, eval_note: str | None,
                   metrics: dict, views: _TestViews, queries: _Queries, name: str, width: int,
-                  timings: dict) -> Path:
-    """Stage 7: ``OUTPUT/report.html``: metrics, the test views, the queries, timings."""
-    from featurefield.report import Report, flatten_metrics
+                  timings: dict, orbit: Path | None = None) -> Path:
+    """Stage 7: ``OUTPUT/report.html``, pictures first: a strip (ground truth, render, feature PCA, SAM mask,
+    the ``orbit`` video), the figures in plain words, the training curves, the test views and queries with
+    colour bars, the raw tables folded."""
+    from featurefield.eval_report import eval_headlines
+    from featurefield.report import Headline, Report, flatten_metrics, read_curves, verdict
 
     report = Report("featurefield demo", subtitle)
     if fallback:
         report.note(fallback, level="warning")
-    report.heading("Metrics")
+    first = views.rows[0][1]  # ground truth, render, error, depths, instances, PCA of the image, PCA rendered
+    strip = [first[0][:2], first[1][:2], (first[7][0], f"rendered {name} features (PCA)")]
+    box = next((items for title, items in queries.rows if title.startswith("SAM box prompt")), None)
+    if box:
+        strip.append((box[1][0], "SAM mask from the rendered features"))
+    if orbit is not None:
+        strip.append((orbit.name, "orbit (video)"))
+    report.strip(strip)
+    headlines = eval_headlines(metrics)
+    iou = queries.metrics.get(f"{name} similarity query: IoU vs truth")
+    if iou is not None:
+        headlines.append(Headline("Finding an object by its features", f"{iou:.2f}", verdict(iou, 0.6, 0.3),
+                                  "overlap (IoU) of the pixels most like one clicked pixel with the true object"))
+    report.headline(headlines)
     if eval_note:
         report.note(eval_note, level="warning")
-    report.table(flatten_metrics(metrics), headers=("metric (test views)", "value"), css_id="metrics")
-    report.table([(k, v) for k, v in queries.metrics.items()], headers=("query", "value"), title="Queries")
-    report.table(views.per_view, headers=("test view", "PSNR (dB)", f"{name} feature cosine"), title="Per view")
+    curves = read_curves(run_dir / "metrics.jsonl")
+    if curves:
+        report.charts(curves, title="Training")
     report.heading("Test views")
     report.paragraph("Each row: ground truth, the field's render, its error, depth (true and rendered), the true "
                      "instance labels, and PCA pictures of the teacher's features of the real image and of the "
@@ -425,9 +486,13 @@ def _write_report(output: Path, run_dir: Path, subtitle: str, fallback: str | No
     for text in queries.notes:
         report.note(text)
     for title, items in queries.rows:
-        report.images(items, title=title, width=width)
-    report.heading("Run")
+        report.images(items, title=title, width=width, failed="(IoU " in title)
+    report.fold("All the numbers: metrics, queries, per view, timings")
+    report.table(flatten_metrics(metrics), headers=("metric (test views)", "value"), css_id="metrics")
+    report.table([(k, v) for k, v in queries.metrics.items()], headers=("query", "value"), title="Queries")
+    report.table(views.per_view, headers=("test view", "PSNR (dB)", f"{name} feature cosine"), title="Per view")
     report.table([(k, round(v, 2)) for k, v in timings.items()], headers=("stage", "seconds"), title="Timings")
+    report.unfold()
     report.paragraph(f"Run folder: {run_dir} (open it in the browser with `featurefield view {run_dir}`; reload it with "
                      f"featurefield.run.load_run, or use `featurefield render`, `featurefield query`, `featurefield eval` on it).")
     return report.write(output / "report.html")
@@ -493,8 +558,9 @@ def run_demo(output: Path = Path("featurefield-demo"), field: str = "splat", tea
 
     subtitle = (f"Built-in tabletop scene (seed {seed}, {size}x{size}, {views} views) · {field} field · "
                 f"teacher {name} · {steps} steps on {dev}")
+    orbit = _orbit_video(run, output / "orbit.mp4")
     report_path = _write_report(output, run_dir, subtitle, fallback, eval_note, metrics, test, queries, name,
-                                max(size, 128), timings)
+                                max(size, 128), timings, orbit)
     console.print(f"[bold green]wrote[/bold green] {report_path} ({len(pictures.written)} pictures) in "
                   f"{timings['total']:.0f} s; explore the run with `featurefield view {run_dir}`")
     if fallback:
