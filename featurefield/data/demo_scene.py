@@ -421,6 +421,32 @@ def _ring_cameras(views: int, size: int, rng: np.random.Generator, distance: flo
     return Cameras(c2w=c2w, fx=focal, fy=focal, cx=size / 2, cy=size / 2, width=size, height=size)
 
 
+def _forward_cameras(views: int, size: int, rng: np.random.Generator, distance: float, fov_deg: float,
+                     target_z: float) -> Cameras:
+    """A forward-facing rig: cameras on a plane, all with one orientation, looking at the table from 30 degrees up.
+
+    Centres lie on a jittered grid spanning about a third of ``distance`` across and a fifth up and down,
+    in the plane facing the table, as a hand-held LLFF capture.
+    """
+    azimuth, elevation = rng.uniform(0, 2 * math.pi), math.radians(30)
+    target = torch.tensor([0.0, 0.0, target_z])
+    centre = target + distance * torch.tensor([math.cos(azimuth) * math.cos(elevation),
+                                               math.sin(azimuth) * math.cos(elevation), math.sin(elevation)])
+    rot = look_at(centre[None], target[None])[0, :3, :3]  # one orientation for all: x right, y down
+    cols = math.ceil(math.sqrt(views * 1.6))
+    rows = math.ceil(views / cols)
+    k = np.arange(views)
+    gx = (k % cols + 0.5) / cols - 0.5 + rng.uniform(-0.15, 0.15, views) / cols
+    gy = (k // cols + 0.5) / rows - 0.5 + rng.uniform(-0.15, 0.15, views) / rows
+    offsets = torch.tensor(np.stack([gx * 0.33 * distance, gy * 0.2 * distance], -1), dtype=torch.float32)
+    eye = centre + offsets[:, :1] * rot[:, 0] + offsets[:, 1:] * rot[:, 1]
+    c2w = torch.eye(4).repeat(views, 1, 1)
+    c2w[:, :3, :3] = rot
+    c2w[:, :3, 3] = eye
+    focal = 0.5 * size / math.tan(math.radians(fov_deg) / 2)
+    return Cameras(c2w=c2w, fx=focal, fy=focal, cx=size / 2, cy=size / 2, width=size, height=size)
+
+
 # ---------------------------------------------------------------------------------------------- rendering
 def _cast(prims: Sequence[_Primitive], o: Tensor, d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Nearest hit over all primitives: ``t [M]`` (inf on a miss), normal ``[M, 3]``, primitive index ``[M]`` (-1 on a miss)."""
@@ -492,12 +518,13 @@ def _render_rays(prims, o: Tensor, d: Tensor, background: Tensor, chunk: int = 1
 
 # ---------------------------------------------------------------------------------------------- public
 _DEFAULTS = dict(size=128, views=32, test_every=8, background=(1.0, 1.0, 1.0), supersample=2, points=4000,
-                 fov=40.0, distance=3.2)
+                 fov=40.0, distance=3.2, rig="ring")
 
 
 def make_demo_scene(seed: int = 0, size: int = 128, views: int = 32, test_every: int = 8,
                     background: Sequence[float] = (1.0, 1.0, 1.0), supersample: int = 2, points: int = 4000,
-                    fov: float = 40.0, distance: float = 3.2, height: int | None = None, **unknown) -> Scene:
+                    fov: float = 40.0, distance: float = 3.2, height: int | None = None, rig: str = "ring",
+                    **unknown) -> Scene:
     """Render the procedural tabletop scene.
 
     Args:
@@ -511,6 +538,8 @@ def make_demo_scene(seed: int = 0, size: int = 128, views: int = 32, test_every:
         fov: horizontal field of view in degrees.
         distance: camera distance from the table centre (world units; the table has radius 1.15).
         height: image height in pixels (default: ``size``).
+        rig: ``"ring"`` (cameras around the table looking at its centre) or ``"forward"`` (a forward-facing
+            capture as LLFF's: cameras on a plane ``distance`` from the table, all looking the same way).
         unknown: any other option is a user error (:class:`FeatureFieldError` naming the valid ones).
 
     Returns:
@@ -527,6 +556,8 @@ def make_demo_scene(seed: int = 0, size: int = 128, views: int = 32, test_every:
         raise FeatureFieldError(f"demo scene: needs at least 2 views, got {views}")
     if int(test_every) < 2:
         raise FeatureFieldError(f"demo scene: test_every must be at least 2, got {test_every}")
+    if rig not in ("ring", "forward"):
+        raise FeatureFieldError(f"demo scene: rig must be 'ring' or 'forward', got {rig!r}")
     if int(supersample) < 1:
         raise FeatureFieldError(f"demo scene: supersample must be >= 1, got {supersample}")
     background = tuple(float(c) for c in background)
@@ -540,18 +571,19 @@ def make_demo_scene(seed: int = 0, size: int = 128, views: int = 32, test_every:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _make(seed, size, H, views, test_every, background, supersample, points, fov, distance, height)
+        return _make(seed, size, H, views, test_every, background, supersample, points, fov, distance, height, rig)
     finally:
         torch.set_num_threads(threads)
 
 
-def _make(seed, size, H, views, test_every, background, supersample, points, fov, distance, height) -> Scene:
+def _make(seed, size, H, views, test_every, background, supersample, points, fov, distance, height, rig) -> Scene:
     rng = np.random.default_rng(seed)
     ground = _ground(rng)
     objects = _layout(rng)
     prims: list[_Primitive] = [ground, *objects]
     top = max(float(obj.aabb()[1, 2]) for obj in objects)
-    cameras = _ring_cameras(views, size, rng, distance, fov, target_z=0.25 * top)
+    rigs = {"ring": _ring_cameras, "forward": _forward_cameras}
+    cameras = rigs[rig](views, size, rng, distance, fov, target_z=0.25 * top)
     if H != size:
         cameras = Cameras(c2w=cameras.c2w, fx=cameras.fx, fy=cameras.fy, cx=cameras.cx, cy=torch.full((views,), H / 2),
                           width=size, height=H)
@@ -609,7 +641,7 @@ def _make(seed, size, H, views, test_every, background, supersample, points, fov
         for p in objects
     ]
     given = dict(size=size, views=views, test_every=test_every, background=background, supersample=supersample,
-                 points=points, fov=fov, distance=distance)
+                 points=points, fov=fov, distance=distance, rig=rig)
     options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in given.items() if v != _DEFAULTS[k]}
     if height is not None:
         options["height"] = H

@@ -44,6 +44,64 @@ def _photos(photos: Path) -> list[Path]:
     return files
 
 
+def extract_and_match(
+    database: Path,
+    image_dir: Path,
+    *,
+    matcher: Literal["exhaustive", "sequential"] = "exhaustive",
+    max_image_size: int = 1600,
+    camera_model: str = "SIMPLE_RADIAL",
+    single_camera: bool = False,
+    num_threads: int = -1,
+    source: Path | None = None,
+    notify: Callable[[str, int, int], None] | None = None,
+) -> None:
+    """SIFT features of every image in ``image_dir`` and their geometrically verified matches, into ``database``.
+
+    Args:
+        database: COLMAP database file to create.
+        image_dir: folder of the images (names become the database's image names).
+        matcher: ``"exhaustive"`` (all pairs) or ``"sequential"`` (neighbours in name order: video frames).
+        max_image_size: longest side SIFT works on (keypoints stay in full-resolution pixels).
+        camera_model: COLMAP camera model given to each new camera.
+        single_camera: one camera for all images (else one per image).
+        num_threads: worker threads (-1: all cores).
+        source: folder named in error messages (default ``image_dir``).
+        notify: progress callback ``(stage, done, total)``.
+    """
+    import pycolmap
+
+    notify = notify or (lambda stage, done, total: None)
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = camera_model
+    extraction = pycolmap.FeatureExtractionOptions()
+    extraction.max_image_size = int(max_image_size)
+    extraction.num_threads = num_threads
+    extraction.use_gpu = False
+    notify("extract", 0, 1)
+    try:
+        pycolmap.extract_features(
+            database, image_dir, camera_mode=pycolmap.CameraMode.SINGLE if single_camera else pycolmap.CameraMode.PER_IMAGE,
+            reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu,
+        )
+    except (ValueError, RuntimeError) as err:
+        raise FeatureFieldError(f"{source or image_dir}: feature extraction failed ({' '.join(str(err).split())[:200]}); "
+                                f"check the camera model {camera_model!r}") from err
+    notify("extract", 1, 1)
+
+    matching = pycolmap.FeatureMatchingOptions()
+    matching.num_threads = num_threads
+    matching.use_gpu = False
+    notify("match", 0, 1)
+    if matcher == "sequential":
+        pycolmap.match_sequential(database, matching_options=matching, device=pycolmap.Device.cpu)
+    elif matcher == "exhaustive":
+        pycolmap.match_exhaustive(database, matching_options=matching, device=pycolmap.Device.cpu)
+    else:
+        raise FeatureFieldError(f"unknown matcher {matcher!r}; use exhaustive or sequential")
+    notify("match", 1, 1)
+
+
 def run_sfm(
     photos: Path,
     output: Path,
@@ -98,34 +156,9 @@ def run_sfm(
             notify("copy", k + 1, len(files))
         database = work / "database.db"
 
-        reader = pycolmap.ImageReaderOptions()
-        reader.camera_model = camera_model
-        extraction = pycolmap.FeatureExtractionOptions()
-        extraction.max_image_size = int(max_image_size)
-        extraction.num_threads = num_threads
-        extraction.use_gpu = False
-        notify("extract", 0, 1)
-        try:
-            pycolmap.extract_features(
-                database, image_dir, camera_mode=pycolmap.CameraMode.SINGLE if single_camera else pycolmap.CameraMode.PER_IMAGE,
-                reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu,
-            )
-        except (ValueError, RuntimeError) as err:
-            raise FeatureFieldError(f"{photos}: feature extraction failed ({' '.join(str(err).split())[:200]}); "
-                                    f"check the camera model {camera_model!r}") from err
-        notify("extract", 1, 1)
-
-        matching = pycolmap.FeatureMatchingOptions()
-        matching.num_threads = num_threads
-        matching.use_gpu = False
-        notify("match", 0, 1)
-        if matcher == "sequential":
-            pycolmap.match_sequential(database, matching_options=matching, device=pycolmap.Device.cpu)
-        elif matcher == "exhaustive":
-            pycolmap.match_exhaustive(database, matching_options=matching, device=pycolmap.Device.cpu)
-        else:
-            raise FeatureFieldError(f"unknown matcher {matcher!r}; use exhaustive or sequential")
-        notify("match", 1, 1)
+        extract_and_match(database, image_dir, matcher=matcher, max_image_size=max_image_size,
+                          camera_model=camera_model, single_camera=single_camera, num_threads=num_threads,
+                          source=photos, notify=notify)
 
         options = pycolmap.IncrementalPipelineOptions()
         options.num_threads = num_threads

@@ -27,8 +27,12 @@ class SplatConfig:
         embed_dim: per-Gaussian embedding size ``E`` (any value; decoders map it to each teacher). The default
             14 makes training's colour + embedding pass 17 channels, a size gsplat compiles a kernel for, so
             it rasterizes in one piece (16 would be 19 channels, drawn as 16 + 3: lego trained 17% longer).
-        init: ``"auto"`` (scene points when present, else random), ``"points"`` or ``"random"``.
-        init_points_random: Gaussians for random init, at most one per 4 pixels of a training view (and capped
+        init: ``"auto"`` (the scene's points; else, in a bounded synthetic scene, random in its box; else points
+            triangulated from the known poses with pycolmap, falling back to ``"frustum"``), ``"points"``,
+            ``"triangulate"``, ``"frustum"`` (samples through the training frustums between the near and far
+            bounds, LLFF's or estimated, uniform in inverse depth, coloured by their pixel) or ``"random"``
+            (the box, or a ball around the centre: for experts).
+        init_points_random: Gaussians for random and frustum init, at most one per 4 pixels of a training view (and capped
             on CPU, see ``cpu_max_init``).
         cpu_max_init: cap on random init when training on CPU (small scenes).
         max_gaussians: stop growing (clone/split) above this count, and bound the automatic MCMC budget; 0 = no cap.
@@ -85,6 +89,13 @@ class SplatConfig:
             with alpha; 0 = off): empty space seen against the background in the training views is kept
             empty, instead of holding background-coloured Gaussians that show from other directions
             (lego's PSNR did not change with it).
+        appearance: per-training-image affine colour transforms applied to the render before the colour loss
+            (exposure, white balance of phone captures; ``fields/splat/capture.py``). Kept centred over the
+            images, so renders of new views, test views included, are the plain render.
+        lr_appearance: Adam LR of the appearance transforms.
+        pose_refine: a small SE(3) correction per training camera, learnt with the scene (SfM poses are off by
+            a little); test cameras are used as given.
+        lr_pose: Adam LR of the pose corrections (translation in canonical units, rotation in radians).
         rasterizer: ``"auto"`` (gsplat on CUDA, else torch), ``"torch"`` or ``"gsplat"``.
         packed, antialiased: gsplat options.
         near_plane, far_plane: depth culling in canonical units.
@@ -93,7 +104,7 @@ class SplatConfig:
     sh_degree: int = 3
     sh_degree_interval: int = 1000
     embed_dim: int = 14
-    init: Literal["auto", "points", "random"] = "auto"
+    init: Literal["auto", "points", "triangulate", "frustum", "random"] = "auto"
     init_points_random: int = 100_000
     cpu_max_init: int = 4_000
     max_gaussians: int = 0
@@ -131,6 +142,10 @@ class SplatConfig:
     ssim_lambda: float = 0.2
     random_background: bool = False
     alpha_weight: float = 0.0
+    appearance: bool = False
+    lr_appearance: float = 1e-3
+    pose_refine: bool = False
+    lr_pose: float = 1e-4
     rasterizer: Literal["auto", "torch", "gsplat"] = "auto"
     packed: bool = False
     antialiased: bool = False

@@ -30,7 +30,9 @@ from featurefield.fields import losses
 from featurefield.fields.base import FeatureField, Render, TeacherTarget, TrainData
 from featurefield.fields.spill import FeatureSpill
 from featurefield.fields.splat import rasterize_gsplat, rasterize_torch
+from featurefield.fields.splat.capture import AppearanceCompensation, PoseRefinement
 from featurefield.fields.splat.config import INIT_PIXELS_PER_GAUSSIAN, SplatConfig
+from featurefield.fields.splat.init import initial_points
 from featurefield.fields.splat.resample import resample, resample_hwc
 from featurefield.fields.splat.sh import num_sh_bases, rgb_to_sh, sh_to_colors, sh_to_rgb
 from featurefield.fields.splat.views import View, views_of
@@ -76,7 +78,8 @@ class GaussianField(FeatureField):
     kind = "splat"
 
     def __init__(self, config: SplatConfig, targets: list[TeacherTarget], num_gaussians: int, *,
-                 scene_scale: float = 1.0, max_steps: int = 30_000, background: list[float] | None = None) -> None:
+                 scene_scale: float = 1.0, max_steps: int = 30_000, background: list[float] | None = None,
+                 train_views: int = 0) -> None:
         super().__init__()
         self.config = config
         self.targets = list(targets)
@@ -100,6 +103,9 @@ class GaussianField(FeatureField):
                                     if config.feature_spill > 0 else {})
         self.backgrounds = nn.ParameterDict({t.name: nn.Parameter(torch.zeros(*t.grid, t.dim)) for t in self.targets}
                                             if config.feature_background == "image" else {})
+        self.train_views = int(train_views)  # per-training-image models (appearance, poses) need their count
+        self.appearance = AppearanceCompensation(train_views) if config.appearance and train_views else None
+        self.pose_refine = PoseRefinement(train_views) if config.pose_refine and train_views else None
         self._optimizers: dict[str, torch.optim.Optimizer] | None = None
         self._schedulers: dict[str, Any] | None = None
         self._strategy, self._strategy_state = self._build_strategy()
@@ -115,9 +121,10 @@ class GaussianField(FeatureField):
                device: str | torch.device = "cpu") -> GaussianField:
         """Initialise Gaussians for a scene (canonical frame).
 
-        From the scene's sparse points when present (``init`` "auto"/"points"), else uniformly at
-        random inside the scene's bounds (or, for ``init="random"`` without bounds, a ball holding the
-        cameras' look-at region). ``strategy="auto"`` and an automatic MCMC cap are resolved here for
+        From the scene's sparse points when present (``init`` "auto"/"points"); else uniformly at random
+        inside a bounded synthetic scene's box; else from points triangulated from the known poses or
+        samples through the training frustums (:mod:`featurefield.fields.splat.init`; ``init`` "auto",
+        "triangulate", "frustum"). ``init="random"`` without a box fills a ball around the centre. ``strategy="auto"`` and an automatic MCMC cap are resolved here for
         ``device``; the field's config holds the result.
         """
         config = config or SplatConfig()
@@ -150,20 +157,20 @@ class GaussianField(FeatureField):
             if device.type != "cuda":
                 n = min(n, config.cpu_max_init)
             bounds = scene.canonical_bounds()
-            if bounds is not None:
+            if bounds is not None and config.init in ("auto", "random"):  # a bounded synthetic scene: its box
                 lo, hi = bounds[0].float(), bounds[1].float()
-                xyz = lo + (hi - lo) * torch.rand(n, 3)
+                xyz, rgb = lo + (hi - lo) * torch.rand(n, 3), torch.rand(n, 3)
             elif config.init == "random":
                 d = torch.randn(n, 3)
                 xyz = d / d.norm(dim=-1, keepdim=True) * torch.rand(n, 1).pow(1 / 3) * 0.5 * scene_scale
-            else:
-                raise FeatureFieldError(f"{name}: the scene has no sparse points and no bounds to place Gaussians in; "
-                                        "run SfM first or pass --splat.init random (a ball around the centre)")
-            rgb = torch.rand(n, 3)
+                rgb = torch.rand(n, 3)
+            else:  # poses without points: triangulate them, else sample the training frustums
+                xyz, rgb, _ = initial_points(scene, config.init, n)
         gsplat_on_cuda = device.type == "cuda" and config.rasterizer != "torch" and rasterize_gsplat.available()
         config = config.resolved(gsplat_on_cuda=gsplat_on_cuda, initial_gaussians=len(xyz), pixels_per_view=pixels_per_view)
         field = cls(config, targets, len(xyz), scene_scale=scene_scale, max_steps=max_steps,
-                    background=None if scene.background is None else list(scene.background))
+                    background=None if scene.background is None else list(scene.background),
+                    train_views=len(scene.train or range(len(scene))))
         init_opacity, init_scale = config.init_opacity, config.init_scale
         if config.strategy == "mcmc":  # MCMC starts denser-looking and smaller (as gsplat's MCMC recipe)
             init_opacity, init_scale = 0.5, 0.1 * config.init_scale
@@ -425,7 +432,7 @@ class GaussianField(FeatureField):
 
     def _render_embedding(self, i: int, view: View, size: tuple[int, int]) -> Tensor:
         """The embedding map ``[h, w, E]`` of training view ``i`` in its own pass (geometry detached by default)."""
-        fview = self._feature_views.get(i)
+        fview = self._feature_views.get(i) if self.pose_refine is None else view.resized(*size)
         if fview is None:
             fview = self._feature_views[i] = view.resized(*size)
         _, emb, _, _, _ = self.rasterize(fview, self.params["embedding"], rgb=False, depth=False,
@@ -437,6 +444,8 @@ class GaussianField(FeatureField):
         cfg, dev = self.config, self.device
         i = batch["view"]
         view = self._train_view(data, i)
+        if self.pose_refine is not None:
+            view = self.pose_refine(view, i)
         gt = data.images[i].to(dev).float() / 255.0  # [H, W, 3]
         known_bg = data.background.to(dev).float() if data.background is not None else torch.zeros(3, device=dev)
         bg = known_bg
@@ -449,6 +458,8 @@ class GaussianField(FeatureField):
         joint = with_features and size is None
         rgb, emb, _, alpha, info = self.rasterize(view, self.params["embedding"] if joint else None, bg,
                                                   sh_degree=self.active_sh_degree(step), depth=False)
+        if self.appearance is not None:
+            rgb = self.appearance(rgb, i)
         if size is not None:
             emb = self._render_embedding(i, view, size)
         if with_features and cfg.feature_geometry_weight != 1.0:
@@ -501,6 +512,12 @@ class GaussianField(FeatureField):
             if len(self.backgrounds):
                 groups.append({"params": list(self.backgrounds.parameters()), "lr": cfg.lr_background, "eps": 1e-8,
                                "name": "backgrounds"})
+            if self.appearance is not None:
+                groups.append({"params": list(self.appearance.parameters()), "lr": cfg.lr_appearance, "eps": 1e-15,
+                               "name": "appearance"})
+            if self.pose_refine is not None:
+                groups.append({"params": list(self.pose_refine.parameters()), "lr": cfg.lr_pose, "eps": 1e-15,
+                               "name": "poses"})
             self._optimizers = {"adam": torch.optim.Adam(groups, fused=True)}  # fused on CPU too: 10x the default loop
         return self._optimizers
 
@@ -620,7 +637,8 @@ class GaussianField(FeatureField):
     # ------------------------------------------------------------------ persistence
     def config_dict(self) -> dict:
         return {"config": self.config.to_dict(), "targets": [asdict(t) for t in self.targets],
-                "scene_scale": self.scene_scale, "max_steps": self.max_steps, "background": self.background_list}
+                "scene_scale": self.scene_scale, "max_steps": self.max_steps, "background": self.background_list,
+                "train_views": self.train_views}
 
     @classmethod
     def from_config(cls, config: dict, state: dict[str, Tensor]) -> GaussianField:
@@ -633,7 +651,7 @@ class GaussianField(FeatureField):
         settings = {"feature_background": "constant", **config["config"]}  # runs from before the map
         field = cls(SplatConfig.from_dict(settings), targets, int(means.shape[0]),
                     scene_scale=config.get("scene_scale", 1.0), max_steps=config.get("max_steps", 30_000),
-                    background=config.get("background"))
+                    background=config.get("background"), train_views=config.get("train_views", 0))
         field = field.to(means.device)
         field.load_state_dict(state)
         return field
