@@ -124,7 +124,8 @@ class GaussianField(FeatureField):
         From the scene's sparse points when present (``init`` "auto"/"points"); else uniformly at random
         inside a bounded synthetic scene's box; else from points triangulated from the known poses or
         samples through the training frustums (:mod:`featurefield.fields.splat.init`; ``init`` "auto",
-        "triangulate", "frustum"). ``init="random"`` without a box fills a ball around the centre. ``strategy="auto"`` and an automatic MCMC cap are resolved here for
+        "triangulate", "frustum"). ``init="random"`` without a box fills a ball around the centre.
+        ``strategy="auto"`` and an automatic MCMC cap are resolved here for
         ``device``; the field's config holds the result.
         """
         config = config or SplatConfig()
