@@ -87,7 +87,8 @@ def main() -> None:
                     help="with the SAM teacher, and/or RGB only (--no-features)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--margin", type=float, default=60.0, help="seconds before DEADLINE at which a training is stopped")
-    ap.add_argument("--splat-option", nargs="*", default=[], help="extra --splat.* flags, e.g. --splat.appearance")
+    ap.add_argument("--splat-options", default="", help='extra flags of the Gaussian field, one string: '
+                    '--splat-options="--splat.appearance --splat.pose-refine"')
     ap.add_argument("--out", type=Path, default=Path("runs/bench-real"))
     args = ap.parse_args()
     if args.steps < 1:
@@ -116,7 +117,7 @@ def main() -> None:
                 if features and args.weights is not None:
                     cmd += ["--weights", str(args.weights)]
                 if field == "splat":
-                    cmd += args.splat_option
+                    cmd += args.splat_options.split()
                 if (run_dir / "checkpoints").is_dir():
                     cmd.append("--resume")
                 if _time_left() < 2 * args.margin:
