@@ -77,7 +77,7 @@ def test_triangulation_from_known_poses_recovers_the_surface():
     assert float((err < 0.05).float().mean()) > 0.6
 
 
-def _train_psnr(scene, steps: int = 250) -> float:
+def _train_psnr(scene, steps: int = 300) -> float:
     torch.manual_seed(0)
     fld = GaussianField.create(scene, [], SplatConfig(sh_degree=1), max_steps=steps, device="cpu")
     images, _ = _images_uint8(scene, scene.train, torch.device("cpu"))
