@@ -234,3 +234,123 @@ def test_torchrun_shards_the_extraction_into_one_set(tmp_path):
     sharded = FeatureStore(cache).load_or_extract(scene, teacher, None, device="cpu", progress=False)
     alone = FeatureStore(tmp_path / "alone").load_or_extract(scene, teacher, None, device="cpu", progress=False)
     assert torch.allclose(sharded.float(), alone.float(), atol=2e-3, rtol=1e-2)
+
+
+def _files_scene(tmp_path, n=4, background=(1.0, 1.0, 1.0), masks=True):
+    """A scene of PNG files with mask files (the masks become alpha), like a nerfstudio capture."""
+    from PIL import Image
+
+    from featurefield.data.images import ImageFiles
+
+    g = np.random.default_rng(0)
+    paths, mpaths = [], []
+    for i in range(n):
+        paths.append(tmp_path / f"img{i}.png")
+        Image.fromarray(g.integers(0, 255, (16, 12, 3), dtype=np.uint8)).save(paths[-1])
+        mpaths.append(tmp_path / f"mask{i}.png")
+        Image.fromarray(np.where(np.arange(12)[None, :] < 6, 255, 0).repeat(16, 0).astype(np.uint8)).save(mpaths[-1])
+    c2w = torch.eye(4).repeat(n, 1, 1)
+    cams = Cameras(c2w=c2w, fx=10.0, fy=10.0, cx=6.0, cy=8.0, width=12, height=16)
+    return Scene(cameras=cams, images=ImageFiles(paths, masks=mpaths if masks else None),
+                 split={"train": list(range(n)), "test": []}, normalization=Normalization.identity(),
+                 background=background), mpaths
+
+
+def test_a_corrupt_row_of_another_set_is_never_copied(tmp_path):
+    """Issue 23 (1): rows copied from another cached set are checked against that set's crc first."""
+    scene = make_scene()
+    store = FeatureStore(tmp_path / "cache", shard_images=2)
+    store.load_or_extract(scene, Pooled(), None, device="cpu", progress=False)  # 'all views' set
+    (npy,) = list(store.teacher_dir(Pooled()).glob("*.npy"))
+    arr = np.load(npy, mmap_mode="r+")
+    arr[3] = 7.0  # a bit-rotted row of the source set
+    arr.flush()
+    del arr
+    t = Pooled()
+    f = store.load_or_extract(scene, t, [1, 3, 4], device="cpu", progress=False)  # a subset: rows are copied
+    assert torch.equal(f, expected(scene, [1, 3, 4]))  # the bad row was extracted again, not copied
+    assert t.images_seen == 1
+    del f
+    t = Pooled()  # the source's bad shard (rows 2-3) is rebuilt: row 3 from the subset's verified copy
+    f = store.load_or_extract(scene, t, None, device="cpu", progress=False)
+    assert torch.equal(f, expected(scene, range(6))) and t.images_seen == 1
+
+
+def test_a_truncated_other_set_is_skipped_with_a_warning(tmp_path, capsys):
+    """Issue 23: a truncated .npy of another cached set is no traceback: extracted instead, rebuilt later."""
+    scene = make_scene()
+    store = FeatureStore(tmp_path / "cache", shard_images=2)
+    store.load_or_extract(scene, Pooled(), None, device="cpu", progress=False)
+    (npy,) = list(store.teacher_dir(Pooled()).glob("*.npy"))
+    npy.write_bytes(npy.read_bytes()[:-50])
+    t = Pooled()
+    f = store.load_or_extract(scene, t, [0, 5], device="cpu", progress=False)
+    assert torch.equal(f, expected(scene, [0, 5])) and t.images_seen == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "truncated" in err[0] and npy.name in err[0]
+    t = Pooled()
+    f = store.load_or_extract(scene, t, None, device="cpu", progress=False)
+    assert torch.equal(f, expected(scene, range(6)))
+    assert t.images_seen == 4  # rebuilt: rows 0 and 5 are copied from the subset's set, verified
+
+
+def test_the_key_covers_the_background_and_the_masks(tmp_path):
+    """Issue 23 (2): the same photos composited on another background, or under other masks, are new inputs."""
+    scene, mpaths = _files_scene(tmp_path)
+    store = FeatureStore(tmp_path / "cache", shard_images=2)
+    white = store.load_or_extract(scene, Pooled(), None, device="cpu", progress=False).clone()
+    assert torch.equal(white, expected(scene, range(4)))
+    scene.background = (0.0, 0.0, 0.0)
+    t = Pooled()
+    black = store.load_or_extract(scene, t, None, device="cpu", progress=False)
+    assert t.images_seen == 4 and torch.equal(black, expected(scene, range(4)))
+    assert not torch.equal(black, white)
+    from PIL import Image
+
+    Image.fromarray(np.full((16, 12), 255, np.uint8)).save(mpaths[2])  # one mask changes
+    import os
+
+    os.utime(mpaths[2], ns=(1, 1))  # even with an old mtime: the size or path differs
+    scene.images._cache.clear()
+    t = Pooled()
+    f = store.load_or_extract(scene, t, None, device="cpu", progress=False)
+    assert t.images_seen == 1 and torch.equal(f, expected(scene, range(4)))
+
+
+def test_a_full_disk_is_one_line_before_any_work_never_a_sigbus(tmp_path, monkeypatch):
+    """Issue 23: the cache file is preallocated; no space is a FeatureFieldError naming how much is needed."""
+    import shutil
+
+    from featurefield.errors import FeatureFieldError
+    from featurefield.teachers import store as store_mod
+
+    scene = make_scene()
+    store = FeatureStore(tmp_path / "cache", shard_images=2)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(store_mod.shutil, "disk_usage", lambda p: usage._replace(free=100))
+    t = Pooled()
+    with pytest.raises(FeatureFieldError, match="needs .* MiB"):
+        store.load_or_extract(scene, t, None, device="cpu", progress=False)
+    assert t.calls == 0
+    monkeypatch.undo()
+
+    def enospc(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store_mod.os, "posix_fallocate", enospc, raising=False)
+    with pytest.raises(FeatureFieldError, match="not enough disk space"):
+        store.load_or_extract(scene, t, None, device="cpu", progress=False)
+    assert t.calls == 0 and not list(store.teacher_dir(t).glob("*.tmp"))
+    monkeypatch.undo()
+    f = store.load_or_extract(scene, t, None, device="cpu", progress=False)  # space again: it works
+    assert torch.equal(f, expected(scene, range(6)))
+
+
+def test_the_cache_file_is_allocated_not_sparse(tmp_path):
+    """Blocks are reserved before mapping (a sparse file's first write on a full disk is a SIGBUS)."""
+    store = FeatureStore(tmp_path)
+    path = tmp_path / "set.npy"
+    arr = store._open(path, [64, 3, 64, 64], {"shards": {}})
+    del arr
+    st = path.stat()
+    assert st.st_size > 1_500_000 and st.st_blocks * 512 >= st.st_size

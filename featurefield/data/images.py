@@ -113,8 +113,15 @@ class ImageFiles(ImageSource):
         return ImageFiles([self.paths[i] for i in indices], self.downscale, self.cache_size, masks)
 
     def fingerprint(self, i: int) -> str:
-        st = self.paths[i].stat()
-        return f"{self.paths[i].resolve()}:{st.st_size}:{st.st_mtime_ns}:{self.downscale}"
+        parts = [self.paths[i]] + ([self.masks[i]] if self.masks is not None and self.masks[i] is not None else [])
+        out = []
+        for path in parts:  # the mask is part of the pixels: it becomes the alpha the image is composited with
+            try:
+                st = Path(path).stat()
+            except OSError as err:
+                raise FeatureFieldError(f"{path}: image file not found ({err.strerror})") from err
+            out.append(f"{Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns}")
+        return "+mask:".join(out) + f":{self.downscale}"
 
 
 class ImageArrays(ImageSource):

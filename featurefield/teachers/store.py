@@ -6,13 +6,20 @@ Layout under the cache folder (``$FEATUREFIELD_CACHE``, else ``~/.cache/featuref
         index.json              settings + one entry per feature set (atomic writes)
         <set key>.npy           [N, D, h, w] float16, one row per view, memory-mapped
 
-A *feature set* is keyed by the ordered image fingerprints of the requested views
-(``scene.images.fingerprint(i)``, else a hash of the pixels). Its rows are written in **shards**
-of ``shard_images`` consecutive rows; a shard counts as done only once its rows are flushed and
-its crc32 and size are in the index, so an interrupted extraction resumes at the first unfinished
-shard, and a truncated file or a shard whose checksum no longer matches is extracted again.
-Rows whose image fingerprint already sits in a finished shard of another set (a different split,
-or a scene where one image changed) are copied instead of re-extracted.
+A *feature set* is keyed by the ordered fingerprints of the teacher's input for the requested views:
+the image source's fingerprint (file, size, mtime, downscale, mask file, undistortion; else a hash of
+the pixels) together with the background RGBA images are composited on (:func:`image_fingerprint`);
+the teacher's settings (model, weights hash, resolution, precision) name the folder, and the feature
+grid's shape is part of the set. Its rows are written in **shards** of ``shard_images`` consecutive
+rows; a shard counts as done only once its rows are flushed and its crc32 (and one crc32 per row) and
+size are in the index, so an interrupted extraction resumes at the first unfinished shard, and a
+truncated file or a shard whose checksum no longer matches is extracted again.
+Rows whose fingerprint already sits in a finished shard of another set (a different split, or a scene
+where one image changed) are copied instead of re-extracted, but only after the source row's own crc32
+is checked: a corrupt source row is extracted afresh (and its shard dropped from the source's set), and a
+source file that is truncated or unreadable is skipped with a one-line warning and rebuilt when its set
+is next asked for. The file is preallocated on disk before it is memory-mapped, so a full disk is a
+one-line error up front instead of a SIGBUS mid-way.
 
 Processes sharing a cache take turns per feature set through an advisory lock on ``.lock-<set key>``
 (POSIX; elsewhere no lock): of two evaluations asking for the same views, the second finds the first's
@@ -27,7 +34,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import errno
 import os
+import shutil
+import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -41,7 +51,7 @@ from featurefield.errors import FeatureFieldError
 from featurefield.io import atomic_path, atomic_write_json
 from featurefield.teachers.base import Teacher
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: per-row crc32, fingerprints cover the background
 
 
 def default_cache_dir() -> Path:
@@ -54,11 +64,62 @@ def _digest(obj) -> str:
 
 
 def image_fingerprint(scene, i: int) -> str:
-    """Content fingerprint of view ``i``: the source's own, else sha1 of the pixels."""
+    """Fingerprint of the teacher's input for view ``i`` (what :meth:`Scene.image` returns).
+
+    The source's own fingerprint (else sha1 of the raw pixels) plus the background that RGBA pixels are
+    composited on: the same photo with masks over black or over white is a different teacher input.
+    """
     try:
-        return str(scene.images.fingerprint(i))
+        source = str(scene.images.fingerprint(i))
     except (NotImplementedError, AttributeError):
-        return hashlib.sha1(scene.image(i).numpy().tobytes()).hexdigest()
+        source = hashlib.sha1(scene.rgba(i).numpy().tobytes()).hexdigest()
+    bg = scene.background
+    return source if bg is None else f"{source}|bg={','.join(f'{float(c):.6g}' for c in bg)}"
+
+
+def warn(message: str) -> None:
+    """One line on stderr (``warnings.warn`` would add a second line of source)."""
+    print(f"featurefield: warning: {' '.join(message.split())}", file=sys.stderr)
+
+
+def _crc(rows: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(rows).view(np.uint8))
+
+
+def _npy_ok(path: Path, shape: list[int] | None = None) -> bool:
+    """Whether ``path`` is a complete float16 ``.npy`` (of ``shape`` when given), from its header and size."""
+    try:
+        size = path.stat().st_size  # before mapping: numpy's r+ mode silently extends a short file
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            arr_shape, fortran, dtype = read(f)
+            offset = f.tell()
+    except (OSError, ValueError, EOFError):
+        return False
+    nbytes = int(np.prod(arr_shape)) * dtype.itemsize
+    return (dtype == np.float16 and not fortran and size == offset + nbytes
+            and (shape is None or list(arr_shape) == list(shape)))
+
+
+def _preallocate(path: Path, what: str) -> None:
+    """Reserve ``path``'s blocks on disk, so writes through a memory map cannot hit ENOSPC (a SIGBUS)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError as err:
+        raise FeatureFieldError(f"{path}: cannot open the feature cache ({err.strerror}); use --cache-dir "
+                                "on a writable disk") from err
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise FeatureFieldError(f"{path.parent}: not enough disk space for {what}; free space there or "
+                                    "use --cache-dir on a larger disk") from err
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise FeatureFieldError(f"{path}: cannot write the feature cache ({err.strerror})") from err
+    finally:
+        os.close(fd)
 
 
 @contextmanager
@@ -128,7 +189,14 @@ class FeatureStore:
         teacher.to(device)
         settings = teacher.settings()
         folder = self.teacher_dir(teacher)
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise FeatureFieldError(f"{folder}: cannot create the feature cache ({err.strerror}); use --cache-dir "
+                                    "(or $FEATUREFIELD_CACHE) on a writable disk") from err
+        if not os.access(folder, os.W_OK):
+            raise FeatureFieldError(f"{folder}: the feature cache is not writable; use --cache-dir "
+                                    "(or $FEATUREFIELD_CACHE) on a writable disk")
         fps = [image_fingerprint(scene, v) for v in views]
         key = _digest(fps)[:24]
         with _folder_lock(folder, f".lock-{key}"):
@@ -149,7 +217,29 @@ class FeatureStore:
         with _folder_lock(folder):
             index = self._read_index(folder, settings)
             index["sets"][key] = entry
+            self._write_index(folder, index)
+
+    @staticmethod
+    def _write_index(folder: Path, index: dict) -> None:
+        try:
             atomic_write_json(folder / "index.json", index, indent=1)
+        except OSError as err:
+            raise FeatureFieldError(f"{folder / 'index.json'}: cannot write the feature cache index ({err.strerror}); "
+                                    "free disk space or use --cache-dir on a writable disk") from err
+
+    def _drop_shard(self, folder: Path, settings: dict, key: str, shard: str) -> None:
+        """Forget one finished shard of set ``key`` (its rows failed their checksum): it is extracted again."""
+        with _folder_lock(folder):
+            index = self._read_index(folder, settings)
+            entry = index["sets"].get(key)
+            if entry is not None and entry["shards"].pop(shard, None) is not None:
+                self._write_index(folder, index)
+
+    def _drop_set(self, folder: Path, settings: dict, key: str) -> None:
+        with _folder_lock(folder):
+            index = self._read_index(folder, settings)
+            if index["sets"].pop(key, None) is not None:
+                self._write_index(folder, index)
 
     def _load_or_extract_locked(self, scene, teacher, views, fps, key, folder, settings, batch_size, progress) -> Tensor:
         with _folder_lock(folder):
@@ -175,24 +265,30 @@ class FeatureStore:
     # ------------------------------------------------------------------ file handling
     def _open(self, path: Path, shape: list[int], entry: dict) -> np.memmap:
         """Open the set's array for writing; (re)create it when missing, truncated or of another shape."""
-        expected = None
-        if path.is_file():
-            try:
-                size = path.stat().st_size  # before opening: numpy's r+ mode silently extends a short file
-                arr = np.load(path, mmap_mode="r")
-                if list(arr.shape) == shape and arr.dtype == np.float16 and size == arr.offset + arr.nbytes:
-                    del arr
-                    expected = np.load(path, mmap_mode="r+")
-            except (ValueError, OSError, EOFError):
-                pass  # truncated or broken header: recreate below
-        if expected is None:
+        what = f"{np.prod(shape) * 2 / 2**20:.0f} MiB of features {shape}"
+        if not _npy_ok(path, shape):  # missing, truncated, broken header or another shape: recreate
             entry["shards"] = {}
-            with atomic_path(path) as tmp:
-                arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=tuple(shape))
-                arr.flush()
-                del arr
-            expected = np.load(path, mmap_mode="r+")
-        return expected
+            need = int(np.prod(shape)) * 2 + 4096
+            free = shutil.disk_usage(path.parent).free
+            if free < need:
+                raise FeatureFieldError(f"{path.parent}: the feature cache needs {need / 2**20:.0f} MiB for "
+                                        f"{shape} features but {free / 2**20:.0f} MiB are free; free space there "
+                                        "or use --cache-dir on a larger disk")
+            try:
+                with atomic_path(path) as tmp:
+                    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=tuple(shape))
+                    del arr
+                    _preallocate(tmp, what)
+            except OSError as err:
+                raise FeatureFieldError(f"{path}: cannot write the feature cache ({err.strerror}); free disk space "
+                                        "or use --cache-dir on a writable disk") from err
+        else:
+            _preallocate(path, what)  # a file written sparse by an older version
+        try:
+            return np.load(path, mmap_mode="r+")
+        except OSError as err:
+            raise FeatureFieldError(f"{path}: cannot open the feature cache for writing ({err.strerror}); use "
+                                    "--cache-dir on a writable disk") from err
 
     def _rows(self, entry: dict, s: int) -> slice:
         n = entry["shape"][0]
@@ -204,19 +300,31 @@ class FeatureStore:
             return False
         if not self.verify:
             return True
-        return zlib.crc32(np.ascontiguousarray(arr[self._rows(entry, s)]).view(np.uint8)) == rec["crc32"]
+        return _crc(arr[self._rows(entry, s)]) == rec["crc32"]
 
-    def _reusable(self, folder: Path, index: dict, skip: str) -> dict[str, tuple[str, int]]:
-        """fingerprint -> (set key, row) for rows in finished shards of other sets."""
-        out: dict[str, tuple[str, int]] = {}
+    def _reusable(self, folder: Path, index: dict, skip: str) -> dict[str, tuple[str, int, int, str]]:
+        """fingerprint -> (set key, row, the row's crc32, shard) for rows in finished shards of other sets."""
+        out: dict[str, tuple[str, int, int, str]] = {}
         for key, entry in index["sets"].items():
             if key == skip or not (folder / f"{key}.npy").is_file():
                 continue
             per = entry["shard_images"]
-            for s in entry["shards"]:
-                for row in range(int(s) * per, min(entry["shape"][0], (int(s) + 1) * per)):
-                    out.setdefault(entry["fingerprints"][row], (key, row))
+            for s, rec in entry["shards"].items():
+                start = int(s) * per
+                for row, crc in enumerate(rec.get("rows", []), start):
+                    out.setdefault(entry["fingerprints"][row], (key, row, int(crc), s))
         return out
+
+    def _source(self, folder: Path, key: str, index: dict, cache: dict) -> np.ndarray | None:
+        """Set ``key``'s array, read-only, or ``None`` (with a one-line warning) when its file is broken."""
+        if key not in cache:
+            path = folder / f"{key}.npy"
+            cache[key] = np.load(path, mmap_mode="r") if _npy_ok(path, index["sets"][key]["shape"]) else None
+            if cache[key] is None:
+                warn(f"{path}: cached features are truncated or unreadable; extracting instead, and rebuilding "
+                     "that set when it is next used")
+                self._drop_set(folder, index["settings"], key)
+        return cache[key]
 
     # ------------------------------------------------------------------ extraction
     def _fill(self, scene, teacher, views, arr, key, entry, todo, index, folder, size, batch_size, progress) -> None:
@@ -238,24 +346,33 @@ class FeatureStore:
             task = bar.add_task("extract", total=total)
             for s in todo:
                 rows = self._rows(entry, s)
-                need = []
+                need, crcs = [], {}
                 for row in range(rows.start, rows.stop):
                     hit = reuse.get(entry["fingerprints"][row])
-                    if hit is None:
-                        need.append(row)
-                        continue
-                    src = others.get(hit[0])
-                    if src is None:
-                        src = others[hit[0]] = np.load(folder / f"{hit[0]}.npy", mmap_mode="r")
-                    arr[row] = src[hit[1]]
-                    bar.advance(task)
+                    src = None if hit is None else self._source(folder, hit[0], index, others)
+                    if src is not None:
+                        data = np.array(src[hit[1]])  # one read: the bytes checked are the bytes copied
+                        if _crc(data) == hit[2]:
+                            arr[row] = data
+                            crcs[row] = hit[2]
+                            bar.advance(task)
+                            continue
+                        warn(f"{folder / hit[0]}.npy: a cached row fails its checksum; extracting it again")
+                        self._drop_shard(folder, index["settings"], hit[0], hit[3])
+                        reuse = {fp: h for fp, h in reuse.items() if h[0] != hit[0] or h[3] != hit[3]}
+                    need.append(row)
                 batches = [need[i:i + batch_size] for i in range(0, len(need), batch_size)]
                 pending = pool.map(lambda b: torch.stack([load(views[r]) for r in b]), batches)
                 for rows_b, images in zip(batches, pending):  # next batch decodes while this one runs
-                    feats = teacher.extract(images[None] if images.dim() == 3 else images)
-                    arr[rows_b] = feats.to(torch.float16).cpu().numpy()
+                    feats = teacher.extract(images[None] if images.dim() == 3 else images).to(torch.float16).cpu().numpy()
+                    arr[rows_b] = feats
+                    for r, f in zip(rows_b, feats):
+                        crcs[r] = _crc(f)
                     bar.advance(task, len(rows_b))
                 arr.flush()
-                entry["shards"][str(s)] = {"crc32": zlib.crc32(np.ascontiguousarray(arr[rows]).view(np.uint8)),
-                                           "bytes": int(arr[rows].nbytes)}
+                row_crcs = [crcs[r] for r in range(rows.start, rows.stop)]
+                entry["shards"][str(s)] = {"crc32": _crc(arr[rows]), "rows": row_crcs, "bytes": int(arr[rows].nbytes)}
+                if any(_crc(arr[r]) != c for r, c in zip(range(rows.start, rows.stop), row_crcs)):
+                    raise FeatureFieldError(f"{folder / key}.npy: features changed while being written "
+                                            "(another process or a failing disk); run the command again")
                 self._commit(folder, index["settings"], key, entry)
