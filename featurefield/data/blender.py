@@ -21,8 +21,10 @@ from featurefield.data.images import ImageFiles
 from featurefield.data.loading import (
     check_downscale,
     check_sizes,
+    check_unique,
     downscale_cameras,
     finite_matrix,
+    json_number,
     read_json,
     resolve_image,
     take_options,
@@ -63,20 +65,25 @@ def _read_split(file: Path) -> tuple[Cameras, list[Path]]:
         paths.append(resolve_image(root, str(frame["file_path"]), file))
         poses.append(finite_matrix(frame["transform_matrix"], (4, 4), file, f"transform_matrix of frame {k}"))
 
+    check_unique(paths, file)
+    if "fl_x" not in meta and "camera_angle_x" not in meta:
+        raise FeatureFieldError(f"{file}: missing intrinsics; give 'camera_angle_x' or 'fl_x'")
+    # every value is checked before the images are opened: a typo costs no time
+    fl_x = json_number(meta["fl_x"], file, "fl_x", positive=True) if "fl_x" in meta else None
+    angle = None if fl_x is not None else json_number(meta["camera_angle_x"], file, "camera_angle_x (radians)",
+                                                      positive=True, below=math.pi)
+    fl_y = json_number(meta["fl_y"], file, "fl_y", positive=True) if "fl_y" in meta else None
+    given = {k: json_number(meta[k], file, k) for k in ("cx", "cy") if k in meta}
     if "w" in meta and "h" in meta:
-        width, height = int(meta["w"]), int(meta["h"])
+        width = json_number(meta["w"], file, "w", positive=True, integer=True)
+        height = json_number(meta["h"], file, "h", positive=True, integer=True)
         check_sizes(paths, [width] * len(paths), [height] * len(paths), file)
     else:
         width, height = uniform_size(paths, file)
-    if "fl_x" in meta:
-        fx = float(meta["fl_x"])
-    elif "camera_angle_x" in meta:
-        fx = 0.5 * width / math.tan(0.5 * float(meta["camera_angle_x"]))
-    else:
-        raise FeatureFieldError(f"{file}: missing intrinsics; give 'camera_angle_x' or 'fl_x'")
-    fy = float(meta.get("fl_y", fx))
-    cx = float(meta.get("cx", width / 2))
-    cy = float(meta.get("cy", height / 2))
+    fx = fl_x if fl_x is not None else 0.5 * width / math.tan(0.5 * angle)
+    fy = fl_y if fl_y is not None else fx
+    cx = given.get("cx", width / 2)
+    cy = given.get("cy", height / 2)
 
     c2w = torch.from_numpy(np.stack(poses)).to(torch.float32) @ OPENGL_TO_OPENCV
     cams = Cameras(c2w=c2w, fx=fx, fy=fy, cx=cx, cy=cy, width=width, height=height)

@@ -75,6 +75,50 @@ def _scene_root(path: Path, model: Path) -> Path:
     return Path(path)
 
 
+def _walk_binary(path: Path, fixed: int, count_at: int, item: int, name_at: int | None = None) -> None:
+    """Walk the records of a COLMAP binary file and check that they end exactly at the end of the file.
+
+    Each record is ``fixed`` bytes (after an optional NUL-terminated name at ``name_at``) holding a uint64
+    count at ``count_at`` of trailing items of ``item`` bytes. pycolmap trusts the counts: a truncated file
+    makes it read garbage counts and allocate until ``std::bad_alloc``, minutes later.
+    """
+    import struct
+
+    data = path.read_bytes()
+    bad = FeatureFieldError(f"{path}: cannot read the COLMAP model (the file is truncated or corrupt); re-export it "
+                            "from COLMAP (or copy it again)")
+    if len(data) < 8:
+        raise bad
+    (n,), off = struct.unpack_from("<Q", data, 0), 8
+    if n > len(data):  # every record takes at least a byte
+        raise bad
+    for _ in range(n):
+        start = off
+        if name_at is not None:
+            end = data.find(b"\0", off + name_at)
+            if end < 0:
+                raise bad
+            off = end + 1 - name_at  # the name's length moves every later field
+        if off + fixed > len(data):
+            raise bad
+        (count,) = struct.unpack_from("<Q", data, off + count_at)
+        off += fixed + count * item
+        if off > len(data) or off <= start:
+            raise bad
+    if off != len(data):
+        raise bad
+
+
+def check_binary_model(model: Path) -> None:
+    """Fail fast on truncated ``images.bin`` / ``points3D.bin`` (a one-line error instead of a long stall)."""
+    # images.bin: id u32, qvec 4 f64, tvec 3 f64, camera id u32, name\0, n u64, n x (x, y f64, point id u64)
+    if (model / "images.bin").is_file() and not (model / "images.txt").is_file():
+        _walk_binary(model / "images.bin", fixed=64 + 8, count_at=64, item=24, name_at=64)
+    # points3D.bin: id u64, xyz 3 f64, rgb 3 u8, error f64, n u64, n x (image id u32, point2D idx u32)
+    if (model / "points3D.bin").is_file() and not (model / "points3D.txt").is_file():
+        _walk_binary(model / "points3D.bin", fixed=51, count_at=43, item=8)
+
+
 def read_reconstruction(model: Path):
     """``pycolmap.Reconstruction`` of ``model`` with a one-line error for a broken model."""
     import pycolmap
@@ -82,6 +126,7 @@ def read_reconstruction(model: Path):
     for name in ("images", "points3D"):
         if not any((model / f"{name}{ext}").is_file() for ext in (".bin", ".txt")):
             raise FeatureFieldError(f"{model}: COLMAP model lacks {name}.bin/{name}.txt; export the full sparse model")
+    check_binary_model(model)
     try:
         return pycolmap.Reconstruction(str(model))
     except Exception as err:  # pycolmap raises RuntimeError/ValueError for broken files

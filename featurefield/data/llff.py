@@ -76,6 +76,11 @@ def load(path: Path, *, downscale: float = 1.0, **options) -> Scene:
     hwf = poses[:, :, 4]
     if (hwf <= 0).any():
         raise FeatureFieldError(f"{file}: missing intrinsics (H, W, focal must be positive)")
+    near, far = arr[:, 15], arr[:, 16]
+    bad = np.nonzero((near <= 0) | (far <= near))[0]
+    if len(bad):
+        raise FeatureFieldError(f"{file}: row {int(bad[0])} has depth bounds near={near[bad[0]]:g}, far={far[bad[0]]:g}; "
+                                "they must satisfy 0 < near < far (regenerate with LLFF's imgs2poses)")
 
     image_dir = root / "images"
     pre = prescaled_folder(image_dir, downscale)

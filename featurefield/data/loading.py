@@ -65,15 +65,73 @@ def list_photos(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
 
 
-def check_sizes(paths: Sequence[Path], widths: Sequence[int] | Tensor, heights: Sequence[int] | Tensor,
-                source: Path | str) -> None:
-    """Check each image's size (header only, no decoding) against the declared camera size.
+def json_number(value: Any, source: Path | str, what: str, *, positive: bool = False, integer: bool = False,
+                below: float | None = None) -> float:
+    """A number given in a scene file, checked: a real number (not text, a list, null or a boolean), finite,
+    ``> 0`` when ``positive``, whole when ``integer`` and ``< below`` when given.
 
     Raises:
-        FeatureFieldError: an image is missing, unreadable, or of another size than declared.
+        FeatureFieldError: naming ``what`` in ``source`` and the value found.
+    """
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if ok and positive:
+        ok = value > 0
+    if ok and below is not None:
+        ok = value < below
+    if not ok:
+        kind = "a whole number" if integer else "a number"
+        bounds = " > 0" if positive else ""
+        bounds += f" and < {below:g}" if below is not None else ""
+        raise FeatureFieldError(f"{source}: {what} must be {kind}{bounds}, found {json.dumps(value)[:60]}; fix the file")
+    return int(value) if integer else float(value)
+
+
+def check_unique(paths: Sequence[Path], source: Path | str) -> None:
+    """Every view's image file is listed once (a repeated frame would count twice in training and metrics)."""
+    seen: dict[Path, int] = {}
+    for k, path in enumerate(paths):
+        key = Path(path).resolve()
+        if key in seen:
+            raise FeatureFieldError(f"{source}: frame {k} repeats the image of frame {seen[key]} ({Path(path).name}); "
+                                    "remove the duplicate frame")
+        seen[key] = k
+
+
+def check_complete(path: Path) -> None:
+    """A cheap check that a PNG or JPEG file is not cut short: its last bytes are the format's end marker.
+
+    Reading the header finds a wrong size, not a truncated file; decoding every image up front would cost
+    as much as a pass over the data. PNG ends with an ``IEND`` chunk, JPEG with the ``FF D9`` marker
+    (some cameras append a few bytes after it, hence a search in the last KiB).
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 1024))
+            tail = f.read()
+    except OSError as err:
+        raise FeatureFieldError(f"{path}: cannot read image ({err.strerror})") from err
+    truncated = (head.startswith(b"\x89PNG") and b"IEND" not in tail[-12:]) or \
+                (head.startswith(b"\xff\xd8") and b"\xff\xd9" not in tail)
+    if truncated:
+        raise FeatureFieldError(f"{path}: the image file is truncated (cut short); copy it again or remove its frame")
+
+
+def check_sizes(paths: Sequence[Path], widths: Sequence[int] | Tensor, heights: Sequence[int] | Tensor,
+                source: Path | str) -> None:
+    """Check each image's size (header only, no decoding) against the declared camera size, and that the
+    file is complete (:func:`check_complete`): every view, train and test alike, before any work.
+
+    Raises:
+        FeatureFieldError: an image is missing, unreadable, truncated, or of another size than declared.
     """
     for path, w, h in zip(paths, widths, heights):
         actual = image_size(path)
+        check_complete(path)
         if actual != (int(w), int(h)):
             raise FeatureFieldError(
                 f"{path}: image is {actual[0]}x{actual[1]} but {source} declares a {int(w)}x{int(h)} camera; "
@@ -88,6 +146,7 @@ def uniform_size(paths: Sequence[Path], source: Path | str) -> tuple[int, int]:
         FeatureFieldError: the images differ in size.
     """
     first = image_size(paths[0])
+    check_complete(paths[0])
     check_sizes(paths[1:], [first[0]] * (len(paths) - 1), [first[1]] * (len(paths) - 1), source)
     return first
 

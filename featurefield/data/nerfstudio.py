@@ -27,8 +27,10 @@ from featurefield.data.images import ImageFiles, image_size
 from featurefield.data.loading import (
     check_downscale,
     check_sizes,
+    check_unique,
     downscale_cameras,
     finite_matrix,
+    json_number,
     holdout_split,
     read_json,
     resize_cameras,
@@ -134,19 +136,25 @@ def load(path: Path, *, downscale: float = 1.0, **options) -> Scene:
             raise FeatureFieldError(f"{file}: missing intrinsics for frame {k}; give 'fl_x' (and 'fl_y') globally or per frame")
         fl_x = fl_y if fl_x is None else fl_x
         fl_y = fl_x if fl_y is None else fl_y
+        fl_x = json_number(fl_x, file, f"fl_x of frame {k}", positive=True)
+        fl_y = json_number(fl_y, file, f"fl_y of frame {k}", positive=True)
         w, h = get(frame, "w"), get(frame, "h")
         if w is None or h is None:
             w, h = image_size(paths[-1])
+        w = json_number(w, file, f"w of frame {k}", positive=True, integer=True)
+        h = json_number(h, file, f"h of frame {k}", positive=True, integer=True)
         cx, cy = get(frame, "cx"), get(frame, "cy")
-        cx = w / 2 if cx is None else cx
-        cy = h / 2 if cy is None else cy
-        intr.append([float(fl_x), float(fl_y), float(cx), float(cy), int(w), int(h)])
-        dist.append([float(get(frame, key) or 0.0) for key in _DISTORTION_KEYS])
+        cx = w / 2 if cx is None else json_number(cx, file, f"cx of frame {k}")
+        cy = h / 2 if cy is None else json_number(cy, file, f"cy of frame {k}")
+        intr.append([fl_x, fl_y, cx, cy, w, h])
+        dist.append([0.0 if get(frame, key) is None else json_number(get(frame, key), file, f"{key} of frame {k}")
+                     for key in _DISTORTION_KEYS])
         name = get(frame, "camera_model")
         if name is None:
             name = "OPENCV" if any(dist[-1]) else "PINHOLE"
         model_names.add(str(name).upper())
 
+    check_unique(paths, file)
     unknown = model_names - set(CAMERA_MODELS)
     if unknown:
         raise FeatureFieldError(f"{file}: unsupported camera_model {sorted(unknown)[0]}; use one of {', '.join(CAMERA_MODELS)}")
@@ -162,8 +170,9 @@ def load(path: Path, *, downscale: float = 1.0, **options) -> Scene:
 
     c2w = torch.from_numpy(np.stack(poses))
     if "applied_transform" in meta:
-        a = np.asarray(meta["applied_transform"], dtype=np.float64)
-        if a.shape == (3, 4):
+        a = meta["applied_transform"]
+        if isinstance(a, list) and len(a) == 3:
+            a = finite_matrix(a, (3, 4), file, "applied_transform")
             a = np.concatenate([a, [[0, 0, 0, 1]]])
         a = finite_matrix(a, (4, 4), file, "applied_transform")
         c2w = torch.from_numpy(np.linalg.inv(a)) @ c2w
