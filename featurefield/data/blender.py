@@ -11,6 +11,7 @@ in the standard box ``[-1.5, 1.5]^3``, recorded as ``scene.bounds``.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 from featurefield.cameras import OPENGL_TO_OPENCV, Cameras
 from featurefield.data.images import ImageFiles
 from featurefield.data.loading import (
+    background_option,
     check_downscale,
     check_sizes,
     check_unique,
@@ -104,9 +106,7 @@ def load(path: Path, *, downscale: float = 1.0, **options) -> Scene:
     """
     opts = take_options(options, {"background": (1.0, 1.0, 1.0)}, "blender")
     check_downscale(downscale)
-    background = tuple(float(c) for c in opts["background"])
-    if len(background) != 3:
-        raise FeatureFieldError(f"background must be three numbers (RGB in [0, 1]), got {opts['background']!r}")
+    background = background_option(opts["background"], "blender")
     root = _root(path)
     if not (root / "transforms_train.json").is_file():
         raise FeatureFieldError(f"{root}: no transforms_train.json; not a Blender/NeRF-synthetic scene")
@@ -141,5 +141,5 @@ def load(path: Path, *, downscale: float = 1.0, **options) -> Scene:
         name=root.name,
         format="blender",
         source=root,
-        metadata={"image_names": [str(p.relative_to(root)) for p in paths]},
+        metadata={"image_names": [os.path.relpath(p, root) for p in paths]},  # frames may name files elsewhere
     )

@@ -550,6 +550,26 @@ def make_demo_scene(seed: int = 0, size: int = 128, views: int = 32, test_every:
     if unknown:
         raise FeatureFieldError(f"demo scene: unknown option(s) {', '.join(sorted(unknown))}; valid options are "
                                 f"{', '.join([*_DEFAULTS, 'height'])}")
+    def whole(name, value, minimum):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and float(value).is_integer()
+        if not ok or value < minimum:
+            raise FeatureFieldError(f"demo scene: {name} must be a whole number >= {minimum}, got {value!r}")
+        return int(value)
+
+    def real(name, value, low, high):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or not low < value < high:
+            raise FeatureFieldError(f"demo scene: {name} must be a number between {low:g} and {high:g}, got {value!r}")
+        return float(value)
+
+    size, views, test_every = whole("size", size, 8), whole("views", views, 2), whole("test_every", test_every, 2)
+    supersample, points = whole("supersample", supersample, 1), whole("points", points, 0)
+    height = None if height is None else whole("height", height, 8)
+    fov, distance = real("fov", fov, 0.0, 180.0), real("distance", distance, 0.0, math.inf)
+    if isinstance(background, str) or not isinstance(background, (list, tuple)) or len(background) != 3 or not all(
+            isinstance(c, (int, float)) and not isinstance(c, bool) and 0 <= c <= 1 for c in background):
+        raise FeatureFieldError(f"demo scene: background must be 3 numbers (RGB in [0, 1]), e.g. background=[0,0,0]; "
+                                f"got {background!r}")
     if int(size) < 8 or (height is not None and int(height) < 8):
         raise FeatureFieldError(f"demo scene: size must be at least 8 pixels, got {size}")
     if int(views) < 2:

@@ -224,3 +224,13 @@ def finite_matrix(value: Any, shape: tuple[int, ...], source: Path | str, what: 
     if not np.isfinite(arr).all():
         raise FeatureFieldError(f"{source}: {what} contains NaN or inf; fix or remove that view")
     return arr
+
+
+def background_option(value: Any, fmt: str) -> tuple[float, float, float]:
+    """The ``background`` loader option: three numbers in [0, 1] (RGB), or a one-line error."""
+    ok = isinstance(value, (list, tuple)) and len(value) == 3 and all(
+        isinstance(c, (int, float)) and not isinstance(c, bool) and 0 <= c <= 1 for c in value)
+    if not ok:
+        raise FeatureFieldError(f"{fmt}: background must be three numbers (RGB in [0, 1]), e.g. background=[0,0,0]; "
+                                f"got {value!r}")
+    return tuple(float(c) for c in value)

@@ -25,6 +25,7 @@ from PIL import Image
 from featurefield.cameras import OPENGL_TO_OPENCV, Cameras
 from featurefield.data.images import ImageFiles, image_size
 from featurefield.data.loading import (
+    background_option,
     check_downscale,
     check_sizes,
     check_unique,
@@ -105,6 +106,7 @@ def load(path: Path, *, downscale: float = 1.0, **options) -> Scene:
         A :class:`Scene` in the original world frame (``applied_transform`` undone).
     """
     opts = take_options(options, {"background": (1.0, 1.0, 1.0)}, "nerfstudio")
+    background = background_option(opts["background"], "nerfstudio")
     check_downscale(downscale)
     file = _file(path)
     meta = read_json(file)
@@ -201,7 +203,6 @@ def load(path: Path, *, downscale: float = 1.0, **options) -> Scene:
         if "applied_transform" in meta:
             inv = torch.from_numpy(np.linalg.inv(a)).to(torch.float32)
             points.xyz = points.xyz @ inv[:3, :3].T + inv[:3, 3]
-    background = tuple(float(c) for c in opts["background"])
     return Scene(
         cameras=cameras, images=images, split=split, normalization=Normalization.fit(cameras),
         points=points, background=background, name=root.name, format="nerfstudio", source=root,

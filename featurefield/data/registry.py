@@ -58,7 +58,10 @@ def load_scene(path: str | Path, format: str | None = None, downscale: float = 1
     if str(path) == "demo" or str(path).startswith("demo:"):
         from featurefield.data.demo_scene import make_demo_scene
 
-        seed = int(str(path).split(":", 1)[1]) if ":" in str(path) else 0
+        text = str(path).split(":", 1)[1] if ":" in str(path) else "0"
+        if not text.lstrip("-").isdigit():
+            raise FeatureFieldError(f"demo scene: {path!r} is not demo:SEED with a whole-number seed (e.g. demo:1)")
+        seed = int(text)
         scene = make_demo_scene(seed=seed, **options)
         scene.metadata.update(seed=seed, options=dict(options))
         return scene
