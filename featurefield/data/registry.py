@@ -8,6 +8,7 @@ Each format module exposes ``detect(path: Path) -> bool`` and
 from __future__ import annotations
 
 import importlib
+import math
 from pathlib import Path
 
 from featurefield.data.scene import Scene
@@ -55,6 +56,11 @@ def load_scene(path: str | Path, format: str | None = None, downscale: float = 1
         downscale: shrink images by this factor (cameras are scaled to match).
         options: format-specific options (e.g. ``background`` for Blender scenes).
     """
+    if format is not None and format not in FORMATS:
+        raise FeatureFieldError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
+    if isinstance(downscale, bool) or not isinstance(downscale, (int, float)) or not math.isfinite(downscale) \
+            or downscale < 1:
+        raise FeatureFieldError(f"--downscale must be a number >= 1 (got {downscale}); 2 halves the resolution")
     if str(path) == "demo" or str(path).startswith("demo:"):
         from featurefield.data.demo_scene import make_demo_scene
 
