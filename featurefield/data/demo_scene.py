@@ -22,6 +22,7 @@ the single ray through the pixel centre, so they are exact for that ray.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -551,13 +552,13 @@ def make_demo_scene(seed: int = 0, size: int = 128, views: int = 32, test_every:
         raise FeatureFieldError(f"demo scene: unknown option(s) {', '.join(sorted(unknown))}; valid options are "
                                 f"{', '.join([*_DEFAULTS, 'height'])}")
     def whole(name, value, minimum):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and float(value).is_integer()
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and float(value).is_integer()
         if not ok or value < minimum:
             raise FeatureFieldError(f"demo scene: {name} must be a whole number >= {minimum}, got {value!r}")
         return int(value)
 
     def real(name, value, low, high):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
         if not ok or not low < value < high:
             raise FeatureFieldError(f"demo scene: {name} must be a number between {low:g} and {high:g}, got {value!r}")
         return float(value)
@@ -567,7 +568,7 @@ def make_demo_scene(seed: int = 0, size: int = 128, views: int = 32, test_every:
     height = None if height is None else whole("height", height, 8)
     fov, distance = real("fov", fov, 0.0, 180.0), real("distance", distance, 0.0, math.inf)
     if isinstance(background, str) or not isinstance(background, (list, tuple)) or len(background) != 3 or not all(
-            isinstance(c, (int, float)) and not isinstance(c, bool) and 0 <= c <= 1 for c in background):
+            isinstance(c, numbers.Real) and not isinstance(c, bool) and 0 <= c <= 1 for c in background):
         raise FeatureFieldError(f"demo scene: background must be 3 numbers (RGB in [0, 1]), e.g. background=[0,0,0]; "
                                 f"got {background!r}")
     if int(size) < 8 or (height is not None and int(height) < 8):

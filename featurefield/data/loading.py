@@ -7,6 +7,7 @@ names the offending file, so each loader reports bad input the same way.
 from __future__ import annotations
 
 import json
+import numbers
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -229,7 +230,7 @@ def finite_matrix(value: Any, shape: tuple[int, ...], source: Path | str, what: 
 def background_option(value: Any, fmt: str) -> tuple[float, float, float]:
     """The ``background`` loader option: three numbers in [0, 1] (RGB), or a one-line error."""
     ok = isinstance(value, (list, tuple)) and len(value) == 3 and all(
-        isinstance(c, (int, float)) and not isinstance(c, bool) and 0 <= c <= 1 for c in value)
+        isinstance(c, numbers.Real) and not isinstance(c, bool) and 0 <= c <= 1 for c in value)
     if not ok:
         raise FeatureFieldError(f"{fmt}: background must be three numbers (RGB in [0, 1]), e.g. background=[0,0,0]; "
                                 f"got {value!r}")
