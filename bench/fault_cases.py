@@ -30,10 +30,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -609,7 +609,8 @@ def _run_folder_cases() -> list[Case]:
     cases.append(Case("full-disk-training", [], absent=None, run=drive_full_disk_training, needs=("mount",)))
     cases.append(Case("full-disk-features", [], absent=None, run=drive_full_disk_features, needs=("mount",)))
     for verb, extra in (("render", []), ("eval", []), ("query", ["--point", "5", "5"]), ("export", [])):
-        cases.append(Case(f"readonly-run-{verb}", [], absent=None, needs=("mount",), run=drive_readonly([verb, "{R}", *extra, *CPU], False)))
+        cases.append(Case(f"readonly-run-{verb}", [], absent=None, needs=("mount",),
+                          run=drive_readonly([verb, "{R}", *extra, *CPU], False)))
         cases.append(Case(f"readonly-run-{verb}-output-elsewhere", [], expect="ok", absent=None, needs=("mount",),
                           run=drive_readonly([verb, "{R}", *extra, "--output", "{C}/out", *CPU], True)))
     cases.append(Case("readonly-run-resume", [], absent=None, needs=("mount",),

@@ -98,9 +98,9 @@ def test_a_truncated_colmap_file_fails_fast(tmp_path, name):
 
 def test_a_truncated_binary_model_with_a_few_bytes_missing(tmp_path):
     """Two points, the second's track cut by 4 bytes: the walk over the records finds it."""
-    from featurefield.data.colmap import check_binary_model
-
     import struct
+
+    from featurefield.data.colmap import check_binary_model
 
     rec = lambda i, n: struct.pack("<Q3d3BdQ", i, 0.0, 0.0, 0.0, 1, 2, 3, 0.5, n) + b"\0" * 8 * n  # noqa: E731
     (tmp_path / "points3D.bin").write_bytes(struct.pack("<Q", 2) + rec(1, 2) + rec(2, 3))

@@ -32,9 +32,9 @@ Teacher input is ``scene.image(i)`` (``[H, W, 3]``, RGBA composited on the backg
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
-import errno
 import os
 import shutil
 import sys
