@@ -98,6 +98,8 @@ class RunConfig:
         background: the scene's background colour (scenes with alpha), or None.
         cache_dir: the feature cache folder used (None: the default).
         featurefield: the version that wrote it.
+        scene_signature: a digest of the scene's views, cameras and first image
+            (:func:`featurefield.train.scene_signature`): ``--resume`` with another scene path checks it.
     """
 
     scene: SceneSpec
@@ -108,6 +110,7 @@ class RunConfig:
     background: list[float] | None = None
     cache_dir: str | None = None
     featurefield: str | None = None
+    scene_signature: str | None = None
 
     @property
     def teacher_names(self) -> list[str]:
@@ -122,7 +125,8 @@ class RunConfig:
     def to_dict(self) -> dict:
         return {"scene": plain(self.scene), "field": self.field, "field_config": plain(self.field_config),
                 "teachers": [t.to_dict() for t in self.teachers], "trainer": plain(self.trainer),
-                "background": self.background, "cache_dir": self.cache_dir, "featurefield": self.featurefield}
+                "background": self.background, "cache_dir": self.cache_dir, "featurefield": self.featurefield,
+                "scene_signature": self.scene_signature}
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
@@ -134,7 +138,7 @@ class RunConfig:
             field=d["field"], field_config=dict(d.get("field_config") or {}),
             teachers=[TeacherSpec.parse(t) for t in d.get("teachers", [])], trainer=dict(d.get("trainer") or {}),
             background=d.get("background"), cache_dir=d.get("cache_dir") or (d.get("trainer") or {}).get("cache_dir"),
-            featurefield=d.get("featurefield"))
+            featurefield=d.get("featurefield"), scene_signature=d.get("scene_signature"))
 
     @classmethod
     def read(cls, folder: str | Path) -> RunConfig:
@@ -144,8 +148,9 @@ class RunConfig:
             raise FeatureFieldError(f"{folder}: not a featurefield run (no {CONFIG}); pass the folder `featurefield train` wrote")
         try:
             return cls.from_dict(json.loads(path.read_text()))
-        except json.JSONDecodeError as err:
-            raise FeatureFieldError(f"{path}: broken JSON ({err})") from err
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise FeatureFieldError(f"{path}: broken JSON ({' '.join(str(err).split())}); the run folder is damaged: "
+                                    "restore the file or train again") from err
         except (KeyError, TypeError, AttributeError) as err:
             raise FeatureFieldError(f"{path}: not a featurefield run config ({type(err).__name__}: {err})") from err
 
@@ -158,5 +163,12 @@ def read_normalization(folder: str | Path) -> Normalization:
     """The run's world -> canonical similarity, or a one-line error when the file is missing."""
     path = Path(folder) / NORMALIZATION
     if not path.is_file():
-        raise FeatureFieldError(f"{folder}: {NORMALIZATION} is missing; the run folder is incomplete")
-    return Normalization.from_dict(json.loads(path.read_text()))
+        raise FeatureFieldError(f"{folder}: {NORMALIZATION} is missing; the run folder is incomplete (restore the file "
+                                "or train again)")
+    try:
+        norm = Normalization.from_dict(json.loads(path.read_text()))
+        if norm.center.shape != (3,) or not bool(norm.center.isfinite().all()) or not norm.scale > 0:
+            raise ValueError("centre must be 3 finite numbers and scale > 0")
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RuntimeError) as err:
+        raise FeatureFieldError(f"{path}: broken ({' '.join(str(err).split())[:120]}); restore the file or train again") from err
+    return norm

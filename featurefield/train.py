@@ -29,7 +29,7 @@ from featurefield.data.scene import Scene
 from featurefield.errors import FeatureFieldError
 from featurefield.fields.base import FeatureField, TeacherTarget, TrainData
 from featurefield.fields.registry import FieldSpec, field_spec
-from featurefield.io import atomic_torch_save, atomic_write_json, resolve_device
+from featurefield.io import atomic_torch_save, atomic_write_json, atomic_write_text, resolve_device
 from featurefield.metrics import cosine_map, psnr
 from featurefield.run import Run, load_checkpoint, load_run
 from featurefield.run_config import CHECKPOINT, NORMALIZATION, RunConfig, SceneSpec, plain, read_normalization
@@ -69,6 +69,11 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.steps is not None and (isinstance(self.steps, bool) or self.steps < 1):
+            raise FeatureFieldError(f"--steps must be at least 1 (or left out for the default), got {self.steps}")
+        for name, low in (("eval_every", 0), ("checkpoint_every", 1), ("log_every", 1), ("feature_batch", 1)):
+            if getattr(self, name) < low:
+                raise FeatureFieldError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")
         if self.eval_views < 1:
             raise FeatureFieldError(f"eval views must be at least 1, got {self.eval_views}")
         if self.final_eval_views is not None and self.final_eval_views < 1:
@@ -122,18 +127,20 @@ class Trainer:
     """
 
     def __init__(self, run_dir: Path, scene: Scene, field: str, field_config, teachers: list[TeacherSpec],
-                 config: TrainConfig) -> None:
+                 config: TrainConfig, built_teachers: dict | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.scene = scene
         self.spec: FieldSpec = field_spec(field)
         self.kind = field
         self.field_config = field_config
         self.teacher_specs = [TeacherSpec.parse(t) for t in teachers]
+        self._built_teachers = dict(built_teachers or {})  # already made (their options checked) by train()
         self.config = config
         self.device = resolve_device(config.device)
         self.steps = config.steps or self.spec.default_steps(self.device)
         self.console = None
         self._elapsed_before = {"train_seconds": 0.0, "feature_seconds": 0.0, "wall_seconds": 0.0, "sessions": 0}
+        self._last_checkpoint: int | None = None
         self._t_start, self._t_loop, self._t_features = time.perf_counter(), None, 0.0
 
     # ------------------------------------------------------------------ data
@@ -150,7 +157,7 @@ class Trainer:
         H, W = int(scene.cameras.height[train_views[0]]), int(scene.cameras.width[train_views[0]])
         self.teachers = {}
         for spec in self.teacher_specs:
-            teacher = spec.create().to(dev)
+            teacher = (self._built_teachers.pop(spec.name, None) or spec.create()).to(dev)
             self.teachers[spec.name] = teacher
             features[spec.name] = store.load_or_extract(scene, teacher, train_views, device=dev,
                                                         batch_size=self.config.feature_batch,
@@ -181,10 +188,40 @@ class Trainer:
         state = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in fld.state_dict().items()}
         bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
         if bad:  # never overwrite the last good checkpoint with a broken model
+            raise self._diverged_error(step, f"non-finite parameters: {', '.join(bad[:3])}")
+        try:
+            self._write_checkpoint(fld, step, generator, state)
+        except (OSError, RuntimeError) as err:
+            if isinstance(err, RuntimeError) and "writ" not in str(err):
+                raise  # not a failed write: a bug, keep its traceback
+            import shutil
+
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else "the write failed"
+            free = shutil.disk_usage(self.run_dir).free / 2**20
             raise FeatureFieldError(
-                f"training diverged before step {step} (non-finite parameters: {', '.join(bad[:3])}); "
-                f"the last good checkpoint is kept at {self.run_dir / CHECKPOINT}; lower the learning rates or the feature weight"
-            )
+                f"{self.run_dir / CHECKPOINT}: cannot write the checkpoint of step {step} ({reason}; {free:.0f} MiB free); "
+                f"{self._previous_checkpoint()}; free disk space and continue with --output {self.run_dir} --resume"
+            ) from err
+        self._last_checkpoint = step
+
+    def _previous_checkpoint(self) -> str:
+        if self._last_checkpoint is None:
+            return "no checkpoint was written before"
+        return f"the previous checkpoint (step {self._last_checkpoint}) is intact"
+
+    def _diverged_error(self, step: int, what: str) -> FeatureFieldError:
+        """The one-line error of a diverged training: what was seen, the checkpoint kept, the likely setting."""
+        from featurefield.config_checks import changed_rates
+
+        kept = (f"the last good checkpoint (step {self._last_checkpoint}) is kept at {self.run_dir / CHECKPOINT}"
+                if self._last_checkpoint is not None else "no checkpoint was written yet")
+        suspects = changed_rates(self.field_config, self.kind)
+        suspects += [f"--teacher {t.name}@{t.weight:g}" for t in self.teacher_specs if t.weight > 1.0]
+        hint = (f"likely cause: {', '.join(suspects[:2])}; lower it" if suspects
+                else "lower the learning rates or the feature weight")
+        return FeatureFieldError(f"training diverged at step {step} ({what}); {kept}; {hint}, then --resume or start again")
+
+    def _write_checkpoint(self, fld: FeatureField, step: int, generator: torch.Generator, state: dict) -> None:
         atomic_torch_save(self.run_dir / CHECKPOINT, {
             "step": step,
             "field_kind": self.kind,
@@ -258,10 +295,21 @@ class Trainer:
 
     def _raise_if_diverged(self, nonfinite: Tensor, losses: dict[str, Tensor], step: int, ckpt_path: Path) -> None:
         if bool(nonfinite):
-            raise FeatureFieldError(
-                f"training diverged by step {step} (loss is {float(losses['loss'])}); the last good checkpoint "
-                f"is kept at {ckpt_path}; lower the learning rates or the feature weight and --resume"
-            )
+            raise self._diverged_error(step, f"loss is {float(losses['loss'])}")
+
+    @staticmethod
+    def _broken(fld: FeatureField, err: Exception) -> str | None:
+        """What is wrong with a field whose step failed (non-finite parameters, nothing left, nothing in view),
+        else None (the failure is not the model's: a bug, keep its traceback)."""
+        bad = [k for k, v in fld.state_dict().items()
+               if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            return f"non-finite parameters: {', '.join(bad[:3])}"
+        if fld.stats().get("gaussians", 1) == 0:
+            return "every Gaussian was pruned"
+        if "does not require grad" in str(err):  # the loss no longer depends on any parameter
+            return "the model no longer renders anything into the training views"
+        return None
 
     def _record_resolved_config(self, fld: FeatureField) -> None:
         """Write the field's settings as created into ``config.json`` where creating resolved any (``--splat.strategy
@@ -290,7 +338,7 @@ class Trainer:
             sch.load_state_dict(ckpt["schedulers"][k])
         self._set_rng_state(ckpt["rng"], generator)
         self._elapsed_before = {**self._elapsed_before, **ckpt.get("elapsed", {})}
-        start = int(ckpt["step"])
+        start = self._last_checkpoint = int(ckpt["step"])
         self.console.print(f"resuming {self.run_dir} from step {start}")
         return fld, start
 
@@ -347,6 +395,11 @@ class Trainer:
                         f"out of GPU memory at step {step}; lower memory with --downscale 2, {self.spec.oom_advice} "
                         "or fewer teachers"
                     ) from err
+                except (RuntimeError, ValueError) as err:  # a diverged model fails in many ways (empty, NaN)
+                    broken = self._broken(fld, err)
+                    if broken is None:
+                        raise
+                    raise self._diverged_error(step, broken) from err
                 done = step + 1
                 checkpoint_now = done % self.config.checkpoint_every == 0 or done == self.steps
                 log_now = done % self.config.log_every == 0 or done == self.steps or done == start + 1
@@ -397,6 +450,15 @@ class Trainer:
         self.console = Console(stderr=True)
         self._t_start = time.perf_counter()
         self._t_loop = None
+        ckpt_path = self.run_dir / CHECKPOINT
+        if resume and ckpt_path.exists():  # checked before any feature extraction: a broken file is found at once
+            step = int(load_checkpoint(ckpt_path, device="cpu")["step"])
+            if step > self.steps:
+                raise FeatureFieldError(f"{self.run_dir}: the run is at step {step}, past --steps {self.steps}; "
+                                        f"pass --steps {step} or more to continue it, or leave --steps out")
+            _truncate_log(self.run_dir / "metrics.jsonl", step)
+            for stray in ckpt_path.parent.glob(f".{ckpt_path.name}.*"):  # a write cut short by a kill
+                stray.unlink(missing_ok=True)
         self.prepare()
         self._t_features = time.perf_counter() - self._t_start
         generator = torch.Generator(device="cpu").manual_seed(self.config.seed)
@@ -433,57 +495,161 @@ def _plain_progress_line(kind: str, done: int, total: int, start: int, seconds: 
 
 
 
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop what a run logged after its checkpoint at ``step`` (and the last session's final summary), so a
+    resumed run's ``metrics.jsonl`` never repeats a step or goes back."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+        if isinstance(record, dict) and not record.get("final") and record.get("step", 0) <= step:
+            keep.append(line)
+    atomic_write_text(path, "".join(f"{line}\n" for line in keep))
+
+
+def scene_signature(scene: Scene) -> str:
+    """A digest of what makes two scene folders the same capture: views, split, cameras (world frame, to
+    1e-4) and the pixels of the first training view. A run can be pointed at a moved copy with the same one."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(json.dumps({"views": len(scene), "split": {k: list(v) for k, v in sorted(scene.split.items())}}).encode())
+    cams = scene.cameras
+    for t in (cams.c2w[:, :3, :4], cams.fx, cams.fy, cams.cx, cams.cy):
+        h.update(np.round(t.double().numpy(), 4).tobytes())
+    h.update(np.stack([cams.width.numpy(), cams.height.numpy()]).astype(np.int64).tobytes())
+    first = scene.split["train"][0] if scene.split.get("train") else 0
+    h.update((scene.rgba(first) * 255).round().to(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def _repoint(output: Path, saved: RunConfig, new: SceneSpec) -> Scene:
+    """The scene at ``new``'s path, loaded with the run's own loader settings, after checking that it is the
+    capture the run was trained on (:func:`scene_signature`, recorded in ``scene.options``-free metadata)."""
+    old = saved.scene
+    candidate = SceneSpec(new.path, old.format, old.downscale, dict(old.options)).load()
+    recorded = saved.scene_signature
+    if recorded is None:  # a run from before signatures: compare with the original if it still loads
+        try:
+            recorded = scene_signature(old.load())
+        except FeatureFieldError as err:
+            raise FeatureFieldError(f"{output}: was trained on {old.path}, which cannot be loaded to compare with "
+                                    f"{new.path}; resume it with its own scene") from err
+    if scene_signature(candidate) != recorded:
+        raise FeatureFieldError(f"{new.path}: is not the scene {output} was trained on ({old.path}: other views, "
+                                "cameras or images); resume with that scene, or train a new run")
+    return candidate
+
+
+def _fit(trainer: Trainer, resume: bool) -> dict:
+    """``trainer.fit`` with a full or read-only disk turned into one line that says what is kept."""
+    import errno
+
+    try:
+        return trainer.fit(resume=resume)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        raise FeatureFieldError(f"{err.filename or trainer.run_dir}: cannot write ({err.strerror}); "
+                                f"{trainer._previous_checkpoint()}; free disk space and continue with "
+                                f"--output {trainer.run_dir} --resume") from err
+
+
 def train(scene: str | Path | Scene, output: str | Path, *, field: str = "splat",
           teachers: list[str | dict | TeacherSpec] = (DEFAULT_TEACHER,), config: TrainConfig | None = None,
           field_config=None, format: str | None = None, downscale: float = 1.0, scene_options: dict | None = None,
           weights: Path | None = None, resume: bool = False) -> Run:
     """Train a feature field and return the loaded :class:`~featurefield.run.Run`.
 
+    Every value is checked before any work, and a run folder has one writer at a time (:mod:`featurefield.runlock`).
+
     Args:
-        scene: a scene folder, ``"demo"``/``"demo:SEED"``, or a loaded :class:`Scene`.
+        scene: a scene folder, ``"demo"``/``"demo:SEED"``, or a loaded :class:`Scene`. On resume it may name
+            another folder holding the same capture (the run's scene moved): the run is pointed at it.
         output: the run folder (created; with ``resume=True``, continued from its checkpoint).
         field: the backend's name (``"splat"``, ``"nerf"``: :func:`featurefield.fields.registry.registered`).
         teachers: teacher names or specs (see :meth:`TeacherSpec.parse`); ``[]`` trains colour only.
-        config: loop settings; field_config: the backend's config dataclass (defaults if None).
+        config: loop settings; field_config: the backend's config dataclass (defaults if None). On resume,
+            ``config.steps`` (when set) extends the run to that many steps; the rest is the run's own.
         weights: the command line's ``--weights``, for the teachers that take a weights folder.
     """
+    from featurefield.config_checks import check_config_values
+    from featurefield.outputs import check_output_dir
+    from featurefield.runlock import run_lock
+
     config = config or TrainConfig()
     output = Path(output)
+    check_output_dir(output)
+    if config.cache_dir is not None:
+        check_output_dir(Path(config.cache_dir), "--cache-dir")
     if resume:
         if not (output / "config.json").is_file():
             raise FeatureFieldError(f"{output}: nothing to resume (no config.json); start a new run without --resume")
-        saved = RunConfig.read(output)
-        loaded = saved.scene.load(read_normalization(output))
-        field = saved.field
-        field_config = field_spec(field).config_from_dict(saved.field_config)
-        teacher_specs = saved.teachers
-        config = TrainConfig(**{**saved.trainer, "cache_dir": saved.trainer.get("cache_dir"),
-                                "progress": config.progress, "device": config.device})
-    else:
+        with run_lock(output):
+            saved = RunConfig.read(output)
+            normalization = read_normalization(output)
+            field = saved.field
+            field_config = field_spec(field).config_from_dict(saved.field_config)
+            teacher_specs = saved.teachers
+            steps = config.steps or saved.trainer.get("steps")
+            config = TrainConfig(**{**saved.trainer, "steps": steps, "cache_dir": saved.trainer.get("cache_dir"),
+                                    "progress": config.progress, "device": config.device})
+            new = None if scene is None else SceneSpec.of(scene, format, downscale, scene_options)
+            changed = steps != saved.trainer.get("steps")
+            if new is not None and new.path != saved.scene.path:
+                loaded = _repoint(output, saved, new)
+                saved.scene = SceneSpec(new.path, saved.scene.format, saved.scene.downscale, saved.scene.options)
+                changed = True
+            else:
+                loaded = saved.scene.load()
+            loaded = dataclasses.replace(loaded, normalization=normalization)
+            if changed:
+                saved.trainer = {**saved.trainer, "steps": steps}
+                saved.write(output)
+            trainer = Trainer(output, loaded, field, field_config, teacher_specs, config)
+            _fit(trainer, resume=True)
+        return load_run(output, device=trainer.device)
+
+    spec = field_spec(field)
+    scene_options = dict(scene_options or {})
+    field_config = field_config if field_config is not None else spec.config_class()()
+    check_config_values(field_config, field)
+    teacher_specs = [TeacherSpec.parse(t, weights) for t in teachers]
+    names = [t.name for t in teacher_specs]
+    if len(set(names)) != len(names):
+        raise FeatureFieldError(f"teacher listed twice: {names}")
+    if teacher_specs and getattr(field_config, "embed_dim", 1) < 1:
+        raise FeatureFieldError(f"--{field}.embed-dim must be at least 1 to distill a teacher")
+    device = resolve_device(config.device)
+    built = {t.name: t.create() for t in teacher_specs}  # bad options or weights: one line now, not after the folder
+    loaded = scene if isinstance(scene, Scene) else None
+    if loaded is None:
+        from featurefield.data import load_scene
+
+        loaded = load_scene(scene, format=format, downscale=downscale, **scene_options)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FeatureFieldError(f"{output}: cannot create the run folder ({err.strerror}); choose another --output") from err
+    with run_lock(output):
         if (output / CHECKPOINT).exists():
             raise FeatureFieldError(f"{output}: already holds a trained run; pass --resume to continue it or choose another --output")
-        spec = field_spec(field)
-        scene_options = dict(scene_options or {})
-        loaded = scene if isinstance(scene, Scene) else None
-        if loaded is None:
-            from featurefield.data import load_scene
-
-            loaded = load_scene(scene, format=format, downscale=downscale, **scene_options)
-        field_config = field_config if field_config is not None else spec.config_class()()
-        teacher_specs = [TeacherSpec.parse(t, weights) for t in teachers]
-        names = [t.name for t in teacher_specs]
-        if len(set(names)) != len(names):
-            raise FeatureFieldError(f"teacher listed twice: {names}")
-        output.mkdir(parents=True, exist_ok=True)
         RunConfig(
             scene=SceneSpec.of(scene, format, downscale, scene_options), field=field, field_config=plain(field_config),
             teachers=teacher_specs,
-            trainer={**plain(config), "steps": config.steps or spec.default_steps(resolve_device(config.device))},
+            trainer={**plain(config), "steps": config.steps or spec.default_steps(device)},
             background=None if loaded.background is None else list(loaded.background),
             cache_dir=None if config.cache_dir is None else str(config.cache_dir),
             featurefield=__import__("featurefield").__version__,
+            scene_signature=scene_signature(loaded),
         ).write(output)
         atomic_write_json(output / NORMALIZATION, loaded.normalization.to_dict())
-    trainer = Trainer(output, loaded, field, field_config, teacher_specs, config)
-    trainer.fit(resume=resume)
+        (output / "metrics.jsonl").unlink(missing_ok=True)  # a log left by an attempt that never checkpointed
+        trainer = Trainer(output, loaded, field, field_config, teacher_specs, config, built)
+        _fit(trainer, resume=False)
     return load_run(output, device=trainer.device)

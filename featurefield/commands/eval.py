@@ -89,8 +89,17 @@ def eval_command(run: Path, /, output: Path | None = None, max_views: int | None
     """
     from rich.console import Console
 
+    from featurefield.outputs import at_least, check_output_dir, check_output_file
+
     if worst < 0:
         raise FeatureFieldError(f"--worst must be 0 or more, got {worst}")
+    at_least("--max-views", max_views)
+    if split not in ("test", "train", "all"):
+        raise FeatureFieldError(f"--split must be test, train or all, got {split!r}")
+    target = output or Path(run) / "eval" / "metrics.json"
+    check_output_file(target, default=output is None)
+    if worst:
+        check_output_dir(target.parent / "worst", default=output is None)
     loaded = load_run(run, device=device)
     metrics = evaluate_run(loaded, split, max_views, lpips=not no_lpips)
     path = output or Path(run) / "eval" / "metrics.json"

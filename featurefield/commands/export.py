@@ -19,10 +19,14 @@ def export_command(run: Path, /, output: Path | None = None, teacher: str | None
         teacher: for NeRF runs, whose features to attach to the points (default: the first).
         max_points: NeRF point-cloud size.
     """
+    from featurefield.outputs import check_output_dir
+
+    out = Path(output) if output is not None else Path(run) / "export"
+    check_output_dir(out, default=output is None)
     loaded = load_run(run, device=device)
     if teacher is not None and teacher not in loaded.teacher_names:
         raise FeatureFieldError(f"{run}: no teacher {teacher!r} in this run (has {', '.join(loaded.teacher_names) or 'none'})")
-    files = export_run(loaded, output or loaded.path / "export", teacher, max_points)
+    files = export_run(loaded, out, teacher, max_points)
     for f in files:
         print(f"wrote {f}")
     return 0

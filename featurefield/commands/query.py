@@ -94,6 +94,9 @@ def query_command(
 
         check_phrases(text)
         check_phrases(negatives, "negative")
+    from featurefield.outputs import check_output_dir
+
+    check_output_dir(Path(output) if output else Path(run) / "queries", default=not output)  # before any work
     loaded = load_run(run, device=device)
     cam, scene_index = _view_camera(loaded, split, view)
     H, W = int(cam.height[0]), int(cam.width[0])

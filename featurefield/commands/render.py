@@ -36,10 +36,16 @@ def render_command(
         outputs: any of rgb, depth, pca.
         max_views: render at most this many views of a split (evenly spaced).
     """
-    loaded = load_run(run, device=device)
+    from featurefield.outputs import at_least, check_output_dir
+
+    at_least("--frames", frames)
+    at_least("--fps", fps)
+    at_least("--max-views", max_views)
     bad = set(outputs) - {"rgb", "depth", "pca"}
     if bad:
         raise FeatureFieldError(f"unknown output(s) {sorted(bad)}; choose from rgb, depth, pca")
+    check_output_dir(output or Path(run) / "renders" / path, default=output is None)
+    loaded = load_run(run, device=device)
     if "pca" in outputs and not loaded.teacher_names:
         outputs = tuple(o for o in outputs if o != "pca")
     from featurefield.camera_paths import interpolate_path, orbit_path

@@ -194,4 +194,41 @@ def create_teacher(name: str, **options) -> Teacher:
     _load_all()
     if name not in _REGISTRY:
         raise FeatureFieldError(f"unknown teacher {name!r}; available: {', '.join(sorted(_REGISTRY)) or 'none'}")
+    check_options(name, _REGISTRY[name], options)
     return _REGISTRY[name](**options)
+
+
+def check_options(name: str, factory, options: dict) -> None:
+    """Options a teacher factory does not take, or of another kind than its default (text for a number,
+    a number for a name), as one line, before the teacher is built."""
+    import inspect
+    import typing
+
+    try:
+        params = inspect.signature(factory).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            # a factory passing **options on: check against the class it returns, where it says which
+            made = typing.get_type_hints(factory).get("return")
+            if not inspect.isclass(made):
+                return
+            params = inspect.signature(made.__init__).parameters
+    except (TypeError, ValueError, NameError):  # no signature or hints to check against
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    known = [k for k, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and k != "self"]
+    for key, value in options.items():
+        if key not in known:
+            raise FeatureFieldError(f"teacher {name}: unknown option {key!r}; it takes {', '.join(known) or 'none'}")
+        default = params[key].default
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, (int, float)):
+            ok = number and (isinstance(default, float) or float(value).is_integer())
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        else:
+            ok = True
+        if not ok:
+            raise FeatureFieldError(f"teacher {name}: option {key}={value!r} should be like its default {default!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,8 @@ class TeacherSpec:
                     raise FeatureFieldError(f"teacher {spec!r}: the loss weight after @ is not a number") from err
             name, _, rest = text.partition(":")
             out = cls(name, parse_options(filter(None, rest.split(",")), f"teacher option in {text!r}:"), weight)
+        if not math.isfinite(out.weight) or out.weight < 0:
+            raise FeatureFieldError(f"teacher {out.name!r}: the loss weight must be a number >= 0, got {out.weight:g}")
         if weights is not None and "weights" not in out.options and takes_weights_folder(out.name):
             out.options["weights"] = str(weights)
         return out
