@@ -110,8 +110,14 @@ def features_command(scene: str, /, teacher: list[str] = [DEFAULT_TEACHER], view
     from PIL import Image
 
     from featurefield.data.registry import load_scene
+    from featurefield.outputs import at_least, check_output_dir
     from featurefield.teachers.store import FeatureStore
 
+    at_least("--pca", pca, low=0)
+    if cache_dir is not None:
+        check_output_dir(Path(cache_dir), "--cache-dir")
+    if pca and output is not None:
+        check_output_dir(Path(output))
     rank, world, local_rank = _torchrun_ranks()
     dev = resolve_device(device, local_rank)
     sc = load_scene(scene, format=format, downscale=downscale)
