@@ -192,8 +192,8 @@ class Trainer:
         try:
             self._write_checkpoint(fld, step, generator, state)
         except (OSError, RuntimeError) as err:
-            if isinstance(err, RuntimeError) and "writ" not in str(err):
-                raise  # not a failed write: a bug, keep its traceback
+            if isinstance(err, RuntimeError) and "writ" not in str(err) and "inline_container" not in str(err):
+                raise  # not a failed write (torch's zip writer says "file write failed" or "unexpected pos"): a bug
             import shutil
 
             reason = err.strerror if isinstance(err, OSError) and err.strerror else "the write failed"
