@@ -318,7 +318,6 @@ def drive_full_disk_training(case, env, C, W):
             "--no-features", *CPU]
     try:
         res = cli(argv, env)
-        res.stderr += f"\n[checkpoint after the fault: step {_ckpt_step(C / 'small' / 'run')}]" if res.returncode else ""
         step = _ckpt_step(C / "small" / "run")
         case_problem = None if step is not None else "no loadable checkpoint left after the full disk"
         res.args = (res.args, case_problem)
