@@ -700,7 +700,7 @@ def run_case(case: Case, W: Path, env: dict, have: set[str]) -> Outcome:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--code", type=Path, help="checkout whose featurefield is run (default: what PYTHONPATH gives)")
-    ap.add_argument("--only", default="", help="run the cases whose name contains this")
+    ap.add_argument("--only", default="", help="run the cases whose name contains this (comma-separated: any of them)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
     ap.add_argument("--json", type=Path, help="also write every outcome here")
@@ -715,7 +715,8 @@ def main() -> int:
     W.mkdir(parents=True, exist_ok=True)
     env["FEATUREFIELD_CACHE"] = str(W / "user-cache")
     have = {n for n, ok in (("lego", LEGO.is_dir()), ("beer", BEER.is_dir()), ("mount", _can_mount())) if ok}
-    cases = [c for c in CASES if args.only in c.name]
+    wanted = [w for w in args.only.split(",") if w] or [""]
+    cases = [c for c in CASES if any(w in c.name for w in wanted)]
     make_fixtures(W, env)
     outcomes: list[Outcome] = []
     with ThreadPoolExecutor(args.jobs) as pool:
