@@ -325,7 +325,12 @@ class SamTeacher(Teacher):
                 raise FeatureFieldError("sam: backend onnxruntime needs `pip install onnxruntime`") from err
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = torch.get_num_threads()
-            self._session = ort.InferenceSession(str(self.weights_path), opts, providers=["CPUExecutionProvider"])
+            try:
+                self._session = ort.InferenceSession(str(self.weights_path), opts, providers=["CPUExecutionProvider"])
+            except Exception as err:  # onnxruntime raises its own types (InvalidProtobuf, Fail) for a broken file
+                msg = " ".join(str(err).split())[:120]
+                raise FeatureFieldError(f"{self.weights_path}: cannot read the ONNX encoder ({msg}); replace the file "
+                                        "(e.g. `featurefield weights sam`)") from err
         name = self._session.get_inputs()[0].name
         outs = [self._session.run(None, {name: img[None].numpy().astype(np.float32)})[0] for img in x]
         return torch.from_numpy(np.concatenate(outs))
