@@ -30,6 +30,14 @@ def quick(out: Path, steps=4, scene="demo:1", **kw):
                  else DEMO, **kw)
 
 
+@pytest.fixture(scope="module")
+def two_step_run(tmp_path_factory) -> Path:
+    """One small trained run that the tests damaging a run folder copy (training it once keeps the file fast)."""
+    run = tmp_path_factory.mktemp("faults") / "run"
+    quick(run, steps=2)
+    return run
+
+
 def ckpt_step(run: Path) -> int:
     return int(torch.load(run / CHECKPOINT, map_location="cpu", weights_only=False)["step"])
 
@@ -125,9 +133,9 @@ def test_resume_points_a_run_at_its_moved_scene_but_not_at_another(tmp_path):
     (lambda r: (r / "normalization.json").write_text('{"center": "x", "scale": 1}'), "normalization.json: broken"),
     (lambda r: (r / CHECKPOINT).write_bytes((r / CHECKPOINT).read_bytes()[:500]), "cannot read checkpoint"),
 ])
-def test_a_broken_run_folder_is_one_line_for_resume_and_load(tmp_path, damage, words):
+def test_a_broken_run_folder_is_one_line_for_resume_and_load(tmp_path, two_step_run, damage, words):
     run = tmp_path / "run"
-    quick(run, steps=2)
+    shutil.copytree(two_step_run, run)
     damage(run)
     with pytest.raises(FeatureFieldError, match=words):
         train("demo:1", run, config=cfg(steps=4), resume=True)
