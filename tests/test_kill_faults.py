@@ -75,10 +75,10 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
     """, tmp_path)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert int(torch.load(run / CHECKPOINT, map_location="cpu", weights_only=False)["step"]) == 2
-    assert list((run / "checkpoints").glob(".*.tmp"))  # the half-written file never replaced the good one
+    assert list((run / "checkpoints").glob(".latest.pt.*"))  # the half-written file never replaced the good one
     train("demo:1", run, config=TrainConfig(device="cpu", progress=False), resume=True)
     assert load_run(run, device="cpu").step == 6
-    assert not list((run / "checkpoints").glob(".*.tmp"))  # the resume cleared what the kill left
+    assert not list((run / "checkpoints").glob(".latest.pt.*"))  # the resume cleared what the kill left
     steps = [int(line.split('"step": ')[1].split(",")[0].rstrip("}")) for line in
              (run / "metrics.jsonl").read_text().splitlines() if '"final"' not in line]
     assert steps == sorted(set(steps))
