@@ -626,12 +626,12 @@ def train(scene: str | Path | Scene, output: str | Path, *, field: str = "splat"
     if teacher_specs and getattr(field_config, "embed_dim", 1) < 1:
         raise FeatureFieldError(f"--{field}.embed-dim must be at least 1 to distill a teacher")
     device = resolve_device(config.device)
-    built = {t.name: t.create() for t in teacher_specs}  # bad options or weights: one line now, not after the folder
     loaded = scene if isinstance(scene, Scene) else None
     if loaded is None:
         from featurefield.data import load_scene
 
         loaded = load_scene(scene, format=format, downscale=downscale, **scene_options)
+    built = {t.name: t.create() for t in teacher_specs}  # bad options or weights: one line now, not after the folder
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as err:
