@@ -116,7 +116,10 @@ def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> 
         if not torch.cuda.is_available():
             return torch.device("cpu")
         return torch.device(f"cuda:{local_rank % torch.cuda.device_count()}" if local_rank else "cuda")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError as err:
+        raise FeatureFieldError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise FeatureFieldError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
     return device
