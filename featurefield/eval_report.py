@@ -42,11 +42,11 @@ def eval_headlines(metrics: dict) -> list[Headline]:
         if d.get("cosine") is not None:
             out.append(Headline(f"{teacher} features match the teacher", f"{d['cosine']:.3f}", verdict(d["cosine"], 0.9, 0.75),
                                 f"cosine between the rendered {teacher} features and the teacher's own, per pixel; 1 is equal"))
-    sam = metrics.get("sam") or {}
-    if sam.get("mask_iou_rendered_vs_teacher") is not None:
-        iou = sam["mask_iou_rendered_vs_teacher"]
-        out.append(Headline("SAM masks from the 3D field", f"{iou:.2f}", verdict(iou, 0.8, 0.5),
-                            "overlap (IoU) of SAM's masks from rendered features with those from the photo's"))
+    for teacher, prompts in metrics.items():  # a prompt-decoding teacher's block (evaluate_run keys it by name)
+        iou = prompts.get("mask_iou_rendered_vs_teacher") if isinstance(prompts, dict) else None
+        if iou is not None:
+            out.append(Headline(f"{teacher} masks from the 3D field", f"{iou:.2f}", verdict(iou, 0.8, 0.5),
+                                f"overlap (IoU) of {teacher}'s masks from rendered features with those from the photo's"))
     for teacher, d in metrics.get("semantic", {}).items():
         miou = d.get("field_miou", d.get("miou")) if isinstance(d, dict) else None
         if isinstance(miou, (int, float)):
@@ -65,7 +65,7 @@ def _uint8(image) -> np.ndarray:
 def view_strip(run, view: int, folder: Path, prefix: str = "") -> tuple[list[tuple[str, str]], list[tuple]]:
     """Pictures of test ``view`` saved in ``folder``: ``(strip items, picture-row items with colour bars)``,
     paths relative to ``folder.parent``. Strip: ground truth, render, each teacher's PCA, a SAM mask
-    (prompted at the image centre's object) where the run has a ``sam`` teacher and its decoder loads."""
+    (prompted at the image centre's object) where the run has a prompt-decoding teacher and its decoder loads."""
     from featurefield import viz
     from featurefield.errors import FeatureFieldError
     from featurefield.render import pca_basis, pca_render
@@ -85,11 +85,10 @@ def view_strip(run, view: int, folder: Path, prefix: str = "") -> tuple[list[tup
     for teacher in run.teacher_names:
         picture, _ = pca_render(run, camera, teacher, pca_basis(run, teacher))
         strip.append((save(f"pca_{teacher}", picture), f"{teacher} features (PCA)"))
-    if "sam" in run.teacher_names:
+    if run.prompt_teachers:
         try:
             from featurefield.query.prompts import prompt_view
             from featurefield.query.selection import surface_depth
-            from featurefield.teachers.sam_decoder import SamPromptDecoder
 
             depth = surface_depth(r)
             H, W = depth.shape
@@ -97,9 +96,7 @@ def view_strip(run, view: int, folder: Path, prefix: str = "") -> tuple[list[tup
             if len(xs):
                 k = int(((xs.float() - W / 2) ** 2 + (ys.float() - H / 2) ** 2).argmin())
                 point = torch.tensor([[float(xs[k]) + 0.5, float(ys[k]) + 0.5]])
-                weights = next((t["options"].get("weights") for t in run.config.get("teachers", [])
-                                if t.get("name") == "sam"), None)
-                decoder = SamPromptDecoder.from_weights(weights, device=run.device)
+                decoder = run.prompt_decoder("the strip's mask needs")
                 mask, score, _ = prompt_view(run.field, camera, decoder, points=point, background=run.background)
                 strip.append((save("sam_mask", viz.overlay_mask(_uint8(r.rgb), mask.cpu().numpy())),
                               f"SAM mask, a click at the centre (score {score:.2f})"))

@@ -7,7 +7,6 @@ import re
 
 from featurefield.eval_report import eval_headlines, eval_report
 from featurefield.report import Report, line_chart_svg, read_curves, verdict
-from tests.test_evaluate import demo_run  # noqa: F401 - a tiny toy run
 
 
 def test_verdicts_read_both_ways():
@@ -21,7 +20,7 @@ def test_headlines_say_what_the_numbers_mean():
                "features": {"sam": {"cosine": 0.61}}, "sam": {"mask_iou_rendered_vs_teacher": 0.85}}
     lines = {h.label: (h.value, h.verdict) for h in eval_headlines(metrics)}
     assert lines == {"Picture quality (PSNR)": ("25.4 dB", "fair"), "Structure (SSIM)": ("0.930", "good"),
-                     "sam features match the teacher": ("0.610", "poor"), "SAM masks from the 3D field": ("0.85", "good")}
+                     "sam features match the teacher": ("0.610", "poor"), "sam masks from the 3D field": ("0.85", "good")}
 
 
 def test_training_curves_come_from_the_log(tmp_path):

@@ -13,15 +13,6 @@ import torch.nn.functional as F
 from featurefield.cli import main
 
 
-def demo_run(tmp_path_factory):
-    from featurefield.train import TrainConfig, train
-
-    out = tmp_path_factory.mktemp("eval") / "run"
-    cfg = TrainConfig(steps=15, checkpoint_every=15, device="cpu", progress=False, cache_dir=out.parent / "cache")
-    return train("demo:2", out, field="splat", teachers=["toycolour", "toytext"], config=cfg,
-                 scene_options={"size": 24, "views": 12, "test_every": 4, "points": 300})
-
-
 def test_evaluate_run_reports_every_section(demo_run):
     from featurefield.evaluate import evaluate_run
     from featurefield.teachers.store import FeatureStore
