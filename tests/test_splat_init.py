@@ -104,7 +104,7 @@ def test_forward_facing_scene_without_points_trains_close_to_with_points(forward
     assert without > with_points - 3.5, (without, with_points)
 
 
-@pytest.mark.parametrize("near,far,words", [(0.0, 10.0, "must be above 0"), (5.0, 2.0, "inverted"),
+@pytest.mark.parametrize("near,far,words", [(0.0, 10.0, "0 < near < far"), (5.0, 2.0, "0 < near < far"),
                                              (float("nan"), 3.0, "NaN")])
 def test_bad_bounds_one_line_exit_2(tmp_path, capsys, near, far, words):
     root = write_llff(tmp_path / "scene")
