@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,52 +12,24 @@ from PIL import Image
 from featurefield.cli import main
 from featurefield.data import load_scene
 from featurefield.errors import FeatureFieldError
-from tests.toyscenes import write_blender
-
-
-def _edit_json(path: Path, fn) -> None:
-    meta = json.loads(path.read_text())
-    fn(meta)
-    path.write_text(json.dumps(meta))
-
-
-def _raises(path, *patterns, **kwargs) -> str:
-    with pytest.raises(FeatureFieldError) as info:
-        load_scene(path, **kwargs)
-    msg = str(info.value)
-    assert "\n" not in msg
-    for p in patterns:
-        assert p in msg, (p, msg)
-    return msg
-
-
-def _nerfstudio(root: Path, n=3, size=(12, 8), **meta) -> Path:
-    (root / "images").mkdir(parents=True)
-    frames = []
-    for i in range(n):
-        Image.fromarray(np.zeros((size[1], size[0], 3), np.uint8)).save(root / "images" / f"{i}.png")
-        c2w = np.eye(4)
-        c2w[:3, 3] = [i, 0, 3]
-        frames.append({"file_path": f"images/{i}.png", "transform_matrix": c2w.tolist()})
-    (root / "transforms.json").write_text(json.dumps({"fl_x": 10.0, **meta, "frames": frames}))
-    return root
+from tests.toyscenes import edit_json, raises_one_line, write_blender, write_nerfstudio
 
 
 # ------------------------------------------------------------------ images
 def test_image_referenced_but_absent(tmp_path):
     root = write_blender(tmp_path / "s")
     (root / "train" / "r_1.png").unlink()
-    _raises(root, "transforms_train.json", "'./train/r_1'", "does not exist")
+    raises_one_line(root, "transforms_train.json", "'./train/r_1'", "does not exist")
 
 
 def test_unreadable_image(tmp_path):
     root = write_blender(tmp_path / "s")
     (root / "test" / "r_0.png").write_bytes(b"\x89PNG broken")
-    _raises(root, str(root / "test" / "r_0.png"), "cannot read image")
+    raises_one_line(root, str(root / "test" / "r_0.png"), "cannot read image")
 
 
 def test_unreadable_image_found_at_load_time(tmp_path):
-    root = _nerfstudio(tmp_path / "s", w=12, h=8)
+    root = write_nerfstudio(tmp_path / "s", w=12, h=8)
     scene = load_scene(root)  # declared sizes: headers are read, pixels decoded lazily
     (root / "images" / "1.png").write_bytes(b"garbage")
     with pytest.raises(FeatureFieldError, match="1.png: cannot read image"):
@@ -69,69 +39,69 @@ def test_unreadable_image_found_at_load_time(tmp_path):
 def test_images_of_different_sizes_with_one_camera(tmp_path):
     root = write_blender(tmp_path / "s")
     Image.fromarray(np.zeros((10, 10, 4), np.uint8)).save(root / "train" / "r_2.png")
-    _raises(root, str(root / "train" / "r_2.png"), "10x10", "16x12")
-    ns = _nerfstudio(tmp_path / "ns", w=12, h=8)
+    raises_one_line(root, str(root / "train" / "r_2.png"), "10x10", "16x12")
+    ns = write_nerfstudio(tmp_path / "ns", w=12, h=8)
     Image.fromarray(np.zeros((9, 12, 3), np.uint8)).save(ns / "images" / "2.png")
-    _raises(ns, "2.png", "12x9", "declares a 12x8 camera")
+    raises_one_line(ns, "2.png", "12x9", "declares a 12x8 camera")
 
 
 # ------------------------------------------------------------------ poses and intrinsics
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_nan_or_inf_pose(tmp_path, value):
     root = write_blender(tmp_path / "s")
-    _edit_json(root / "transforms_train.json", lambda m: m["frames"][1]["transform_matrix"][0].__setitem__(3, value))
-    _raises(root, "transforms_train.json", "frame 1", "NaN or inf")
-    ns = _nerfstudio(tmp_path / "ns")
-    _edit_json(ns / "transforms.json", lambda m: m["frames"][2]["transform_matrix"][1].__setitem__(1, value))
-    _raises(ns, "transforms.json", "frame 2", "NaN or inf")
+    edit_json(root / "transforms_train.json", lambda m: m["frames"][1]["transform_matrix"][0].__setitem__(3, value))
+    raises_one_line(root, "transforms_train.json", "frame 1", "NaN or inf")
+    ns = write_nerfstudio(tmp_path / "ns")
+    edit_json(ns / "transforms.json", lambda m: m["frames"][2]["transform_matrix"][1].__setitem__(1, value))
+    raises_one_line(ns, "transforms.json", "frame 2", "NaN or inf")
 
 
 def test_non_rigid_pose(tmp_path):
     root = write_blender(tmp_path / "s")
-    _edit_json(root / "transforms_test.json", lambda m: m["frames"][0]["transform_matrix"][0].__setitem__(0, 3.0))
-    _raises(root, "transforms_test.json", "view 0", "not a rigid transform")
+    edit_json(root / "transforms_test.json", lambda m: m["frames"][0]["transform_matrix"][0].__setitem__(0, 3.0))
+    raises_one_line(root, "transforms_test.json", "view 0", "not a rigid transform")
 
 
 def test_missing_intrinsics(tmp_path):
     root = write_blender(tmp_path / "s")
-    _edit_json(root / "transforms_train.json", lambda m: m.pop("camera_angle_x"))
-    _raises(root, "transforms_train.json", "missing intrinsics")
-    ns = _nerfstudio(tmp_path / "ns")
-    _edit_json(ns / "transforms.json", lambda m: m.pop("fl_x"))
-    _raises(ns, "transforms.json", "missing intrinsics")
+    edit_json(root / "transforms_train.json", lambda m: m.pop("camera_angle_x"))
+    raises_one_line(root, "transforms_train.json", "missing intrinsics")
+    ns = write_nerfstudio(tmp_path / "ns")
+    edit_json(ns / "transforms.json", lambda m: m.pop("fl_x"))
+    raises_one_line(ns, "transforms.json", "missing intrinsics")
 
 
 def test_broken_json_and_bad_camera_model(tmp_path):
     root = write_blender(tmp_path / "s")
     (root / "transforms_test.json").write_text("{ not json")
-    _raises(root, "transforms_test.json", "not valid JSON")
-    ns = _nerfstudio(tmp_path / "ns", camera_model="EQUIRECTANGULAR")
-    _raises(ns, "transforms.json", "unsupported camera_model EQUIRECTANGULAR")
+    raises_one_line(root, "transforms_test.json", "not valid JSON")
+    ns = write_nerfstudio(tmp_path / "ns", camera_model="EQUIRECTANGULAR")
+    raises_one_line(ns, "transforms.json", "unsupported camera_model EQUIRECTANGULAR")
 
 
 # ------------------------------------------------------------------ folders and formats
 def test_empty_folder_and_missing_path(tmp_path):
     (tmp_path / "empty").mkdir()
-    _raises(tmp_path / "empty", str(tmp_path / "empty"), "empty")
-    _raises(tmp_path / "nope", str(tmp_path / "nope"), "no such file or folder")
+    raises_one_line(tmp_path / "empty", str(tmp_path / "empty"), "empty")
+    raises_one_line(tmp_path / "nope", str(tmp_path / "nope"), "no such file or folder")
 
 
 def test_unrecognised_format(tmp_path):
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "notes.txt").write_text("hello")
-    _raises(tmp_path / "photos", "unrecognised scene format", "process-images")
-    _raises(tmp_path / "photos", "unknown format 'mesh'", format="mesh")
+    raises_one_line(tmp_path / "photos", "unrecognised scene format", "process-images")
+    raises_one_line(tmp_path / "photos", "unknown format 'mesh'", format="mesh")
 
 
 def test_fewer_than_two_views(tmp_path):
     root = write_blender(tmp_path / "s", n_train=1, n_test=0)
     (root / "transforms_test.json").unlink()
-    _raises(root, str(root), "at least two views", "found 1")
+    raises_one_line(root, str(root), "at least two views", "found 1")
 
 
 def test_unknown_option(tmp_path):
     root = write_blender(tmp_path / "s")
-    _raises(root, "unknown option", "colour", colour=(1, 0, 0))
+    raises_one_line(root, "unknown option", "colour", colour=(1, 0, 0))
 
 
 def test_broken_colmap_model(tmp_path):
@@ -140,7 +110,7 @@ def test_broken_colmap_model(tmp_path):
     for name in ("cameras", "images", "points3D"):
         (sparse / f"{name}.bin").write_bytes(b"garbage")
     (tmp_path / "images").mkdir()
-    _raises(tmp_path, str(sparse), "cannot read the COLMAP model")
+    raises_one_line(tmp_path, str(sparse), "cannot read the COLMAP model")
 
 
 # ------------------------------------------------------------------ through the CLI

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -12,6 +10,7 @@ from PIL import Image
 from featurefield.data import detect_format, load_scene
 from featurefield.data.sfm import align_similarity
 from featurefield.errors import FeatureFieldError
+from tests.toyscenes import write_llff
 
 
 def test_beer_llff_matches_colmap_up_to_similarity(beer_dir):
@@ -33,21 +32,6 @@ def test_beer_llff_matches_colmap_up_to_similarity(beer_dir):
     raw = np.load(beer_dir / "poses_bounds.npy")
     assert llff.metadata["near"][3] == pytest.approx(raw[3, 15]) and llff.metadata["far"][3] == pytest.approx(raw[3, 16])
     assert llff.test == list(range(0, 71, 8))
-
-
-def write_llff(root: Path, n: int = 9, size=(16, 12), focal=14.0) -> Path:
-    (root / "images").mkdir(parents=True)
-    rows = []
-    for i in range(n):
-        ang = 0.2 * i
-        right = np.array([np.cos(ang), 0.0, -np.sin(ang)])
-        down = np.array([0.0, -1.0, 0.0])
-        back = np.cross(down, right)
-        pose = np.stack([down, right, back, [i * 0.1, 0, 2.0], [size[1], size[0], focal]], 1)
-        rows.append(np.concatenate([pose.reshape(-1), [0.5 + i, 10.0 + i]]))
-        Image.fromarray(np.full((size[1], size[0], 3), 20 * i, np.uint8)).save(root / "images" / f"IMG_{i:02d}.JPG")
-    np.save(root / "poses_bounds.npy", np.stack(rows))
-    return root
 
 
 def test_synthetic_llff_conventions(tmp_path):

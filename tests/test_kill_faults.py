@@ -18,7 +18,7 @@ from featurefield.run import load_run
 from featurefield.run_config import CHECKPOINT
 from featurefield.teachers.store import FeatureStore
 from featurefield.train import TrainConfig, train
-from tests.test_feature_store import Pooled, expected, make_scene
+from tests.toystore import Pooled, expected, make_scene
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def _python(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
 def test_kill_during_feature_extraction_resumes_to_the_same_features(tmp_path):
     killed = _python(f"""
         import os, signal
-        from tests.test_feature_store import Pooled, make_scene
+        from tests.toystore import Pooled, make_scene
         from featurefield.teachers.store import FeatureStore
 
         class Dies(Pooled):
@@ -96,7 +96,7 @@ def test_a_really_full_disk_during_extraction_is_one_line_not_a_sigbus(tmp_path)
             import torch
             from featurefield.errors import FeatureFieldError
             from featurefield.teachers.store import FeatureStore
-            from tests.test_feature_store import Pooled, make_scene
+            from tests.toystore import Pooled, make_scene
 
             class Wide(Pooled):  # 64 channels at full resolution: 1.5 MiB for 64 views of 16 x 12
                 dim = 64

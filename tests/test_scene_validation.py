@@ -12,9 +12,7 @@ import pytest
 
 from featurefield.data import load_scene
 from featurefield.errors import FeatureFieldError
-from tests.test_data_blender import write_blender
-from tests.test_data_errors import _edit_json, _nerfstudio, _raises
-from tests.test_data_llff import write_llff
+from tests.toyscenes import edit_json, raises_one_line, write_blender, write_llff, write_nerfstudio
 
 BEER = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "beer"
 
@@ -30,31 +28,31 @@ BEER = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "bee
 ])
 def test_blender_values_of_the_wrong_type_or_range(tmp_path, key, value, words):
     root = write_blender(tmp_path / "s")
-    _edit_json(root / "transforms_train.json", lambda m: m.update({key: value}))
-    _raises(root, "transforms_train.json", *words)
+    edit_json(root / "transforms_train.json", lambda m: m.update({key: value}))
+    raises_one_line(root, "transforms_train.json", *words)
 
 
 @pytest.mark.parametrize(("w", "h"), [([16], 12), (16.5, 12), ("16", 12), (0, 12), (16, -12)])
 def test_blender_declared_size_must_be_whole_positive_numbers(tmp_path, w, h):
     root = write_blender(tmp_path / "s")
-    _edit_json(root / "transforms_test.json", lambda m: m.update({"w": w, "h": h}))
-    _raises(root, "transforms_test.json", "whole number")
+    edit_json(root / "transforms_test.json", lambda m: m.update({"w": w, "h": h}))
+    raises_one_line(root, "transforms_test.json", "whole number")
 
 
 def test_nerfstudio_values_of_the_wrong_type(tmp_path):
-    _raises(_nerfstudio(tmp_path / "a", fl_x="ten"), "fl_x of frame 0", '"ten"')
-    _raises(_nerfstudio(tmp_path / "b", w=[12], h=8), "w of frame 0", "whole number")
-    _raises(_nerfstudio(tmp_path / "c", k1="x"), "k1 of frame 0")
-    _raises(_nerfstudio(tmp_path / "d", applied_transform=[["a"] * 4] * 3), "applied_transform")
+    raises_one_line(write_nerfstudio(tmp_path / "a", fl_x="ten"), "fl_x of frame 0", '"ten"')
+    raises_one_line(write_nerfstudio(tmp_path / "b", w=[12], h=8), "w of frame 0", "whole number")
+    raises_one_line(write_nerfstudio(tmp_path / "c", k1="x"), "k1 of frame 0")
+    raises_one_line(write_nerfstudio(tmp_path / "d", applied_transform=[["a"] * 4] * 3), "applied_transform")
 
 
 def test_a_repeated_frame_is_refused(tmp_path):
     root = write_blender(tmp_path / "s")
-    _edit_json(root / "transforms_train.json", lambda m: m["frames"].append(m["frames"][0]))
-    _raises(root, "transforms_train.json", "frame 3 repeats the image of frame 0")
-    root = _nerfstudio(tmp_path / "n")
-    _edit_json(root / "transforms.json", lambda m: m["frames"].append(dict(m["frames"][1])))
-    _raises(root, "frame 3 repeats the image of frame 1")
+    edit_json(root / "transforms_train.json", lambda m: m["frames"].append(m["frames"][0]))
+    raises_one_line(root, "transforms_train.json", "frame 3 repeats the image of frame 0")
+    root = write_nerfstudio(tmp_path / "n")
+    edit_json(root / "transforms.json", lambda m: m["frames"].append(dict(m["frames"][1])))
+    raises_one_line(root, "frame 3 repeats the image of frame 1")
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
@@ -63,14 +61,14 @@ def test_a_truncated_image_is_found_at_load_time(tmp_path, split):
     root = write_blender(tmp_path / "s", size=(64, 48))
     png = root / split / "r_1.png"
     png.write_bytes(png.read_bytes()[:-40])
-    _raises(root, str(png), "truncated")
+    raises_one_line(root, str(png), "truncated")
 
 
 def test_a_truncated_jpeg_is_found_at_load_time(tmp_path):
     root = write_blender(tmp_path / "s", ext=".jpg", rgba=False)
     jpg = root / "test" / "r_0.jpg"
     jpg.write_bytes(jpg.read_bytes()[:-30])
-    _raises(root, str(jpg), "truncated")
+    raises_one_line(root, str(jpg), "truncated")
 
 
 @pytest.mark.parametrize(("near", "far"), [(0.0, 5.0), (-1.0, 5.0), (5.0, 2.0), (3.0, 3.0)])
@@ -79,7 +77,7 @@ def test_llff_depth_bounds_must_be_ordered_and_positive(tmp_path, near, far):
     arr = np.load(root / "poses_bounds.npy")
     arr[2, 15:] = [near, far]
     np.save(root / "poses_bounds.npy", arr)
-    _raises(root, "poses_bounds.npy", "row 2", "0 < near < far")
+    raises_one_line(root, "poses_bounds.npy", "row 2", "0 < near < far")
 
 
 @pytest.mark.skipif(not BEER.is_dir(), reason="needs ../shared/datasets/beer")
@@ -92,7 +90,7 @@ def test_a_truncated_colmap_file_fails_fast(tmp_path, name):
     data = (sparse / name).read_bytes()
     (sparse / name).write_bytes(data[: len(data) * 2 // 3])
     t = time.perf_counter()
-    _raises(tmp_path / "beer", str(sparse / name), "truncated")
+    raises_one_line(tmp_path / "beer", str(sparse / name), "truncated")
     assert time.perf_counter() - t < 5.0
 
 
@@ -112,7 +110,7 @@ def test_a_truncated_binary_model_with_a_few_bytes_missing(tmp_path):
 
 def test_valid_scenes_still_load(tmp_path):
     assert len(load_scene(write_blender(tmp_path / "b"))) == 5
-    assert len(load_scene(_nerfstudio(tmp_path / "n", k1=0.0, cx=6, cy=4.0, w=12, h=8))) == 3
+    assert len(load_scene(write_nerfstudio(tmp_path / "n", k1=0.0, cx=6, cy=4.0, w=12, h=8))) == 3
     assert len(load_scene(write_llff(tmp_path / "l"))) == 9
     meta = json.loads((tmp_path / "b" / "transforms_train.json").read_text())
     assert meta["camera_angle_x"] == 0.69

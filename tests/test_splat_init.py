@@ -16,7 +16,7 @@ from featurefield.fields.splat.config import SplatConfig
 from featurefield.fields.splat.frustum import estimate_bounds, frustum_points
 from featurefield.fields.splat.model import GaussianField
 from featurefield.train import _images_uint8, optimization_step
-from tests.test_data_llff import write_llff
+from tests.toyscenes import write_llff
 
 
 @pytest.fixture(scope="module")
