@@ -96,6 +96,24 @@ def test_registry_loads_demo_by_seed():
     assert s.metadata["seed"] == 5 and torch.equal(s.image(1), direct.image(1))
 
 
+def test_lazy_scene_renders_each_view_on_demand_as_the_eager_one(scene):
+    lazy = make_demo_scene(seed=3, lazy=True, **SMALL)
+    for i in (6, 1):
+        assert torch.equal(lazy.image(i), scene.image(i)) and torch.equal(lazy.depth(i), scene.depth(i))
+        assert torch.equal(lazy.semantic(i), scene.semantic(i)) and torch.equal(lazy.instance(i), scene.instance(i))
+    assert torch.equal(lazy.points.xyz, scene.points.xyz) and lazy.split == scene.split
+    sub = lazy.images.subset([5, 2])
+    assert torch.equal(sub.load(1), scene.image(2)) and sub.fingerprint(1) == lazy.images.fingerprint(2)
+    assert lazy.images.fingerprint(2) != lazy.images.fingerprint(3)
+    assert lazy.images.fingerprint(2) != make_demo_scene(seed=4, lazy=True, **SMALL).images.fingerprint(2)
+    # nothing is rendered up front: 4,000 views of 512 x 512 would take minutes (and ~12 GB) made eagerly
+    huge = make_demo_scene(seed=3, size=512, views=4000, points=200, lazy=True)
+    assert len(huge) == 4000 and huge.metadata["options"]["lazy"] is True
+    assert not huge.images.views._kept
+    with pytest.raises(FeatureFieldError, match="lazy"):
+        make_demo_scene(lazy="yes")
+
+
 def test_ground_pixels_unproject_onto_the_ground_plane(scene):
     pw, keep = _unproject(scene, 1)
     ground = scene.semantic(1).reshape(-1)[keep] == CLASS_NAMES.index("ground")

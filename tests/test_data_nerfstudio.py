@@ -161,3 +161,15 @@ def test_downscale_prefers_images_n_folder(tmp_path):
     small = load_scene(root, downscale=3)
     assert small.rgba(1).shape == (2, 4, 3)
     assert small.cameras.width[0] == 4 and small.cameras.height[0] == 2
+
+
+def test_writer_without_images_leaves_them_to_the_caller(tmp_path):
+    from featurefield.data.demo_scene import make_demo_scene
+
+    scene = make_demo_scene(seed=2, size=16, views=4, points=100, supersample=1, lazy=True)
+    write_nerfstudio(scene, tmp_path / "ns", images=False)
+    assert not list((tmp_path / "ns" / "images").iterdir())
+    for i in range(len(scene)):  # as a generator writing views in parallel does
+        Image.fromarray((scene.image(i) * 255).round().byte().numpy()).save(tmp_path / "ns" / "images" / f"{i:05d}.png")
+    loaded = load_scene(tmp_path / "ns")
+    assert loaded.split == scene.split and torch.allclose(loaded.image(3), scene.image(3), atol=1 / 255)

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,7 +33,7 @@ import torch
 from torch import Tensor
 
 from featurefield.cameras import Cameras, look_at
-from featurefield.data.images import ArraySource, ImageArrays
+from featurefield.data.images import ArraySource, ImageArrays, ImageSource
 from featurefield.data.scene import Normalization, PointCloud, Scene
 from featurefield.errors import FeatureFieldError
 
@@ -517,15 +519,103 @@ def _render_rays(prims, o: Tensor, d: Tensor, background: Tensor, chunk: int = 1
     return torch.cat(rgb), torch.cat(ts), torch.cat(idx)
 
 
+class _ViewRenderer:
+    """Renders chosen views of the scene: RGB (anti-aliased), z-depth and labels (from the centre ray)."""
+
+    def __init__(self, prims: Sequence[_Primitive], cameras: Cameras, supersample: int, background: Tensor,
+                 labels: Tensor, instances: Tensor) -> None:
+        self.prims, self.cameras, self.ss, self.bg = prims, cameras, supersample, background
+        self.labels, self.instances = labels, instances
+
+    def render(self, views: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``rgb [V, H, W, 3]``, ``depth [V, H, W]``, ``semantic [V, H, W]``, ``instance [V, H, W]`` of ``views``."""
+        cameras, ss, bg = self.cameras, self.ss, self.bg
+        H, W, n = int(cameras.height[0]), int(cameras.width[0]), len(views)
+        grid = cameras.pixel_grid(0).reshape(-1, 2)  # [H*W, 2] pixel centres
+        offsets = (torch.arange(ss, dtype=torch.float32) + 0.5) / ss - 0.5
+        sub = torch.stack(torch.meshgrid(offsets, offsets, indexing="ij"), -1).reshape(-1, 2)  # [ss*ss, 2]
+        # all views at once (chunked inside): few large tensor ops are much faster than many small ones
+        chosen = torch.tensor(views, dtype=torch.int64)
+        index = chosen.repeat_interleave(H * W)
+        with torch.no_grad():
+            o, d = cameras.rays_at(index, grid.repeat(n, 1))  # centre samples: depth and labels
+            rgb_c, t, which = _render_rays(self.prims, o, d, bg)
+            forward = cameras.c2w[index, :3, 2]
+            depth = torch.where(torch.isfinite(t), t * (d * forward).sum(-1), torch.zeros_like(t)).reshape(n, H, W)
+            which = which.reshape(n, H, W)
+            if ss == 1:
+                rgb = rgb_c.reshape(n, H, W, 3)
+            else:
+                pix = (grid[:, None, :] + sub[None]).reshape(-1, 2)  # [H*W*ss*ss, 2]
+                index = chosen.repeat_interleave(pix.shape[0])
+                o, d = cameras.rays_at(index, pix.repeat(n, 1))
+                rgb, _, _ = _render_rays(self.prims, o, d, bg)
+                rgb = rgb.reshape(n, H, W, ss * ss, 3).mean(3)
+        return rgb, depth, self.labels[which], self.instances[which]
+
+
+class _LazyViews:
+    """The views of a lazy demo scene, each rendered when first read; the last ``keep`` are kept."""
+
+    def __init__(self, renderer: _ViewRenderer, count: int, key: str, keep: int = 4) -> None:
+        self.renderer, self.count, self.key, self.keep = renderer, count, key, keep
+        self._kept: OrderedDict[int, tuple[Tensor, Tensor, Tensor, Tensor]] = OrderedDict()
+        self._lock = threading.Lock()  # the feature cache reads views from a few threads
+
+    def view(self, i: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(rgb [H, W, 3], depth [H, W], semantic [H, W], instance [H, W])`` of view ``i``."""
+        if not 0 <= int(i) < self.count:
+            raise IndexError(f"view {i} of {self.count}")
+        with self._lock:
+            if i in self._kept:
+                self._kept.move_to_end(i)
+                return self._kept[i]
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # as make_demo_scene: faster on a busy machine
+            try:
+                rendered = tuple(a[0] for a in self.renderer.render([int(i)]))
+            finally:
+                torch.set_num_threads(threads)
+            self._kept[i] = rendered
+            if len(self._kept) > self.keep:
+                self._kept.popitem(last=False)
+            return rendered
+
+    def images(self) -> ImageSource:
+        return _LazyImages(self, list(range(self.count)))
+
+
+class _LazyImages(ImageSource):
+    """The RGB images of :class:`_LazyViews` as an image source; the fingerprint names the generator and view."""
+
+    def __init__(self, views: _LazyViews, indices: list[int]) -> None:
+        self.views, self.indices = views, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def load(self, i: int) -> Tensor:
+        return self.views.view(self.indices[i])[0]
+
+    def subset(self, indices: Sequence[int]) -> _LazyImages:
+        return _LazyImages(self.views, [self.indices[i] for i in indices])
+
+    def fingerprint(self, i: int) -> str:
+        return f"{self.views.key}:view={self.indices[i]}"
+
+
 # ---------------------------------------------------------------------------------------------- public
 _DEFAULTS = dict(size=128, views=32, test_every=8, background=(1.0, 1.0, 1.0), supersample=2, points=4000,
-                 fov=40.0, distance=3.2, rig="ring")
+                 fov=40.0, distance=3.2, rig="ring", lazy=False)
+
+#: changes whenever the generator draws other pixels for the same options: a lazy scene's fingerprints carry it
+GENERATOR_VERSION = 1
 
 
 def make_demo_scene(seed: int = 0, size: int = 128, views: int = 32, test_every: int = 8,
                     background: Sequence[float] = (1.0, 1.0, 1.0), supersample: int = 2, points: int = 4000,
                     fov: float = 40.0, distance: float = 3.2, height: int | None = None, rig: str = "ring",
-                    **unknown) -> Scene:
+                    lazy: bool = False, **unknown) -> Scene:
     """Render the procedural tabletop scene.
 
     Args:
@@ -541,6 +631,8 @@ def make_demo_scene(seed: int = 0, size: int = 128, views: int = 32, test_every:
         height: image height in pixels (default: ``size``).
         rig: ``"ring"`` (cameras around the table looking at its centre) or ``"forward"`` (a forward-facing
             capture as LLFF's: cameras on a plane ``distance`` from the table, all looking the same way).
+        lazy: render each view when it is first read (a few kept) instead of all up front, so a scene of
+            thousands of views costs nothing until used; reading a view twice may render it twice.
         unknown: any other option is a user error (:class:`FeatureFieldError` naming the valid ones).
 
     Returns:
@@ -579,6 +671,8 @@ def make_demo_scene(seed: int = 0, size: int = 128, views: int = 32, test_every:
         raise FeatureFieldError(f"demo scene: test_every must be at least 2, got {test_every}")
     if rig not in ("ring", "forward"):
         raise FeatureFieldError(f"demo scene: rig must be 'ring' or 'forward', got {rig!r}")
+    if not isinstance(lazy, bool):
+        raise FeatureFieldError(f"demo scene: lazy must be true or false, got {lazy!r}")
     if int(supersample) < 1:
         raise FeatureFieldError(f"demo scene: supersample must be >= 1, got {supersample}")
     background = tuple(float(c) for c in background)
@@ -592,12 +686,12 @@ def make_demo_scene(seed: int = 0, size: int = 128, views: int = 32, test_every:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _make(seed, size, H, views, test_every, background, supersample, points, fov, distance, height, rig)
+        return _make(seed, size, H, views, test_every, background, supersample, points, fov, distance, height, rig, lazy)
     finally:
         torch.set_num_threads(threads)
 
 
-def _make(seed, size, H, views, test_every, background, supersample, points, fov, distance, height, rig) -> Scene:
+def _make(seed, size, H, views, test_every, background, supersample, points, fov, distance, height, rig, lazy) -> Scene:
     rng = np.random.default_rng(seed)
     ground = _ground(rng)
     objects = _layout(rng)
@@ -612,31 +706,21 @@ def _make(seed, size, H, views, test_every, background, supersample, points, fov
     labels = torch.tensor([p.label for p in prims] + [0])  # index -1 -> background
     instances = torch.tensor([p.instance for p in prims] + [0])
 
-    W = size
-    grid = cameras.pixel_grid(0).reshape(-1, 2)  # [H*W, 2] pixel centres
-    ss = supersample
-    offsets = (torch.arange(ss, dtype=torch.float32) + 0.5) / ss - 0.5
-    sub = torch.stack(torch.meshgrid(offsets, offsets, indexing="ij"), -1).reshape(-1, 2)  # [ss*ss, 2]
-    # all views at once (chunked inside): few large tensor ops are much faster than many small ones
-    index = torch.arange(views).repeat_interleave(H * W)
-    with torch.no_grad():
-        o, d = cameras.rays_at(index, grid.repeat(views, 1))  # centre samples: depth and labels
-        rgb_c, t, which = _render_rays(prims, o, d, bg)
-        forward = cameras.c2w[index, :3, 2]
-        depth = torch.where(torch.isfinite(t), t * (d * forward).sum(-1), torch.zeros_like(t)).reshape(views, H, W)
-        which = which.reshape(views, H, W)
-        if ss == 1:
-            rgb = rgb_c.reshape(views, H, W, 3)
-        else:
-            pix = (grid[:, None, :] + sub[None]).reshape(-1, 2)  # [H*W*ss*ss, 2]
-            index = torch.arange(views).repeat_interleave(pix.shape[0])
-            o, d = cameras.rays_at(index, pix.repeat(views, 1))
-            rgb, _, _ = _render_rays(prims, o, d, bg)
-            rgb = rgb.reshape(views, H, W, ss * ss, 3).mean(3)
-    images = list(rgb.unbind(0))
-    depths = list(depth.unbind(0))
-    semantics = list(labels[which].unbind(0))
-    inst_maps = list(instances[which].unbind(0))
+    given = dict(size=size, views=views, test_every=test_every, background=background, supersample=supersample,
+                 points=points, fov=fov, distance=distance, rig=rig, lazy=lazy)
+    options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in given.items() if v != _DEFAULTS[k]}
+    if height is not None:
+        options["height"] = H
+    renderer = _ViewRenderer(prims, cameras, supersample, bg, labels, instances)
+    if lazy:
+        key = f"demo-v{GENERATOR_VERSION}:seed={int(seed)}:" + ",".join(f"{k}={v}" for k, v in sorted(options.items()))
+        lazy_views = _LazyViews(renderer, views, key)
+        images = lazy_views.images()
+        depths, semantics, inst_maps = (ArraySource(views, lambda i, k=k: lazy_views.view(i)[k]) for k in (1, 2, 3))
+    else:
+        rgb, depth, semantic, instance = renderer.render(list(range(views)))
+        images = ImageArrays(list(rgb.unbind(0)))
+        depths, semantics, inst_maps = (ArraySource.from_list(list(a.unbind(0))) for a in (depth, semantic, instance))
 
     # surface points with their shaded colour, area-weighted over objects and ground
     gen = torch.Generator().manual_seed(int(seed))
@@ -661,20 +745,15 @@ def _make(seed, size, H, views, test_every, background, supersample, points, fov
          "center": [float(x) for x in p.aabb().mean(0)], "aabb": p.aabb().tolist()}
         for p in objects
     ]
-    given = dict(size=size, views=views, test_every=test_every, background=background, supersample=supersample,
-                 points=points, fov=fov, distance=distance, rig=rig)
-    options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in given.items() if v != _DEFAULTS[k]}
-    if height is not None:
-        options["height"] = H
     return Scene(
         cameras=cameras,
-        images=ImageArrays(images),
+        images=images,
         split={"train": train, "test": test},
         normalization=Normalization.fit(cameras, bounds=bounds),
         points=cloud,
-        depths=ArraySource.from_list(depths),
-        semantics=ArraySource.from_list(semantics),
-        instances=ArraySource.from_list(inst_maps),
+        depths=depths,
+        semantics=semantics,
+        instances=inst_maps,
         class_names=list(CLASS_NAMES),
         bounds=bounds,
         background=background,

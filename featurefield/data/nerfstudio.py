@@ -234,7 +234,7 @@ def _split(meta: dict, rels: list[str], file: Path) -> dict[str, list[int]]:
 
 
 # ---------------------------------------------------------------------------------------------- writer
-def write_nerfstudio(scene: Scene, out_dir: Path) -> Path:
+def write_nerfstudio(scene: Scene, out_dir: Path, images: bool = True) -> Path:
     """Write ``scene`` as a nerfstudio folder: ``transforms.json``, ``images/`` (+ ``masks/``, ``sparse_pc.ply``).
 
     Reading the folder back gives the same cameras (bit-identical float32 values, hence identical
@@ -244,6 +244,8 @@ def write_nerfstudio(scene: Scene, out_dir: Path) -> Path:
     Args:
         scene: any scene; cameras are written in its world frame (OpenGL poses, per-frame intrinsics).
         out_dir: the folder to create or fill.
+        images: False writes no image file: the caller writes view ``i`` as ``images/{i:05d}.png`` (e.g. in
+            parallel, for a large generated scene).
 
     Returns:
         The path of the written ``transforms.json``.
@@ -252,7 +254,7 @@ def write_nerfstudio(scene: Scene, out_dir: Path) -> Path:
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     cams = scene.cameras
     src = scene.images
-    copy_files = isinstance(src, ImageFiles) and src.downscale == 1.0 and src.masks is None
+    copy_files = images and isinstance(src, ImageFiles) and src.downscale == 1.0 and src.masks is None
     frames, names = [], []
     c2w_gl = cams.c2w @ OPENGL_TO_OPENCV
     for i in range(len(cams)):
@@ -262,8 +264,9 @@ def write_nerfstudio(scene: Scene, out_dir: Path) -> Path:
             shutil.copy2(orig, out_dir / rel)
         else:
             rel = f"images/{i:05d}.png"
-            img = (scene.rgba(i).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-            Image.fromarray(img).save(out_dir / rel)
+            if images:
+                img = (scene.rgba(i).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+                Image.fromarray(img).save(out_dir / rel)
         frame = {
             "file_path": rel,
             "transform_matrix": [[float(v) for v in row] for row in c2w_gl[i]],
