@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -313,3 +315,27 @@ def test_the_cache_file_is_allocated_not_sparse(tmp_path):
     del arr
     st = path.stat()
     assert st.st_size > 1_500_000 and st.st_blocks * 512 >= st.st_size
+
+
+def test_extraction_and_rows_never_map_the_cache_file(tmp_path):
+    """Mapped, every row written or checked would stay in the process's memory until the map is closed (a
+    thousand views' worth); written and read by positioned I/O, the process holds a shard at most."""
+    maps = Path("/proc/self/maps")
+    if not maps.is_file():
+        pytest.skip("needs /proc/self/maps (Linux)")
+    scene = make_scene(n=7)
+    store = FeatureStore(tmp_path, shard_images=2)
+    mapped = []
+
+    class Watching(Pooled):
+        def extract(self, images):  # mid-extraction: earlier shards are written, checked and committed
+            mapped.extend(line for line in maps.read_text().splitlines() if str(tmp_path) in line)
+            return super().extract(images)
+
+    rows = store.rows(scene, Watching(), [6, 1, 2, 4, 0], device="cpu", batch_size=1, progress=False)
+    assert not mapped
+    assert not [line for line in maps.read_text().splitlines() if str(tmp_path) in line]
+    want = expected(scene, [6, 1, 2, 4, 0])
+    assert len(rows) == 5 and all(np.array_equal(rows.read(k), want[k].numpy()) for k in range(5))
+    again = store.rows(scene, Watching(), [0, 4], device="cpu", progress=False)  # copied from the first set's rows
+    assert not mapped and np.array_equal(again.read(1), want[3].numpy())

@@ -49,6 +49,7 @@ from torch import Tensor
 
 from featurefield.errors import FeatureFieldError
 from featurefield.io import atomic_path, atomic_write_json
+from featurefield.npyrows import NpyRows
 from featurefield.teachers.base import Teacher
 
 INDEX_VERSION = 2  # 2: per-row crc32, fingerprints cover the background
@@ -170,7 +171,8 @@ class FeatureStore:
     # ------------------------------------------------------------------ the main entry
     def load_or_extract(self, scene, teacher: Teacher, views: list[int] | None = None, device=None,
                         batch_size: int = 8, progress: bool = True) -> Tensor:
-        """Features of ``views``, extracting only what is not cached.
+        """Features of ``views``, extracting only what is not cached (all of them at once; :meth:`rows` reads
+        one view at a time).
 
         Args:
             scene: a :class:`~featurefield.data.scene.Scene`.
@@ -181,6 +183,21 @@ class FeatureStore:
             progress: show a rich progress bar.
         Returns:
             ``[len(views), D, h, w]`` float16 CPU tensor, memory-mapped from the cache file.
+        """
+        return torch.from_numpy(np.load(self.ensure(scene, teacher, views, device, batch_size, progress), mmap_mode="c"))
+
+    def rows(self, scene, teacher: Teacher, views: list[int] | None = None, device=None, batch_size: int = 8,
+             progress: bool = True) -> NpyRows:
+        """As :meth:`load_or_extract`, but the features come as a reader: ``rows.read(k) -> [D, h, w]`` float16
+        (numpy) of ``views[k]``, read from the file when asked; nothing stays in the process's memory."""
+        return NpyRows(self.ensure(scene, teacher, views, device, batch_size, progress))
+
+    def ensure(self, scene, teacher: Teacher, views: list[int] | None = None, device=None, batch_size: int = 8,
+               progress: bool = True) -> Path:
+        """Extract what is not cached of ``views`` (default: all); returns the set's ``.npy`` file ``[N, D, h, w]``.
+
+        Extraction and checking go through positioned reads and writes, so the process never holds more
+        than a batch of images and a shard of features, however many views the set has.
         """
         views = list(range(len(scene))) if views is None else [int(v) for v in views]
         if not views:
@@ -241,7 +258,7 @@ class FeatureStore:
             if index["sets"].pop(key, None) is not None:
                 self._write_index(folder, index)
 
-    def _load_or_extract_locked(self, scene, teacher, views, fps, key, folder, settings, batch_size, progress) -> Tensor:
+    def _load_or_extract_locked(self, scene, teacher, views, fps, key, folder, settings, batch_size, progress) -> Path:
         with _folder_lock(folder):
             index = self._read_index(folder, settings)
         H, W = int(scene.cameras.height[views[0]]), int(scene.cameras.width[views[0]])
@@ -257,13 +274,15 @@ class FeatureStore:
         todo = [s for s in range(n_shards) if not self._shard_ok(arr, entry, s)]
         for s in todo:
             entry["shards"].pop(str(s), None)
-        if todo:
-            self._fill(scene, teacher, views, arr, key, entry, todo, index, folder, (H, W), batch_size, progress)
-        del arr
-        return torch.from_numpy(np.load(path, mmap_mode="c"))
+        try:
+            if todo:
+                self._fill(scene, teacher, views, arr, key, entry, todo, index, folder, (H, W), batch_size, progress)
+        finally:
+            arr.close()
+        return path
 
     # ------------------------------------------------------------------ file handling
-    def _open(self, path: Path, shape: list[int], entry: dict) -> np.memmap:
+    def _open(self, path: Path, shape: list[int], entry: dict) -> NpyRows:
         """Open the set's array for writing; (re)create it when missing, truncated or of another shape."""
         what = f"{np.prod(shape) * 2 / 2**20:.0f} MiB of features {shape}"
         if not _npy_ok(path, shape):  # missing, truncated, broken header or another shape: recreate
@@ -285,7 +304,7 @@ class FeatureStore:
         else:
             _preallocate(path, what)  # a file written sparse by an older version
         try:
-            return np.load(path, mmap_mode="r+")
+            return NpyRows(path, writable=True)
         except OSError as err:
             raise FeatureFieldError(f"{path}: cannot open the feature cache for writing ({err.strerror}); use "
                                     "--cache-dir on a writable disk") from err
@@ -294,13 +313,14 @@ class FeatureStore:
         n = entry["shape"][0]
         return slice(s * self.shard_images, min(n, (s + 1) * self.shard_images))
 
-    def _shard_ok(self, arr: np.memmap, entry: dict, s: int) -> bool:
+    def _shard_ok(self, arr: NpyRows, entry: dict, s: int) -> bool:
         rec = entry["shards"].get(str(s))
         if rec is None:
             return False
         if not self.verify:
             return True
-        return _crc(arr[self._rows(entry, s)]) == rec["crc32"]
+        rows = self._rows(entry, s)
+        return _crc(arr.read_rows(rows.start, rows.stop - rows.start)) == rec["crc32"]
 
     def _reusable(self, folder: Path, index: dict, skip: str) -> dict[str, tuple[str, int, int, str]]:
         """fingerprint -> (set key, row, the row's crc32, shard) for rows in finished shards of other sets."""
@@ -315,11 +335,11 @@ class FeatureStore:
                     out.setdefault(entry["fingerprints"][row], (key, row, int(crc), s))
         return out
 
-    def _source(self, folder: Path, key: str, index: dict, cache: dict) -> np.ndarray | None:
+    def _source(self, folder: Path, key: str, index: dict, cache: dict) -> NpyRows | None:
         """Set ``key``'s array, read-only, or ``None`` (with a one-line warning) when its file is broken."""
         if key not in cache:
             path = folder / f"{key}.npy"
-            cache[key] = np.load(path, mmap_mode="r") if _npy_ok(path, index["sets"][key]["shape"]) else None
+            cache[key] = NpyRows(path) if _npy_ok(path, index["sets"][key]["shape"]) else None
             if cache[key] is None:
                 warn(f"{path}: cached features are truncated or unreadable; extracting instead, and rebuilding "
                      "that set when it is next used")
@@ -331,7 +351,7 @@ class FeatureStore:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         reuse = self._reusable(folder, index, key)
-        others: dict[str, np.ndarray] = {}
+        others: dict[str, NpyRows] = {}
         total = sum(self._rows(entry, s).stop - self._rows(entry, s).start for s in todo)
 
         def load(i: int) -> Tensor:
@@ -351,9 +371,9 @@ class FeatureStore:
                     hit = reuse.get(entry["fingerprints"][row])
                     src = None if hit is None else self._source(folder, hit[0], index, others)
                     if src is not None:
-                        data = np.array(src[hit[1]])  # one read: the bytes checked are the bytes copied
+                        data = src.read(hit[1])  # one read: the bytes checked are the bytes copied
                         if _crc(data) == hit[2]:
-                            arr[row] = data
+                            arr.write(row, data)
                             crcs[row] = hit[2]
                             bar.advance(task)
                             continue
@@ -365,14 +385,15 @@ class FeatureStore:
                 pending = pool.map(lambda b: torch.stack([load(views[r]) for r in b]), batches)
                 for rows_b, images in zip(batches, pending):  # next batch decodes while this one runs
                     feats = teacher.extract(images[None] if images.dim() == 3 else images).to(torch.float16).cpu().numpy()
-                    arr[rows_b] = feats
                     for r, f in zip(rows_b, feats):
+                        arr.write(r, f)
                         crcs[r] = _crc(f)
                     bar.advance(task, len(rows_b))
-                arr.flush()
+                arr.sync()
                 row_crcs = [crcs[r] for r in range(rows.start, rows.stop)]
-                entry["shards"][str(s)] = {"crc32": _crc(arr[rows]), "rows": row_crcs, "bytes": int(arr[rows].nbytes)}
-                if any(_crc(arr[r]) != c for r, c in zip(range(rows.start, rows.stop), row_crcs)):
+                written = arr.read_rows(rows.start, rows.stop - rows.start)  # read back: what the disk holds
+                entry["shards"][str(s)] = {"crc32": _crc(written), "rows": row_crcs, "bytes": int(written.nbytes)}
+                if any(_crc(w) != c for w, c in zip(written, row_crcs)):
                     raise FeatureFieldError(f"{folder / key}.npy: features changed while being written "
                                             "(another process or a failing disk); run the command again")
                 self._commit(folder, index["settings"], key, entry)
