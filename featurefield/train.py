@@ -26,11 +26,13 @@ import torch
 from torch import Tensor
 
 from featurefield.data.scene import Scene
+from featurefield.data.view_source import DataConfig, ResidentViews, StreamedViews, choose_residency, view_bytes
 from featurefield.errors import FeatureFieldError
 from featurefield.fields.base import FeatureField, TeacherTarget, TrainData
 from featurefield.fields.registry import FieldSpec, field_spec
 from featurefield.io import atomic_torch_save, atomic_write_json, atomic_write_text, resolve_device
 from featurefield.metrics import cosine_map, psnr
+from featurefield.npyrows import NpyRows
 from featurefield.run import Run, load_checkpoint, load_run
 from featurefield.run_config import CHECKPOINT, NORMALIZATION, RunConfig, SceneSpec, plain, read_normalization
 from featurefield.stopping import StopRequest, TrainingStopped
@@ -52,8 +54,10 @@ class TrainConfig:
         log_every: append a line to ``metrics.jsonl`` every this many steps.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         feature_batch: images per teacher forward pass when filling the feature cache.
-        cache_dir: feature cache folder (default: the per-user cache).
+        cache_dir: feature cache folder (default: the per-user cache); streamed runs keep decoded images there too.
         progress: show the live progress line.
+        data: where the training views live (``--data.residency auto|device|host|stream``) and how streamed
+            views are read ahead (:class:`~featurefield.data.view_source.DataConfig`).
     """
 
     steps: int | None = None
@@ -67,8 +71,11 @@ class TrainConfig:
     feature_batch: int = 8
     cache_dir: Path | None = None
     progress: bool = True
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.data, dict):  # as a run's config.json records it
+            self.data = DataConfig(**self.data)
         if self.steps is not None and (isinstance(self.steps, bool) or self.steps < 1):
             raise FeatureFieldError(f"--steps must be at least 1 (or left out for the default), got {self.steps}")
         for name, low in (("eval_every", 0), ("checkpoint_every", 1), ("log_every", 1), ("feature_batch", 1)):
@@ -106,17 +113,6 @@ def optimization_step(fld: FeatureField, data: TrainData, step: int, generator: 
     return losses
 
 
-def _resident(features: Tensor, device: torch.device, share: float = 0.25) -> Tensor:
-    """Teacher features ``[N, D, h, w]`` (fp16) moved to a CUDA device when they take at most ``share`` of
-    its free memory, so a training step reads its target without a host-to-device copy; else left on the host."""
-    if device.type != "cuda":
-        return features
-    free, _ = torch.cuda.mem_get_info(device)
-    if features.numel() * features.element_size() > share * free:
-        return features
-    return features.to(device)
-
-
 class Trainer:
     """Trains one field on one scene with one or more teachers, in a run folder.
 
@@ -145,6 +141,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def prepare(self) -> None:
+        """Teachers, their features of the training views (extracted once, cached) and the views a field trains
+        on (:attr:`data`), held where :attr:`residency` says."""
         from featurefield.teachers.store import FeatureStore
 
         scene, dev = self.scene, self.device
@@ -152,22 +150,32 @@ class Trainer:
         if not train_views:
             raise FeatureFieldError(f"{scene.source or scene.name}: the scene has no training views")
         store = self._store = FeatureStore(self.config.cache_dir)
-        features, self.targets = {}, []
-        self._test_features: dict[str, dict[int, Tensor]] = {}  # filled when an evaluation needs them
+        self.targets = []
+        self._test_rows: dict[tuple[str, tuple[int, ...]], NpyRows] = {}  # readers of test-view features, made on use
         H, W = int(scene.cameras.height[train_views[0]]), int(scene.cameras.width[train_views[0]])
         self.teachers = {}
         for spec in self.teacher_specs:
             teacher = (self._built_teachers.pop(spec.name, None) or spec.create()).to(dev)
             self.teachers[spec.name] = teacher
-            features[spec.name] = store.load_or_extract(scene, teacher, train_views, device=dev,
-                                                        batch_size=self.config.feature_batch,
-                                                        progress=self.config.progress)
             self.targets.append(TeacherTarget(spec.name, teacher.dim, tuple(teacher.feature_grid(H, W)), spec.weight))
-        features = {name: _resident(f, dev) for name, f in features.items()}
-        images, alphas = _images_uint8(scene, train_views, dev)
+        nbytes = view_bytes(len(train_views), H, W, scene.alpha(train_views[0]) is not None,
+                            [(t.dim, *t.grid) for t in self.targets])
+        self.residency = choose_residency(self.config.data, nbytes, dev)
+        extract = dict(views=train_views, device=dev, batch_size=self.config.feature_batch, progress=self.config.progress)
+        if self.residency == "stream":
+            from featurefield.data.image_cache import cached_images
+
+            features = {name: store.rows(scene, teacher, **extract) for name, teacher in self.teachers.items()}
+            images = cached_images(scene, train_views, store.cache_dir, progress=self.config.progress)
+            views = StreamedViews(images, features, dev, self.config.data, seed=self.config.seed)
+        else:
+            held = dev if self.residency == "device" else torch.device("cpu")
+            features = {name: store.load_or_extract(scene, teacher, **extract).to(held)
+                        for name, teacher in self.teachers.items()}
+            images, alphas = _images_uint8(scene, train_views, held)
+            views = ResidentViews(images, alphas, features, dev, self.residency)
         bg = None if scene.background is None else torch.tensor(scene.background, dtype=torch.float32, device=dev)
-        self.data = TrainData(cameras=scene.canonical_cameras()[train_views].to(dev), images=images,
-                              alphas=alphas, features=features, background=bg)
+        self.data = TrainData(cameras=scene.canonical_cameras()[train_views].to(dev), background=bg, views=views)
         self.test_views = test_views
 
     # ------------------------------------------------------------------ checkpoints
@@ -244,19 +252,18 @@ class Trainer:
                 "sessions": before["sessions"] + 1}
 
     # ------------------------------------------------------------------ evaluation
-    def test_features(self, teacher: str, views: list[int]) -> list[Tensor]:
-        """Teacher features ``[D, h, w]`` of test views, extracted (or read from the cache) on first use.
+    def test_features(self, teacher: str, views: list[int]) -> NpyRows:
+        """Teacher features of test views as a reader (``rows.read(k) -> [D, h, w]`` fp16 numpy of ``views[k]``),
+        extracted (or found in the cache) on first use.
 
-        Training never needs them, so a run starts fitting after extracting the training views only;
-        the evaluations pay for the test views they look at.
+        Training never needs them, so a run starts fitting after extracting the training views only; the
+        evaluations pay for the test views they look at, and read them one view at a time.
         """
-        have = self._test_features.setdefault(teacher, {})
-        missing = [v for v in views if v not in have]
-        if missing:
-            feats = self._store.load_or_extract(self.scene, self.teachers[teacher], missing, device=self.device,
-                                                batch_size=self.config.feature_batch, progress=False)
-            have.update(zip(missing, feats))
-        return [have[v] for v in views]
+        key = (teacher, tuple(views))
+        if key not in self._test_rows:
+            self._test_rows[key] = self._store.rows(self.scene, self.teachers[teacher], list(views), device=self.device,
+                                                    batch_size=self.config.feature_batch, progress=False)
+        return self._test_rows[key]
 
     @torch.no_grad()
     def evaluate(self, fld: FeatureField, max_views: int | None) -> dict[str, float]:
@@ -273,7 +280,7 @@ class Trainer:
             gt = self.scene.image(i).to(self.device)
             psnrs.append(psnr(r.rgb, gt))
             for t in self.targets:
-                target = targets[t.name][k].to(self.device, torch.float32)
+                target = torch.from_numpy(targets[t.name].read(k)).to(self.device, torch.float32)
                 pred = fld.decode(r, t.name, tuple(target.shape[-2:]), as_teacher=True)
                 cos[t.name].append(float(cosine_map(pred, target).mean()))
         fld.train(was_training)
@@ -429,7 +436,7 @@ class Trainer:
         t_train = time.perf_counter() - self._t_loop
         if start >= self.steps:
             self.save_checkpoint(fld, self.steps, generator)
-        summary = {"steps": self.steps, **self._elapsed(), "device": str(self.device)}
+        summary = {"steps": self.steps, **self._elapsed(), "device": str(self.device), "data/residency": self.residency}
         if summary["sessions"] > 1:  # resumed: this session's share beside the totals
             summary.update({"session_train_seconds": t_train, "session_feature_seconds": self._t_features})
         if self.device.type == "cuda":
@@ -473,8 +480,11 @@ class Trainer:
         fld.schedulers()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        self._loop(fld, start, generator)
-        summary = self._finish(fld, start, generator)
+        try:
+            self._loop(fld, start, generator)
+            summary = self._finish(fld, start, generator)
+        finally:
+            self.data.views.close()
         self.field = fld
         return summary
 
@@ -597,8 +607,11 @@ def train(scene: str | Path | Scene, output: str | Path, *, field: str = "splat"
             field_config = field_spec(field).config_from_dict(saved.field_config)
             teacher_specs = saved.teachers
             steps = config.steps or saved.trainer.get("steps")
+            # where the views live is the caller's to choose (this machine's memory); the pool's order is the run's
+            data = dataclasses.replace(DataConfig(**saved.trainer.get("data", {})), residency=config.data.residency,
+                                       prefetch=config.data.prefetch)
             config = TrainConfig(**{**saved.trainer, "steps": steps, "cache_dir": saved.trainer.get("cache_dir"),
-                                    "progress": config.progress, "device": config.device})
+                                    "progress": config.progress, "device": config.device, "data": data})
             new = None if scene is None else SceneSpec.of(scene, format, downscale, scene_options)
             changed = steps != saved.trainer.get("steps")
             if new is not None and new.path != saved.scene.path:

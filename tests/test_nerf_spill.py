@@ -44,7 +44,7 @@ def test_spill_batches_are_patches_around_their_targets(tiny_nerf_scene):
     assert torch.equal(pix, expect)  # one cell apart, clamped to the image
     u, v = batch["pixels"].long().unbind(-1)
     assert torch.equal(batch["rgb"], data.images[batch["image"], v, u].float() / 255)  # colour at every ray
-    maps = fld._teacher_maps("toy", data)
+    maps = data.views.pool(0).features["toy"]  # [N, h, w, D]: every view, channels last
     assert torch.equal(batch["features"]["toy"], NerfField._lookup(maps, images[:, 0], centre, H, W))  # teacher at centres
 
 

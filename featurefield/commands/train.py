@@ -16,6 +16,7 @@ from typing import Annotated, Union
 import tyro
 
 from featurefield.commands import parses_own_arguments
+from featurefield.data.view_source import DataConfig
 from featurefield.fields.registry import FieldSpec, registered
 from featurefield.teachers import DEFAULT_TEACHER, parse_options
 from featurefield.train import TrainConfig, train
@@ -58,6 +59,9 @@ class TrainArguments:
     """train colour only (no teacher)."""
     scene_option: tuple[str, ...] = ()
     """loader options as key=value, e.g. `size=96 views=24` for the demo scene."""
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    """where the training views live: `--data.residency stream` reads them from the caches on disk per step
+    (memory independent of the view count; default auto: resident when they fit)."""
 
 
 def _subcommand(spec: FieldSpec):
@@ -111,7 +115,7 @@ def train_command(args: list[str], prog: str, description: str) -> int:
     output = parsed.output or Path("runs") / f"{name}-{kind}"
     cfg = TrainConfig(steps=parsed.steps, seed=parsed.seed, eval_every=parsed.eval_every,
                       checkpoint_every=parsed.checkpoint_every, device=parsed.device, cache_dir=parsed.cache_dir,
-                      final_eval_views=parsed.final_eval_views)
+                      final_eval_views=parsed.final_eval_views, data=parsed.data)
     run = train(parsed.scene, output, field=kind, teachers=[] if parsed.no_features else list(parsed.teacher),
                 config=cfg, field_config=getattr(parsed, kind), format=parsed.format, downscale=parsed.downscale,
                 weights=parsed.weights, resume=parsed.resume, scene_options=options)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from featurefield.cameras import Cameras
+from featurefield.data.view_source import ResidentViews, ViewSource
 from featurefield.errors import FeatureFieldError
 
 
@@ -43,22 +44,33 @@ class TeacherTarget:
 
 @dataclass
 class TrainData:
-    """Everything a field samples training batches from (all on the training device).
+    """Everything a field samples training batches from.
+
+    A field reads the views only through :attr:`views` (a :class:`~featurefield.data.view_source.ViewSource`):
+    ``views.view(i)`` for one whole view, ``views.pool(step)`` for views to draw rays across. Built from
+    tensors (``TrainData(cameras, images, alphas, features, background)``), the views are those tensors.
 
     Attributes:
-        cameras: the ``N`` training cameras, canonical frame.
-        images: ``[N, H, W, 3]`` uint8 RGB (composited on ``background``).
+        cameras: the ``N`` training cameras, canonical frame (on the training device).
+        images: ``[N, H, W, 3]`` uint8 RGB (composited on ``background``), or ``None`` when ``views`` is given.
         alphas: ``[N, H, W]`` uint8 alpha or ``None``.
-        features: per teacher, ``[N, D, h, w]`` fp16 teacher features (may be a memory-mapped CPU
-            tensor; index it, then move the slice to the device).
+        features: per teacher, ``[N, D, h, w]`` fp16 teacher features.
         background: ``[3]`` float background colour, or ``None`` for opaque scenes.
+        views: the views, wherever they live (default: resident, from ``images``, ``alphas``, ``features``).
     """
 
     cameras: Cameras
-    images: Tensor
-    alphas: Tensor | None
-    features: dict[str, Tensor]
-    background: Tensor | None
+    images: Tensor | None = None
+    alphas: Tensor | None = None
+    features: dict[str, Tensor] = field(default_factory=dict)
+    background: Tensor | None = None
+    views: ViewSource | None = None
+
+    def __post_init__(self) -> None:
+        if self.views is None:
+            if self.images is None:
+                raise ValueError("TrainData needs images or views")
+            self.views = ResidentViews(self.images, self.alphas, self.features or {}, self.images.device)
 
 
 @dataclass

@@ -246,7 +246,6 @@ class NerfField(FeatureField):
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.int64))
         self._optimizers: dict[str, torch.optim.Optimizer] | None = None
         self._schedulers: dict[str, Any] | None = None
-        self._feature_cache: dict[str, tuple[int, Tensor]] = {}
         self._rays: PixelRays | None = None
         self.schedulers()  # builds the optimizers too, before any step (LambdaLR wraps optimizer.step)
 
@@ -537,56 +536,45 @@ class NerfField(FeatureField):
         return 4.0 / res * r * r  # d|x|/d|y| = 1 / (2 - |y|)^2 = |x|^2 outside the unit cube
 
     # ------------------------------------------------------------------ FeatureField: training
-    def _teacher_maps(self, name: str, data: TrainData) -> Tensor:
-        """``[N, h, w, D]`` fp16 teacher features, channels last, kept on the device when they fit."""
-        src = data.features[name]
-        key = id(src)
-        if name in self._feature_cache and self._feature_cache[name][0] == key:
-            return self._feature_cache[name][1]
-        dev = self.background.device
-        maps = src.permute(0, 2, 3, 1).to(torch.float16)
-        if dev.type == "cuda" and maps.numel() * 2 < 0.25 * torch.cuda.get_device_properties(dev).total_memory:
-            maps = maps.to(dev)
-        maps = maps.contiguous()
-        self._feature_cache[name] = (key, maps)
-        return maps
-
     def _pixel_rays(self, data: TrainData) -> PixelRays:
         """The training cameras' rays (undistortion solved once per pixel for distorted photos)."""
         if self._rays is None or self._rays.cameras is not data.cameras:
-            self._rays = PixelRays(data.cameras)
+            self._rays = PixelRays(data.cameras, max_bytes=data.views.lookup_bytes)
         return self._rays
 
     def sample_batch(self, data: TrainData, step: int, generator: torch.Generator) -> dict[str, Any]:
-        """``cfg.rays_per_batch`` random pixels of random training images.
+        """``cfg.rays_per_batch`` random pixels of random views of the step's pool (every training view when
+        they are resident; :mod:`featurefield.data.view_source`).
 
         Returns:
-            ``{"image": [R] int64, "pixels": [R, 2] (u, v) pixel positions, "origins", "directions" [R, 3],
-            "rgb": [R, 3] target colour, "features": {teacher: [R, D] bilinear teacher features}}``.
+            ``{"image": [R] int64 training view, "pixels": [R, 2] (u, v) pixel positions, "origins", "directions"
+            [R, 3], "rgb": [R, 3] target colour, "features": {teacher: [R, D] bilinear teacher features}}``.
         """
-        dev = data.images.device
-        N, H, W = data.images.shape[:3]
+        pool = data.views.pool(step)
+        dev, held = pool.ids.device, pool.images.device
+        P, H, W = len(pool.ids), data.views.height, data.views.width
         R = self.config.rays_per_batch
         K = self.config.feature_spill if self.spills else 1
         M = max(1, R // (K * K))  # patches of K x K rays (single rays without a spill model)
-        image = torch.randint(N, (M,), generator=generator)
+        slot = torch.randint(P, (M,), generator=generator)
         u = torch.randint(W, (M,), generator=generator)
         v = torch.randint(H, (M,), generator=generator)
-        image, u, v = _to_device(torch.stack([image, u, v]), dev)  # one copy, and no wait for the GPU
+        slot, u, v = _to_device(torch.stack([slot, u, v]), dev)  # one copy, and no wait for the GPU
         centres = torch.stack([u, v], -1).float() + 0.5
         if K > 1:
             du, dv = patch_offsets(K, tuple(self.targets[0].grid), (H, W), dev)
             u = (u[:, None] + du).clamp(0, W - 1).flatten()  # [M * K * K], patch-major
             v = (v[:, None] + dv).clamp(0, H - 1).flatten()
-            image = image.repeat_interleave(K * K)
+            slot = slot.repeat_interleave(K * K)
+        image = pool.ids[slot]
         pixels = torch.stack([u, v], -1).float() + 0.5
         origins, directions = self._pixel_rays(data)(image, u, v)
+        rgb = pool.images[slot.to(held), v.to(held), u.to(held)].to(dev).float() / 255.0
         batch = {"image": image, "pixels": pixels, "origins": origins, "directions": directions,
-                 "rgb": data.images[image, v, u].float() / 255.0, "features": {}, "patch": K}
-        centre_images = image[:: K * K]
+                 "rgb": rgb, "features": {}, "patch": K}
+        centre_slots = slot[:: K * K]
         for t in self.targets:
-            maps = self._teacher_maps(t.name, data)
-            batch["features"][t.name] = self._lookup(maps, centre_images, centres, H, W).to(dev)
+            batch["features"][t.name] = self._lookup(pool.features[t.name], centre_slots, centres, H, W).to(dev)
         return batch
 
     @staticmethod
@@ -607,7 +595,7 @@ class NerfField(FeatureField):
     def training_loss(self, batch: dict[str, Any], data: TrainData, step: int) -> dict[str, Tensor]:
         cfg = self.config
         bg = data.background.to(batch["origins"]) if data.background is not None else None
-        H, W = data.images.shape[1:3]
+        H, W = data.views.height, data.views.width
         screen = torch.stack([batch["pixels"][:, 0] / W, batch["pixels"][:, 1] / H], -1)  # no host-to-device copy
         out = self.render_rays(batch["origins"], batch["directions"], batch["image"], step=step, background=bg, screen=screen,
                                teachers=[t.name for t in self.targets], normals=cfg.predict_normals)

@@ -405,8 +405,10 @@ class GaussianField(FeatureField):
             self._cursor = 0
         view = int(self._perm[self._cursor])
         self._cursor += 1
+        if data.views.lookahead:  # streamed views: this one and the next are read while steps run
+            data.views.prefetch(self._perm[self._cursor - 1:self._cursor - 1 + data.views.lookahead].tolist())
         batch: dict[str, Any] = {"view": view}
-        if self.config.random_background and data.alphas is not None:
+        if self.config.random_background and data.views.has_alpha:
             batch["background"] = torch.rand(3, generator=generator)
         return batch
 
@@ -447,12 +449,13 @@ class GaussianField(FeatureField):
         view = self._train_view(data, i)
         if self.pose_refine is not None:
             view = self.pose_refine(view, i)
-        gt = data.images[i].to(dev).float() / 255.0  # [H, W, 3]
+        train_view = data.views.view(i)
+        gt = train_view.image.to(dev).float() / 255.0  # [H, W, 3]
         known_bg = data.background.to(dev).float() if data.background is not None else torch.zeros(3, device=dev)
         bg = known_bg
-        if "background" in batch and data.alphas is not None:
+        if "background" in batch and train_view.alpha is not None:
             bg = batch["background"].to(dev).float()
-            a = data.alphas[i].to(dev).float()[..., None] / 255.0
+            a = train_view.alpha.to(dev).float()[..., None] / 255.0
             gt = gt + (bg - known_bg) * (1 - a)  # re-composite: rgb*a + bg*(1-a)
         with_features = bool(self.targets) and cfg.embed_dim > 0
         size = self.feature_pass_size(view) if with_features else None
@@ -473,13 +476,13 @@ class GaussianField(FeatureField):
         total = (1 - cfg.ssim_lambda) * l1 + cfg.ssim_lambda * (1 - ssim)
         out: dict[str, Tensor] = {"rgb": l1.detach(), "ssim": ssim.detach(),
                                   "psnr": psnr_from_mse(F.mse_loss(rgb.detach().float(), gt.float()))}
-        if cfg.alpha_weight > 0 and data.alphas is not None:
-            alpha_gt = data.alphas[i].to(dev).float()[..., None] / 255.0  # [H, W, 1]
+        if cfg.alpha_weight > 0 and train_view.alpha is not None:
+            alpha_gt = train_view.alpha.to(dev).float()[..., None] / 255.0  # [H, W, 1]
             alpha_l1 = losses.l1(alpha, alpha_gt)
             total = total + cfg.alpha_weight * alpha_l1
             out["alpha"] = alpha_l1.detach()
         for t in self.targets:
-            target = data.features[t.name][i].to(dev, non_blocking=True).float()  # [D, h, w]
+            target = train_view.features[t.name].to(dev, non_blocking=True).float()  # [D, h, w]
             at_grid = resample_hwc(emb, target.shape[-2:])  # [h, w, E]
             alpha_grid = resample_hwc(alpha, target.shape[-2:]) if t.name in self.backgrounds else None
             pred = self.as_teacher_sees(t.name, at_grid, alpha_grid)  # [h, w, D]
