@@ -105,10 +105,11 @@ def child(args) -> None:
     Trainer.prepare = measured_prepare
     options = dict(steps=args.steps, device=args.device, progress=False, cache_dir=Path(args.cache),
                    checkpoint_every=args.steps, log_every=max(1, args.steps // 10), final_eval_views=args.eval_views)
-    if args.residency != "none":
+    residency = args.residency[0]  # a child runs one
+    if residency != "none":
         from featurefield.data.view_source import DataConfig
 
-        options["data"] = DataConfig(residency=args.residency)
+        options["data"] = DataConfig(residency=residency)
     teachers = [] if args.teacher == "none" else [args.teacher]
     t0 = time.perf_counter()
     run = train(scene, args.out, field=args.field, teachers=teachers, config=TrainConfig(**options))

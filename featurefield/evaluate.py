@@ -94,9 +94,9 @@ def class_prototypes(run: Run, teacher: str, num_classes: int, max_views: int = 
     scene = run.scene()
     views = _spread(run.view_indices("train"), max_views)
     sums, counts = None, torch.zeros(num_classes)
-    cached = run.features(teacher, views) if source == "teacher" else None  # one batched set, memory-mapped
+    cached = run.feature_rows(teacher, views) if source == "teacher" else None  # one batched set, read per view
     for k, v in enumerate(views):
-        f = cached[k].float() if cached is not None else _field_features(run, teacher, v)
+        f = torch.from_numpy(cached.read(k)).float() if cached is not None else _field_features(run, teacher, v)
         labels = _labels_to_grid(scene.semantic(v), f.shape[-2:]).flatten().cpu()
         fn = F.normalize(f.flatten(1), dim=0).T.cpu()  # [h*w, D]
         if sums is None:
@@ -211,8 +211,8 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
                       "teacher": torch.zeros(ncls, ncls, dtype=torch.int64)}
 
     # the teachers' features of every evaluated view as one cached set (batched extraction of what is missing;
-    # the trainer's final evaluation of the same views already wrote it), memory-mapped
-    targets = {t: run.features(t, views) for t in teachers}
+    # the trainer's final evaluation of the same views already wrote it), read one view at a time
+    targets = {t: run.feature_rows(t, views) for t in teachers}
     it = track(range(len(views)), description="evaluate", transient=True) if progress else range(len(views))
     for k in it:
         v, cam = views[k], cams[k]
@@ -223,13 +223,14 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
         if lp is not None and lp.available:
             img["lpips"].append(lp(r.rgb, gt))
         H, W = gt.shape[:2]
-        if depth_source == "scene":
-            d = scene.depth(v).float() * run.normalization.scale
-            depths.append(torch.where(d > 0, d, torch.full_like(d, float("inf"))).to(run.device))
-        else:
-            depths.append(surface_depth(r))
+        if k <= pck_pairs:  # the views of the correspondence pairs below
+            if depth_source == "scene":
+                d = scene.depth(v).float() * run.normalization.scale
+                depths.append(torch.where(d > 0, d, torch.full_like(d, float("inf"))).to(run.device))
+            else:
+                depths.append(surface_depth(r))
         for t in teachers:
-            target = targets[t][k].to(run.device, torch.float32)
+            target = torch.from_numpy(targets[t].read(k)).to(run.device, torch.float32)
             pred = fld.decode(r, t, tuple(target.shape[-2:]), as_teacher=True).float()
             for key, val in feature_fidelity(pred, target).items():
                 fid[t][key].append(val)

@@ -124,6 +124,15 @@ class Run:
         store = FeatureStore(Path(cache) if cache else None)
         return store.load_or_extract(self.scene(), self.teacher(name), views, device=self.device, progress=False)
 
+    def feature_rows(self, name: str, views: list[int]):
+        """Teacher features of scene views as a reader, ``rows.read(k) -> [D, h, w]`` fp16 numpy of ``views[k]``
+        (extracted first where not cached): for going through many views one at a time."""
+        from featurefield.teachers.store import FeatureStore
+
+        cache = self.config.cache_dir
+        store = FeatureStore(Path(cache) if cache else None)
+        return store.rows(self.scene(), self.teacher(name), views, device=self.device, progress=False)
+
 
 def _refuse_own_command_runs(path: Path) -> None:
     """A one-line error for a run of a field that answers its verbs itself (see ``FieldSpec.commands``)."""
