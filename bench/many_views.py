@@ -12,7 +12,9 @@ of its own first) and reports:
   (features extracted, views loaded or their caches written) and what the prepared data holds (the resident
   set then, less before): on the CPU the training loop's own peak is the rasterizer's, which hides the data;
 - ``peak_gpu_gb``: ``torch.cuda.max_memory_allocated`` over the training loop (``metrics.json``);
-- ``steps_per_s``: the training loop's rate between its second and last logged steps (warm-up excluded);
+- ``steps_per_s``: the training loop's rate between its second and last logged steps (warm-up excluded), and
+  ``data_ms_per_step``: the host's time per step in the view source (reading, waiting for read-aheads,
+  starting copies), the part of a step that could grow with the number of views;
 - ``feature_s``: time to prepare the data (image cache, teacher features) and ``residency``: where the views
   lived (absent on versions without ``--data.residency``).
 
@@ -93,7 +95,7 @@ def child(args) -> None:
     if args.device == "cuda":
         torch.zeros(1, device="cuda")  # the CUDA context belongs to the baseline
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    prepared = {}
+    prepared, data_seconds = {}, [0.0]
     prepare = Trainer.prepare
 
     def measured_prepare(self):  # the data's share, before the loop's transients
@@ -101,6 +103,15 @@ def child(args) -> None:
         prepare(self)
         prepared.update(prepare_peak_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                         data_rss_gb=_current_rss() - before)
+        views = getattr(self.data, "views", None)  # versions before view sources have none
+        for name in ("view", "pool") if views is not None else ():  # the host's time in the data path
+            def timed(*a, _method=getattr(views, name), **k):
+                t = time.perf_counter()
+                out = _method(*a, **k)
+                data_seconds[0] += time.perf_counter() - t
+                return out
+
+            setattr(views, name, timed)
 
     Trainer.prepare = measured_prepare
     options = dict(steps=args.steps, device=args.device, progress=False, cache_dir=Path(args.cache),
@@ -125,7 +136,8 @@ def child(args) -> None:
     print(json.dumps({"views": len(scene), "train_views": len(scene.split["train"]), "peak_rss_gb": round(peak, 3),
                       "rss_growth_gb": round(peak - base_rss, 3), **{k: round(v, 3) for k, v in prepared.items()},
                       "peak_gpu_gb": summary.get("peak_gpu_memory_gb"),
-                      "steps_per_s": rate, "feature_s": summary.get("feature_seconds"), "wall_s": wall,
+                      "steps_per_s": rate, "data_ms_per_step": round(1e3 * data_seconds[0] / args.steps, 3) if
+                      "data_rss_gb" in prepared and data_seconds[0] else None, "feature_s": summary.get("feature_seconds"), "wall_s": wall,
                       "residency": summary.get("data/residency"), "gpu": summary.get("gpu"),
                       "psnr": summary.get("test/psnr")}))
 
@@ -192,14 +204,14 @@ def main() -> None:
             results.append(result)
             print(json.dumps(result), flush=True)
     print("\n| views | train views | residency | peak RSS GB | RSS growth GB | prepare peak GB | data RSS GB | peak GPU GB "
-          "| steps/s | prepare s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| steps/s | data ms/step | prepare s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         gpu = "-" if r["peak_gpu_gb"] is None else f"{r['peak_gpu_gb']:.2f}"
         rate = "-" if r["steps_per_s"] is None else f"{r['steps_per_s']:.2f}"
         print(f"| {r['views']} | {r['train_views']} | {r['residency'] or '-'} | {r['peak_rss_gb']:.2f} | "
               f"{r['rss_growth_gb']:.2f} | {r['prepare_peak_gb']:.2f} | {r['data_rss_gb']:.3f} | {gpu} | {rate} | "
-              f"{r['feature_s']:.1f} |")
+              f"{'-' if r['data_ms_per_step'] is None else r['data_ms_per_step']} | {r['feature_s']:.1f} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 
