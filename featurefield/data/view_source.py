@@ -301,7 +301,7 @@ class StreamedViews(ViewSource):
         base = 0 if size == self.count else step // self.config.pool_every
         if self._base is None or not self._base <= base < self._base + size:  # first use (or a jump): fill it
             for q in range(base, base + size):
-                self.prefetch([self._order(p) for p in range(q + 1, q + 1 + self.lookahead)])
+                self.prefetch([self._order(p) for p in range(q, q + self.lookahead)])  # this one and the next
                 self._put(q % size, self._order(q))
         else:  # slide: the views of positions base .. base + size - 1 are held, in slot position % size
             for q in range(self._base + size, base + size):
