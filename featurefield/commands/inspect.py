@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from featurefield.data.inspect import summarize
+from featurefield.data.inspect import describe_labels, summarize
 from featurefield.data.registry import load_scene
 
 
 def inspect_command(scene: str, /, format: str | None = None, downscale: float = 1.0) -> int:
-    """Load a scene folder and summarise it (format, views, resolution, split, cameras, points).
+    """Load a scene folder and summarise it (format, views, resolution, split, cameras, points, labels).
 
     Args:
         scene: scene folder (Blender, nerfstudio, COLMAP, LLFF) or ``demo``.
@@ -38,7 +38,8 @@ def inspect_command(scene: str, /, format: str | None = None, downscale: float =
          else "{:.1f} - {:.1f}".format(*info["focal_px"])),
         ("camera extent", f"{info['camera_extent']:.3f} (world units, max distance from mean centre)"),
         ("points", str(info["points"])),
-        ("depth / labels", f"{'yes' if info['depth'] else 'no'} / {'yes' if info['labels'] else 'no'}"),
+        ("depth", "yes" if info["depth"] else "no"),
+        ("labels", describe_labels(info)),
         ("background", "opaque" if info["background"] is None else str(tuple(round(c, 3) for c in info["background"]))),
         ("normalization", "centre ({}), scale {:.4g}".format(
             ", ".join(f"{c:.3f}" for c in info["normalization"]["center"]), info["normalization"]["scale"])),
