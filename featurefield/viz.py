@@ -148,9 +148,12 @@ LABEL_PALETTE = np.array([[255, 255, 255], [150, 120, 90], [230, 60, 60], [60, 1
 
 
 def labels_image(labels) -> np.ndarray:
-    """``[H, W]`` integer labels -> ``[H, W, 3]`` uint8 with :data:`LABEL_PALETTE` (0 is white; it repeats after 9)."""
+    """``[H, W]`` integer labels -> ``[H, W, 3]`` uint8 with :data:`LABEL_PALETTE` (0 is white; it repeats after 9);
+    negative labels (unlabelled) are black."""
     lab = _numpy(labels).astype(np.int64)
-    return LABEL_PALETTE[np.mod(lab, len(LABEL_PALETTE))]
+    out = LABEL_PALETTE[np.mod(lab, len(LABEL_PALETTE))]
+    out[lab < 0] = 0
+    return out
 
 
 def draw_keypoints(rgb, uv, radius: int = 4, numbers: bool = True) -> np.ndarray:

@@ -132,6 +132,15 @@ def test_write_video_falls_back_to_gif(tmp_path, monkeypatch):
         viz.write_video(tmp_path / "w.mp4", [np.zeros((4, 4, 3), np.uint8), np.zeros((6, 4, 3), np.uint8)])
 
 
+def test_labels_image_colours_each_label_and_draws_unlabelled_black():
+    labels = torch.tensor([[0, 1, 2], [-1, 11, 1]])
+    picture = viz.labels_image(labels)
+    assert picture.shape == (2, 3, 3) and picture.dtype == np.uint8
+    assert (picture[0, 0] == 255).all() and (picture[1, 0] == 0).all()  # 0 white, unlabelled (-1) black
+    assert (picture[0, 1] == picture[1, 2]).all() and (picture[0, 1] != picture[0, 2]).any()
+    assert (picture[1, 1] == viz.LABEL_PALETTE[1]).all()  # the palette repeats after 10 colours
+
+
 def test_depth_image_shared_range_compares_two_maps():
     a = torch.full((4, 4), 2.0)
     b = torch.full((4, 4), 4.0)

@@ -67,8 +67,13 @@ def metrics_table(metrics: dict, worst: int = 3):
         table.add_row(f"{t} PCK@1/2/5% ({d['points']} pts, {d['depth']} depth)",
                       " / ".join(fmt(d[k]) for k in ("pck@0.01", "pck@0.02", "pck@0.05")))
     for t, d in metrics.get("semantic", {}).items():
-        table.add_row(f"{t} semantic mIoU field", fmt(d["field_miou"]))
+        if "unavailable" in d:
+            table.add_row(f"{t} semantic mIoU", d["unavailable"])
+            continue
+        table.add_row(f"{t} semantic mIoU field ({len(d['classes'])} classes, {d['views']} views)", fmt(d["field_miou"]))
         table.add_row(f"{t} semantic mIoU 2D teacher", fmt(d["teacher_miou"]))
+        if d.get("classes_not_in_train"):
+            table.add_row("  classes no train label shows", ", ".join(d["classes_not_in_train"]))
     return table
 
 
