@@ -183,6 +183,39 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path,
     assert ckpt_step(run) == 6
 
 
+def test_a_disk_too_small_for_the_checkpoints_is_refused_before_training(tmp_path, monkeypatch):
+    """Issue 23: free space is checked before training, in one line saying how much is needed and how much is free."""
+    import featurefield.train as train_mod
+
+    real_usage = shutil.disk_usage
+    free = {"bytes": 1 << 20}  # 1 MiB: less than one checkpoint of the demo's Gaussians (~3 MiB)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real_usage(p)._replace(free=free["bytes"]))
+    started, real_loop = [], train_mod.Trainer._loop
+    monkeypatch.setattr(train_mod.Trainer, "_loop", lambda self, *a: started.append(a) or real_loop(self, *a))
+    run = tmp_path / "run"
+    with pytest.raises(FeatureFieldError, match=r"needs about \d.* MiB free .* but 1\.0 MiB are free.*run the same command") as info:
+        quick(run, steps=4)
+    assert "\n" not in str(info.value) and not started and not (run / CHECKPOINT).exists()
+    free["bytes"] = 1 << 40
+    quick(run, steps=4)  # space again: the same command trains
+    assert ckpt_step(run) == 4
+    free["bytes"] = 1 << 20
+    with pytest.raises(FeatureFieldError, match=r"checkpoint of step 4 is intact\), then continue with .* --resume"):
+        train("demo:1", run, config=cfg(steps=8), resume=True)
+    assert ckpt_step(run) == 4
+
+
+def test_the_checkpoint_size_estimate_is_close_to_the_written_file(tmp_path):
+    """The free-space check sizes a checkpoint from the field before one exists: within 25% of the real file."""
+    from featurefield.train import checkpoint_bytes
+
+    for teachers in ([], ["dino:pretrained=random,resolution=56"]):
+        out = tmp_path / f"run{len(teachers)}"
+        run = train("demo:1", out, teachers=teachers, config=cfg(steps=2), scene_options=DEMO)
+        written = (out / CHECKPOINT).stat().st_size
+        assert 0.8 * written <= checkpoint_bytes(run.field) <= 1.25 * written, (checkpoint_bytes(run.field), written)
+
+
 def test_a_full_disk_anywhere_else_is_one_line_too(tmp_path, monkeypatch):
     import featurefield.train as train_mod
 

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from featurefield.errors import FeatureFieldError
-from featurefield.io import atomic_path, atomic_write_json
+from featurefield.io import atomic_path, atomic_write_json, megabytes
 from featurefield.teachers.base import Teacher
 
 INDEX_VERSION = 2  # 2: per-row crc32, fingerprints cover the background
@@ -265,14 +265,14 @@ class FeatureStore:
     # ------------------------------------------------------------------ file handling
     def _open(self, path: Path, shape: list[int], entry: dict) -> np.memmap:
         """Open the set's array for writing; (re)create it when missing, truncated or of another shape."""
-        what = f"{np.prod(shape) * 2 / 2**20:.0f} MiB of features {shape}"
+        what = f"{megabytes(np.prod(shape) * 2)} of features {shape}"
         if not _npy_ok(path, shape):  # missing, truncated, broken header or another shape: recreate
             entry["shards"] = {}
             need = int(np.prod(shape)) * 2 + 4096
             free = shutil.disk_usage(path.parent).free
             if free < need:
-                raise FeatureFieldError(f"{path.parent}: the feature cache needs {need / 2**20:.0f} MiB for "
-                                        f"{shape} features but {free / 2**20:.0f} MiB are free; free space there "
+                raise FeatureFieldError(f"{path.parent}: the feature cache needs {megabytes(need)} for "
+                                        f"{shape} features but {megabytes(free)} are free; free space there "
                                         "or use --cache-dir on a larger disk")
             try:
                 with atomic_path(path) as tmp:
