@@ -37,7 +37,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -47,7 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from featurefield.errors import FeatureFieldError
+from featurefield.errors import FeatureFieldError, warn
 from featurefield.io import atomic_path, atomic_write_json, megabytes
 from featurefield.teachers.base import Teacher
 
@@ -75,11 +74,6 @@ def image_fingerprint(scene, i: int) -> str:
         source = hashlib.sha1(scene.rgba(i).numpy().tobytes()).hexdigest()
     bg = scene.background
     return source if bg is None else f"{source}|bg={','.join(f'{float(c):.6g}' for c in bg)}"
-
-
-def warn(message: str) -> None:
-    """One line on stderr (``warnings.warn`` would add a second line of source)."""
-    print(f"featurefield: warning: {' '.join(message.split())}", file=sys.stderr)
 
 
 def _crc(rows: np.ndarray) -> int:
