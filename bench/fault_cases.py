@@ -593,9 +593,9 @@ def _run_folder_cases() -> list[Case]:
     cases.append(Case("kill-during-training", [], expect="ok", absent=None, run=drive_kill_training))
     cases.append(Case("kill-during-extraction", [], expect="ok", absent=None, run=drive_kill_extraction))
     cases.append(Case("diverged-lr-scales", ["train", *DEMO, "--output", "{C}/out", "--steps", "30", "--no-features",
-                                             "--splat.lr-scales", "1e6", *CPU], absent=None))
+                                             "--splat.lr-scales", "1e6", *CPU], absent=None, mid_run=True))
     cases.append(Case("diverged-lr-means", ["train", *DEMO, "--output", "{C}/out", "--steps", "30", "--no-features",
-                                            "--splat.lr-means", "1e9", *CPU], absent=None))
+                                            "--splat.lr-means", "1e9", *CPU], absent=None, mid_run=True))
 
     # the silently wrong feature cache
     def corrupt_then_train(C, W):

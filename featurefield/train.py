@@ -98,6 +98,11 @@ def checkpoint_bytes(fld: FeatureField) -> int:
     return tensors + moments
 
 
+def nonfinite_tensors(state: dict) -> list[str]:
+    """The names of the floating-point tensors of ``state`` (a ``state_dict``) holding a NaN or an infinity."""
+    return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+
+
 def _images_uint8(scene: Scene, views: list[int], device: torch.device) -> tuple[Tensor, Tensor | None]:
     imgs, alphas = [], []
     for i in views:
@@ -204,7 +209,7 @@ class Trainer:
 
     def save_checkpoint(self, fld: FeatureField, step: int, generator: torch.Generator) -> None:
         state = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in fld.state_dict().items()}
-        bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+        bad = nonfinite_tensors(state)
         if bad:  # never overwrite the last good checkpoint with a broken model
             raise self._diverged_error(step, f"non-finite parameters: {', '.join(bad[:3])}")
         try:
@@ -340,8 +345,7 @@ class Trainer:
     def _broken(fld: FeatureField, err: Exception) -> str | None:
         """What is wrong with a field whose step failed (non-finite parameters, nothing left, nothing in view),
         else None (the failure is not the model's: a bug, keep its traceback)."""
-        bad = [k for k, v in fld.state_dict().items()
-               if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+        bad = nonfinite_tensors(fld.state_dict())
         if bad:
             return f"non-finite parameters: {', '.join(bad[:3])}"
         if fld.stats().get("gaussians", 1) == 0:
@@ -444,6 +448,11 @@ class Trainer:
                 log_now = done % self.config.log_every == 0 or done == self.steps or done == start + 1
                 if self.device.type != "cuda" or log_now or checkpoint_now:
                     self._raise_if_diverged(nonfinite, losses, step, ckpt_path)
+                # a NaN or infinite Gaussian is culled by the rasterizer, so the loss can stay finite: look at the
+                # parameters too, at log steps and every 10th on a CPU (a NeRF's hash tables take milliseconds to scan)
+                scan = log_now or checkpoint_now or (self.device.type != "cuda" and done % 10 == 0)
+                if scan and (bad := nonfinite_tensors(fld.state_dict())):
+                    raise self._diverged_error(step, f"non-finite parameters: {', '.join(bad[:3])}")
                 if log_now:
                     bar.update(task, info=self._progress_line(fld, losses, done, start))
                 if self.config.eval_every and done % self.config.eval_every == 0 and done < self.steps:

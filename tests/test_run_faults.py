@@ -247,6 +247,17 @@ def test_divergence_whatever_the_cause_names_the_likely_setting(tmp_path, field_
         assert "no checkpoint was written yet" in msg
 
 
+def test_divergence_is_found_within_ten_steps_not_at_the_next_checkpoint(tmp_path):
+    """With --splat.lr-scales 1e6 the parameters turn NaN within a few steps while the loss stays finite (the rasterizer
+    culls such Gaussians): it used to train on until the checkpoint (step 20 here) before saying so."""
+    config = TrainConfig(steps=20, checkpoint_every=20, log_every=100, device="cpu", progress=False)
+    with pytest.raises(FeatureFieldError, match=r"training diverged at step \d+ \(non-finite parameters: ") as info:
+        train("demo:1", tmp_path / "run", teachers=[], config=config, field_config=SplatConfig(lr_scales=1e6),
+              scene_options=DEMO)
+    step = int(str(info.value).split("at step ")[1].split()[0])
+    assert step in (0, 9) and "--splat.lr-scales 1e+06" in str(info.value)  # a scan on a CPU, not the checkpoint's 19
+
+
 def test_the_demo_scene_options_are_checked(tmp_path):
     for options, words in (({"size": "abc"}, "size must be a whole number"), ({"background": [0, 0]}, "background"),
                            ({"views": 1}, "views")):
