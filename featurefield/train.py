@@ -339,7 +339,7 @@ class Trainer:
 
     def _raise_if_diverged(self, nonfinite: Tensor, losses: dict[str, Tensor], step: int, ckpt_path: Path) -> None:
         if bool(nonfinite):
-            raise self._diverged_error(step, f"loss is {float(losses['loss'])}")
+            raise self._diverged_error(step, f"loss is {float(losses['loss'].detach())}")
 
     @staticmethod
     def _broken(fld: FeatureField, err: Exception) -> str | None:
