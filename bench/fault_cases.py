@@ -2,8 +2,9 @@
 
 Every case runs ``python -m featurefield.cli ...`` in a fresh process on the CPU and is judged:
 
-* ``refuse`` cases must exit 2 with exactly one line on stderr, and write nothing (the named output is
-  absent or unchanged); exit 0 is *silently accepted*, anything else a failure;
+* ``refuse`` cases must exit 2 with exactly one line on stderr (a fault that comes mid-run, a full disk or a
+  divergence: besides the training's progress lines), and write nothing (the named output is absent or
+  unchanged); exit 0 is *silently accepted*, anything else a failure;
 * ``ok`` cases must exit 0 (a fault handled, e.g. a resume after a kill), plus the case's own check;
 * in every case a Python traceback, a death by signal (SIGBUS, SIGSEGV) or a failed state check is counted.
 

@@ -8,6 +8,7 @@ import torch
 
 from featurefield.cameras import Cameras
 from featurefield.data.scene import Normalization, Scene
+from featurefield.errors import FeatureFieldWarning
 from featurefield.teachers.store import FeatureStore
 from tests.toystore import Pooled, expected, make_scene
 
@@ -226,7 +227,8 @@ def test_a_corrupt_row_of_another_set_is_never_copied(tmp_path):
     arr.flush()
     del arr
     t = Pooled()
-    f = store.load_or_extract(scene, t, [1, 3, 4], device="cpu", progress=False)  # a subset: rows are copied
+    with pytest.warns(FeatureFieldWarning, match="fails its checksum"):  # said, in one line
+        f = store.load_or_extract(scene, t, [1, 3, 4], device="cpu", progress=False)  # a subset: rows are copied
     assert torch.equal(f, expected(scene, [1, 3, 4]))  # the bad row was extracted again, not copied
     assert t.images_seen == 1
     del f
@@ -237,8 +239,6 @@ def test_a_corrupt_row_of_another_set_is_never_copied(tmp_path):
 
 def test_a_truncated_other_set_is_skipped_with_a_warning(tmp_path):
     """Issue 23: a truncated .npy of another cached set is no traceback: extracted instead, rebuilt later."""
-    from featurefield.errors import FeatureFieldWarning
-
     scene = make_scene()
     store = FeatureStore(tmp_path / "cache", shard_images=2)
     store.load_or_extract(scene, Pooled(), None, device="cpu", progress=False)
