@@ -2,16 +2,21 @@
 
 Each subcommand is a typed function in ``featurefield/commands/``; only the one asked for is imported,
 so ``featurefield --help`` is instant. A :class:`~featurefield.errors.FeatureFieldError` is printed
-on one line and exits with code 2.
+on one line and exits with code 2; a :class:`~featurefield.errors.FeatureFieldWarning` is printed on one
+line and the work goes on. Other libraries' warnings (torch, onnx, timm...) are hidden; run under
+``python -W default -m featurefield.cli`` (or with ``PYTHONWARNINGS`` set) to see every warning as Python shows it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
+import warnings
+from collections.abc import Iterator
 
-from featurefield.errors import FeatureFieldError
+from featurefield.errors import FeatureFieldError, FeatureFieldWarning
 from featurefield.stopping import TrainingStopped
 
 #: subcommand -> ("module:function" in featurefield.commands, one-line help)
@@ -65,6 +70,22 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def one_line_warnings(prog: str) -> Iterator[None]:
+    """While the block runs, our warnings are one line each on stderr (``PROG: warning: ...``, no source line)
+    and other libraries' warnings are dropped, unless the user asked Python for warnings (``-W``, ``PYTHONWARNINGS``)."""
+    with warnings.catch_warnings():
+        if not sys.warnoptions:
+            warnings.simplefilter("ignore")
+            warnings.simplefilter("default", FeatureFieldWarning)
+
+            def show(message, category, filename, lineno, file=None, line=None) -> None:
+                print(f"{prog}: warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+            warnings.showwarning = show
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -88,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
                   "works (sharded extraction); run it there first, then this command alone finds the features cached",
                   file=sys.stderr)
         return 2
+    with one_line_warnings(f"featurefield {name}"):
+        return _dispatch(name, target, help_, rest)
+
+
+def _dispatch(name: str, target: str, help_: str, rest: list[str]) -> int:
+    """Run ``featurefield NAME REST`` (``target`` is its "module:function"); known errors become exit codes."""
     try:
         module, func = target.split(":")
         fn = getattr(importlib.import_module(f"featurefield.commands.{module}"), func)

@@ -29,7 +29,7 @@ from featurefield.data.scene import Scene
 from featurefield.errors import FeatureFieldError
 from featurefield.fields.base import FeatureField, TeacherTarget, TrainData
 from featurefield.fields.registry import FieldSpec, field_spec
-from featurefield.io import atomic_torch_save, atomic_write_json, atomic_write_text, resolve_device
+from featurefield.io import atomic_torch_save, atomic_write_json, atomic_write_text, free_bytes, megabytes, resolve_device
 from featurefield.metrics import cosine_map, psnr
 from featurefield.run import Run, load_checkpoint, load_run
 from featurefield.run_config import CHECKPOINT, NORMALIZATION, RunConfig, SceneSpec, plain, read_normalization
@@ -78,6 +78,29 @@ class TrainConfig:
             raise FeatureFieldError(f"eval views must be at least 1, got {self.eval_views}")
         if self.final_eval_views is not None and self.final_eval_views < 1:
             raise FeatureFieldError(f"--final-eval-views must be at least 1 (or left out for all), got {self.final_eval_views}")
+
+
+#: what one ``metrics.jsonl`` line and the run's small files (config, metrics.json, normalization) take, at most
+LOG_LINE_BYTES = 1024
+RUN_FILES_BYTES = 64 * 1024
+
+
+def checkpoint_bytes(fld: FeatureField) -> int:
+    """The size of ``fld``'s checkpoint as it is now: its tensors (parameters, buffers) plus each optimizer's
+    per-parameter state (Adam's two moments, the same size as the parameter; assumed before the first step)."""
+    tensors = sum(v.numel() * v.element_size() for v in fld.state_dict().values() if torch.is_tensor(v))
+    moments = 0
+    for opt in fld.optimizers().values():
+        for group in opt.param_groups:
+            for p in group["params"]:
+                state = [v for v in opt.state.get(p, {}).values() if torch.is_tensor(v) and v.numel() == p.numel()]
+                moments += p.numel() * p.element_size() * (len(state) if opt.state.get(p) else 2)
+    return tensors + moments
+
+
+def nonfinite_tensors(state: dict) -> list[str]:
+    """The names of the floating-point tensors of ``state`` (a ``state_dict``) holding a NaN or an infinity."""
+    return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
 
 
 def _images_uint8(scene: Scene, views: list[int], device: torch.device) -> tuple[Tensor, Tensor | None]:
@@ -186,7 +209,7 @@ class Trainer:
 
     def save_checkpoint(self, fld: FeatureField, step: int, generator: torch.Generator) -> None:
         state = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in fld.state_dict().items()}
-        bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+        bad = nonfinite_tensors(state)
         if bad:  # never overwrite the last good checkpoint with a broken model
             raise self._diverged_error(step, f"non-finite parameters: {', '.join(bad[:3])}")
         try:
@@ -194,15 +217,36 @@ class Trainer:
         except (OSError, RuntimeError) as err:
             if isinstance(err, RuntimeError) and "writ" not in str(err) and "inline_container" not in str(err):
                 raise  # not a failed write (torch's zip writer says "file write failed" or "unexpected pos"): a bug
-            import shutil
-
             reason = err.strerror if isinstance(err, OSError) and err.strerror else "the write failed"
-            free = shutil.disk_usage(self.run_dir).free / 2**20
             raise FeatureFieldError(
-                f"{self.run_dir / CHECKPOINT}: cannot write the checkpoint of step {step} ({reason}; {free:.0f} MiB free); "
+                f"{self.run_dir / CHECKPOINT}: cannot write the checkpoint of step {step} ({reason}; "
+                f"{megabytes(free_bytes(self.run_dir))} free); "
                 f"{self._previous_checkpoint()}; free disk space and continue with --output {self.run_dir} --resume"
             ) from err
         self._last_checkpoint = step
+
+    def check_free_space(self, fld: FeatureField, start: int) -> None:
+        """Refuse to train when the run folder's disk clearly cannot hold what training writes from step ``start``.
+
+        A checkpoint is written beside the previous one and renamed over it (:func:`~featurefield.io.atomic_path`),
+        so two are on disk for a moment; the log grows a line per ``log_every`` steps. The checkpoint's size is
+        the field's present size (:func:`checkpoint_bytes`); a field that grows (Gaussians) may need more, and a
+        disk that fills up later still fails in one line, keeping the previous checkpoint.
+        """
+        ckpt_path = self.run_dir / CHECKPOINT
+        size = checkpoint_bytes(fld)
+        have = ckpt_path.stat().st_size if ckpt_path.is_file() else 0  # already on disk: one more copy is needed
+        logs = LOG_LINE_BYTES * ((self.steps - start) // self.config.log_every + 2) + RUN_FILES_BYTES
+        need = max(2 * size - have, 0) + logs
+        free = free_bytes(self.run_dir)
+        if free < need:
+            fix = (f"free disk space there (the checkpoint of step {start} is intact), then continue with --output "
+                   f"{self.run_dir} --resume" if have else
+                   "free disk space there and run the same command again, or choose another --output (nothing was "
+                   "trained yet)")
+            raise FeatureFieldError(
+                f"{self.run_dir}: training needs about {megabytes(need)} free for its checkpoints ({megabytes(size)} "
+                f"each, written beside the previous one) and logs, but {megabytes(free)} are free; {fix}")
 
     def _previous_checkpoint(self) -> str:
         if self._last_checkpoint is None:
@@ -295,14 +339,13 @@ class Trainer:
 
     def _raise_if_diverged(self, nonfinite: Tensor, losses: dict[str, Tensor], step: int, ckpt_path: Path) -> None:
         if bool(nonfinite):
-            raise self._diverged_error(step, f"loss is {float(losses['loss'])}")
+            raise self._diverged_error(step, f"loss is {float(losses['loss'].detach())}")
 
     @staticmethod
     def _broken(fld: FeatureField, err: Exception) -> str | None:
         """What is wrong with a field whose step failed (non-finite parameters, nothing left, nothing in view),
         else None (the failure is not the model's: a bug, keep its traceback)."""
-        bad = [k for k, v in fld.state_dict().items()
-               if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+        bad = nonfinite_tensors(fld.state_dict())
         if bad:
             return f"non-finite parameters: {', '.join(bad[:3])}"
         if fld.stats().get("gaussians", 1) == 0:
@@ -405,6 +448,11 @@ class Trainer:
                 log_now = done % self.config.log_every == 0 or done == self.steps or done == start + 1
                 if self.device.type != "cuda" or log_now or checkpoint_now:
                     self._raise_if_diverged(nonfinite, losses, step, ckpt_path)
+                # a NaN or infinite Gaussian is culled by the rasterizer, so the loss can stay finite: look at the
+                # parameters too, at log steps and every 10th on a CPU (a NeRF's hash tables take milliseconds to scan)
+                scan = log_now or checkpoint_now or (self.device.type != "cuda" and done % 10 == 0)
+                if scan and (bad := nonfinite_tensors(fld.state_dict())):
+                    raise self._diverged_error(step, f"non-finite parameters: {', '.join(bad[:3])}")
                 if log_now:
                     bar.update(task, info=self._progress_line(fld, losses, done, start))
                 if self.config.eval_every and done % self.config.eval_every == 0 and done < self.steps:
@@ -471,6 +519,7 @@ class Trainer:
         # optimizer step misses that step (and PyTorch warns about the order)
         fld.optimizers()
         fld.schedulers()
+        self.check_free_space(fld, start)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self._loop(fld, start, generator)

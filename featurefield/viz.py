@@ -7,7 +7,6 @@ views) and reuse it, so the same feature gets the same colour in every picture a
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from featurefield.errors import FeatureFieldError
+from featurefield.errors import FeatureFieldError, warn
 from featurefield.io import atomic_path
 
 # ---------------------------------------------------------------------------------------------- colour maps
@@ -414,10 +413,9 @@ def write_video(path: str | Path, frames: Sequence, fps: int = 30) -> Path:
                     writer.append_data(_even(p))
             return path
         except Exception as err:  # noqa: BLE001 - a broken ffmpeg install falls back to GIF below
-            warnings.warn(f"{path}: writing MP4 failed ({err}); writing a GIF instead", stacklevel=2)
+            warn(f"{path}: writing MP4 failed ({err}); writing a GIF instead")
     elif path.suffix.lower() != ".gif":
-        warnings.warn(f"{path}: ffmpeg is not available (pip install imageio-ffmpeg); writing a GIF instead",
-                      stacklevel=2)
+        warn(f"{path}: ffmpeg is not available (pip install imageio-ffmpeg); writing a GIF instead")
     from PIL import Image
 
     gif = path.with_suffix(".gif")

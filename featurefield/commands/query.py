@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from featurefield import viz
-from featurefield.errors import FeatureFieldError
+from featurefield.errors import FeatureFieldError, warn
 from featurefield.run import Run, load_run
 
 
@@ -172,8 +172,8 @@ def _keypoint_query(run: Run, cam, scene_index: int, uv: torch.Tensor, target: R
     name = teacher or shared[0]
     specs = [r.config.teacher(name).to_dict() for r in (run, target)]
     if json.dumps(specs[0], sort_keys=True) != json.dumps(specs[1], sort_keys=True):
-        print(f"warning: the two runs' {name} teachers were set up differently ({specs[0]} vs {specs[1]}); "
-              "their features may not be comparable")
+        warn(f"the two runs' {name} teachers were set up differently ({specs[0]} vs {specs[1]}); "
+             "their features may not be comparable")
     uv_b, score = transfer_keypoints(run.field, cam, cam_b, uv.to(run.device), name, match_side, run.background,
                                      field_b=target.field, background_b=target.background)
     r_a = run.field.render(cam, background=run.background, features=False)

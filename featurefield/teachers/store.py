@@ -37,7 +37,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -47,8 +46,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from featurefield.errors import FeatureFieldError
-from featurefield.io import atomic_path, atomic_write_json
+from featurefield.errors import FeatureFieldError, warn
+from featurefield.io import atomic_path, atomic_write_json, megabytes
 from featurefield.teachers.base import Teacher
 
 INDEX_VERSION = 2  # 2: per-row crc32, fingerprints cover the background
@@ -75,11 +74,6 @@ def image_fingerprint(scene, i: int) -> str:
         source = hashlib.sha1(scene.rgba(i).numpy().tobytes()).hexdigest()
     bg = scene.background
     return source if bg is None else f"{source}|bg={','.join(f'{float(c):.6g}' for c in bg)}"
-
-
-def warn(message: str) -> None:
-    """One line on stderr (``warnings.warn`` would add a second line of source)."""
-    print(f"featurefield: warning: {' '.join(message.split())}", file=sys.stderr)
 
 
 def _crc(rows: np.ndarray) -> int:
@@ -265,14 +259,14 @@ class FeatureStore:
     # ------------------------------------------------------------------ file handling
     def _open(self, path: Path, shape: list[int], entry: dict) -> np.memmap:
         """Open the set's array for writing; (re)create it when missing, truncated or of another shape."""
-        what = f"{np.prod(shape) * 2 / 2**20:.0f} MiB of features {shape}"
+        what = f"{megabytes(np.prod(shape) * 2)} of features {shape}"
         if not _npy_ok(path, shape):  # missing, truncated, broken header or another shape: recreate
             entry["shards"] = {}
             need = int(np.prod(shape)) * 2 + 4096
             free = shutil.disk_usage(path.parent).free
             if free < need:
-                raise FeatureFieldError(f"{path.parent}: the feature cache needs {need / 2**20:.0f} MiB for "
-                                        f"{shape} features but {free / 2**20:.0f} MiB are free; free space there "
+                raise FeatureFieldError(f"{path.parent}: the feature cache needs {megabytes(need)} for "
+                                        f"{shape} features but {megabytes(free)} are free; free space there "
                                         "or use --cache-dir on a larger disk")
             try:
                 with atomic_path(path) as tmp:
