@@ -576,7 +576,8 @@ def train(scene: str | Path | Scene, output: str | Path, *, field: str = "splat"
         teachers: teacher names or specs (see :meth:`TeacherSpec.parse`); ``[]`` trains colour only.
         config: loop settings; field_config: the backend's config dataclass (defaults if None). On resume,
             ``config.steps`` (when set) extends the run to that many steps; the rest is the run's own.
-        weights: the command line's ``--weights``, for the teachers that take a weights folder.
+        weights: the command line's ``--weights``, for the teachers that take a weights folder. The run records where
+            each teacher's weights were found (:attr:`TeacherSpec.weights`); on resume, ``weights`` replaces that place.
     """
     from featurefield.config_checks import check_config_values
     from featurefield.outputs import check_output_dir
@@ -596,11 +597,15 @@ def train(scene: str | Path | Scene, output: str | Path, *, field: str = "splat"
             field = saved.field
             field_config = field_spec(field).config_from_dict(saved.field_config)
             teacher_specs = saved.teachers
+            built = None
+            if weights is not None:  # the teachers' weights moved: use (and record) the place given
+                built = {t.name: t.create(weights) for t in teacher_specs}
+                saved.teachers = teacher_specs = [t.recorded(built[t.name]) for t in teacher_specs]
             steps = config.steps or saved.trainer.get("steps")
             config = TrainConfig(**{**saved.trainer, "steps": steps, "cache_dir": saved.trainer.get("cache_dir"),
                                     "progress": config.progress, "device": config.device})
             new = None if scene is None else SceneSpec.of(scene, format, downscale, scene_options)
-            changed = steps != saved.trainer.get("steps")
+            changed = steps != saved.trainer.get("steps") or weights is not None
             if new is not None and new.path != saved.scene.path:
                 loaded = _repoint(output, saved, new)
                 saved.scene = SceneSpec(new.path, saved.scene.format, saved.scene.downscale, saved.scene.options)
@@ -611,7 +616,7 @@ def train(scene: str | Path | Scene, output: str | Path, *, field: str = "splat"
             if changed:
                 saved.trainer = {**saved.trainer, "steps": steps}
                 saved.write(output)
-            trainer = Trainer(output, loaded, field, field_config, teacher_specs, config)
+            trainer = Trainer(output, loaded, field, field_config, teacher_specs, config, built)
             _fit(trainer, resume=True)
         return load_run(output, device=trainer.device)
 
@@ -632,6 +637,7 @@ def train(scene: str | Path | Scene, output: str | Path, *, field: str = "splat"
 
         loaded = load_scene(scene, format=format, downscale=downscale, **scene_options)
     built = {t.name: t.create() for t in teacher_specs}  # bad options or weights: one line now, not after the folder
+    teacher_specs = [t.recorded(built[t.name]) for t in teacher_specs]  # later commands find the weights there
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as err:
