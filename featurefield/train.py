@@ -422,7 +422,7 @@ class Trainer:
                     break
         if stop:  # also after the last step: the final evaluation is left to --resume
             raise TrainingStopped(stop.signum, f"stopped by {stop.signal_name} at step {done} of {self.steps}; "
-                                  f"checkpoint written to {ckpt_path}; continue with --output {self.run_dir} --resume")
+                                  f"checkpoint written to {ckpt_path}", f"continue with --output {self.run_dir} --resume")
 
     def _finish(self, fld: FeatureField, start: int, generator: torch.Generator) -> dict:
         """The final evaluation and the run's summary (``metrics.json``, and the last line of ``metrics.jsonl``)."""
