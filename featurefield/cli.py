@@ -32,7 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export:export_command", "export a trained run (3DGS PLY with embeddings, or a point cloud)"),
     "query": ("query:query_command", "text or prompt queries on a trained run; extract objects in 3D"),
     "eval": ("eval:eval_command", "evaluate a trained run: PSNR/SSIM/LPIPS, feature fidelity, mask IoU, PCK, mIoU"),
-    "view": ("view:view_command", "open a trained run in the browser: colour, depth, feature PCA, text queries, SAM clicks"),
+    "view": ("view:view_command", "open a trained run in the browser: colour, depth, feature PCA, cut-outs; text queries "
+                                  "(clip runs), SAM clicks (sam runs)"),
     "make-category": ("general:make_category_command", "render a procedural object category (mugs, chairs) into shards for general fields"),
 }
 
@@ -121,9 +122,9 @@ def _dispatch(name: str, target: str, help_: str, rest: list[str]) -> int:
         if getattr(fn, "parses_own_arguments", False):
             result = fn(rest, prog=f"featurefield {name}", description=help_)
         else:
-            import tyro
+            from featurefield.commands import cli
 
-            result = tyro.cli(fn, args=rest, prog=f"featurefield {name}", description=help_)
+            result = cli(fn, rest, f"featurefield {name}", help_)
         return int(result) if isinstance(result, int) else 0
     except TrainingStopped as err:  # not an error: the run is intact and resumable
         print(f"featurefield {name}: {err}", file=sys.stderr)

@@ -15,10 +15,14 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class TrainingStopped(FeatureFieldError):
-    """Training stopped on a signal after writing its checkpoint; ``exit_code`` is 128 + the signal number."""
+    """Training stopped on a signal after writing its checkpoint; ``exit_code`` is 128 + the signal number.
 
-    def __init__(self, signum: int, message: str) -> None:
-        super().__init__(message)
+    The message is ``what`` happened, then ``how`` to go on (a command that started the training may say it in
+    its own terms: :attr:`what` and :attr:`signum` are kept)."""
+
+    def __init__(self, signum: int, what: str, how: str) -> None:
+        super().__init__(f"{what}; {how}")
+        self.signum, self.what = int(signum), what
         self.exit_code = 128 + int(signum)
 
 

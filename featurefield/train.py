@@ -470,7 +470,7 @@ class Trainer:
                     break
         if stop:  # also after the last step: the final evaluation is left to --resume
             raise TrainingStopped(stop.signum, f"stopped by {stop.signal_name} at step {done} of {self.steps}; "
-                                  f"checkpoint written to {ckpt_path}; continue with --output {self.run_dir} --resume")
+                                  f"checkpoint written to {ckpt_path}", f"continue with --output {self.run_dir} --resume")
 
     def _finish(self, fld: FeatureField, start: int, generator: torch.Generator) -> dict:
         """The final evaluation and the run's summary (``metrics.json``, and the last line of ``metrics.jsonl``)."""
@@ -625,7 +625,8 @@ def train(scene: str | Path | Scene, output: str | Path, *, field: str = "splat"
         teachers: teacher names or specs (see :meth:`TeacherSpec.parse`); ``[]`` trains colour only.
         config: loop settings; field_config: the backend's config dataclass (defaults if None). On resume,
             ``config.steps`` (when set) extends the run to that many steps; the rest is the run's own.
-        weights: the command line's ``--weights``, for the teachers that take a weights folder.
+        weights: the command line's ``--weights``, for the teachers that take a weights folder. The run records where
+            each teacher's weights were found (:attr:`TeacherSpec.weights`); on resume, ``weights`` replaces that place.
     """
     from featurefield.config_checks import check_config_values
     from featurefield.outputs import check_output_dir
@@ -645,11 +646,15 @@ def train(scene: str | Path | Scene, output: str | Path, *, field: str = "splat"
             field = saved.field
             field_config = field_spec(field).config_from_dict(saved.field_config)
             teacher_specs = saved.teachers
+            built = None
+            if weights is not None:  # the teachers' weights moved: use (and record) the place given
+                built = {t.name: t.create(weights) for t in teacher_specs}
+                saved.teachers = teacher_specs = [t.recorded(built[t.name]) for t in teacher_specs]
             steps = config.steps or saved.trainer.get("steps")
             config = TrainConfig(**{**saved.trainer, "steps": steps, "cache_dir": saved.trainer.get("cache_dir"),
                                     "progress": config.progress, "device": config.device})
             new = None if scene is None else SceneSpec.of(scene, format, downscale, scene_options)
-            changed = steps != saved.trainer.get("steps")
+            changed = steps != saved.trainer.get("steps") or weights is not None
             if new is not None and new.path != saved.scene.path:
                 loaded = _repoint(output, saved, new)
                 saved.scene = SceneSpec(new.path, saved.scene.format, saved.scene.downscale, saved.scene.options)
@@ -660,7 +665,7 @@ def train(scene: str | Path | Scene, output: str | Path, *, field: str = "splat"
             if changed:
                 saved.trainer = {**saved.trainer, "steps": steps}
                 saved.write(output)
-            trainer = Trainer(output, loaded, field, field_config, teacher_specs, config)
+            trainer = Trainer(output, loaded, field, field_config, teacher_specs, config, built)
             _fit(trainer, resume=True)
         return load_run(output, device=trainer.device)
 
@@ -681,6 +686,7 @@ def train(scene: str | Path | Scene, output: str | Path, *, field: str = "splat"
 
         loaded = load_scene(scene, format=format, downscale=downscale, **scene_options)
     built = {t.name: t.create() for t in teacher_specs}  # bad options or weights: one line now, not after the folder
+    teacher_specs = [t.recorded(built[t.name]) for t in teacher_specs]  # later commands find the weights there
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -154,6 +154,24 @@ def test_training_resumes_and_stops_at_the_deadline(mugs, tmp_path):
     assert torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)["step"] == 6
 
 
+def test_the_run_records_where_the_teacher_weights_were(mugs, tmp_path, monkeypatch):
+    """Found through $FEATUREFIELD_WEIGHTS while training, read from the run's record later (or --weights)."""
+    from featurefield.fields.general.run import load_general_run
+    from tests.toyteachers import write_toyprompt_weights
+
+    weights = write_toyprompt_weights(tmp_path / "w")
+    monkeypatch.setenv("FEATUREFIELD_WEIGHTS", str(weights))
+    run_dir = tmp_path / "run"
+    train_general(mugs, run_dir, teacher="toyprompt", config=GeneralConfig(encoder="cnn", **TINY),
+                  train=GeneralTrainConfig(steps=1, batch=1, rays=32, workers=0, progress=False))
+    assert json.loads((run_dir / "config.json").read_text())["teacher"]["weights"] == str(weights.resolve())
+    monkeypatch.setenv("FEATUREFIELD_WEIGHTS", str(tmp_path / "none"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "none"))
+    assert load_general_run(run_dir, device="cpu").teacher().weights_path == weights.resolve() / "toyprompt.bin"
+    moved = write_toyprompt_weights(tmp_path / "moved")
+    assert load_general_run(run_dir, device="cpu", weights=moved).teacher().weights_path == moved / "toyprompt.bin"
+
+
 def test_volume_queries_and_evaluation_run_on_a_trained_field(mugs, tmp_path):
     from featurefield.fields.general.evaluate import evaluate_general
     from featurefield.fields.general.queries import descriptor_map, transfer_keypoints, transfer_keypoints_3d

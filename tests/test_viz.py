@@ -166,6 +166,23 @@ def test_draw_keypoints_puts_each_index_in_its_own_colour_where_asked():
     assert tuple(again[30, 45]) == tuple(LABEL_PALETTE[2])  # colour follows the index, not the position
 
 
+def test_distinct_colours_and_a_legend_beside_the_picture():
+    from featurefield.viz import LABEL_PALETTE, distinct_colours, legend_picture
+
+    colours = distinct_colours(40)
+    assert colours.shape == (40, 3) and len({tuple(c) for c in colours.tolist()}) == 40  # more than the palette
+    assert np.array_equal(colours[:9], LABEL_PALETTE[1:10])  # the labels' colours first
+    picture = np.zeros((30, 20, 3), np.uint8)
+    out = legend_picture(picture, colours[:3], ["00  seg a", "01  seg b", "02  seg c"], marks=[(10.0, 15.0), None, None],
+                         scale=2)
+    assert out.shape[0] >= 60 and out.shape[1] > 40  # the picture enlarged twice, the legend to its right
+    swatches = out[:, 40:]
+    for colour in colours[:3]:
+        assert (swatches == colour).all(-1).sum() >= 50  # each entry's swatch
+    assert (out[:60, :40] != 0).any(-1).sum() > 0  # the number written on the picture
+    assert np.array_equal(legend_picture(picture, colours[:0], []), picture)  # no entries: the picture alone
+
+
 @cuda
 def test_pictures_of_gpu_maps_match_the_cpu_ones():
     """Colour and depth pictures are made on the GPU for GPU renders; they match the CPU's to one step."""

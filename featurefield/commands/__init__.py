@@ -10,3 +10,40 @@ def parses_own_arguments(command):
     time, e.g. one per field backend), instead of being handed to tyro as a typed function."""
     command.parses_own_arguments = True
     return command
+
+
+def cli(target, args: list[str], prog: str, description: str):
+    """Parse ``args`` for ``target`` (a typed command function, or a type such as a union of subcommands) with tyro,
+    set up for readable help: positional arguments named after their parameter (RUN, SCENE), ``INT`` rather
+    than ``{None}|INT`` for an option whose default None means "decided at run time" (:mod:`.options`), and each
+    parameter's description on one line."""
+    import inspect
+
+    import tyro
+
+    if inspect.isfunction(target):
+        target = _args_on_one_line(target)
+    config = (tyro.conf.PositionalMetavarFromFieldName, tyro.conf.DisallowNone)
+    return tyro.cli(target, args=args, prog=prog, description=description, config=config)
+
+
+def _args_on_one_line(fn):
+    """``fn`` with each entry of its docstring's ``Args:`` put on one line: tyro keeps the line breaks of a
+    function's parameter descriptions in the help (a dataclass's it joins), so one wrapped in the source broke
+    mid-sentence. The command functions are only called through here, so their ``__doc__`` is rewritten."""
+    import inspect
+
+    out, indent, in_args = [], None, False
+    for line in inspect.cleandoc(fn.__doc__ or "").splitlines():
+        depth = len(line) - len(line.lstrip())
+        if line.strip() in ("Args:", "Arguments:"):
+            in_args, indent = True, None
+        elif in_args and line.strip():
+            indent = depth if indent is None else indent
+            if depth > indent:
+                out[-1] += " " + line.strip()
+                continue
+            in_args = depth == indent
+        out.append(line)
+    fn.__doc__ = "\n".join(out)
+    return fn

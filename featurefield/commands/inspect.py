@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 
+from featurefield.commands.options import opt
 from featurefield.data.inspect import describe_labels, summarize
 from featurefield.data.registry import load_scene
 
 
-def inspect_command(scene: str, /, format: str | None = None, downscale: float = 1.0) -> int:
+def inspect_command(scene: str, /, format: Annotated[str | None, opt("FORMAT", "detected")] = None,
+                    downscale: float = 1.0) -> int:
     """Load a scene folder and summarise it (format, views, resolution, split, cameras, points, labels).
 
     Args:
-        scene: scene folder (Blender, nerfstudio, COLMAP, LLFF) or ``demo``.
-        format: force a format instead of detecting it.
+        scene: scene folder (Blender, nerfstudio, COLMAP, LLFF), or demo for the built-in scene.
+        format: the scene's format: blender, nerfstudio, colmap or llff.
         downscale: shrink images by this factor, as training would.
     """
     from rich.console import Console

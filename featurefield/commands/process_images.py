@@ -5,18 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-import tyro
-
+from featurefield.commands.options import opt
 from featurefield.data.sfm import run_sfm, run_video_sfm
 
 
 def process_images_command(
-    photos: Annotated[Path, tyro.conf.arg(metavar="PHOTOS")],
-    output: Annotated[Path, tyro.conf.arg(metavar="OUTPUT")],
+    photos: Path,
+    output: Path,
     /,
     matcher: Literal["auto", "exhaustive", "sequential"] = "auto",
-    max_image_size: int = 1600,
-    camera_model: str = "SIMPLE_RADIAL",
+    max_image_size: Annotated[int, opt("PIXELS")] = 1600,
+    camera_model: Annotated[str, opt("MODEL")] = "SIMPLE_RADIAL",
     num_frames: int = 150,
     overwrite: bool = False,
 ) -> int:

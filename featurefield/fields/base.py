@@ -123,12 +123,15 @@ class FeatureField(nn.Module, ABC):
                                 "a point cloud instead")
 
     def export(self, normalization, folder: Path, *, name: str | None = None, teacher: str | None = None,
-               max_points: int = 1_000_000) -> list[Path]:
+               max_points: int = 1_000_000, decoders: bool | str = True) -> list[Path]:
         """Write the field's 3D content into ``folder`` in the scene's world frame (``normalization``: the run's
         world -> canonical similarity); returns the files written.
 
         The default is a point cloud ``<name or "points">.ply`` of :meth:`points_with_features` with the
         features of ``teacher``; a backend with a format of its own (Gaussians: a 3DGS PLY) overrides it.
+        ``decoders``: for a backend whose format keeps its decoders in a side file: True writes it beside the
+        export, ``"shared"`` as the folder's one file that several parts of one field exported there read, False
+        not at all (another part's export wrote the shared one).
         """
         from featurefield.export import write_point_cloud
 

@@ -289,6 +289,13 @@ class SamTeacher(Teacher):
             self._encoder = BatchedEncoder(convert_encoder(self.weights_path), fold=self.fold).to(self.device)
         return self._encoder
 
+    @property
+    def weights_location(self) -> Path:
+        """The ``weights`` given (a folder, or the encoder file), else the folder the encoder was found in;
+        absolute. The prompt decoder is looked for there too."""
+        given = Path(self.weights).expanduser() if self.weights is not None else self.weights_path.parent
+        return given.resolve()
+
     def to(self, device) -> SamTeacher:
         self.device = torch.device(device)
         if self._encoder is not None:

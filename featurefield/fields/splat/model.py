@@ -627,13 +627,13 @@ class GaussianField(FeatureField):
         return type(self).from_config(self.config_dict(), state).to(self.device).eval()
 
     def export(self, normalization, folder, *, name: str | None = None, teacher: str | None = None,
-               max_points: int = 1_000_000) -> list:
+               max_points: int = 1_000_000, decoders: bool | str = True) -> list:
         """A standard 3DGS PLY ``<name or "splat">.ply`` with the embeddings as extra properties, and the decoders
-        beside it (:func:`~featurefield.fields.splat.ply.export_splat`); every teacher's, so ``teacher`` and
-        ``max_points`` do not apply."""
+        beside it or shared (``decoders``, see :meth:`FeatureField.export`; :func:`~featurefield.fields.splat.ply.export_splat`);
+        every teacher's, so ``teacher`` and ``max_points`` do not apply."""
         from featurefield.fields.splat.ply import export_splat
 
-        return list(export_splat(self, normalization, folder, name or "splat"))
+        return list(export_splat(self, normalization, folder, name or "splat", decoders=decoders))
 
     # ------------------------------------------------------------------ persistence
     def config_dict(self) -> dict:
