@@ -115,6 +115,16 @@ def test_frames_that_repeat_the_last_view_are_skipped(held_views_video, tmp_path
     assert len(everything.paths) == 20 and everything.dropped_still == 0
 
 
+def test_hundreds_of_frames_can_be_kept(tmp_path):
+    """ffmpeg's frame selection for the second pass holds up for many frames (a flat chain of 150 terms did not)."""
+    rng = np.random.default_rng(6)
+    frames = [(rng.random((32, 48, 3)) * 255).astype(np.uint8) for _ in range(160)]
+    video = _write_video(tmp_path / "noise.mp4", frames)
+    kept = sample_video_frames([video], tmp_path / "frames", target=160, min_motion=0)
+    assert len(kept.paths) == 160 - kept.dropped_blurry > 150
+    assert [int(p.stem.split("_")[-1]) for p in kept.paths] == sorted(int(p.stem.split("_")[-1]) for p in kept.paths)
+
+
 def test_a_folder_of_videos_shares_the_frames(shaky_video, tmp_path):
     video, _ = shaky_video
     folder = tmp_path / "clips"

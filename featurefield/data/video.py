@@ -220,11 +220,20 @@ def _drop_repeated_views(candidates: list[_Candidate], min_motion: float, max_sh
     return kept
 
 
+def _any_frame_of(indices: list[int]) -> str:
+    """An ffmpeg ``select`` expression true on the frames ``indices``, a balanced sum: ffmpeg's parser
+    refuses a chain of a hundred-odd terms (it nests too deep) but not a tree of thousands."""
+    if len(indices) == 1:
+        return f"eq(n\\,{indices[0]})"
+    middle = len(indices) // 2
+    return f"({_any_frame_of(indices[:middle])}+{_any_frame_of(indices[middle:])})"
+
+
 def _write_frames(video: Path, indices: list[int], out_dir: Path, quality: int, notify: Callable[[Path], None]) -> None:
     """Decode ``video`` again and write its frames ``indices`` (sorted) at full size as ``<stem>_<index>.jpg``."""
     from PIL import Image
 
-    wanted = "+".join(f"eq(n\\,{i})" for i in indices)
+    wanted = _any_frame_of(indices)
     width, height, reader = _ffmpeg_frames(video, f"select={wanted}", "rgb24", 24)
     written = 0
     try:
