@@ -16,6 +16,7 @@ from typing import Annotated, Union
 import tyro
 
 from featurefield.commands import parses_own_arguments
+from featurefield.errors import FeatureFieldError
 from featurefield.fields.registry import FieldSpec, registered
 from featurefield.teachers import DEFAULT_TEACHER, parse_options
 from featurefield.train import TrainConfig, train
@@ -35,7 +36,7 @@ class TrainArguments:
     """weights file/folder of the teachers that take one (sam; else $FEATUREFIELD_WEIGHTS or the user cache)."""
     steps: int | None = None
     """training steps (default 30,000 on GPU; on CPU the field's own: splat 520, nerf 2,400, the demo scene in 2-3
-    minutes)."""
+    minutes). Under `torchrun --nproc-per-node N` the run takes steps/N steps of N views each: the same views seen."""
     format: str | None = None
     """force a scene format instead of detecting it."""
     downscale: float = 1.0
@@ -58,6 +59,9 @@ class TrainArguments:
     """train colour only (no teacher)."""
     scene_option: tuple[str, ...] = ()
     """loader options as key=value, e.g. `size=96 views=24` for the demo scene."""
+    scale_adam: bool = True
+    """under torchrun, scale Adam for N views a step as gsplat's multi-GPU training (lr x sqrt(N), eps / sqrt(N),
+    betas 1 - N(1 - beta)); --no-scale-adam keeps the one-GPU settings."""
 
 
 def _subcommand(spec: FieldSpec):
@@ -99,6 +103,12 @@ def train_command(args: list[str], prog: str, description: str) -> int:
     if first and first[0] in own:
         import importlib
 
+        from featurefield.distributed import launched
+
+        if launched().distributed:
+            raise FeatureFieldError(f"`featurefield train {first[0]}` runs in one process; under torchrun only the "
+                                    f"scene fields train ({', '.join(n for n in everything if n not in own)})")
+
         module, func = own[first[0]].split(":")
         fn = getattr(importlib.import_module(f"featurefield.commands.{module}"), func)
         return int(tyro.cli(fn, args=first[1:], prog=f"{prog} {first[0]}", description=fn.__doc__.splitlines()[0]))
@@ -111,11 +121,14 @@ def train_command(args: list[str], prog: str, description: str) -> int:
     output = parsed.output or Path("runs") / f"{name}-{kind}"
     cfg = TrainConfig(steps=parsed.steps, seed=parsed.seed, eval_every=parsed.eval_every,
                       checkpoint_every=parsed.checkpoint_every, device=parsed.device, cache_dir=parsed.cache_dir,
-                      final_eval_views=parsed.final_eval_views)
+                      final_eval_views=parsed.final_eval_views, scale_adam=parsed.scale_adam)
     run = train(parsed.scene, output, field=kind, teachers=[] if parsed.no_features else list(parsed.teacher),
                 config=cfg, field_config=getattr(parsed, kind), format=parsed.format, downscale=parsed.downscale,
                 weights=parsed.weights, resume=parsed.resume, scene_options=options)
-    summary = json.loads((run.path / "metrics.json").read_text())
-    line = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
-    print(f"trained {run.path}: {line}")
+    from featurefield.distributed import launched
+
+    if launched().main:  # under torchrun, rank 0 reports for all
+        summary = json.loads((run.path / "metrics.json").read_text())
+        line = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
+        print(f"trained {run.path}: {line}")
     return 0
