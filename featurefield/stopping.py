@@ -32,10 +32,16 @@ class StopRequest:
     ``bool(request)`` says whether one arrived; ``signal_name`` and ``signum`` say which. Signal handlers
     can only be installed from the main thread: elsewhere (a training started from a worker thread)
     the signals keep their usual behaviour and the request stays false.
+
+    Args:
+        interrupt_on_second: a second signal raises ``KeyboardInterrupt`` at once. Off for a rank of a
+            torchrun job: the terminal's Ctrl-C reaches it directly and again through torchrun, which then
+            waits 30 s for the checkpoint before it kills.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, interrupt_on_second: bool = True) -> None:
         self.signum: int | None = None
+        self.interrupt_on_second = interrupt_on_second
         self._previous: dict[int, object] = {}
 
     @property
@@ -47,7 +53,9 @@ class StopRequest:
 
     def _handle(self, signum: int, frame) -> None:
         if self.signum is not None:
-            raise KeyboardInterrupt
+            if self.interrupt_on_second:
+                raise KeyboardInterrupt
+            return
         self.signum = signum
 
     def __enter__(self) -> StopRequest:

@@ -10,7 +10,6 @@ import torch
 
 from featurefield.commands.options import Device, opt
 from featurefield.errors import FeatureFieldError
-from featurefield.io import resolve_device
 from featurefield.teachers import DEFAULT_TEACHER, TeacherSpec
 
 
@@ -78,15 +77,6 @@ def _pca_pictures(features: torch.Tensor, k: int = 3) -> list[np.ndarray]:
     return [np.asarray(pca_image(f, basis=basis)) for f in feats]
 
 
-def _torchrun_ranks() -> tuple[int, int, int]:
-    """``(rank, world size, local rank)`` from torchrun's environment; ``(0, 1, 0)`` outside it."""
-    import os
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    return rank, world, int(os.environ.get("LOCAL_RANK", str(rank)))
-
-
 def features_command(scene: str, /,
                      teacher: Annotated[list[str], opt("NAME [NAME ...]")] = [DEFAULT_TEACHER],  # noqa: B006
                      views: Annotated[str, opt("VIEWS")] = "train",
@@ -100,7 +90,8 @@ def features_command(scene: str, /,
 
     Under ``torchrun --nproc-per-node N`` the views are sharded: rank ``r`` extracts every N-th view from
     the r-th on its own GPU (``cuda:LOCAL_RANK``), then rank 0 gathers them into the one cached set that
-    training reads (rows copied, not recomputed) and drops the shards.
+    training reads (rows copied, not recomputed) and drops the shards
+    (:func:`featurefield.distributed.fill_feature_cache`, which ``train`` under torchrun runs too).
 
     Args:
         scene: scene folder (Blender, nerfstudio, COLMAP, LLFF), or demo for the built-in scene.
@@ -115,6 +106,7 @@ def features_command(scene: str, /,
     """
     from PIL import Image
 
+    from featurefield import distributed
     from featurefield.data.registry import load_scene
     from featurefield.outputs import at_least, check_output_dir
     from featurefield.teachers.store import FeatureStore
@@ -124,36 +116,25 @@ def features_command(scene: str, /,
         check_output_dir(Path(cache_dir), "--cache-dir")
     if pca and output is not None:
         check_output_dir(Path(output))
-    rank, world, local_rank = _torchrun_ranks()
-    dev = resolve_device(device, local_rank)
+    ranks = distributed.launched()
+    dev = distributed.rank_device(device)
     sc = load_scene(scene, format=format, downscale=downscale)
     ids = _parse_views(sc, views)
     store = FeatureStore(cache_dir)
     out_dir = Path(output) if output is not None else Path("outputs") / "features" / sc.name
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.init_process_group("gloo")  # only for barriers: the features travel through the cache folder
-    try:
+    with distributed.joined(dev):  # several ranks: the features travel through the cache folder
         for spec in teacher:
             parsed = TeacherSpec.parse(spec)
             if weights is not None:  # every teacher's weights= here, as documented
                 parsed.options = {"weights": str(weights), **parsed.options}
             t = parsed.create()
             name = t.name
-            if world > 1:
-                shards = [ids[r::world] for r in range(world)]
-                if shards[rank]:
-                    store.load_or_extract(sc, t, shards[rank], device=dev, progress=rank == 0)
-                print(f"{name}: rank {rank} of {world} extracted {len(shards[rank])} views")
-                dist.barrier()
-                if rank != 0:
+            if ranks.distributed:
+                n = distributed.fill_feature_cache(store, sc, t, ids, device=dev)
+                print(f"{name}: rank {ranks.rank} of {ranks.world} extracted {n} views")
+                if not ranks.main:
                     continue
             feats = store.load_or_extract(sc, t, ids, device=dev)
-            if world > 1:
-                for shard in shards:
-                    if shard and shard != ids:
-                        store.discard(sc, t, shard)
             print(f"{name}: {tuple(feats.shape)} fp16 cached in {store.teacher_dir(t)}")
             if pca > 0:
                 pick = sorted(set(np.linspace(0, len(ids) - 1, min(pca, len(ids))).round().astype(int).tolist()))
@@ -164,8 +145,4 @@ def features_command(scene: str, /,
                     im.resize((W, int(round(W * picture.shape[0] / picture.shape[1]))) if W else im.size, Image.NEAREST).save(
                         out_dir / name / f"view_{ids[j]:04d}.png")
                 print(f"{name}: PCA pictures in {out_dir / name}")
-    finally:
-        if world > 1:
-            dist.barrier()  # the others wait for rank 0's gathering before the group goes
-            dist.destroy_process_group()
     return 0

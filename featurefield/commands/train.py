@@ -17,6 +17,7 @@ import tyro
 
 from featurefield.commands import cli, parses_own_arguments
 from featurefield.commands.options import Device, opt
+from featurefield.errors import FeatureFieldError
 from featurefield.fields.registry import FieldSpec, registered
 from featurefield.teachers import DEFAULT_TEACHER, parse_options
 from featurefield.train import TrainConfig, train
@@ -35,7 +36,7 @@ class TrainArguments:
     weights: Annotated[Path | None, opt("PATH", "$FEATUREFIELD_WEIGHTS, else the user cache")] = None
     """weights file or folder of the teachers that take one (sam); the run records where they were found."""
     steps: Annotated[int | None, opt("INT", "30,000 on a GPU; on the CPU splat 520, nerf 2,400")] = None
-    """training steps."""
+    """training steps (under torchrun --nproc-per-node N: steps/N steps of N views each, the same views seen)."""
     format: Annotated[str | None, opt("FORMAT", "detected")] = None
     """the scene's format: blender, nerfstudio, colmap or llff."""
     downscale: float = 1.0
@@ -57,6 +58,9 @@ class TrainArguments:
     """distill the teachers (--no-features: train colour only)."""
     scene_option: Annotated[tuple[str, ...], opt("KEY=VALUE [KEY=VALUE ...]", "none")] = ()
     """the scene loader's options, e.g. size=96 views=24 for the demo scene."""
+    scale_adam: bool = True
+    """under torchrun, scale Adam for N views a step as gsplat's multi-GPU training (lr x sqrt(N), eps / sqrt(N),
+    betas 1 - N(1 - beta)); --no-scale-adam keeps the one-GPU settings."""
 
 
 def _subcommand(spec: FieldSpec):
@@ -98,6 +102,12 @@ def train_command(args: list[str], prog: str, description: str) -> int:
     if first and first[0] in own:
         import importlib
 
+        from featurefield.distributed import launched
+
+        if launched().distributed:
+            raise FeatureFieldError(f"`featurefield train {first[0]}` runs in one process; under torchrun only the "
+                                    f"scene fields train ({', '.join(n for n in everything if n not in own)})")
+
         module, func = own[first[0]].split(":")
         fn = getattr(importlib.import_module(f"featurefield.commands.{module}"), func)
         return int(cli(fn, first[1:], f"{prog} {first[0]}", fn.__doc__.splitlines()[0]))
@@ -110,11 +120,14 @@ def train_command(args: list[str], prog: str, description: str) -> int:
     output = parsed.output or Path("runs") / f"{name}-{kind}"
     cfg = TrainConfig(steps=parsed.steps, seed=parsed.seed, eval_every=parsed.eval_every,
                       checkpoint_every=parsed.checkpoint_every, device=parsed.device, cache_dir=parsed.cache_dir,
-                      final_eval_views=parsed.final_eval_views)
+                      final_eval_views=parsed.final_eval_views, scale_adam=parsed.scale_adam)
     run = train(parsed.scene, output, field=kind, teachers=list(parsed.teacher) if parsed.features else [],
                 config=cfg, field_config=getattr(parsed, kind), format=parsed.format, downscale=parsed.downscale,
                 weights=parsed.weights, resume=parsed.resume, scene_options=options)
-    summary = json.loads((run.path / "metrics.json").read_text())
-    line = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
-    print(f"trained {run.path}: {line}")
+    from featurefield.distributed import launched
+
+    if launched().main:  # under torchrun, rank 0 reports for all
+        summary = json.loads((run.path / "metrics.json").read_text())
+        line = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
+        print(f"trained {run.path}: {line}")
     return 0

@@ -204,6 +204,26 @@ class FeatureField(nn.Module, ABC):
     def sample_batch(self, data: TrainData, step: int, generator: torch.Generator) -> Any:
         """Draw one training batch (a view for splats, a ray batch for NeRF)."""
 
+    def sample_rank_batch(self, data: TrainData, step: int, generator: torch.Generator, rank: int, ranks: int) -> Any:
+        """Rank ``rank``'s batch of a step that ``ranks`` processes train together (:mod:`featurefield.distributed`),
+        ``generator`` being in the same state on every rank.
+
+        The draws of all ranks are made in turn and the ``rank``-th kept, so the ranks get different batches
+        (the Gaussian field: consecutive views of one shuffled order) and the generator ends in the same state
+        everywhere. A field whose batches cost more to make than to draw overrides it to build only its own.
+        """
+        batch = None
+        for r in range(ranks):
+            drawn = self.sample_batch(data, step, generator)
+            if r == rank:
+                batch = drawn
+        return batch
+
+    def share_statistics(self, all_reduce) -> None:
+        """Called before training on several ranks: ``all_reduce(tensor, op)`` sums (``op="sum"``) or maxes
+        (``"max"``) a tensor over the ranks in place. A field that keeps statistics of its batches between steps
+        (the Gaussian field's densification) gathers them through it, so that every rank decides alike."""
+
     @abstractmethod
     def training_loss(self, batch: Any, data: TrainData, step: int) -> dict[str, Tensor]:
         """Losses for a batch: ``"loss"`` (the total, to backprop) plus named parts and metrics

@@ -196,6 +196,17 @@ class FeatureStore:
         with _folder_lock(folder, f".lock-{key}"):
             return self._load_or_extract_locked(scene, teacher, views, fps, key, folder, settings, batch_size, progress)
 
+    def is_cached(self, scene, teacher: Teacher, views: list[int]) -> bool:
+        """Whether the set of exactly ``views`` is cached whole (every shard finished, the file complete), from
+        the index and the file's header alone; :meth:`load_or_extract` still checks the rows when it reads them."""
+        folder = self.teacher_dir(teacher)
+        key = _digest([image_fingerprint(scene, int(v)) for v in views])[:24]
+        entry = self._read_index(folder, teacher.settings())["sets"].get(key)
+        if entry is None or entry.get("shard_images") != self.shard_images:
+            return False
+        n_shards = (len(views) + self.shard_images - 1) // self.shard_images
+        return len(entry.get("shards", {})) == n_shards and _npy_ok(folder / f"{key}.npy", entry.get("shape"))
+
     def discard(self, scene, teacher: Teacher, views: list[int]) -> None:
         """Drop the cached set of exactly ``views`` (its file and index entry), e.g. a shard's after merging."""
         folder = self.teacher_dir(teacher)

@@ -539,6 +539,11 @@ class GaussianField(FeatureField):
 
         return group_optimizers(self.optimizers()["adam"], GAUSSIAN_PARAMS)
 
+    def share_statistics(self, all_reduce) -> None:
+        """Densification statistics summed (maxed) over the ranks as they accumulate (MCMC keeps none: its
+        decisions follow the opacities, the same on every rank)."""
+        self._strategy.reduce = all_reduce
+
     def after_step(self, step: int, batch: Any, losses: dict[str, Tensor]) -> None:
         """Post-backward: nothing to do yet; the gradients of ``means2d`` are read after the optimizer step."""
 
