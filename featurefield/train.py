@@ -500,8 +500,8 @@ class Trainer:
                     break
         if stopping:  # also after the last step: the final evaluation is left to --resume
             signum, name = stop.signum or signal.SIGTERM, stop.signal_name or "a signal to another rank"
-            raise TrainingStopped(signum, f"stopped by {name} at step {done} of {self.steps}; "
-                                  f"checkpoint written to {ckpt_path}; continue with --output {self.run_dir} --resume")
+            raise TrainingStopped(signum, f"stopped by {name} at step {done} of {self.steps}; checkpoint written to {ckpt_path}",
+                                  f"continue with --output {self.run_dir} --resume")
 
     def _evaluate_and_log(self, fld: FeatureField, done: int) -> None:
         """An evaluation during training on a few test views, logged and printed (rank 0)."""
