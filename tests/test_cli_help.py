@@ -7,6 +7,8 @@ import contextlib
 import importlib
 import io
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -113,3 +115,16 @@ def test_the_parser_sees_option_blocks():
     a, b, c = option_blocks(text)
     assert description(a) == "" and description(b) == "the b." and "STR" in re.split(r"\s{2,}", b)[0]
     assert len(re.findall(r"\(default\b", c)) == 2
+
+
+@pytest.mark.parametrize("argv, option", [(["train", "demo", "--steps", "abc"], "--steps"),
+                                           (["train", "nerf", "demo", "--bogus", "3"], "--bogus"),
+                                           (["render", "--frames", "x"], "RUN"),
+                                           (["export", "somewhere", "--no-such-flag"], "--no-such-flag")])
+def test_a_value_tyro_cannot_parse_is_one_line(argv, option):
+    """tyro's multi-line error panel is said in one line naming the option, with exit code 2."""
+    proc = subprocess.run([sys.executable, "-m", "featurefield.cli", *argv], capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and option in lines[0] and lines[0].startswith(f"featurefield {argv[0]}: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -4,6 +4,11 @@ Each ``*_command`` is a typed function that :mod:`featurefield.cli` hands to tyr
 imports this package: everything a command does is a library call usable from Python.
 """
 
+import contextlib
+import functools
+import io
+import sys
+
 
 def parses_own_arguments(command):
     """Mark a command that takes ``(args, prog, description)`` and parses them itself (subcommands built at run
@@ -24,7 +29,50 @@ def cli(target, args: list[str], prog: str, description: str):
     if inspect.isfunction(target):
         target = _args_on_one_line(target)
     config = (tyro.conf.PositionalMetavarFromFieldName, tyro.conf.DisallowNone)
-    return tyro.cli(target, args=args, prog=prog, description=description, config=config)
+    with _one_line_parse_errors(prog) as parsed:
+        if not inspect.isfunction(target):
+            return tyro.cli(target, args=args, prog=prog, description=description, config=config)
+        command = target
+
+        @functools.wraps(command)
+        def run(*a, **k):  # tyro calls it once the arguments parsed: from here on, stderr is the command's
+            parsed()
+            return command(*a, **k)
+
+        return tyro.cli(run, args=args, prog=prog, description=description, config=config)
+
+
+@contextlib.contextmanager
+def _one_line_parse_errors(prog: str):
+    """While tyro parses, its error panel (a bad value, an unknown option) is held back and said in one line,
+    ``PROG: error: ...; see PROG --help``, with exit code 2. Yields a function to call once parsing is done."""
+    real, held = sys.stderr, io.StringIO()
+    parsing = [True]
+
+    def parsed() -> None:
+        parsing[0] = False
+        sys.stderr = real
+
+    sys.stderr = held
+    try:
+        yield parsed
+    except SystemExit as exit_:
+        if not parsing[0] or exit_.code in (0, None):
+            real.write(held.getvalue())
+            raise
+        lines = [line.strip(" │╭╮╰╯─\n") for line in held.getvalue().splitlines()]
+        first = []
+        for line in lines[1:]:
+            if not line:
+                if first:
+                    break
+                continue
+            first.append(line)
+        what = " ".join(first) or "could not parse the arguments"
+        print(f"{prog}: error: {' '.join(what.split()).rstrip('.')}; see {prog} --help", file=real)
+        raise SystemExit(2) from None
+    finally:
+        sys.stderr = real
 
 
 def _args_on_one_line(fn):
