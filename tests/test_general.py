@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -372,11 +377,24 @@ def test_cuda_renders_match_the_cpu(mugs):
                      "marched_rgb": marched["rgb"], "marched_feature": marched["feature"]})
     for key, value in outs[0].items():
         torch.testing.assert_close(outs[1][key].cpu(), value, atol=2e-4, rtol=1e-3, msg=key)
-    # the GPU's fast setting: fp16 folded maps and autocast, within fp16 rounding of the fp32 march
+    # the GPU's fast settings: fp16 folded maps and autocast, and the fused Triton trunk (TINY's width 48 is not
+    # a power of two: a width-64 twin), within fp16 rounding of the fp32 march
     with torch.autocast("cuda", dtype=torch.float16):
         half = march_view(gpu, gpu.fold(cond, torch.float16), inst["cameras"][1], occ, need=("rgb", "feature"))
     for key in ("rgb", "feature"):
         torch.testing.assert_close(half[key].cpu(), outs[0][f"marched_{key}"], atol=2e-2, rtol=2e-2, msg=key)
+    from featurefield.fields.general.trunk_triton import FusedTrunk
+
+    wide = GeneralField(GeneralConfig(encoder="cnn", image_size=(32, 32), feature_dim=8, **{**TINY, "width": 64})).eval().to("cuda")
+    cond = wide.encode(inst["rgb"][:1].permute(0, 3, 1, 2), inst["cameras"][0])
+    folded = wide.fold(cond, torch.float16)
+    fused = FusedTrunk(wide, torch.float16)
+    with torch.autocast("cuda", dtype=torch.float16):
+        plain = march_view(wide, folded, inst["cameras"][1], occ, need=("rgb", "feature", "descriptor"))
+        kernel = march_view(wide, folded, inst["cameras"][1], occ, need=("rgb", "feature", "descriptor"), trunk=fused)
+    assert fused.error is None, fused.error
+    for key in plain:
+        torch.testing.assert_close(kernel[key], plain[key], atol=2e-2, rtol=2e-2, msg=key)
 
 
 def test_a_diverging_training_stops_with_one_line_and_keeps_the_last_good_checkpoint(mugs, tmp_path):
@@ -421,6 +439,7 @@ def _blob_field(occupied: float = 0.3, sharpness: float = 200.0):
     with torch.no_grad():
         for block in fld.trunk:  # blocks start as the identity; make the trunk nonlinear
             torch.nn.init.normal_(block.fc1.weight, std=0.2)
+            torch.nn.init.normal_(block.fc1.bias, std=0.1)
         pts = torch.rand(1, 8000, 3) * 2 - 1
         z = pixel_aligned(pts, cond.maps, cond.w2c, cond.K, cond.image_size)
         d = fld.density(fld.run_trunk(pts, [layer(z) for layer in fld.cond])[0]).squeeze(-1)
@@ -534,3 +553,57 @@ def test_a_trunk_that_cannot_compile_runs_plain(monkeypatch):
     h, _ = trunk(pts, terms)
     torch.testing.assert_close(h, fld.run_trunk(pts, terms)[0])
     assert trunk.error == "RuntimeError: no compiler here"
+
+
+_FUSED_TRUNK_SCRIPT = textwrap.dedent("""
+    import torch
+    from featurefield.cameras import Cameras
+    from featurefield.fields.general.marching import march_view, plain_trunk
+    from featurefield.fields.general.model import GeneralConfig, GeneralField
+    from featurefield.fields.general.trunk_triton import FusedTrunk
+
+    def field(width):
+        torch.manual_seed(0)
+        fld = GeneralField(GeneralConfig(encoder="cnn", image_size=(16, 16), feature_dim=4, width=width, blocks=3,
+                                         condition_blocks=2, descriptor_block=2, samples=8, cnn_dim=8, frequencies=2,
+                                         dir_frequencies=1)).eval()
+        for block in fld.trunk:  # blocks start as the identity: make every weight and bias count
+            torch.nn.init.normal_(block.fc1.weight, std=0.2)
+            torch.nn.init.normal_(block.fc1.bias, std=0.1)
+        return fld
+
+    c2w = torch.eye(4)[None]
+    c2w[0, :3, 3] = torch.tensor([0.1, 0.0, -2.5])
+    cam = Cameras(c2w=c2w, fx=15.0, fy=15.0, cx=8.0, cy=8.0, width=16, height=16)
+    with torch.no_grad():
+        fld = field(32)
+        folded = fld.fold(fld.encode(torch.rand(1, 3, 16, 16), cam))
+        pts = torch.rand(37, 3) * 2 - 1  # 3 blocks of 16 over 2 persistent programs, the last one partial
+        h0, d0 = plain_trunk(fld, pts, folded, True)
+        exact = FusedTrunk(fld, torch.float32, block=16, programs=2)
+        h, d = exact(fld, pts, folded, True)
+        assert exact.error is None, exact.error
+        assert float((h - h0).abs().max()) < 1e-5 and float((d - d0).abs().max()) < 1e-5
+        h16, _ = FusedTrunk(fld, torch.float16, block=16, programs=3)(fld, pts, folded, False)
+        assert h16.dtype == torch.float16 and float((h16.float() - h0).abs().max()) < 1e-2 * float(h0.abs().max())
+        # in the march, it renders what the plain trunk renders
+        occ = torch.ones(8, 8, 8, dtype=torch.bool)  # every sample evaluated
+        a = march_view(fld, folded, cam, occ, ("rgb", "feature", "descriptor"))
+        b = march_view(fld, folded, cam, occ, ("rgb", "feature", "descriptor"), trunk=exact)
+        for key in a:
+            assert float((a[key] - b[key]).abs().max()) < 1e-5, key
+        # a width the kernel does not take: the plain trunk, and why
+        odd = field(24)
+        fused = FusedTrunk(odd, torch.float32)
+        h, _ = fused(odd, pts, odd.fold(odd.encode(torch.rand(1, 3, 16, 16), cam)), False)
+        assert h.shape == (37, 24) and "power of two" in fused.error
+    print("OK")
+""")
+
+
+def test_fused_trunk_kernel_matches_the_plain_trunk_under_the_interpreter():
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-c", _FUSED_TRUNK_SCRIPT], cwd=Path(__file__).resolve().parents[1], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]

@@ -62,10 +62,20 @@ def _window_weights(sigma: Tensor, spacing: Tensor, trans: Tensor) -> tuple[Tens
     return alpha * before, before[:, -1] * factors[:, -1]
 
 
+def plain_trunk(field: GeneralField, points: Tensor, folded: FoldedConditioning, descriptor: bool) -> tuple[Tensor, Tensor | None]:
+    """The trunk at ``points [M, 3]`` from folded conditioning: ``h [M, width]`` and the descriptor (or ``None``).
+    :class:`~.trunk_triton.FusedTrunk` is its fused twin."""
+    with record_function("general/pixel_aligned"):
+        terms = field.folded_terms(points[None], folded)
+    with record_function("general/trunk"):
+        h, desc = field.run_trunk(points[None], terms, descriptor)
+    return h[0], (desc[0] if desc is not None else None)
+
+
 @torch.no_grad()
 def march_rays(field: GeneralField, folded: FoldedConditioning, origins: Tensor, dirs: Tensor, occupancy: Tensor,
                need: tuple[str, ...] = ("rgb", "feature"), *, transmittance: float = 1e-4, min_weight: float = 1e-5,
-               window: int = 8, stats: dict | None = None) -> dict[str, Tensor]:
+               window: int = 8, trunk=plain_trunk, stats: dict | None = None) -> dict[str, Tensor]:
     """Render rays of one object, evaluating only what changes the result (see the module doc).
 
     Args:
@@ -75,6 +85,7 @@ def march_rays(field: GeneralField, folded: FoldedConditioning, origins: Tensor,
         need: ``"rgb"``, ``"feature"``, ``"descriptor"``. transmittance: a ray stops below it (0: never).
         min_weight: heads only on samples weighing more (0: every sample of nonzero weight).
         window: occupied samples per ray in the first round (doubling each round after).
+        trunk: :func:`plain_trunk` or its fused twin, a :class:`~.trunk_triton.FusedTrunk` of the field.
         stats: if given, gets ``trunk_samples``, ``head_samples`` and ``rounds`` added to it.
     Returns:
         ``alpha [R]``, ``depth [R]`` (ray length) and as asked ``rgb [R, 3]`` (over the background),
@@ -99,12 +110,8 @@ def march_rays(field: GeneralField, folded: FoldedConditioning, origins: Tensor,
             ray, sample = (keep & alive[:, None] & (rank >= start) & (rank < start + size)).nonzero(as_tuple=True)
         if ray.numel() == 0:  # a ray with an occupied sample past `start` has one at `start`: all are done
             break
-        p = points[ray, sample][None]  # [1, M, 3]
-        with record_function("general/pixel_aligned"):
-            terms = field.folded_terms(p, folded)
+        h, desc = trunk(field, points[ray, sample], folded, "descriptor" in need)  # [M, width]
         with record_function("general/trunk"):
-            h, desc = field.run_trunk(p, terms, "descriptor" in need)
-            h = h[0]
             sigma = field.sigma(h).float()
         with record_function("general/composite"):
             slot = rank[ray, sample] - start
@@ -124,7 +131,7 @@ def march_rays(field: GeneralField, folded: FoldedConditioning, origins: Tensor,
             if "rgb" in need:
                 parts["rgb"] = field.rgb(hm, dirs[r])
             if "descriptor" in need:
-                parts["descriptor"] = desc[0][m]
+                parts["descriptor"] = desc[m]
             for key, v in parts.items():
                 if key not in acc:
                     acc[key] = torch.zeros(R, v.shape[-1], device=device)
@@ -167,11 +174,11 @@ def _view(render, camera: Cameras, device: torch.device, chunk: int) -> dict[str
 @torch.no_grad()
 def march_view(field: GeneralField, folded: FoldedConditioning, camera: Cameras, occupancy: Tensor,
                need: tuple[str, ...] = ("rgb", "feature"), *, chunk: int = 1 << 16, transmittance: float = 1e-4,
-               min_weight: float = 1e-5, window: int = 8, stats: dict | None = None) -> dict[str, Tensor]:
+               min_weight: float = 1e-5, window: int = 8, trunk=plain_trunk, stats: dict | None = None) -> dict[str, Tensor]:
     """One object's view by :func:`march_rays`; the outputs of :func:`~.rendering.render_view`.
 
     Args:
-        field, folded, occupancy, need, transmittance, min_weight, window, stats: as in :func:`march_rays`.
+        field, folded, occupancy, need, transmittance, min_weight, window, trunk, stats: as in :func:`march_rays`.
         camera: one camera (``H x W``). chunk: rays per round of marching (bounds memory).
     Returns:
         ``alpha [H, W]``, ``depth [H, W]`` (z-depth), ``rgb [H, W, 3]``, ``feature [H, W, D]``,
@@ -179,17 +186,29 @@ def march_view(field: GeneralField, folded: FoldedConditioning, camera: Cameras,
     """
     def render(o: Tensor, d: Tensor) -> dict[str, Tensor]:
         return march_rays(field, folded, o, d, occupancy, need, transmittance=transmittance, min_weight=min_weight,
-                          window=window, stats=stats)
+                          window=window, trunk=trunk, stats=stats)
 
     return _view(render, camera, field.device, chunk)
 
 
-def _trilinear(volume: Tensor, points: Tensor, bound: float) -> Tensor:
-    """Trilinear samples ``[M, C]`` of a cell-centred volume ``[C, Z, Y, X]`` over ``[-bound, bound]^3`` at
-    ``points [M, 3]`` (x, y, z); the border cells extend to the cube's faces."""
-    grid = (points / bound).to(volume.dtype).reshape(1, 1, 1, -1, 3)
-    out = F.grid_sample(volume[None], grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out.reshape(volume.shape[0], -1).T
+def trilinear_bags(points: Tensor, resolution: int, bound: float) -> tuple[Tensor, Tensor]:
+    """Trilinear interpolation in a cell-centred ``resolution^3`` volume over ``[-bound, bound]^3`` as embedding
+    bags: for ``points [M, 3]``, the eight cells ``index [M, 8]`` (rows of the volume flattened from ``[x, y, z]``
+    order) and their weights ``[M, 8]``; the border cells extend to the cube's faces (``grid_sample``'s
+    ``padding_mode="border"``). Gathering channels-last rows reads each cell's channels contiguously.
+    """
+    R = resolution
+    u = ((points.float() / bound + 1) * (R / 2) - 0.5).clamp(0, R - 1)  # [M, 3] in cell units
+    lo = u.floor().clamp(max=max(R - 2, 0))
+    f = u - lo
+    lo = lo.long()
+    index, weight = [], []
+    for corner in range(8):
+        d = [(corner >> k) & 1 for k in (2, 1, 0)]  # offsets along x, y, z
+        c = [(lo[:, k] + d[k]).clamp(max=R - 1) for k in range(3)]
+        index.append((c[0] * R + c[1]) * R + c[2])
+        weight.append(torch.stack([f[:, k] if d[k] else 1 - f[:, k] for k in range(3)], -1).prod(-1))
+    return torch.stack(index, 1), torch.stack(weight, 1)
 
 
 @torch.no_grad()
@@ -207,21 +226,24 @@ def march_volume(volume: dict[str, Tensor], camera: Cameras, samples: int, bound
     Returns:
         ``alpha [H, W]``, ``depth [H, W]`` (z-depth) and the channels asked, ``[H, W, C]``.
     """
-    # [x, y, z] volumes -> [C, z, y, x], the layout grid_sample reads (x, y, z) coordinates from
-    sigma_vol = volume["sigma"].float().permute(2, 1, 0)[None].contiguous()
-    channels = {k: volume[k].permute(3, 2, 1, 0).contiguous() for k in need}
+    res = volume["sigma"].shape[0]
+    sigma_zyx = volume["sigma"].float().permute(2, 1, 0)[None, None].contiguous()  # grid_sample reads (x, y, z) from [z, y, x]
+    tables = {k: volume[k].reshape(res**3, -1) for k in need}  # [x, y, z] volumes are channels-last rows already
 
     def render(o: Tensor, d: Tensor) -> dict[str, Tensor]:
         t, points, spacing, hit = ray_samples(o, d, samples, bound)
         R, N = t.shape
-        sigma = _trilinear(sigma_vol, points.reshape(-1, 3), bound).reshape(R, N) * hit[:, None]
+        grid = (points / bound).reshape(1, 1, 1, -1, 3)
+        sigma = F.grid_sample(sigma_zyx, grid, padding_mode="border", align_corners=False).reshape(R, N) * hit[:, None]
         w, _ = _window_weights(sigma, spacing, torch.ones(R, device=o.device))
         alive = (1 - w.cumsum(1) + w) > transmittance  # transmittance before each sample
-        ray, sample = ((w > min_weight) & alive).nonzero(as_tuple=True)
-        wk = w[ray, sample]
+        keep = ((w > min_weight) & alive).reshape(-1).nonzero().squeeze(1)
+        ray = torch.div(keep, N, rounding_mode="floor")
+        wk = w.reshape(-1)[keep]
         out = {"alpha": w.sum(1), "depth": (w * t).sum(1)}
-        for k, vol in channels.items():
-            v = _trilinear(vol, points[ray, sample], bound).float()
+        index, weight = trilinear_bags(points.reshape(-1, 3)[keep], res, bound)
+        for k, table in tables.items():
+            v = F.embedding_bag(index, table, per_sample_weights=weight.to(table.dtype), mode="sum").float()
             out[k] = torch.zeros(R, v.shape[1], device=o.device).index_add_(0, ray, wk[:, None] * v)
         if "rgb" in out:
             out["rgb"] = out["rgb"] + (1 - out["alpha"][:, None]) * torch.tensor(background, device=o.device)

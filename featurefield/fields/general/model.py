@@ -216,14 +216,17 @@ class GeneralField(nn.Module):
         return FoldedConditioning(table.to(dtype), bias.to(dtype), cond.w2c, cond.K, cond.image_size,
                                   tuple(cond.maps.shape[-2:]))
 
-    def folded_terms(self, points: Tensor, folded: FoldedConditioning) -> list[Tensor]:
+    def folded_terms(self, points: Tensor, folded: FoldedConditioning, bias: bool = True) -> list[Tensor]:
         """The trunk's conditioning terms of ``points [B, P, 3]`` from a :class:`FoldedConditioning`:
-        ``condition_blocks`` tensors ``[B, P, width]`` equal to ``cond[k](pixel_aligned(points))``."""
+        ``condition_blocks`` tensors ``[B, P, width]`` equal to ``cond[k](pixel_aligned(points))``
+        (without the layers' biases if ``bias`` is false; then one tensor ``[B * P, condition_blocks * width]``)."""
         B, P, _ = points.shape
         if not self.cond:
             return []
         index, weight = bilinear_bags(points, folded.w2c, folded.K, folded.image_size, folded.map_size)
         terms = F.embedding_bag(index, folded.table, per_sample_weights=weight.to(folded.table.dtype), mode="sum")
+        if not bias:
+            return [terms]
         return list((terms + folded.bias).reshape(B, P, -1).split(self.config.width, -1))
 
     # ------------------------------------------------------------------ the field
