@@ -16,8 +16,8 @@ is there). Per view:
   conditioning, the feature head's last layer once per ray);
 * ``view_march``: :func:`march_view` on the grid from the volume's density (``--occupancy-threshold``),
   with early ray termination below transmittance 1e-4 and heads only on samples weighing > 1e-5: the new path;
-* ``view_march_fused32/64`` (CUDA, or ``--fused``): the same with the trunk as one Triton kernel
-  (:class:`~featurefield.fields.general.trunk_triton.FusedTrunk`, 32 or 64 points per program);
+* ``view_march_fused32/64/128`` (CUDA, or ``--fused``): the same with the trunk as one Triton kernel
+  (:class:`~featurefield.fields.general.trunk_triton.FusedTrunk`, 32, 64 or 128 points per program);
 * ``view_march_compiled`` (``--compile``): the same with the plain trunk under ``torch.compile``;
 * ``view_volume``: no network: trilinear density and features from the cached volume (:func:`march_volume`),
   an approximation whose quality cost is printed beside it (feature cosine, relative error and PSNR against
@@ -304,7 +304,7 @@ def main() -> int:
         if cuda or args.fused:
             from featurefield.fields.general.trunk_triton import FusedTrunk
 
-            for bm in (32, 64):
+            for bm in (32, 64, 128):
                 fused = FusedTrunk(fld, half, block=bm)
                 fused_paths[bm] = march(occ, args.transmittance, args.min_weight, trunk=fused)
                 name = f"view_march_fused{bm}_ms"

@@ -427,13 +427,14 @@ def _look_at(eye, size: int, focal: float) -> Cameras:
     return Cameras(c2w=c2w[None], fx=focal, fy=focal, cx=size / 2, cy=size / 2, width=size, height=size)
 
 
-def _blob_field(occupied: float = 0.3, sharpness: float = 200.0):
+def _blob_field(occupied: float = 0.3, sharpness: float = 200.0, feature_dim: int = 8):
     """A tiny random field (CNN encoder, nonlinear trunk) whose density is steep random blobs filling about
     ``occupied`` of the sphere: many rays turn opaque, many stay empty. Returns the field and its encoded input."""
     from featurefield.fields.general.sampling import pixel_aligned
 
     torch.manual_seed(0)
-    fld = GeneralField(GeneralConfig(encoder="cnn", image_size=(32, 32), feature_dim=8, **{**TINY, "frequencies": 1, "samples": 32}))
+    fld = GeneralField(GeneralConfig(encoder="cnn", image_size=(32, 32), feature_dim=feature_dim,
+                                     **{**TINY, "frequencies": 1, "samples": 32}))
     fld.eval()
     cond = fld.encode(torch.rand(1, 3, 32, 32), _look_at([0.3, -2.6, 0.5], 32, 40.0))
     with torch.no_grad():
@@ -473,11 +474,12 @@ def test_folded_conditioning_gives_the_pixel_aligned_terms():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_march_matches_the_skipped_render_and_evaluates_fewer_samples():
+@pytest.mark.parametrize("feature_dim", [8, 64])  # features decoded per sample / once per ray (wider than the head)
+def test_march_matches_the_skipped_render_and_evaluates_fewer_samples(feature_dim):
     from featurefield.fields.general.marching import march_view
     from featurefield.fields.general.rendering import occupancy_grid
 
-    fld, cond = _blob_field()
+    fld, cond = _blob_field(feature_dim=feature_dim)
     cam = _look_at([2.2, -1.2, 0.8], 24, 30.0)
     need = ("rgb", "feature", "descriptor")
     dense = render_view(fld, cond, cam, need=need)

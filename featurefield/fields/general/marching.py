@@ -9,8 +9,9 @@ same compositing); it differs in what it evaluates:
 * rays march in windows of their occupied samples, front to back, and a ray stops once its
   transmittance falls to ``transmittance`` (early ray termination): the trunk runs on the samples before
   the surface, not behind it;
-* the heads run only on samples whose weight exceeds ``min_weight``, and the feature head's affine last
-  layer runs once per ray on the composited hidden layer (:meth:`~.model.GeneralField.feature_decode`).
+* the heads run only on samples whose weight exceeds ``min_weight`` (unless those are most of them), and the feature head's affine last
+  layer runs once per ray on the composited hidden layer (:meth:`~.model.GeneralField.feature_decode`)
+  where the feature is at least as wide as that layer (the teachers' 256 channels at width 256).
 
 With ``transmittance = min_weight = 0`` the result equals the skipped dense render up to float rounding;
 the defaults (1e-4, 1e-5) change a ray by at most about ``1e-4`` times its largest value, well under the
@@ -102,6 +103,7 @@ def march_rays(field: GeneralField, folded: FoldedConditioning, origins: Tensor,
     depth = torch.zeros(R, device=device)
     head_weight = torch.zeros(R, device=device)
     acc: dict[str, Tensor] = {}
+    late = cfg.feature_dim >= cfg.width  # composite the feature head's hidden layer only when it is no wider than its output
     counts = {"trunk_samples": 0, "head_samples": 0, "rounds": 0}
     start, size = 0, window
     while True:
@@ -123,21 +125,23 @@ def march_rays(field: GeneralField, folded: FoldedConditioning, origins: Tensor,
             depth.index_add_(0, ray, w * t[ray, sample])
         with record_function("general/heads"):
             m = (w > min_weight).nonzero().squeeze(1)
-            r, wm, hm = ray[m], w[m], h[m]
+            if m.numel() > 0.75 * w.numel():  # gathering most rows costs more than the heads on the few light ones
+                m = None
+            r, wm, hm = (ray, w, h) if m is None else (ray[m], w[m], h[m])
             head_weight.index_add_(0, r, wm)
             parts = {}
             if "feature" in need:
-                parts["feature"] = field.feature_hidden(hm)
+                parts["feature"] = field.feature_hidden(hm) if late else field.feature(hm)
             if "rgb" in need:
                 parts["rgb"] = field.rgb(hm, dirs[r])
             if "descriptor" in need:
-                parts["descriptor"] = desc[m]
+                parts["descriptor"] = desc if m is None else desc[m]
             for key, v in parts.items():
                 if key not in acc:
                     acc[key] = torch.zeros(R, v.shape[-1], device=device)
                 acc[key].index_add_(0, r, wm[:, None] * v.float())
         counts["trunk_samples"] += int(ray.numel())
-        counts["head_samples"] += int(m.numel())
+        counts["head_samples"] += int(r.numel())
         counts["rounds"] += 1
         start, size = start + size, 2 * size
     out = {"alpha": alpha_sum, "depth": depth}
@@ -145,9 +149,9 @@ def march_rays(field: GeneralField, folded: FoldedConditioning, origins: Tensor,
         for key in HEADS:
             if key not in need:
                 continue
-            width = {"rgb": 3, "feature": field.config.width, "descriptor": field.config.width}[key]
+            width = {"rgb": 3, "feature": cfg.width if late else cfg.feature_dim, "descriptor": cfg.width}[key]
             v = acc.get(key, torch.zeros(R, width, device=device))
-            out[key] = field.feature_decode(v, head_weight).float() if key == "feature" else v
+            out[key] = field.feature_decode(v, head_weight).float() if key == "feature" and late else v
         if "rgb" in out:
             out["rgb"] = out["rgb"] + (1 - alpha_sum[:, None]) * torch.tensor(cfg.background, device=device)
     if stats is not None:

@@ -123,7 +123,7 @@ class _ResBlock(nn.Module):
         nn.init.zeros_(self.fc1.bias)
 
     def forward(self, h: Tensor) -> Tensor:
-        return h + self.fc1(F.relu(self.fc0(F.relu(h))))
+        return h + self.fc1(F.relu(self.fc0(F.relu(h)), inplace=True))  # the layer's fresh output may be overwritten
 
 
 class GeneralField(nn.Module):

@@ -82,12 +82,17 @@ class FusedTrunk:
     Args:
         field: the field (its weights are copied once, in ``dtype``; make a new one after changing them).
         dtype: of the weights, scratch and outputs (``torch.float16`` on a GPU; ``float32`` for exact checks).
-        block: points per program; programs: the persistent grid's size (default: 4 per multiprocessor).
+        block: points per program (each program reads every layer's weights once per block of points from L2:
+            larger blocks read less, but hold ``2 * block * width`` fp32 values in registers).
+        programs: the persistent grid's size (default: 4 per multiprocessor). warps: per program (default 8, 16 from
+            128 points).
     """
 
-    def __init__(self, field: GeneralField, dtype: torch.dtype = torch.float16, block: int = 64, programs: int | None = None) -> None:
+    def __init__(self, field: GeneralField, dtype: torch.dtype = torch.float16, block: int = 64, programs: int | None = None,
+                 warps: int | None = None) -> None:
         cfg = field.config
         self.field, self.dtype, self.block = field, dtype, block
+        self.warps = warps or (16 if block >= 128 else 8)
         self.error: str | None = None
         w = cfg.width
         if w < 16 or w & (w - 1):
@@ -128,5 +133,5 @@ class FusedTrunk:
             scratch = torch.empty(grid * self.block * W, device=points.device, dtype=self.dtype)
             _trunk_kernel[(grid,)](x0, terms, self.tbias, self.w0, self.b0, self.w1, self.b1, h, desc, scratch, M,
                                    W=W, BLOCKS=cfg.blocks, COND=len(fld.cond), DESC=cfg.descriptor_block if descriptor else 0,
-                                   BM=self.block, BK=min(64, W), IEEE=self.dtype == torch.float32, num_warps=8)
+                                   BM=self.block, BK=min(64, W), IEEE=self.dtype == torch.float32, num_warps=self.warps)
         return h, (desc if descriptor else None)
