@@ -301,9 +301,12 @@ def main() -> int:
             finally:
                 fld.run_trunk = plain
         fused_paths = {}
-        if cuda or args.fused:
+        try:
             from featurefield.fields.general.trunk_triton import FusedTrunk
-
+        except ImportError as err:  # no Triton here: the plain trunk's figures stand alone
+            print(f"general_speed: no fused trunk ({err})", file=sys.stderr)
+            FusedTrunk = None  # noqa: N806
+        if FusedTrunk is not None and (cuda or args.fused):
             for bm in (32, 64, 128):
                 fused = FusedTrunk(fld, half, block=bm)
                 fused_paths[bm] = march(occ, args.transmittance, args.min_weight, trunk=fused)

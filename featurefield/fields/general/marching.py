@@ -13,9 +13,10 @@ same compositing); it differs in what it evaluates:
   layer runs once per ray on the composited hidden layer (:meth:`~.model.GeneralField.feature_decode`)
   where the feature is at least as wide as that layer (the teachers' 256 channels at width 256).
 
-With ``transmittance = min_weight = 0`` the result equals the skipped dense render up to float rounding;
-the defaults (1e-4, 1e-5) change a ray by at most about ``1e-4`` times its largest value, well under the
-fp16 rounding of the GPU path.
+With ``transmittance = min_weight = 0`` the result equals the skipped dense render up to float rounding.
+The defaults (1e-4, 1e-5) leave out at most the weight behind transmittance 1e-4 and ``samples * 1e-5``
+of weight in pruned samples: a ray moves by at most ~1e-3 of its largest value (~1e-4 in the tests),
+about the fp16 rounding of the GPU path.
 
 :func:`march_volume` renders a view from a cached feature volume (:func:`~.rendering.feature_volume`)
 instead of the field: trilinear density and features, no network at all (an approximation: its cost in
