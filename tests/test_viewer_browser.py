@@ -161,7 +161,6 @@ def test_the_viewer_in_a_browser(viewer, sam_run):
             without = _changed(page, "5_without_cut_out", prompted)
             _choose(page, "show", "the cut-out alone")  # a few points on white: unlike either other picture
             alone = _changed(page, "6_cut_out_alone", without)
-            assert _scene_shown(alone) < _scene_shown(without), "the cut-out alone shows more than the scene without it"
             _choose(page, "show", "everything")
             back = _changed(page, "7_everything_again", alone)
 
