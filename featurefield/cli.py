@@ -2,16 +2,28 @@
 
 Each subcommand is a typed function in ``featurefield/commands/``; only the one asked for is imported,
 so ``featurefield --help`` is instant. A :class:`~featurefield.errors.FeatureFieldError` is printed
-on one line and exits with code 2.
+on one line and exits with code 2; a :class:`~featurefield.errors.FeatureFieldWarning` is printed on one
+line and the work goes on. Other libraries' warnings (torch, onnx, timm...) are hidden; run under
+``python -W default -m featurefield.cli`` (or with ``PYTHONWARNINGS`` set) to see every warning as Python shows it.
+
+Under torchrun (``featurefield features`` and ``featurefield train``, one process per GPU) rank 0 speaks for
+all: the other ranks' stderr is silenced while they run, so an error every rank raises alike prints once;
+an error of one rank's own (:func:`featurefield.distributed.rank_specific`), or a bug's traceback, still
+prints from the rank that has it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
+import warnings
+from collections.abc import Iterator
 
-from featurefield.errors import FeatureFieldError
+from featurefield.errors import FeatureFieldError, FeatureFieldWarning
 from featurefield.stopping import TrainingStopped
 
 #: subcommand -> ("module:function" in featurefield.commands, one-line help)
@@ -27,7 +39,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export:export_command", "export a trained run (3DGS PLY with embeddings, or a point cloud)"),
     "query": ("query:query_command", "text or prompt queries on a trained run; extract objects in 3D"),
     "eval": ("eval:eval_command", "evaluate a trained run: PSNR/SSIM/LPIPS, feature fidelity, mask IoU, PCK, mIoU"),
-    "view": ("view:view_command", "open a trained run in the browser: colour, depth, feature PCA, text queries, SAM clicks"),
+    "view": ("view:view_command", "open a trained run in the browser: colour, depth, feature PCA, cut-outs; text queries "
+                                  "(clip runs), SAM clicks (sam runs)"),
     "make-category": ("general:make_category_command", "render a procedural object category (mugs, chairs) into shards for general fields"),
 }
 
@@ -54,7 +67,7 @@ def _own_command(verb: str, rest: list[str]) -> str | None:
 
 
 #: commands that may run under torchrun (one process per GPU)
-DISTRIBUTED_COMMANDS = {"features"}
+DISTRIBUTED_COMMANDS = {"features", "train"}
 
 
 def _usage() -> str:
@@ -65,7 +78,25 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def one_line_warnings(prog: str) -> Iterator[None]:
+    """While the block runs, our warnings are one line each on stderr (``PROG: warning: ...``, no source line)
+    and other libraries' warnings are dropped, unless the user asked Python for warnings (``-W``, ``PYTHONWARNINGS``)."""
+    with warnings.catch_warnings():
+        if not sys.warnoptions:
+            warnings.simplefilter("ignore")
+            warnings.simplefilter("default", FeatureFieldWarning)
+
+            def show(message, category, filename, lineno, file=None, line=None) -> None:
+                print(f"{prog}: warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+            warnings.showwarning = show
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and hasattr(signal, "SIGPIPE") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `featurefield train --help | head` ends quietly, as Unix tools do
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
@@ -82,31 +113,71 @@ def main(argv: list[str] | None = None) -> int:
     target, help_ = COMMANDS[name]
     if name in RUN_VERBS:
         target = _own_command(name, rest) or target
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and name not in DISTRIBUTED_COMMANDS:
-        if os.environ.get("RANK", "0") == "0":
-            print(f"featurefield {name}: error: runs in one process; under torchrun only `featurefield features` "
-                  "works (sharded extraction); run it there first, then this command alone finds the features cached",
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world > 1 and name not in DISTRIBUTED_COMMANDS:
+        if rank == 0:
+            print(f"featurefield {name}: error: runs in one process; under torchrun only `featurefield train` "
+                  "(data parallel) and `featurefield features` (sharded extraction) work; run this command alone",
                   file=sys.stderr)
         return 2
-    try:
-        module, func = target.split(":")
-        fn = getattr(importlib.import_module(f"featurefield.commands.{module}"), func)
-        if getattr(fn, "parses_own_arguments", False):
-            result = fn(rest, prog=f"featurefield {name}", description=help_)
-        else:
-            import tyro
+    with one_line_warnings(f"featurefield {name}"):
+        return _dispatch(name, target, help_, rest, world, rank)
 
-            result = tyro.cli(fn, args=rest, prog=f"featurefield {name}", description=help_)
+
+def _dispatch(name: str, target: str, help_: str, rest: list[str], world: int = 1, rank: int = 0) -> int:
+    """Run ``featurefield NAME REST`` (``target`` is its "module:function"); known errors become exit codes."""
+    speaks = rank == 0 or world == 1  # the one rank that prints what every rank has to say
+    try:
+        with _silenced_stderr(not speaks):
+            module, func = target.split(":")
+            fn = getattr(importlib.import_module(f"featurefield.commands.{module}"), func)
+            if getattr(fn, "parses_own_arguments", False):
+                result = fn(rest, prog=f"featurefield {name}", description=help_)
+            else:
+                from featurefield.commands import cli
+
+                result = cli(fn, rest, f"featurefield {name}", help_)
         return int(result) if isinstance(result, int) else 0
     except TrainingStopped as err:  # not an error: the run is intact and resumable
-        print(f"featurefield {name}: {err}", file=sys.stderr)
+        if speaks:
+            print(f"featurefield {name}: {err}", file=sys.stderr)
         return err.exit_code
     except FeatureFieldError as err:
-        print(f"featurefield {name}: error: {err}", file=sys.stderr)
+        if speaks or getattr(err, "rank_specific", False):
+            where = "" if speaks else f"rank {rank}: "
+            print(f"featurefield {name}: error: {where}{err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"featurefield {name}: interrupted", file=sys.stderr)
+        if speaks:
+            print(f"featurefield {name}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        if world > 1 and _lost_another_rank(err):
+            if speaks:
+                print(f"featurefield {name}: error: another rank stopped (its message is above, else in torchrun's "
+                      "report); continue from the last checkpoint with --resume", file=sys.stderr)
+            return 1
+        raise
+
+
+@contextlib.contextmanager
+def _silenced_stderr(silent: bool):
+    """stderr to /dev/null for the block when ``silent``; a traceback escaping it still prints (after the block)."""
+    if not silent:
+        yield
+        return
+    with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
+        yield
+
+
+def _lost_another_rank(err: Exception) -> bool:
+    """Whether ``err`` is a collective that failed because another rank went away: torch's DistError (NCCL, the
+    store), or gloo's RuntimeError of a connection the other side closed."""
+    dist_error = getattr(getattr(sys.modules.get("torch"), "distributed", None), "DistError", None)
+    if dist_error is not None and isinstance(err, dist_error):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and "gloo" in text and ("by peer" in text or "Broken pipe" in text)
 
 
 if __name__ == "__main__":  # pragma: no cover

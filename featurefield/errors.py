@@ -13,3 +13,18 @@ class FeatureFieldError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
+
+
+class FeatureFieldWarning(UserWarning):
+    """Something the user should know that does not stop the work (a fallback taken, a file trusted as given).
+
+    From Python it is an ordinary warning (filter it with :mod:`warnings`); the CLI prints it on one line,
+    ``featurefield COMMAND: warning: ...``, and hides other libraries' warnings.
+    """
+
+
+def warn(message: str) -> None:
+    """Issue ``message`` (made one line) as a :class:`FeatureFieldWarning`, attributed to the line calling this."""
+    import warnings
+
+    warnings.warn(" ".join(str(message).split()), FeatureFieldWarning, stacklevel=2)

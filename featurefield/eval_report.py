@@ -50,8 +50,10 @@ def eval_headlines(metrics: dict) -> list[Headline]:
     for teacher, d in metrics.get("semantic", {}).items():
         miou = d.get("field_miou", d.get("miou")) if isinstance(d, dict) else None
         if isinstance(miou, (int, float)):
-            out.append(Headline(f"Objects told apart ({teacher})", f"{miou:.2f}", verdict(miou, 0.6, 0.4),
-                                "mean IoU of classes found by the rendered features against the true labels"))
+            why = "mean IoU of classes found by the rendered features against the true labels"
+            if isinstance(d.get("teacher_miou"), (int, float)):
+                why += f" ({len(d.get('classes', []))} classes; the 2D teacher's own features: {d['teacher_miou']:.2f})"
+            out.append(Headline(f"Objects told apart ({teacher})", f"{miou:.2f}", verdict(miou, 0.6, 0.4), why))
     return out
 
 
@@ -65,7 +67,8 @@ def _uint8(image) -> np.ndarray:
 def view_strip(run, view: int, folder: Path, prefix: str = "") -> tuple[list[tuple[str, str]], list[tuple]]:
     """Pictures of test ``view`` saved in ``folder``: ``(strip items, picture-row items with colour bars)``,
     paths relative to ``folder.parent``. Strip: ground truth, render, each teacher's PCA, a SAM mask
-    (prompted at the image centre's object) where the run has a prompt-decoding teacher and its decoder loads."""
+    (prompted at the image centre's object) where the run has a prompt-decoding teacher and its decoder loads.
+    Row: ground truth, render, error, depth, and the true labels where the view has a label map."""
     from featurefield import viz
     from featurefield.errors import FeatureFieldError
     from featurefield.render import pca_basis, pca_render
@@ -109,6 +112,9 @@ def view_strip(run, view: int, folder: Path, prefix: str = "") -> tuple[list[tup
            (save("error", viz.heatmap(error, 0.0, ERROR_MAX)), "|error|, mean over RGB", (0.0, ERROR_MAX, lut)),
            (save("depth", viz.depth_image(r.depth[..., 0].cpu(), r.alpha[..., 0].cpu(), near=near, far=far)),
             "rendered depth (canonical units)", (near, far, lut))]
+    labels = scene.semantic(view)
+    if labels is not None:
+        row.append((save("labels", viz.labels_image(labels)), f"true labels ({len(scene.class_names or [])} classes)"))
     return strip, row
 
 

@@ -31,7 +31,10 @@ Protocol (all on the held-out test views, at the scene's image size):
   (nearest) to the image size. The field's probe: the same class means of the field's own rendered
   features of those train views, applied to its rendered test-view features at full image
   resolution (a 3D field can be read at any resolution; the 2D teacher cannot). Both are scored
-  against the ground truth with one confusion matrix over all test views.
+  against the ground truth with one confusion matrix over all test views. Labels come from the demo
+  scene or from files (:mod:`featurefield.data.labels`): only labelled views count, unlabelled pixels
+  (the files' ignore value) are left out, and a class no labelled train pixel shows cannot be
+  predicted (it scores 0 where it appears; ``classes_not_in_train`` names it).
 
 Where a run loses PSNR: the table names the lowest-scoring views, and ``featurefield eval RUN --worst N``
 (or :func:`save_view_pictures`) draws each of the N worst as ground truth | render | error | opacity |
@@ -75,37 +78,42 @@ def _nearest_prototype(feats: Tensor, protos: Tensor, present: Tensor) -> Tensor
     return s.argmax(0).reshape(feats.shape[-2:])
 
 
-def _field_features(run: Run, teacher: str, view: int) -> Tensor:
-    """The field's decoded ``teacher`` features ``[D, H, W]`` at a scene view, at full image resolution."""
+def _field_features(run: Run, teachers: list[str], view: int) -> dict[str, Tensor]:
+    """The field's decoded features ``[D, H, W]`` per teacher at a scene view, at full image resolution (one render)."""
     cam = run.normalization.cameras_to_canonical(run.scene().cameras[[view]]).to(run.device)
     r = run.field.render(cam, background=run.background, features=True, colour=False)
-    return run.field.decode(r, teacher, (int(cam.height[0]), int(cam.width[0]))).float()
+    return {t: run.field.decode(r, t, (int(cam.height[0]), int(cam.width[0]))).float() for t in teachers}
 
 
 @torch.no_grad()
-def class_prototypes(run: Run, teacher: str, num_classes: int, max_views: int = 8,
-                     source: str = "teacher") -> tuple[Tensor, Tensor]:
-    """Mean normalized feature per class over train views: ``[C, D]`` and ``[C]`` bool present.
+def class_prototypes(run: Run, teachers: list[str], num_classes: int, max_views: int = 8,
+                     source: str = "teacher") -> dict[str, tuple[Tensor, Tensor]]:
+    """Mean normalized feature per class over train views, per teacher: ``[C, D]`` and ``[C]`` bool present.
 
     ``source`` is ``"teacher"`` (the 2D teacher's features of the images) or ``"field"`` (the field's
-    rendered features): each segmenter is a nearest-class-mean probe fitted on its own features of
-    the same train views and labels.
+    rendered features, one render a view for every teacher): each segmenter is a nearest-class-mean probe
+    fitted on its own features of the same train views and labels. Only labelled train views are used;
+    unlabelled pixels (-1) and values past ``num_classes`` are left out, and a class that no such pixel
+    shows is not ``present`` (never predicted).
     """
     scene = run.scene()
-    views = _spread(run.view_indices("train"), max_views)
-    sums, counts = None, torch.zeros(num_classes)
-    cached = run.feature_rows(teacher, views) if source == "teacher" else None  # one batched set, read per view
+    views = _spread(scene.labelled_views(run.view_indices("train")), max_views)
+    if not views:
+        raise FeatureFieldError(f"{run.path}: no train view has a semantic label map; label some (README: Labels)")
+    sums: dict[str, Tensor] = {}
+    counts = {t: torch.zeros(num_classes) for t in teachers}
+    cached = {t: run.feature_rows(t, views) for t in teachers} if source == "teacher" else None  # batched, read per view
     for k, v in enumerate(views):
-        f = torch.from_numpy(cached.read(k)).float() if cached is not None else _field_features(run, teacher, v)
-        labels = _labels_to_grid(scene.semantic(v), f.shape[-2:]).flatten().cpu()
-        fn = F.normalize(f.flatten(1), dim=0).T.cpu()  # [h*w, D]
-        if sums is None:
-            sums = torch.zeros(num_classes, fn.shape[1])
-        keep = (labels >= 0) & (labels < num_classes)
-        sums.index_add_(0, labels[keep], fn[keep])
-        counts += torch.bincount(labels[keep], minlength=num_classes).float()
-    present = counts > 0
-    return F.normalize(sums / counts.clamp_min(1)[:, None], dim=-1), present
+        truth = scene.semantic(v)
+        feats = ({t: torch.from_numpy(cached[t].read(k)).float() for t in teachers} if cached is not None
+                 else _field_features(run, teachers, v))
+        for t, f in feats.items():
+            labels = _labels_to_grid(truth, f.shape[-2:]).flatten().cpu()
+            fn = F.normalize(f.flatten(1), dim=0).T.cpu()  # [h*w, D]
+            keep = (labels >= 0) & (labels < num_classes)
+            sums.setdefault(t, torch.zeros(num_classes, fn.shape[1])).index_add_(0, labels[keep], fn[keep])
+            counts[t] += torch.bincount(labels[keep], minlength=num_classes).float()
+    return {t: (F.normalize(sums[t] / counts[t].clamp_min(1)[:, None], dim=-1), counts[t] > 0) for t in teachers}
 
 
 def _sam_boxes(scene, view: int, min_area: float = 0.005, max_boxes: int = 6) -> tuple[list[Tensor], list[Tensor], str]:
@@ -123,7 +131,7 @@ def _sam_boxes(scene, view: int, min_area: float = 0.005, max_boxes: int = 6) ->
     boxes, masks = [], []
     ids, counts = torch.unique(inst, return_counts=True)
     for i, c in sorted(zip(ids.tolist(), counts.tolist()), key=lambda x: -x[1]):
-        if i <= 1 or c < min_area * inst.numel():  # 0 background, 1 ground (demo scene convention)
+        if i < 0 or i in scene.background_instances or c < min_area * inst.numel():
             continue
         m = inst == i
         boxes.append(box_from_mask(m))
@@ -199,16 +207,22 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
         if sam is None:
             sam = {"rendered_vs_teacher": [], "rendered_vs_gt": [], "teacher_vs_gt": [], "gt": None}
 
-    # semantic segmentation (optional)
-    sem = {}
+    # semantic segmentation (scenes with labels): probes fitted on labelled train views, scored on labelled eval views
+    sem, sem_missing = {}, None
     ncls = len(scene.class_names) if scene.class_names else 0
+    labelled_train = scene.labelled_views(run.view_indices("train"))
     if scene.semantics is not None and ncls and teachers:
-        for t in teachers:
-            protos, present = class_prototypes(run, t, ncls, semantic_train_views, source="teacher")
-            f_protos, f_present = class_prototypes(run, t, ncls, semantic_train_views, source="field")
-            sem[t] = {"protos": protos, "present": present, "field_protos": f_protos, "field_present": f_present,
-                      "field": torch.zeros(ncls, ncls, dtype=torch.int64),
-                      "teacher": torch.zeros(ncls, ncls, dtype=torch.int64)}
+        if not labelled_train or not scene.labelled_views(views):
+            which = "train" if not labelled_train else f"evaluated ({splits})"
+            sem_missing = f"unavailable (no {which} view has a semantic label map)"
+        else:
+            by_teacher = class_prototypes(run, teachers, ncls, semantic_train_views, source="teacher")
+            by_field = class_prototypes(run, teachers, ncls, semantic_train_views, source="field")
+            for t in teachers:
+                (protos, present), (f_protos, f_present) = by_teacher[t], by_field[t]
+                sem[t] = {"protos": protos, "present": present, "field_protos": f_protos, "field_present": f_present,
+                          "field": torch.zeros(ncls, ncls, dtype=torch.int64),
+                          "teacher": torch.zeros(ncls, ncls, dtype=torch.int64)}
 
     # the teachers' features of every evaluated view as one cached set (batched extraction of what is missing;
     # the trainer's final evaluation of the same views already wrote it), read one view at a time
@@ -223,6 +237,7 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
         if lp is not None and lp.available:
             img["lpips"].append(lp(r.rgb, gt))
         H, W = gt.shape[:2]
+        gt_labels = scene.semantic(v) if sem else None  # None: the view is unlabelled
         if k <= pck_pairs:  # the views of the correspondence pairs below
             if depth_source == "scene":
                 d = scene.depth(v).float() * run.normalization.scale
@@ -259,9 +274,8 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
                     if boxes:
                         sam["rendered_vs_gt"].append(mask_iou(mr, gts[j]))
                         sam["teacher_vs_gt"].append(mask_iou(mt, gts[j]))
-            if t in sem:
+            if t in sem and gt_labels is not None:
                 s = sem[t]
-                gt_labels = scene.semantic(v)
                 full = fld.decode(r, t, (H, W)).float()  # the field is read at full resolution
                 pred_f = _nearest_prototype(full, s["field_protos"], s["field_present"])
                 pred_t = _nearest_prototype(target, s["protos"], s["present"])
@@ -289,7 +303,7 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
                                        "iou_teacher_vs_gt": _mean(sam["teacher_vs_gt"])})
 
     # correspondence PCK between consecutive evaluated views
-    if teachers and len(views) > 1:
+    if teachers and len(views) > 1 and pck_pairs > 0:
         gen = torch.Generator().manual_seed(0)
         pairs = list(range(min(pck_pairs, len(views) - 1)))
         out["pck"] = {}
@@ -304,6 +318,8 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
                     scores.setdefault(key, []).append((val, n))
             entry = {key: (sum(v * n for v, n in vals if n) / total if total else float("nan")) for key, vals in scores.items()}
             out["pck"][t] = {**entry, "pairs": len(pairs), "points": total, "depth": depth_source}
+    if sem_missing is not None:
+        out["semantic"] = {t: {"unavailable": sem_missing} for t in teachers}
     if sem:
         out["semantic"] = {}
         for t, s in sem.items():
@@ -311,7 +327,9 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
             tm, tper = miou(s["teacher"])
             out["semantic"][t] = {"field_miou": fm, "teacher_miou": tm, "classes": list(scene.class_names),
                                   "field_per_class": fper, "teacher_per_class": tper,
-                                  "train_views": min(semantic_train_views, len(run.view_indices("train")))}
+                                  "train_views": min(semantic_train_views, len(labelled_train)),
+                                  "views": len(scene.labelled_views(views)), "pixels": int(s["field"].sum()),
+                                  "classes_not_in_train": [n for n, p in zip(scene.class_names, s["field_present"]) if not p]}
     return out
 
 

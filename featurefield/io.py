@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -90,6 +91,23 @@ def atomic_save_numpy(path: str | Path, array) -> Path:
     with atomic_path(path, suffix=".npy") as tmp:
         np.save(tmp, array)
     return Path(path)
+
+
+def megabytes(n: float) -> str:
+    """``n`` bytes for a message: ``"3.2 MiB"``, ``"840 KiB"`` (never ``"0 MiB"`` for a small file)."""
+    if n >= 10 * 2**20:
+        return f"{n / 2**20:.0f} MiB"
+    if n >= 2**20:
+        return f"{n / 2**20:.1f} MiB"
+    return f"{max(n, 0) / 2**10:.0f} KiB"
+
+
+def free_bytes(path: str | Path) -> int:
+    """Bytes free to this user on the disk holding ``path`` (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
 
 
 def jsonable(obj: Any) -> Any:

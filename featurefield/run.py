@@ -36,7 +36,12 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
 
 @dataclass
 class Run:
-    """A trained run loaded from its folder."""
+    """A trained run loaded from its folder.
+
+    ``weights``: the teachers' weights file or folder given on the command line (``--weights``), in place of
+    where the run recorded them (:attr:`~featurefield.teachers.spec.TeacherSpec.weights`); None uses the record.
+    Teachers are made when first asked for (:meth:`teacher`), so rendering needs none of them.
+    """
 
     path: Path
     config: RunConfig
@@ -45,6 +50,7 @@ class Run:
     targets: list[TeacherTarget]
     step: int
     device: torch.device
+    weights: Path | None = None
     _scene: Scene | None = field(default=None, repr=False)
     _teachers: dict = field(default_factory=dict, repr=False)
 
@@ -80,7 +86,7 @@ class Run:
             if name not in self.config.teacher_names:
                 raise FeatureFieldError(f"{self.path}: run has no teacher {name!r}; it was trained with "
                                         f"{', '.join(self.config.teacher_names)}")
-            self._teachers[name] = self.config.teacher(name).create().to(self.device)
+            self._teachers[name] = self.config.teacher(name).create(self.weights).to(self.device)
         return self._teachers[name]
 
     def text_teacher(self, name: str | None = None):
@@ -149,8 +155,8 @@ def _refuse_own_command_runs(path: Path) -> None:
                                     "this command needs a run trained on a scene (`featurefield train splat|nerf SCENE`)")
 
 
-def load_run(path: str | Path, device: str | torch.device | None = None) -> Run:
-    """Load a run folder written by :func:`featurefield.train.train`.
+def load_run(path: str | Path, device: str | torch.device | None = None, weights: str | Path | None = None) -> Run:
+    """Load a run folder written by :func:`featurefield.train.train`; ``weights``: see :class:`Run`.
 
     Raises:
         FeatureFieldError: the folder, its config or its checkpoint is missing or broken.
@@ -160,6 +166,8 @@ def load_run(path: str | Path, device: str | torch.device | None = None) -> Run:
         raise FeatureFieldError(f"{path}: no such run folder")
     _refuse_own_command_runs(path)
     config = RunConfig.read(path)
+    if weights is not None and not Path(weights).expanduser().exists():
+        raise FeatureFieldError(f"--weights {weights}: no such file or folder; pass the folder holding the teacher's weights")
     device = resolve_device(device or "auto")
     ckpt = load_checkpoint(path / CHECKPOINT, device="cpu")
     if ckpt["field_kind"] != config.field:
@@ -175,4 +183,4 @@ def load_run(path: str | Path, device: str | torch.device | None = None) -> Run:
     for t in targets:
         t.grid = tuple(t.grid)
     return Run(path=path, config=config, field=fld, normalization=normalization, targets=targets,
-               step=int(ckpt["step"]), device=device)
+               step=int(ckpt["step"]), device=device, weights=None if weights is None else Path(weights).expanduser())

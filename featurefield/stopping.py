@@ -15,10 +15,14 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class TrainingStopped(FeatureFieldError):
-    """Training stopped on a signal after writing its checkpoint; ``exit_code`` is 128 + the signal number."""
+    """Training stopped on a signal after writing its checkpoint; ``exit_code`` is 128 + the signal number.
 
-    def __init__(self, signum: int, message: str) -> None:
-        super().__init__(message)
+    The message is ``what`` happened, then ``how`` to go on (a command that started the training may say it in
+    its own terms: :attr:`what` and :attr:`signum` are kept)."""
+
+    def __init__(self, signum: int, what: str, how: str) -> None:
+        super().__init__(f"{what}; {how}")
+        self.signum, self.what = int(signum), what
         self.exit_code = 128 + int(signum)
 
 
@@ -28,10 +32,16 @@ class StopRequest:
     ``bool(request)`` says whether one arrived; ``signal_name`` and ``signum`` say which. Signal handlers
     can only be installed from the main thread: elsewhere (a training started from a worker thread)
     the signals keep their usual behaviour and the request stays false.
+
+    Args:
+        interrupt_on_second: a second signal raises ``KeyboardInterrupt`` at once. Off for a rank of a
+            torchrun job: the terminal's Ctrl-C reaches it directly and again through torchrun, which then
+            waits 30 s for the checkpoint before it kills.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, interrupt_on_second: bool = True) -> None:
         self.signum: int | None = None
+        self.interrupt_on_second = interrupt_on_second
         self._previous: dict[int, object] = {}
 
     @property
@@ -43,7 +53,9 @@ class StopRequest:
 
     def _handle(self, signum: int, frame) -> None:
         if self.signum is not None:
-            raise KeyboardInterrupt
+            if self.interrupt_on_second:
+                raise KeyboardInterrupt
+            return
         self.signum = signum
 
     def __enter__(self) -> StopRequest:

@@ -15,8 +15,10 @@ checkpoints and ``--resume`` behave the same for every field; this module import
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +27,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from featurefield import distributed
 from featurefield.data.scene import Scene
 from featurefield.data.view_source import DataConfig, ResidentViews, StreamedViews, choose_residency, view_bytes
 from featurefield.errors import FeatureFieldError
 from featurefield.fields.base import FeatureField, TeacherTarget, TrainData
 from featurefield.fields.registry import FieldSpec, field_spec
-from featurefield.io import atomic_torch_save, atomic_write_json, atomic_write_text, resolve_device
+from featurefield.io import atomic_torch_save, atomic_write_json, atomic_write_text, free_bytes, megabytes
 from featurefield.metrics import cosine_map, psnr
 from featurefield.npyrows import NpyRows
 from featurefield.run import Run, load_checkpoint, load_run
@@ -44,7 +47,9 @@ class TrainConfig:
     """Settings of the training loop shared by every backend.
 
     Attributes:
-        steps: optimisation steps (``None``: the backend's default for the device).
+        steps: optimisation steps of one view or ray batch each (``None``: the backend's default for the device);
+            on N ranks (torchrun) the run takes ``ceil(steps / N)`` steps of N views each, the same views seen
+            (:mod:`featurefield.distributed`).
         seed: seeds parameters init and batch sampling.
         eval_every: evaluate on held-out views every this many steps (0: only at the end).
         eval_views: at most this many test views in intermediate evaluations.
@@ -56,6 +61,8 @@ class TrainConfig:
         feature_batch: images per teacher forward pass when filling the feature cache.
         cache_dir: feature cache folder (default: the per-user cache); streamed runs keep decoded images there too.
         progress: show the live progress line.
+        scale_adam: on N ranks, scale Adam for N views a step as gsplat's multi-GPU training does (lr x sqrt(N),
+            eps / sqrt(N), betas 1 - N (1 - beta)); False keeps the one-GPU settings.
         data: where the training views live (``--data.residency auto|device|host|stream``) and how streamed
             views are read ahead (:class:`~featurefield.data.view_source.DataConfig`).
     """
@@ -71,6 +78,7 @@ class TrainConfig:
     feature_batch: int = 8
     cache_dir: Path | None = None
     progress: bool = True
+    scale_adam: bool = True
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
@@ -87,6 +95,29 @@ class TrainConfig:
             raise FeatureFieldError(f"--final-eval-views must be at least 1 (or left out for all), got {self.final_eval_views}")
 
 
+#: what one ``metrics.jsonl`` line and the run's small files (config, metrics.json, normalization) take, at most
+LOG_LINE_BYTES = 1024
+RUN_FILES_BYTES = 64 * 1024
+
+
+def checkpoint_bytes(fld: FeatureField) -> int:
+    """The size of ``fld``'s checkpoint as it is now: its tensors (parameters, buffers) plus each optimizer's
+    per-parameter state (Adam's two moments, the same size as the parameter; assumed before the first step)."""
+    tensors = sum(v.numel() * v.element_size() for v in fld.state_dict().values() if torch.is_tensor(v))
+    moments = 0
+    for opt in fld.optimizers().values():
+        for group in opt.param_groups:
+            for p in group["params"]:
+                state = [v for v in opt.state.get(p, {}).values() if torch.is_tensor(v) and v.numel() == p.numel()]
+                moments += p.numel() * p.element_size() * (len(state) if opt.state.get(p) else 2)
+    return tensors + moments
+
+
+def nonfinite_tensors(state: dict) -> list[str]:
+    """The names of the floating-point tensors of ``state`` (a ``state_dict``) holding a NaN or an infinity."""
+    return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+
+
 def _images_uint8(scene: Scene, views: list[int], device: torch.device) -> tuple[Tensor, Tensor | None]:
     imgs, alphas = [], []
     for i in views:
@@ -98,19 +129,27 @@ def _images_uint8(scene: Scene, views: list[int], device: torch.device) -> tuple
     return images, alpha
 
 
-def optimization_step(fld: FeatureField, data: TrainData, step: int, generator: torch.Generator) -> dict[str, Tensor]:
-    """One step of any field through the protocol: sample, loss, backward, optimizers, schedulers, densify."""
-    batch = fld.sample_batch(data, step, generator)
+def optimization_step(fld: FeatureField, data: TrainData, step: int, generator: torch.Generator,
+                      parallel: distributed.DataParallel | None = None) -> dict[str, Tensor]:
+    """One step of any field through the protocol: sample, loss, backward, optimizers, schedulers, densify.
+
+    ``parallel``: the collectives of a step on several ranks (this rank's batch, gradients averaged, the
+    densification's random draws shared, the losses averaged); None for one process.
+    """
+    parallel = parallel or distributed.DataParallel()
+    batch = parallel.sample_batch(fld, data, step, generator)
     losses = fld.training_loss(batch, data, step)
     losses["loss"].backward()
+    parallel.average_gradients(fld)
     fld.after_step(step, batch, losses)
     for opt in fld.optimizers().values():
         opt.step()
         opt.zero_grad(set_to_none=True)
     for sch in fld.schedulers().values():
         sch.step()
-    fld.after_optimizer_step(step)
-    return losses
+    with parallel.shared_randomness(step, data.cameras.device):
+        fld.after_optimizer_step(step)
+    return parallel.mean_losses(losses)
 
 
 class Trainer:
@@ -132,7 +171,9 @@ class Trainer:
         self.teacher_specs = [TeacherSpec.parse(t) for t in teachers]
         self._built_teachers = dict(built_teachers or {})  # already made (their options checked) by train()
         self.config = config
-        self.device = resolve_device(config.device)
+        self.ranks = distributed.current()  # one rank, or those of torchrun's group (train() joins it)
+        self.parallel = distributed.DataParallel(self.ranks, config.seed, config.scale_adam)
+        self.device = distributed.rank_device(config.device)
         self.steps = config.steps or self.spec.default_steps(self.device)
         self.console = None
         self._elapsed_before = {"train_seconds": 0.0, "feature_seconds": 0.0, "wall_seconds": 0.0, "sessions": 0}
@@ -157,16 +198,24 @@ class Trainer:
         for spec in self.teacher_specs:
             teacher = (self._built_teachers.pop(spec.name, None) or spec.create()).to(dev)
             self.teachers[spec.name] = teacher
+            distributed.fill_feature_cache(store, scene, teacher, train_views, device=dev,  # several ranks: a shard each
+                                           batch_size=self.config.feature_batch, progress=self.config.progress)
             self.targets.append(TeacherTarget(spec.name, teacher.dim, tuple(teacher.feature_grid(H, W)), spec.weight))
         nbytes = view_bytes(len(train_views), H, W, scene.alpha(train_views[0]) is not None,
                             [(t.dim, *t.grid) for t in self.targets])
-        self.residency = choose_residency(self.config.data, nbytes, dev)
+        # several ranks: rank 0's choice for all (they must agree: the streamed image cache is written once)
+        self.residency = distributed.on_main(lambda: choose_residency(self.config.data, nbytes, dev))
         extract = dict(views=train_views, device=dev, batch_size=self.config.feature_batch, progress=self.config.progress)
         if self.residency == "stream":
             from featurefield.data.image_cache import cached_images
 
             features = {name: store.rows(scene, teacher, **extract) for name, teacher in self.teachers.items()}
-            images = cached_images(scene, train_views, store.cache_dir, progress=self.config.progress)
+            def decoded(progress: bool):
+                return cached_images(scene, train_views, store.cache_dir, progress=progress)
+
+            images = distributed.agree(lambda: decoded(self.config.progress), main_only=True)  # several ranks: rank 0
+            if images is None:  # writes the image cache, then the others read it
+                images = decoded(False)
             views = StreamedViews(images, features, dev, self.config.data, seed=self.config.seed)
         else:
             held = dev if self.residency == "device" else torch.device("cpu")
@@ -193,8 +242,13 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda"])
 
     def save_checkpoint(self, fld: FeatureField, step: int, generator: torch.Generator) -> None:
+        """Write ``checkpoints/latest.pt`` (rank 0; every rank returns once it is written, or raises its error)."""
+        distributed.agree(lambda: self._save_checkpoint(fld, step, generator), main_only=True)
+        self._last_checkpoint = step
+
+    def _save_checkpoint(self, fld: FeatureField, step: int, generator: torch.Generator) -> None:
         state = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in fld.state_dict().items()}
-        bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+        bad = nonfinite_tensors(state)
         if bad:  # never overwrite the last good checkpoint with a broken model
             raise self._diverged_error(step, f"non-finite parameters: {', '.join(bad[:3])}")
         try:
@@ -202,15 +256,35 @@ class Trainer:
         except (OSError, RuntimeError) as err:
             if isinstance(err, RuntimeError) and "writ" not in str(err) and "inline_container" not in str(err):
                 raise  # not a failed write (torch's zip writer says "file write failed" or "unexpected pos"): a bug
-            import shutil
-
             reason = err.strerror if isinstance(err, OSError) and err.strerror else "the write failed"
-            free = shutil.disk_usage(self.run_dir).free / 2**20
             raise FeatureFieldError(
-                f"{self.run_dir / CHECKPOINT}: cannot write the checkpoint of step {step} ({reason}; {free:.0f} MiB free); "
+                f"{self.run_dir / CHECKPOINT}: cannot write the checkpoint of step {step} ({reason}; "
+                f"{megabytes(free_bytes(self.run_dir))} free); "
                 f"{self._previous_checkpoint()}; free disk space and continue with --output {self.run_dir} --resume"
             ) from err
-        self._last_checkpoint = step
+
+    def check_free_space(self, fld: FeatureField, start: int) -> None:
+        """Refuse to train when the run folder's disk clearly cannot hold what training writes from step ``start``.
+
+        A checkpoint is written beside the previous one and renamed over it (:func:`~featurefield.io.atomic_path`),
+        so two are on disk for a moment; the log grows a line per ``log_every`` steps. The checkpoint's size is
+        the field's present size (:func:`checkpoint_bytes`); a field that grows (Gaussians) may need more, and a
+        disk that fills up later still fails in one line, keeping the previous checkpoint.
+        """
+        ckpt_path = self.run_dir / CHECKPOINT
+        size = checkpoint_bytes(fld)
+        have = ckpt_path.stat().st_size if ckpt_path.is_file() else 0  # already on disk: one more copy is needed
+        logs = LOG_LINE_BYTES * ((self.steps - start) // self.config.log_every + 2) + RUN_FILES_BYTES
+        need = max(2 * size - have, 0) + logs
+        free = free_bytes(self.run_dir)
+        if free < need:
+            fix = (f"free disk space there (the checkpoint of step {start} is intact), then continue with --output "
+                   f"{self.run_dir} --resume" if have else
+                   "free disk space there and run the same command again, or choose another --output (nothing was "
+                   "trained yet)")
+            raise FeatureFieldError(
+                f"{self.run_dir}: training needs about {megabytes(need)} free for its checkpoints ({megabytes(size)} "
+                f"each, written beside the previous one) and logs, but {megabytes(free)} are free; {fix}")
 
     def _previous_checkpoint(self) -> str:
         if self._last_checkpoint is None:
@@ -230,13 +304,15 @@ class Trainer:
         return FeatureFieldError(f"training diverged at step {step} ({what}); {kept}; {hint}, then --resume or start again")
 
     def _write_checkpoint(self, fld: FeatureField, step: int, generator: torch.Generator, state: dict) -> None:
+        optimizers, schedulers = self.parallel.checkpoint_states(fld)  # as one rank holds them, whatever wrote it
         atomic_torch_save(self.run_dir / CHECKPOINT, {
             "step": step,
             "field_kind": self.kind,
             "field_config": fld.config_dict(),
             "field_state": state,
-            "optimizers": {k: o.state_dict() for k, o in fld.optimizers().items()},
-            "schedulers": {k: s.state_dict() for k, s in fld.schedulers().items()},
+            "optimizers": optimizers,
+            "schedulers": schedulers,
+            "ranks": self.ranks.world,
             "rng": self._rng_state(generator),
             "targets": [dataclasses.asdict(t) for t in self.targets],
             "elapsed": self._elapsed(),
@@ -296,20 +372,19 @@ class Trainer:
         ``nonfinite`` (a 0-d bool tensor on the device) is or-ed with "the loss was not finite"; it is
         checked where the loop synchronises anyway, so a GPU step never waits for the CPU.
         """
-        losses = optimization_step(fld, self.data, step, generator)
+        losses = optimization_step(fld, self.data, step, generator, self.parallel)
         nonfinite |= ~torch.isfinite(losses["loss"].detach())
         return losses
 
     def _raise_if_diverged(self, nonfinite: Tensor, losses: dict[str, Tensor], step: int, ckpt_path: Path) -> None:
         if bool(nonfinite):
-            raise self._diverged_error(step, f"loss is {float(losses['loss'])}")
+            raise self._diverged_error(step, f"loss is {float(losses['loss'].detach())}")
 
     @staticmethod
     def _broken(fld: FeatureField, err: Exception) -> str | None:
         """What is wrong with a field whose step failed (non-finite parameters, nothing left, nothing in view),
         else None (the failure is not the model's: a bug, keep its traceback)."""
-        bad = [k for k, v in fld.state_dict().items()
-               if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+        bad = nonfinite_tensors(fld.state_dict())
         if bad:
             return f"non-finite parameters: {', '.join(bad[:3])}"
         if fld.stats().get("gaussians", 1) == 0:
@@ -355,10 +430,12 @@ class Trainer:
         np.random.seed(self.config.seed)
         fld = self.spec.field_class().create(self.scene, self.targets, self.field_config, max_steps=self.steps,
                                              device=self.device).to(self.device)
-        self._record_resolved_config(fld)
+        distributed.agree(lambda: self._record_resolved_config(fld), main_only=True)
         return fld
 
     def _log(self, record: dict) -> None:
+        if not self.ranks.main:
+            return
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -390,46 +467,60 @@ class Trainer:
         # piped to a file, a live bar prints nothing until the end: plain lines instead, every tenth of the run
         plain = self.config.progress and not self.console.is_terminal
         plain_every = max(1, (self.steps - start) // 10)
-        with StopRequest() as stop, Progress(*columns, console=self.console, disable=not self.config.progress or plain,
-                                             transient=False) as bar:
-            task = bar.add_task(f"train {self.kind}", total=self.steps, completed=start, info="")
+        stopping = False  # agreed by every rank (a signal may reach them at different steps)
+        with StopRequest(interrupt_on_second=not self.ranks.distributed) as stop, \
+                Progress(*columns, console=self.console, disable=not self.config.progress or plain or not self.ranks.main,
+                         transient=False) as bar:
+            task = bar.add_task(f"train {self.kind}" + (f" on {self.ranks.world} ranks" if self.ranks.distributed else ""),
+                                total=self.steps, completed=start, info="")
             nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
             for step in range(start, self.steps):
                 try:
                     losses = self.step(fld, step, generator, nonfinite)
-                except torch.cuda.OutOfMemoryError as err:
-                    raise FeatureFieldError(
+                except torch.cuda.OutOfMemoryError as err:  # this rank's own failure: every rank that has it says so
+                    raise distributed.rank_specific(FeatureFieldError(
                         f"out of GPU memory at step {step}; lower memory with --downscale 2, {self.spec.oom_advice} "
                         "or fewer teachers"
-                    ) from err
+                    )) from err
                 except (RuntimeError, ValueError) as err:  # a diverged model fails in many ways (empty, NaN)
                     broken = self._broken(fld, err)
                     if broken is None:
                         raise
-                    raise self._diverged_error(step, broken) from err
+                    raise distributed.rank_specific(self._diverged_error(step, broken)) from err
                 done = step + 1
+                stopping = self.parallel.should_stop(bool(stop), fld, done)
                 checkpoint_now = done % self.config.checkpoint_every == 0 or done == self.steps
                 log_now = done % self.config.log_every == 0 or done == self.steps or done == start + 1
                 if self.device.type != "cuda" or log_now or checkpoint_now:
                     self._raise_if_diverged(nonfinite, losses, step, ckpt_path)
+                # a NaN or infinite Gaussian is culled by the rasterizer, so the loss can stay finite: look at the
+                # parameters too, at log steps and every 10th on a CPU (a NeRF's hash tables take milliseconds to scan)
+                scan = log_now or checkpoint_now or (self.device.type != "cuda" and done % 10 == 0)
+                if scan and (bad := nonfinite_tensors(fld.state_dict())):
+                    raise self._diverged_error(step, f"non-finite parameters: {', '.join(bad[:3])}")
                 if log_now:
                     bar.update(task, info=self._progress_line(fld, losses, done, start))
                 if self.config.eval_every and done % self.config.eval_every == 0 and done < self.steps:
-                    metrics = self.evaluate(fld, self.config.eval_views)
-                    self._log({"step": done, **metrics})
-                    self.console.print(f"step {done}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-                if checkpoint_now or stop:
+                    distributed.agree(functools.partial(self._evaluate_and_log, fld, done), main_only=True)
+                if checkpoint_now or stopping:
                     self.save_checkpoint(fld, done, generator)
                 bar.update(task, completed=done)
                 if plain and ((done - start) % plain_every == 0 or done == self.steps):
                     line = _plain_progress_line(self.kind, done, self.steps, start, time.perf_counter() - self._t_loop,
                                                 self._last_logged)
                     self.console.print(line, highlight=False, soft_wrap=True)
-                if stop:
+                if stopping:
                     break
-        if stop:  # also after the last step: the final evaluation is left to --resume
-            raise TrainingStopped(stop.signum, f"stopped by {stop.signal_name} at step {done} of {self.steps}; "
-                                  f"checkpoint written to {ckpt_path}; continue with --output {self.run_dir} --resume")
+        if stopping:  # also after the last step: the final evaluation is left to --resume
+            signum, name = stop.signum or signal.SIGTERM, stop.signal_name or "a signal to another rank"
+            raise TrainingStopped(signum, f"stopped by {name} at step {done} of {self.steps}; checkpoint written to {ckpt_path}",
+                                  f"continue with --output {self.run_dir} --resume")
+
+    def _evaluate_and_log(self, fld: FeatureField, done: int) -> None:
+        """An evaluation during training on a few test views, logged and printed (rank 0)."""
+        metrics = self.evaluate(fld, self.config.eval_views)
+        self._log({"step": done, **metrics})
+        self.console.print(f"step {done}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
     def _finish(self, fld: FeatureField, start: int, generator: torch.Generator) -> dict:
         """The final evaluation and the run's summary (``metrics.json``, and the last line of ``metrics.jsonl``)."""
@@ -437,24 +528,30 @@ class Trainer:
         if start >= self.steps:
             self.save_checkpoint(fld, self.steps, generator)
         summary = {"steps": self.steps, **self._elapsed(), "device": str(self.device), "data/residency": self.residency}
+        if self.ranks.distributed:
+            summary["ranks"] = self.ranks.world
         if summary["sessions"] > 1:  # resumed: this session's share beside the totals
             summary.update({"session_train_seconds": t_train, "session_feature_seconds": self._t_features})
         if self.device.type == "cuda":
             summary["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
             summary["gpu"] = torch.cuda.get_device_name(self.device)
+        distributed.agree(lambda: self._final_evaluation(fld, summary), main_only=True)
+        return summary
+
+    def _final_evaluation(self, fld: FeatureField, summary: dict) -> None:
+        """Evaluate, complete ``summary`` and write it (rank 0)."""
         t_eval = time.perf_counter()
         summary.update(self.evaluate(fld, self.config.final_eval_views))
         summary["eval_seconds"] = time.perf_counter() - t_eval  # test-view features included
         summary.update({k: float(v) for k, v in fld.stats().items()})
         atomic_write_json(self.run_dir / "metrics.json", summary)
         self._log({"step": self.steps, "final": True, **summary})
-        return summary
 
     def fit(self, resume: bool = False) -> dict:
         """Prepare the data, create (or resume) the field, train it, evaluate it; returns the run's summary."""
         from rich.console import Console
 
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, quiet=not self.ranks.main)
         self._t_start = time.perf_counter()
         self._t_loop = None
         ckpt_path = self.run_dir / CHECKPOINT
@@ -463,9 +560,7 @@ class Trainer:
             if step > self.steps:
                 raise FeatureFieldError(f"{self.run_dir}: the run is at step {step}, past --steps {self.steps}; "
                                         f"pass --steps {step} or more to continue it, or leave --steps out")
-            _truncate_log(self.run_dir / "metrics.jsonl", step)
-            for stray in ckpt_path.parent.glob(f".{ckpt_path.name}.*"):  # a write cut short by a kill
-                stray.unlink(missing_ok=True)
+            distributed.agree(lambda: _tidy_for_resume(self.run_dir, step), main_only=True)
         self.prepare()
         self._t_features = time.perf_counter() - self._t_start
         generator = torch.Generator(device="cpu").manual_seed(self.config.seed)
@@ -478,6 +573,8 @@ class Trainer:
         # optimizer step misses that step (and PyTorch warns about the order)
         fld.optimizers()
         fld.schedulers()
+        self.check_free_space(fld, start)
+        self.parallel.start(fld, start)  # several ranks: one field, Adam for N views a step, shared statistics
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         try:
@@ -504,6 +601,14 @@ def _plain_progress_line(kind: str, done: int, total: int, start: int, seconds: 
     return line
 
 
+
+
+def _tidy_for_resume(run_dir: Path, step: int) -> None:
+    """Before resuming at ``step``: the log cut back to it, and a checkpoint write cut short by a kill removed."""
+    _truncate_log(run_dir / "metrics.jsonl", step)
+    ckpt_path = run_dir / CHECKPOINT
+    for stray in ckpt_path.parent.glob(f".{ckpt_path.name}.*"):
+        stray.unlink(missing_ok=True)
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -586,34 +691,57 @@ def train(scene: str | Path | Scene, output: str | Path, *, field: str = "splat"
         teachers: teacher names or specs (see :meth:`TeacherSpec.parse`); ``[]`` trains colour only.
         config: loop settings; field_config: the backend's config dataclass (defaults if None). On resume,
             ``config.steps`` (when set) extends the run to that many steps; the rest is the run's own.
-        weights: the command line's ``--weights``, for the teachers that take a weights folder.
+        weights: the command line's ``--weights``, for the teachers that take a weights folder. The run records where
+            each teacher's weights were found (:attr:`TeacherSpec.weights`); on resume, ``weights`` replaces that place.
+
+    Launched by torchrun (``torchrun --nproc-per-node N``), every rank calls it alike: it joins the process group,
+    trains data parallel, and rank 0 alone writes the run (:mod:`featurefield.distributed`). ``config.steps``
+    counts steps of one view, so N ranks take ``ceil(steps / N)`` steps of N views; ``config.json`` records the
+    run's steps and the ranks it started on, and a ``config.steps`` given on resume is read the same way.
     """
-    from featurefield.config_checks import check_config_values
     from featurefield.outputs import check_output_dir
-    from featurefield.runlock import run_lock
 
     config = config or TrainConfig()
     output = Path(output)
     check_output_dir(output)
     if config.cache_dir is not None:
         check_output_dir(Path(config.cache_dir), "--cache-dir")
+    with distributed.joined(config.device):
+        trainer = _train(scene, output, field, teachers, config, field_config, format, downscale, scene_options,
+                         weights, resume)
+    return load_run(output, device=trainer.device)
+
+
+def _train(scene, output: Path, field: str, teachers, config: TrainConfig, field_config, format, downscale,
+           scene_options, weights, resume: bool) -> Trainer:
+    """:func:`train` on this rank, inside its process group: returns the trainer, done."""
+    from featurefield.config_checks import check_config_values
+
+    ranks = distributed.current()
     if resume:
         if not (output / "config.json").is_file():
             raise FeatureFieldError(f"{output}: nothing to resume (no config.json); start a new run without --resume")
-        with run_lock(output):
+        with distributed.main_lock(output):
             saved = RunConfig.read(output)
             normalization = read_normalization(output)
             field = saved.field
             field_config = field_spec(field).config_from_dict(saved.field_config)
             teacher_specs = saved.teachers
-            steps = config.steps or saved.trainer.get("steps")
+            built = None
+            if weights is not None:  # the teachers' weights moved: use (and record) the place given
+                built = {t.name: t.create(weights) for t in teacher_specs}
+                saved.teachers = teacher_specs = [t.recorded(built[t.name]) for t in teacher_specs]
+            started_on = int(saved.trainer.get("ranks", 1))  # the run's steps are of that many views
+            steps = distributed.run_steps(config.steps, started_on) if config.steps else saved.trainer.get("steps")
             # where the views live is the caller's to choose (this machine's memory); the pool's order is the run's
             data = dataclasses.replace(DataConfig(**saved.trainer.get("data", {})), residency=config.data.residency,
                                        prefetch=config.data.prefetch)
-            config = TrainConfig(**{**saved.trainer, "steps": steps, "cache_dir": saved.trainer.get("cache_dir"),
-                                    "progress": config.progress, "device": config.device, "data": data})
+            known = {f.name for f in dataclasses.fields(TrainConfig)}
+            config = TrainConfig(**{**{k: v for k, v in saved.trainer.items() if k in known}, "steps": steps,
+                                    "cache_dir": saved.trainer.get("cache_dir"), "progress": config.progress,
+                                    "device": config.device, "data": data})
             new = None if scene is None else SceneSpec.of(scene, format, downscale, scene_options)
-            changed = steps != saved.trainer.get("steps")
+            changed = steps != saved.trainer.get("steps") or weights is not None
             if new is not None and new.path != saved.scene.path:
                 loaded = _repoint(output, saved, new)
                 saved.scene = SceneSpec(new.path, saved.scene.format, saved.scene.downscale, saved.scene.options)
@@ -623,10 +751,10 @@ def train(scene: str | Path | Scene, output: str | Path, *, field: str = "splat"
             loaded = dataclasses.replace(loaded, normalization=normalization)
             if changed:
                 saved.trainer = {**saved.trainer, "steps": steps}
-                saved.write(output)
-            trainer = Trainer(output, loaded, field, field_config, teacher_specs, config)
+                distributed.agree(lambda: saved.write(output), main_only=True)
+            trainer = Trainer(output, loaded, field, field_config, teacher_specs, config, built)
             _fit(trainer, resume=True)
-        return load_run(output, device=trainer.device)
+        return trainer
 
     spec = field_spec(field)
     scene_options = dict(scene_options or {})
@@ -638,31 +766,44 @@ def train(scene: str | Path | Scene, output: str | Path, *, field: str = "splat"
         raise FeatureFieldError(f"teacher listed twice: {names}")
     if teacher_specs and getattr(field_config, "embed_dim", 1) < 1:
         raise FeatureFieldError(f"--{field}.embed-dim must be at least 1 to distill a teacher")
-    device = resolve_device(config.device)
+    device = distributed.rank_device(config.device)
     loaded = scene if isinstance(scene, Scene) else None
     if loaded is None:
         from featurefield.data import load_scene
 
         loaded = load_scene(scene, format=format, downscale=downscale, **scene_options)
     built = {t.name: t.create() for t in teacher_specs}  # bad options or weights: one line now, not after the folder
+    teacher_specs = [t.recorded(built[t.name]) for t in teacher_specs]  # later commands find the weights there
+    config = dataclasses.replace(config, steps=distributed.run_steps(config.steps or spec.default_steps(device), ranks.world))
+    distributed.agree(lambda: _make_run_folder(output), main_only=True)
+    with distributed.main_lock(output):
+        distributed.agree(lambda: _write_new_run(output, scene, loaded, field, field_config, teacher_specs, config,
+                                                 format, downscale, scene_options, ranks.world), main_only=True)
+        trainer = Trainer(output, loaded, field, field_config, teacher_specs, config, built)
+        _fit(trainer, resume=False)
+    return trainer
+
+
+def _make_run_folder(output: Path) -> None:
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise FeatureFieldError(f"{output}: cannot create the run folder ({err.strerror}); choose another --output") from err
-    with run_lock(output):
-        if (output / CHECKPOINT).exists():
-            raise FeatureFieldError(f"{output}: already holds a trained run; pass --resume to continue it or choose another --output")
-        RunConfig(
-            scene=SceneSpec.of(scene, format, downscale, scene_options), field=field, field_config=plain(field_config),
-            teachers=teacher_specs,
-            trainer={**plain(config), "steps": config.steps or spec.default_steps(device)},
-            background=None if loaded.background is None else list(loaded.background),
-            cache_dir=None if config.cache_dir is None else str(config.cache_dir),
-            featurefield=__import__("featurefield").__version__,
-            scene_signature=scene_signature(loaded),
-        ).write(output)
-        atomic_write_json(output / NORMALIZATION, loaded.normalization.to_dict())
-        (output / "metrics.jsonl").unlink(missing_ok=True)  # a log left by an attempt that never checkpointed
-        trainer = Trainer(output, loaded, field, field_config, teacher_specs, config, built)
-        _fit(trainer, resume=False)
-    return load_run(output, device=trainer.device)
+
+
+def _write_new_run(output: Path, scene, loaded: Scene, field: str, field_config, teacher_specs, config: TrainConfig,
+                   format, downscale, scene_options, ranks: int) -> None:
+    """The new run's ``config.json`` and normalization, after checking that the folder holds no trained run."""
+    if (output / CHECKPOINT).exists():
+        raise FeatureFieldError(f"{output}: already holds a trained run; pass --resume to continue it or choose another --output")
+    RunConfig(
+        scene=SceneSpec.of(scene, format, downscale, scene_options), field=field, field_config=plain(field_config),
+        teachers=teacher_specs,
+        trainer={**plain(config), **({"ranks": ranks} if ranks > 1 else {})},
+        background=None if loaded.background is None else list(loaded.background),
+        cache_dir=None if config.cache_dir is None else str(config.cache_dir),
+        featurefield=__import__("featurefield").__version__,
+        scene_signature=scene_signature(loaded),
+    ).write(output)
+    atomic_write_json(output / NORMALIZATION, loaded.normalization.to_dict())
+    (output / "metrics.jsonl").unlink(missing_ok=True)  # a log left by an attempt that never checkpointed

@@ -7,7 +7,6 @@ views) and reuse it, so the same feature gets the same colour in every picture a
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from featurefield.errors import FeatureFieldError
+from featurefield.errors import FeatureFieldError, warn
 from featurefield.io import atomic_path
 
 # ---------------------------------------------------------------------------------------------- colour maps
@@ -148,9 +147,61 @@ LABEL_PALETTE = np.array([[255, 255, 255], [150, 120, 90], [230, 60, 60], [60, 1
 
 
 def labels_image(labels) -> np.ndarray:
-    """``[H, W]`` integer labels -> ``[H, W, 3]`` uint8 with :data:`LABEL_PALETTE` (0 is white; it repeats after 9)."""
+    """``[H, W]`` integer labels -> ``[H, W, 3]`` uint8 with :data:`LABEL_PALETTE` (0 is white; it repeats after 9);
+    negative labels (unlabelled) are black."""
     lab = _numpy(labels).astype(np.int64)
-    return LABEL_PALETTE[np.mod(lab, len(LABEL_PALETTE))]
+    out = LABEL_PALETTE[np.mod(lab, len(LABEL_PALETTE))]
+    out[lab < 0] = 0
+    return out
+
+
+def distinct_colours(n: int) -> np.ndarray:
+    """``[n, 3]`` uint8 colours, no two alike: :data:`LABEL_PALETTE`'s hues first (white skipped), then hues a golden
+    angle apart at alternating brightness (a legend of many segments needs each colour once)."""
+    import colorsys
+
+    out = [tuple(int(c) for c in col) for col in LABEL_PALETTE[1:n + 1]]
+    k = 0
+    while len(out) < n:
+        h = (0.13 + k * 0.618034) % 1.0
+        rgb = tuple(round(255 * c) for c in colorsys.hsv_to_rgb(h, 0.75, 0.95 if k % 2 else 0.7))
+        if rgb not in out:
+            out.append(rgb)
+        k += 1
+    return np.asarray(out, dtype=np.uint8).reshape(n, 3)
+
+
+def legend_picture(picture, colours, lines: Sequence[str], marks: Sequence[tuple[float, float] | None] | None = None,
+                   scale: int = 1) -> np.ndarray:
+    """A picture with a legend beside it: one row per entry, a swatch of ``colours[i]`` (``[N, 3]`` uint8) and
+    ``lines[i]``; ``marks[i]`` (x, y in the picture's pixels, or None) gets entry ``i``'s number drawn there.
+    ``scale``: the picture is enlarged this many times (nearest) first. ``[H, W, 3]`` uint8."""
+    from PIL import Image, ImageDraw
+
+    pic = Image.fromarray(to_uint8(picture)[..., :3].copy())
+    if scale > 1:
+        pic = pic.resize((pic.width * scale, pic.height * scale), Image.NEAREST)
+    draw = ImageDraw.Draw(pic)
+    for i, mark in enumerate(marks or []):
+        if mark is not None:
+            x, y = mark[0] * scale, mark[1] * scale
+            text = f"{i:02d}"
+            box = draw.textbbox((x, y), text, anchor="mm")
+            draw.rectangle((box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1), fill=(255, 255, 255))
+            draw.text((x, y), text, fill=(0, 0, 0), anchor="mm")
+    if not lines:
+        return np.asarray(pic)
+    row, pad = 14, 6
+    width = pad + 12 + 6 + max((int(draw.textlength(line)) for line in lines), default=0) + pad
+    height = max(pic.height, pad * 2 + row * len(lines))
+    canvas = Image.new("RGB", (pic.width + width, height), (255, 255, 255))
+    canvas.paste(pic, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines):
+        x, y = pic.width + pad, pad + i * row
+        draw.rectangle((x, y + 1, x + 11, y + 11), fill=tuple(int(c) for c in colours[i]), outline=(0, 0, 0))
+        draw.text((x + 18, y), line, fill=(0, 0, 0))
+    return np.asarray(canvas)
 
 
 def draw_keypoints(rgb, uv, radius: int = 4, numbers: bool = True) -> np.ndarray:
@@ -411,10 +462,9 @@ def write_video(path: str | Path, frames: Sequence, fps: int = 30) -> Path:
                     writer.append_data(_even(p))
             return path
         except Exception as err:  # noqa: BLE001 - a broken ffmpeg install falls back to GIF below
-            warnings.warn(f"{path}: writing MP4 failed ({err}); writing a GIF instead", stacklevel=2)
+            warn(f"{path}: writing MP4 failed ({err}); writing a GIF instead")
     elif path.suffix.lower() != ".gif":
-        warnings.warn(f"{path}: ffmpeg is not available (pip install imageio-ffmpeg); writing a GIF instead",
-                      stacklevel=2)
+        warn(f"{path}: ffmpeg is not available (pip install imageio-ffmpeg); writing a GIF instead")
     from PIL import Image
 
     gif = path.with_suffix(".gif")

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pycolmap
 import pytest
 import torch
-from PIL import Image
 
 from featurefield.data import detect_format, load_scene
 from featurefield.errors import FeatureFieldError
+from tests.toyscenes import CAMERA_LINES, write_text_model
 
 
 def _tracks(rec: pycolmap.Reconstruction, image_ids: list[int]):
@@ -77,33 +76,6 @@ def test_text_model_equals_binary_and_downscale(beer_dir, tmp_path):
     assert small.cameras.width[0] == 180 and small.cameras.height[0] == 320
     assert small.rgba(5).shape == (320, 180, 3)
     torch.testing.assert_close(small.cameras.fx, binary.cameras.fx / 4)
-
-
-CAMERA_LINES = {
-    "SIMPLE_PINHOLE": "20 8.2 6.1",
-    "PINHOLE": "20 21 8.2 6.1",
-    "SIMPLE_RADIAL": "20 8.2 6.1 -0.08",
-    "RADIAL": "20 8.2 6.1 -0.08 0.02",
-    "OPENCV": "20 21 8.2 6.1 -0.08 0.02 0.003 -0.002",
-    "OPENCV_FISHEYE": "20 21 8.2 6.1 0.05 -0.01 0.002 0.001",
-}
-
-
-def write_text_model(root: Path, model: str, n_images: int = 3, size=(16, 12)) -> Path:
-    """A tiny COLMAP text model of ``n_images`` views of a few points, plus the images."""
-    sparse = root / "sparse" / "0"
-    sparse.mkdir(parents=True)
-    (root / "images").mkdir()
-    (sparse / "cameras.txt").write_text(f"1 {model} {size[0]} {size[1]} {CAMERA_LINES[model]}\n")
-    lines = []
-    for i in range(n_images):
-        angle = 0.15 * i
-        qw, qy = np.cos(angle / 2), np.sin(angle / 2)  # rotation about y
-        lines.append(f"{i + 1} {qw} 0 {qy} 0 {0.3 * i} -0.1 2.5 1 view_{i}.png\n\n")
-        Image.fromarray(np.zeros((size[1], size[0], 3), np.uint8)).save(root / "images" / f"view_{i}.png")
-    (sparse / "images.txt").write_text("".join(lines))
-    (sparse / "points3D.txt").write_text("1 0.1 0.2 0.3 255 0 0 0.5\n2 -0.4 0.1 0.2 0 255 0 0.5\n")
-    return root
 
 
 @pytest.mark.parametrize("model", list(CAMERA_LINES))

@@ -163,12 +163,17 @@ def test_downscale_prefers_images_n_folder(tmp_path):
     assert small.cameras.width[0] == 4 and small.cameras.height[0] == 2
 
 
-def test_writer_without_images_leaves_them_to_the_caller(tmp_path):
+def test_writer_without_images_leaves_them_to_the_caller(tmp_path, monkeypatch):
+    from featurefield.data import demo_scene
     from featurefield.data.demo_scene import make_demo_scene
 
     scene = make_demo_scene(seed=2, size=16, views=4, points=100, supersample=1, lazy=True)
+    rendered = []
+    render = demo_scene._ViewRenderer.render
+    monkeypatch.setattr(demo_scene._ViewRenderer, "render", lambda self, views: rendered.extend(views) or render(self, views))
     write_nerfstudio(scene, tmp_path / "ns", images=False)
-    assert not list((tmp_path / "ns" / "images").iterdir())
+    assert rendered == []  # no view of the lazy scene rendered: neither its image nor its label maps written
+    assert not list((tmp_path / "ns" / "images").iterdir()) and not (tmp_path / "ns" / "labels").exists()
     for i in range(len(scene)):  # as a generator writing views in parallel does
         Image.fromarray((scene.image(i) * 255).round().byte().numpy()).save(tmp_path / "ns" / "images" / f"{i:05d}.png")
     loaded = load_scene(tmp_path / "ns")

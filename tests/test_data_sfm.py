@@ -86,3 +86,53 @@ def test_process_images_nothing_registered_via_cli(tmp_path, capsys):
     assert code == 2
     assert "registered no images" in err[-1] and "Traceback" not in "\n".join(err)
     assert not (tmp_path / "out").exists()  # nothing half-done left behind
+
+
+def _texture_crops(folder: Path, n: int) -> Path:
+    """``n`` 160 x 200 crops of one smoothed noise texture, each 6 px right of the last: a panning video."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    noise = torch.from_numpy(rng.random((1, 1, 200, 320)).astype(np.float32))
+    texture = torch.nn.functional.avg_pool2d(noise, 3, stride=1)[0, 0].numpy()  # a little smoothness
+    texture = ((texture - texture.min()) / np.ptp(texture) * 255).astype(np.uint8)
+    for i in range(n):
+        Image.fromarray(texture[10:170, 6 * i: 6 * i + 200]).convert("RGB").save(folder / f"{i:03d}.png")
+    return folder
+
+
+def _database_facts(database: Path) -> tuple[int, set[int]]:
+    """(most keypoints of one image, the index distances of the matched image pairs)."""
+    import pycolmap
+
+    db = pycolmap.Database.open(str(database))
+    try:
+        images = {im.image_id: int(Path(im.name).stem) for im in db.read_all_images()}
+        most = max(db.num_keypoints_for_image(i) for i in images)
+        distances = set()
+        for pair_id in db.read_all_matches()[0]:
+            i, j = pycolmap.pair_id_to_image_pair(pair_id)
+            distances.add(abs(images[i] - images[j]))
+    finally:
+        db.close()
+    return most, distances
+
+
+def test_sift_and_sequential_matching_follow_the_settings(tmp_path):
+    from featurefield.data.sfm import VIDEO_SETTINGS, SfmSettings, extract_and_match, mapper_options
+
+    frames = _texture_crops(tmp_path / "frames", 7)
+    plain = SfmSettings(overlap=3, quadratic_overlap=False)
+    extract_and_match(tmp_path / "plain.db", frames, matcher="sequential", settings=plain)
+    most, distances = _database_facts(tmp_path / "plain.db")
+    assert most > 300 and distances == {1, 2, 3}
+    video_like = SfmSettings(max_num_features=300, first_octave=0, overlap=3, quadratic_overlap=True)
+    extract_and_match(tmp_path / "capped.db", frames, matcher="sequential", settings=video_like)
+    capped, distances = _database_facts(tmp_path / "capped.db")
+    assert capped <= 300 and distances == {1, 2, 4}  # quadratic: 1, 2, 4 ahead
+    extract_and_match(tmp_path / "octave0.db", frames, matcher="sequential", settings=SfmSettings(first_octave=0, overlap=1))
+    assert _database_facts(tmp_path / "octave0.db")[0] < 0.7 * most  # no search of the upsampled image
+
+    options = mapper_options(VIDEO_SETTINGS)
+    assert options.ba_global_frames_ratio == options.ba_global_points_ratio == VIDEO_SETTINGS.ba_global_ratio
+    assert options.ba_local_max_num_iterations == VIDEO_SETTINGS.ba_local_max_num_iterations
+    assert options.ba_global_function_tolerance == VIDEO_SETTINGS.ba_global_function_tolerance and options.random_seed == 0

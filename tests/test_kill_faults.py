@@ -116,3 +116,23 @@ def test_a_really_full_disk_during_extraction_is_one_line_not_a_sigbus(tmp_path)
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
     assert np.prod([64, 64, 16, 12]) * 2 > 1 << 20  # the set really did not fit
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_really_small_disk_for_training_is_refused_before_the_first_step(tmp_path):
+    """A 2 MiB tmpfs as the run folder: one checkpoint of the demo's Gaussians (~3 MiB) cannot fit, so training is
+    refused before it starts, saying how much it needs and how much is free."""
+    from featurefield.errors import FeatureFieldError
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (a container without CAP_SYS_ADMIN)")
+    try:
+        with pytest.raises(FeatureFieldError, match=r"needs about .* MiB free .* but .* are free") as info:
+            train("demo:1", mnt / "run", teachers=[], scene_options={"size": 32, "views": 12},
+                  config=TrainConfig(steps=50, checkpoint_every=10, log_every=1, device="cpu", progress=False))
+        assert "\n" not in str(info.value)
+        assert not (mnt / "run" / CHECKPOINT).exists() and not (mnt / "run" / "metrics.jsonl").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

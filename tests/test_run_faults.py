@@ -183,6 +183,39 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path,
     assert ckpt_step(run) == 6
 
 
+def test_a_disk_too_small_for_the_checkpoints_is_refused_before_training(tmp_path, monkeypatch):
+    """Issue 23: free space is checked before training, in one line saying how much is needed and how much is free."""
+    import featurefield.train as train_mod
+
+    real_usage = shutil.disk_usage
+    free = {"bytes": 1 << 20}  # 1 MiB: less than one checkpoint of the demo's Gaussians (~3 MiB)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real_usage(p)._replace(free=free["bytes"]))
+    started, real_loop = [], train_mod.Trainer._loop
+    monkeypatch.setattr(train_mod.Trainer, "_loop", lambda self, *a: started.append(a) or real_loop(self, *a))
+    run = tmp_path / "run"
+    with pytest.raises(FeatureFieldError, match=r"needs about \d.* MiB free .* but 1\.0 MiB are free.*run the same command") as info:
+        quick(run, steps=4)
+    assert "\n" not in str(info.value) and not started and not (run / CHECKPOINT).exists()
+    free["bytes"] = 1 << 40
+    quick(run, steps=4)  # space again: the same command trains
+    assert ckpt_step(run) == 4
+    free["bytes"] = 1 << 20
+    with pytest.raises(FeatureFieldError, match=r"checkpoint of step 4 is intact\), then continue with .* --resume"):
+        train("demo:1", run, config=cfg(steps=8), resume=True)
+    assert ckpt_step(run) == 4
+
+
+def test_the_checkpoint_size_estimate_is_close_to_the_written_file(tmp_path):
+    """The free-space check sizes a checkpoint from the field before one exists: within 25% of the real file."""
+    from featurefield.train import checkpoint_bytes
+
+    for teachers in ([], ["dino:pretrained=random,resolution=56"]):
+        out = tmp_path / f"run{len(teachers)}"
+        run = train("demo:1", out, teachers=teachers, config=cfg(steps=2), scene_options=DEMO)
+        written = (out / CHECKPOINT).stat().st_size
+        assert 0.8 * written <= checkpoint_bytes(run.field) <= 1.25 * written, (checkpoint_bytes(run.field), written)
+
+
 def test_a_full_disk_anywhere_else_is_one_line_too(tmp_path, monkeypatch):
     import featurefield.train as train_mod
 
@@ -212,6 +245,17 @@ def test_divergence_whatever_the_cause_names_the_likely_setting(tmp_path, field_
         load_run(tmp_path / "run", device="cpu")
     else:
         assert "no checkpoint was written yet" in msg
+
+
+def test_divergence_is_found_within_ten_steps_not_at_the_next_checkpoint(tmp_path):
+    """With --splat.lr-scales 1e6 the parameters turn NaN within a few steps while the loss stays finite (the rasterizer
+    culls such Gaussians): it used to train on until the checkpoint (step 20 here) before saying so."""
+    config = TrainConfig(steps=20, checkpoint_every=20, log_every=100, device="cpu", progress=False)
+    with pytest.raises(FeatureFieldError, match=r"training diverged at step \d+ \(non-finite parameters: ") as info:
+        train("demo:1", tmp_path / "run", teachers=[], config=config, field_config=SplatConfig(lr_scales=1e6),
+              scene_options=DEMO)
+    step = int(str(info.value).split("at step ")[1].split()[0])
+    assert step in (0, 9) and "--splat.lr-scales 1e+06" in str(info.value)  # a scan on a CPU, not the checkpoint's 19
 
 
 def test_the_demo_scene_options_are_checked(tmp_path):

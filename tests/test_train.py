@@ -200,12 +200,12 @@ def test_stop_request_catches_the_first_signal_and_interrupts_on_the_second():
     assert signal.getsignal(signal.SIGTERM) is previous
 
 
-def test_commands_other_than_features_refuse_torchrun(tmp_path, capsys, monkeypatch):
+def test_commands_other_than_train_and_features_refuse_torchrun(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    assert main(["train", "demo:1", "--output", str(tmp_path / "o")]) == 2
+    assert main(["export", str(tmp_path / "run"), "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "torchrun" in err and "features" in err
+    assert err.count("\n") == 0 and "torchrun" in err and "features" in err and "train" in err
     assert not (tmp_path / "o").exists()
 
 

@@ -1,7 +1,7 @@
 """`featurefield view` in a real browser: Debian's Chromium, driven by playwright, on a tiny run with SAM.
 
 The page loads and shows a frame; the outputs switch; a click prompts SAM; the selection is cut out (the
-PLY appears on disk) and the scene shown without it; a drag orbits the camera and the scene stays in
+PLY appears on disk), the scene shown without it, the cut-out alone, then everything again; a drag orbits the camera and the scene stays in
 view. Each step waits for the server's answer in the panel's status line. Screenshots are kept in
 ``test-artifacts/browser/`` (git-ignored). Skips, saying why, without playwright, Chromium (``apt-get
 install chromium``; or set ``CHROMIUM``) or the SAM weights.
@@ -159,8 +159,10 @@ def test_the_viewer_in_a_browser(viewer, sam_run):
             assert path.parent == sam_run / "view" and path.is_file() and path.stat().st_size > 0
             _choose(page, "show", "without the cut-out")
             without = _changed(page, "5_without_cut_out", prompted)
+            _choose(page, "show", "the cut-out alone")  # a few points on white: unlike either other picture
+            alone = _changed(page, "6_cut_out_alone", without)
             _choose(page, "show", "everything")
-            back = _changed(page, "6_everything_again", without)
+            back = _changed(page, "7_everything_again", alone)
 
             # an orbit: drag 40 px; the server renders the new view and the scene is still in the middle
             x, y = W * 0.31, H * 0.6
@@ -169,9 +171,9 @@ def test_the_viewer_in_a_browser(viewer, sam_run):
             for step in range(1, 9):
                 page.mouse.move(x + 5 * step, y, steps=2)
             page.mouse.up()
-            orbited = _changed(page, "7_orbit", back)
+            orbited = _changed(page, "8_orbit", back)
             time.sleep(1.0)  # the full-size frame once the camera rests
-            orbited = _shot(page, "7_orbit")
+            orbited = _shot(page, "8_orbit")
             assert _scene_shown(orbited) > 0.05, "the scene left the view after a 40 px orbit"
         finally:
             browser.close()

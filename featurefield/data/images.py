@@ -146,11 +146,16 @@ class ImageArrays(ImageSource):
 
 
 class ArraySource:
-    """Per-view arrays (depth, labels), lazily produced by ``loader(i) -> Tensor [H, W]``."""
+    """Per-view arrays (depth, labels), lazily produced by ``loader(i) -> Tensor [H, W]``.
 
-    def __init__(self, count: int, loader: Callable[[int], Tensor]) -> None:
+    ``has(i)`` says whether view ``i`` has an array at all (label maps may cover only some views);
+    by default every view has one.
+    """
+
+    def __init__(self, count: int, loader: Callable[[int], Tensor], has: Callable[[int], bool] | None = None) -> None:
         self.count = count
         self.loader = loader
+        self._has = has
 
     @staticmethod
     def from_list(arrays: Sequence[Tensor]) -> ArraySource:
@@ -163,6 +168,9 @@ class ArraySource:
     def load(self, i: int) -> Tensor:
         return self.loader(i)
 
+    def has(self, i: int) -> bool:
+        return True if self._has is None else bool(self._has(i))
+
     def subset(self, indices: Sequence[int]) -> ArraySource:
         indices = list(indices)
-        return ArraySource(len(indices), lambda j: self.loader(indices[j]))
+        return ArraySource(len(indices), lambda j: self.loader(indices[j]), lambda j: self.has(indices[j]))

@@ -28,4 +28,19 @@ def summarize(scene: Scene) -> dict:
         "normalization": scene.normalization.to_dict(),
         "depth": scene.depths is not None,
         "labels": scene.semantics is not None or scene.instances is not None,
+        "semantic_classes": len(scene.class_names) if scene.semantics is not None and scene.class_names else 0,
+        "labelled_views": len(scene.labelled_views(list(range(len(scene))))),
+        "instance_views": 0 if scene.instances is None else sum(scene.instances.has(i) for i in range(len(scene))),
+        "labels_note": scene.metadata.get("labels_note"),
     }
+
+
+def describe_labels(info: dict) -> str:
+    """The labels line of ``featurefield inspect`` from a :func:`summarize` dict."""
+    parts = []
+    if info["semantic_classes"]:
+        parts.append(f"{info['semantic_classes']} classes on {info['labelled_views']} of {info['views']} views")
+    if info["instance_views"]:
+        parts.append(f"instance ids on {info['instance_views']} of {info['views']} views")
+    text = "; ".join(parts) or "none"
+    return text + (f" ({info['labels_note']})" if info.get("labels_note") else "")

@@ -6,7 +6,8 @@ centre and the fifth ``[H, W, f]`` (full-resolution size and focal length), then
 depth bounds. Views pair with the image files sorted by name. Rotations are converted to OpenCV
 (``x = right, y = down, z = -back``); the principal point is the image centre and intrinsics scale
 to the size of the images actually found. Every 8th view (``i % 8 == 0``) is held out as test;
-near/far are kept in ``scene.metadata["near"]`` / ``["far"]``.
+near/far are kept in ``scene.metadata["near"]`` / ``["far"]``. Label maps: ``labels/IMG_01.png`` for
+``images/IMG_01.JPG`` with ``labels.json`` (:mod:`featurefield.data.labels`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import numpy as np
 import torch
 
 from featurefield.cameras import Cameras
-from featurefield.data.images import ImageFiles
+from featurefield.data.images import ImageFiles, image_size
+from featurefield.data.labels import attach_labels
 from featurefield.data.loading import (
     check_downscale,
     downscaled_size,
@@ -101,8 +103,18 @@ def load(path: Path, *, downscale: float = 1.0, **options) -> Scene:
         fx=torch.from_numpy(fx), fy=torch.from_numpy(fy), cx=out_w / 2, cy=out_h / 2, width=out_w, height=out_h,
     )
     cameras.validate(str(file))
-    return Scene(
+    scene = Scene(
         cameras=cameras, images=ImageFiles(paths, downscale=file_downscale), split=holdout_split(len(paths)),
         normalization=Normalization.fit(cameras), background=None, name=root.name, format="llff", source=root,
         metadata={"near": arr[:, 15].tolist(), "far": arr[:, 16].tolist(), "image_names": [p.name for p in paths]},
     )
+    return attach_labels(scene, paths, [_full_size(image_dir, pre, (width, height), hwf)] * len(paths), downscale)
+
+
+def _full_size(image_dir: Path, pre: Path | None, found: tuple[int, int], hwf: np.ndarray) -> tuple[int, int]:
+    """The full-resolution ``(w, h)`` that ``labels/`` maps must have: that of ``images/`` (read from a header when
+    ``images_N/`` was read instead), else the size ``poses_bounds.npy`` records."""
+    if pre is None:
+        return found
+    photos = list_photos(image_dir) if image_dir.is_dir() else []
+    return image_size(photos[0]) if photos else (int(round(hwf[0, 1])), int(round(hwf[0, 0])))

@@ -5,6 +5,8 @@ The file holds intrinsics globally or per frame (``fl_x``, ``fl_y``, ``cx``, ``c
 and ``frames`` with ``file_path``, an OpenGL 4x4 ``transform_matrix`` and optionally ``mask_path``
 (the mask becomes the image's alpha channel). Optional keys: ``ply_file_path`` (sparse points),
 ``train_filenames`` / ``val_filenames`` / ``test_filenames`` (else every 8th view is held out).
+Label maps: per frame ``semantics_path`` / ``instances_path`` (class names in ``labels.json`` or nerfstudio's
+``panoptic_classes.json``), else ``labels/`` beside ``images/`` (:mod:`featurefield.data.labels`).
 
 ``applied_transform`` (3x4 or 4x4), written by ``ns-process-data``, is the transform nerfstudio
 applied to the original (SfM) world frame before writing poses and the PLY. featurefield undoes
@@ -24,6 +26,7 @@ from PIL import Image
 
 from featurefield.cameras import OPENGL_TO_OPENCV, Cameras
 from featurefield.data.images import ImageFiles, image_size
+from featurefield.data.labels import attach_labels, write_label_map
 from featurefield.data.loading import (
     background_option,
     check_downscale,
@@ -46,6 +49,8 @@ from featurefield.io import atomic_path, atomic_write_json
 CAMERA_MODELS = {"PINHOLE": "pinhole", "OPENCV": "opencv", "OPENCV_FISHEYE": "fisheye"}
 _MODEL_NAMES = {v: k for k, v in CAMERA_MODELS.items()}
 _DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
+#: per-frame keys naming label maps (nerfstudio names masks ``mask_path``), and what they are called in messages
+LABEL_KEYS = {"semantics_path": "semantics map", "instances_path": "instances map"}
 
 
 def _file(path: Path) -> Path:
@@ -125,6 +130,7 @@ def load(path: Path, *, downscale: float = 1.0, **options) -> Scene:
 
     model_names = set()
     paths, masks, poses, intr, dist, rels = [], [], [], [], [], []
+    label_files: dict[str, list[Path | None]] = {key: [] for key in LABEL_KEYS}
     for k, frame in enumerate(frames):
         if not isinstance(frame, dict) or "file_path" not in frame or "transform_matrix" not in frame:
             raise FeatureFieldError(f"{file}: frame {k} needs 'file_path' and 'transform_matrix'")
@@ -132,6 +138,8 @@ def load(path: Path, *, downscale: float = 1.0, **options) -> Scene:
         rels.append(_norm(rel))
         paths.append(resolve_image(root, rel, file))
         masks.append(resolve_image(root, str(frame["mask_path"]), file, "mask") if frame.get("mask_path") else None)
+        for key, what in LABEL_KEYS.items():
+            label_files[key].append(resolve_image(root, str(frame[key]), file, what) if frame.get(key) else None)
         poses.append(finite_matrix(frame["transform_matrix"], (4, 4), file, f"transform_matrix of frame {k}"))
         fl_x, fl_y = get(frame, "fl_x"), get(frame, "fl_y")
         if fl_x is None and fl_y is None:
@@ -169,6 +177,7 @@ def load(path: Path, *, downscale: float = 1.0, **options) -> Scene:
     intr_t = torch.tensor(intr, dtype=torch.float64)
     width, height = intr_t[:, 4].long(), intr_t[:, 5].long()
     check_sizes(paths, width, height, file)
+    full_sizes = list(zip(width.tolist(), height.tolist()))
 
     c2w = torch.from_numpy(np.stack(poses))
     if "applied_transform" in meta:
@@ -203,11 +212,13 @@ def load(path: Path, *, downscale: float = 1.0, **options) -> Scene:
         if "applied_transform" in meta:
             inv = torch.from_numpy(np.linalg.inv(a)).to(torch.float32)
             points.xyz = points.xyz @ inv[:3, :3].T + inv[:3, 3]
-    return Scene(
+    scene = Scene(
         cameras=cameras, images=images, split=split, normalization=Normalization.fit(cameras),
         points=points, background=background, name=root.name, format="nerfstudio", source=root,
         metadata={"image_names": rels},
     )
+    return attach_labels(scene, paths, full_sizes, downscale, semantic_files=label_files["semantics_path"],
+                         instance_files=label_files["instances_path"], source=file)
 
 
 def _split(meta: dict, rels: list[str], file: Path) -> dict[str, list[int]]:
@@ -235,17 +246,19 @@ def _split(meta: dict, rels: list[str], file: Path) -> dict[str, list[int]]:
 
 # ---------------------------------------------------------------------------------------------- writer
 def write_nerfstudio(scene: Scene, out_dir: Path, images: bool = True) -> Path:
-    """Write ``scene`` as a nerfstudio folder: ``transforms.json``, ``images/`` (+ ``masks/``, ``sparse_pc.ply``).
+    """Write ``scene`` as a nerfstudio folder: ``transforms.json``, ``images/`` (+ ``sparse_pc.ply``; label maps in
+    ``labels/`` and ``instances/``, named per frame by ``semantics_path`` / ``instances_path``, classes in ``labels.json``).
 
     Reading the folder back gives the same cameras (bit-identical float32 values, hence identical
-    rays) and split. Image files are copied as they are when the scene reads them unchanged;
+    rays), split and label maps. Image files are copied as they are when the scene reads them unchanged;
     otherwise the decoded (resized or masked) images are written as PNG.
 
     Args:
         scene: any scene; cameras are written in its world frame (OpenGL poses, per-frame intrinsics).
         out_dir: the folder to create or fill.
-        images: False writes no image file: the caller writes view ``i`` as ``images/{i:05d}.png`` (e.g. in
-            parallel, for a large generated scene).
+        images: False writes no image file and no label map (the folder has no labels): the caller writes view
+            ``i`` as ``images/{i:05d}.png`` (e.g. in parallel, for a large generated scene whose views are
+            rendered only when read).
 
     Returns:
         The path of the written ``transforms.json``.
@@ -274,6 +287,8 @@ def write_nerfstudio(scene: Scene, out_dir: Path, images: bool = True) -> Path:
             "w": int(cams.width[i]), "h": int(cams.height[i]),
         }
         frame.update({k: float(v) for k, v in zip(_DISTORTION_KEYS, cams.distortion[i])})
+        if images:  # reading a lazy scene's label map would render the view here
+            frame.update(_write_labels(scene, i, out_dir))
         frames.append(frame)
         names.append(rel)
     meta = {"camera_model": _MODEL_NAMES[cams.model], "frames": frames}
@@ -283,9 +298,31 @@ def write_nerfstudio(scene: Scene, out_dir: Path, images: bool = True) -> Path:
     if scene.points is not None:
         _write_ply(scene.points, out_dir / "sparse_pc.ply")
         meta["ply_file_path"] = "sparse_pc.ply"
+    if images and scene.semantics is not None and scene.class_names:
+        atomic_write_json(out_dir / "labels.json", {"classes": list(scene.class_names), "ignore": _ignore(scene),
+                                                    "background_instances": list(scene.background_instances)})
     target = out_dir / "transforms.json"
     atomic_write_json(target, meta, indent=1)
     return target
+
+
+def _ignore(scene: Scene) -> int:
+    """The value unlabelled pixels are written with: 255 (8-bit maps), or 65535 past 255 classes."""
+    return 255 if len(scene.class_names) <= 255 else 65535
+
+
+def _write_labels(scene: Scene, i: int, out_dir: Path) -> dict:
+    """Write view ``i``'s label maps (where it has them); the frame keys naming them."""
+    keys = {}
+    semantic = scene.semantic(i) if scene.class_names else None
+    if semantic is not None:
+        keys["semantics_path"] = f"labels/{i:05d}.png"
+        write_label_map(out_dir / keys["semantics_path"], semantic, _ignore(scene))
+    instance = scene.instance(i)
+    if instance is not None:
+        keys["instances_path"] = f"instances/{i:05d}.png"
+        write_label_map(out_dir / keys["instances_path"], instance.clamp_min(0), 0)
+    return keys
 
 
 def _write_ply(points: PointCloud, path: Path) -> None:

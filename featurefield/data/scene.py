@@ -105,8 +105,11 @@ class Scene:
         normalization: world -> canonical transform recorded with every run.
         points: optional sparse points (SfM, or sampled from a mesh for synthetic scenes).
         depths: optional ``[H, W]`` z-depth maps (world units; 0 or inf where unknown).
-        semantics, instances: optional ``[H, W]`` int64 label maps.
+        semantics, instances: optional ``[H, W]`` int64 label maps; -1 marks unlabelled pixels (left out of
+            every metric), and ``semantics.has(i)`` says whether view ``i`` is labelled at all
+            (:mod:`featurefield.data.labels` reads them from files).
         class_names: names of semantic classes, index = label value.
+        background_instances: instance ids that are not objects (no prompt is drawn from them).
         bounds: optional ``[2, 3]`` world AABB of the content (bounded synthetic scenes).
         background: RGB in [0, 1] used to composite RGBA images (None: images are opaque).
         name, format, source: for messages and run records.
@@ -121,6 +124,7 @@ class Scene:
     semantics: ArraySource | None = None
     instances: ArraySource | None = None
     class_names: list[str] | None = None
+    background_instances: tuple[int, ...] = (0,)
     bounds: Tensor | None = None
     background: tuple[float, float, float] | None = (1.0, 1.0, 1.0)
     name: str = "scene"
@@ -169,10 +173,16 @@ class Scene:
         return None if self.depths is None else self.depths.load(i)
 
     def semantic(self, i: int) -> Tensor | None:
-        return None if self.semantics is None else self.semantics.load(i)
+        """Semantic labels ``[H, W]`` int64 of view ``i`` (-1: unlabelled), or ``None`` where the view has none."""
+        return None if self.semantics is None or not self.semantics.has(i) else self.semantics.load(i)
 
     def instance(self, i: int) -> Tensor | None:
-        return None if self.instances is None else self.instances.load(i)
+        """Instance ids ``[H, W]`` int64 of view ``i`` (-1: unlabelled), or ``None`` where the view has none."""
+        return None if self.instances is None or not self.instances.has(i) else self.instances.load(i)
+
+    def labelled_views(self, views: list[int]) -> list[int]:
+        """Those of ``views`` that have a semantic label map (without decoding any)."""
+        return [] if self.semantics is None else [v for v in views if self.semantics.has(v)]
 
     def canonical_cameras(self) -> Cameras:
         """Cameras in the canonical (normalized) frame that fields train in."""
@@ -198,6 +208,7 @@ class Scene:
             depths=None if self.depths is None else self.depths.subset(indices),
             semantics=None if self.semantics is None else self.semantics.subset(indices),
             instances=None if self.instances is None else self.instances.subset(indices),
-            class_names=self.class_names, bounds=self.bounds, background=self.background,
+            class_names=self.class_names, background_instances=self.background_instances, bounds=self.bounds,
+            background=self.background,
             name=self.name, format=self.format, source=self.source, metadata=dict(self.metadata),
         )

@@ -4,6 +4,8 @@ Pipeline: SIFT feature extraction (``max_image_size`` caps the size SIFT sees; k
 full-resolution pixels), exhaustive or sequential matching with geometric verification, and
 incremental mapping. The largest reconstruction is written as ``OUTPUT/sparse/0`` next to copies
 of the photos in ``OUTPUT/images`` — a COLMAP scene that :mod:`featurefield.data.colmap` loads.
+COLMAP's knobs are gathered in :class:`SfmSettings`: its own defaults for photos, and
+:data:`VIDEO_SETTINGS` for the frames of a video (measured in ``bench/video_sfm.py``).
 
 Nothing half-done is left behind: all work happens in a temporary folder inside ``OUTPUT`` and
 the results are moved into place only when mapping succeeded.
@@ -15,6 +17,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +30,61 @@ from featurefield.errors import FeatureFieldError
 
 #: Photo types COLMAP's image reader decodes.
 SFM_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class SfmSettings:
+    """The COLMAP settings process-images chooses; the defaults are COLMAP's own (photos).
+
+    Attributes:
+        max_image_size: longest side SIFT works on (the image is scaled down; keypoints stay in
+            full-resolution pixels).
+        max_num_features: SIFT features kept per image, the strongest; CPU matching costs grow with its square.
+        first_octave: SIFT's first octave: -1 also searches the image upsampled 2x (small features, about
+            3x the extraction time), 0 starts at the image's own size.
+        overlap: sequential matching: each image is matched with this many next images ...
+        quadratic_overlap: ... or, when True, with the images 1, 2, 4, ..., 2^(overlap-1) ahead (COLMAP's
+            default; the far pairs tie long sequences together, but on repetitive scenes such as tiled floors
+            they also bring false matches that fold the model).
+        ba_global_ratio: global bundle adjustment runs when the model has grown by this factor (frames
+            and points) since the last one.
+        ba_local_max_num_iterations, ba_global_max_num_iterations: solver iterations per bundle
+            adjustment (-1: COLMAP's default).
+        ba_global_function_tolerance: relative cost change that ends a global bundle adjustment (0: none).
+    """
+
+    max_image_size: int = 1600
+    max_num_features: int = 8192
+    first_octave: int = -1
+    overlap: int = 10
+    quadratic_overlap: bool = True
+    ba_global_ratio: float = 1.1
+    ba_local_max_num_iterations: int = -1
+    ba_global_max_num_iterations: int = -1
+    ba_global_function_tolerance: float = 0.0
+
+
+#: For the frames of a video (``bench/video_sfm.py``, BENCHMARKS.md): consecutive frames overlap heavily,
+#: so SIFT at 1024 px from the first octave with 4,096 features is enough and ~3x cheaper; linear
+#: sequential matching (no far pairs: see ``quadratic_overlap``); bundle adjustment less often and shorter,
+#: as nerfstudio's ``ba_global_function_tolerance``.
+VIDEO_SETTINGS = SfmSettings(max_image_size=1024, max_num_features=4096, first_octave=0, overlap=10, quadratic_overlap=False,
+                             ba_global_ratio=1.4, ba_local_max_num_iterations=10, ba_global_max_num_iterations=30,
+                             ba_global_function_tolerance=1e-6)
+
+
+def mapper_options(settings: SfmSettings, num_threads: int = -1):
+    """``pycolmap.IncrementalPipelineOptions`` for ``settings`` (seeded: repeatable runs)."""
+    import pycolmap
+
+    options = pycolmap.IncrementalPipelineOptions()
+    options.num_threads = num_threads
+    options.random_seed = 0
+    options.ba_global_frames_ratio = options.ba_global_points_ratio = float(settings.ba_global_ratio)
+    options.ba_local_max_num_iterations = int(settings.ba_local_max_num_iterations)
+    options.ba_global_max_num_iterations = int(settings.ba_global_max_num_iterations)
+    options.ba_global_function_tolerance = float(settings.ba_global_function_tolerance)
+    return options
 
 
 def _photos(photos: Path) -> list[Path]:
@@ -49,12 +107,13 @@ def extract_and_match(
     image_dir: Path,
     *,
     matcher: Literal["exhaustive", "sequential"] = "exhaustive",
-    max_image_size: int = 1600,
+    max_image_size: int | None = None,
     camera_model: str = "SIMPLE_RADIAL",
     single_camera: bool = False,
     num_threads: int = -1,
     source: Path | None = None,
     notify: Callable[[str, int, int], None] | None = None,
+    settings: SfmSettings = SfmSettings(),
 ) -> None:
     """SIFT features of every image in ``image_dir`` and their geometrically verified matches, into ``database``.
 
@@ -62,12 +121,14 @@ def extract_and_match(
         database: COLMAP database file to create.
         image_dir: folder of the images (names become the database's image names).
         matcher: ``"exhaustive"`` (all pairs) or ``"sequential"`` (neighbours in name order: video frames).
-        max_image_size: longest side SIFT works on (keypoints stay in full-resolution pixels).
+        max_image_size: longest side SIFT works on (keypoints stay in full-resolution pixels); ``None``:
+            ``settings.max_image_size``.
         camera_model: COLMAP camera model given to each new camera.
         single_camera: one camera for all images (else one per image).
         num_threads: worker threads (-1: all cores).
         source: folder named in error messages (default ``image_dir``).
         notify: progress callback ``(stage, done, total)``.
+        settings: the extraction and matching settings (:class:`SfmSettings`).
     """
     import pycolmap
 
@@ -75,7 +136,9 @@ def extract_and_match(
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = camera_model
     extraction = pycolmap.FeatureExtractionOptions()
-    extraction.max_image_size = int(max_image_size)
+    extraction.max_image_size = int(max_image_size or settings.max_image_size)
+    extraction.sift.max_num_features = int(settings.max_num_features)
+    extraction.sift.first_octave = int(settings.first_octave)
     extraction.num_threads = num_threads
     extraction.use_gpu = False
     notify("extract", 0, 1)
@@ -94,7 +157,11 @@ def extract_and_match(
     matching.use_gpu = False
     notify("match", 0, 1)
     if matcher == "sequential":
-        pycolmap.match_sequential(database, matching_options=matching, device=pycolmap.Device.cpu)
+        pairing = pycolmap.SequentialPairingOptions()
+        pairing.overlap = int(settings.overlap)
+        pairing.quadratic_overlap = bool(settings.quadratic_overlap)
+        pairing.loop_detection = False  # it needs a vocabulary tree, which is not shipped
+        pycolmap.match_sequential(database, matching_options=matching, pairing_options=pairing, device=pycolmap.Device.cpu)
     elif matcher == "exhaustive":
         pycolmap.match_exhaustive(database, matching_options=matching, device=pycolmap.Device.cpu)
     else:
@@ -106,12 +173,13 @@ def run_sfm(
     photos: Path,
     output: Path,
     matcher: Literal["exhaustive", "sequential"] = "exhaustive",
-    max_image_size: int = 1600,
+    max_image_size: int | None = None,
     camera_model: str = "SIMPLE_RADIAL",
     single_camera: bool | None = None,
     overwrite: bool = False,
     num_threads: int = -1,
     on_stage: Callable[[str, int, int], None] | None = None,
+    settings: SfmSettings = SfmSettings(),
 ) -> dict:
     """Recover camera poses of the photos in ``photos`` and write a COLMAP scene to ``output``.
 
@@ -119,12 +187,13 @@ def run_sfm(
         photos: folder of photos (jpg/png/tif/bmp).
         output: folder to write ``images/`` and ``sparse/0`` into.
         matcher: ``"exhaustive"`` (all pairs; small sets) or ``"sequential"`` (video frames).
-        max_image_size: longest side SIFT works on.
+        max_image_size: longest side SIFT works on; ``None``: ``settings.max_image_size``.
         camera_model: COLMAP camera model to estimate (e.g. SIMPLE_RADIAL, OPENCV, PINHOLE).
         single_camera: share one camera between all photos; ``None``: when all have one size.
         overwrite: replace an existing ``output/images`` and ``output/sparse``.
         num_threads: worker threads (-1: all cores).
         on_stage: progress callback ``(stage, done, total)``.
+        settings: COLMAP's settings (:class:`SfmSettings`; :data:`VIDEO_SETTINGS` for video frames).
 
     Returns:
         ``{"registered", "total", "points", "model", "images", "registered_names"}``.
@@ -158,11 +227,9 @@ def run_sfm(
 
         extract_and_match(database, image_dir, matcher=matcher, max_image_size=max_image_size,
                           camera_model=camera_model, single_camera=single_camera, num_threads=num_threads,
-                          source=photos, notify=notify)
+                          source=photos, notify=notify, settings=settings)
 
-        options = pycolmap.IncrementalPipelineOptions()
-        options.num_threads = num_threads
-        options.random_seed = 0  # repeatable runs
+        options = mapper_options(settings, num_threads)
         sparse_tmp = work / "sparse"
         sparse_tmp.mkdir()
         registered = [0]
@@ -209,12 +276,13 @@ def run_sfm(
 
 
 def run_video_sfm(videos: list[Path], output: Path, num_frames: int = 150, matcher: Literal["exhaustive", "sequential"] = "sequential",
-                  max_image_size: int = 1600, camera_model: str = "SIMPLE_RADIAL", overwrite: bool = False,
-                  num_threads: int = -1, on_stage: Callable[[str, int, int], None] | None = None) -> dict:
-    """:func:`run_sfm` on about ``num_frames`` sharp frames of ``videos``
-    (:func:`~featurefield.data.video.sample_video_frames`; one camera per video size). Sequential matching
-    by default: consecutive frames overlap. Returns :func:`run_sfm`'s dict plus ``"frames"`` (a
-    :class:`~featurefield.data.video.VideoFrames`)."""
+                  max_image_size: int | None = None, camera_model: str = "SIMPLE_RADIAL", overwrite: bool = False,
+                  num_threads: int = -1, on_stage: Callable[[str, int, int], None] | None = None,
+                  settings: SfmSettings = VIDEO_SETTINGS, min_motion: float = 0.5) -> dict:
+    """:func:`run_sfm` on up to ``num_frames`` sharp frames of distinct views of ``videos``
+    (:func:`~featurefield.data.video.sample_video_frames`, ``min_motion`` passed on; one camera per video
+    size) with :data:`VIDEO_SETTINGS`. Sequential matching by default: consecutive frames overlap. Returns
+    :func:`run_sfm`'s dict plus ``"frames"`` (a :class:`~featurefield.data.video.VideoFrames`)."""
     from featurefield.data.video import sample_video_frames
 
     output = Path(output)
@@ -223,9 +291,12 @@ def run_video_sfm(videos: list[Path], output: Path, num_frames: int = 150, match
             raise FeatureFieldError(f"{output / name}: already exists; choose a new OUTPUT folder or pass --overwrite")
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".featurefield-frames-", dir=output.parent) as frames_dir:
-        frames = sample_video_frames(videos, Path(frames_dir), target=num_frames, on_stage=on_stage)
-        result = run_sfm(Path(frames_dir), output, matcher=matcher, max_image_size=max_image_size,
-                         camera_model=camera_model, overwrite=overwrite, num_threads=num_threads, on_stage=on_stage)
+        frames = sample_video_frames(videos, Path(frames_dir), target=num_frames, min_motion=min_motion, on_stage=on_stage)
+        if len(frames.paths) < 2:
+            raise FeatureFieldError(f"{videos[0]}: only {len(frames.paths)} sharp, distinct frame(s) found; film the scene "
+                                    "while moving around it (or pass --min-motion 0 to keep still frames)")
+        result = run_sfm(Path(frames_dir), output, matcher=matcher, max_image_size=max_image_size, camera_model=camera_model,
+                         overwrite=overwrite, num_threads=num_threads, on_stage=on_stage, settings=settings)
     return {**result, "frames": frames}
 
 

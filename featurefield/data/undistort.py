@@ -4,8 +4,8 @@ The pinhole cameras keep each view's ``K`` and size. Output pixel ``(u, v)`` loo
 of the pinhole camera; that ray meets the distorted image at
 ``distort((u - cx) / fx, (v - cy) / fy) * f + c``, where the source image is sampled
 (bilinear for colour and alpha, nearest for depth and labels). Pixels whose source lies outside
-the original image are black (and transparent where the image has alpha). Images are resampled
-lazily, view by view.
+the original image are black (and transparent where the image has alpha), of unknown depth (0) and
+unlabelled (-1). Images are resampled lazily, view by view.
 """
 
 from __future__ import annotations
@@ -72,10 +72,17 @@ class UndistortedImages(ImageSource):
         return f"{self.source.fingerprint(i)}:undistorted[{self.cameras.model}:{d}]"
 
 
-def _undistort_arrays(source: ArraySource | None, cameras: Cameras) -> ArraySource | None:
+def _undistort_arrays(source: ArraySource | None, cameras: Cameras, labels: bool = False) -> ArraySource | None:
+    """Nearest resampling of per-view arrays; outside the original image depth is 0 (unknown) and labels are
+    -1 (unlabelled, so no class is claimed for pixels the camera never saw)."""
     if source is None:
         return None
-    return ArraySource(len(source), lambda i: _sample(source.load(i), undistort_grid(cameras, i), "nearest"))
+    shift = 1 if labels else 0  # zero padding lands on -1 after the shift back
+
+    def load(i: int) -> Tensor:
+        return _sample(source.load(i) + shift, undistort_grid(cameras, i), "nearest") - shift
+
+    return ArraySource(len(source), load, source.has)
 
 
 def undistort_scene(scene: Scene) -> Scene:
@@ -97,8 +104,8 @@ def undistort_scene(scene: Scene) -> Scene:
         cameras=pinhole,
         images=UndistortedImages(scene.images, cams),
         depths=_undistort_arrays(scene.depths, cams),
-        semantics=_undistort_arrays(scene.semantics, cams),
-        instances=_undistort_arrays(scene.instances, cams),
+        semantics=_undistort_arrays(scene.semantics, cams, labels=True),
+        instances=_undistort_arrays(scene.instances, cams, labels=True),
         metadata={**scene.metadata, "undistorted_from": cams.model},
     )
     return out

@@ -50,10 +50,10 @@ class DataConfig:
     """Where the training views live while a field trains (``--data.*``).
 
     Attributes:
-        residency: ``auto``: on the device when the training views' pixels and teacher features take at most
-            a quarter of its free memory, else in host memory when they take at most a quarter of the available
-            host memory, else streamed from the caches on disk; ``device``, ``host`` or ``stream`` to force one.
-            Streaming keeps host and GPU memory independent of the number of views.
+        residency: auto: on the device when the training views' pixels and teacher features take at most a
+            quarter of its free memory, else in host memory when they take at most a quarter of the available
+            host memory, else streamed from the caches on disk; device, host or stream to force one. Streaming
+            keeps host and GPU memory independent of the number of views.
         prefetch: streamed, the views read ahead in the background (host memory holds at most this many and
             the one in use).
         pool_views: streamed, a field that draws rays across views (nerf) draws a step's rays from this many

@@ -135,12 +135,15 @@ class FeatureField(nn.Module, ABC):
                                 "a point cloud instead")
 
     def export(self, normalization, folder: Path, *, name: str | None = None, teacher: str | None = None,
-               max_points: int = 1_000_000) -> list[Path]:
+               max_points: int = 1_000_000, decoders: bool | str = True) -> list[Path]:
         """Write the field's 3D content into ``folder`` in the scene's world frame (``normalization``: the run's
         world -> canonical similarity); returns the files written.
 
         The default is a point cloud ``<name or "points">.ply`` of :meth:`points_with_features` with the
         features of ``teacher``; a backend with a format of its own (Gaussians: a 3DGS PLY) overrides it.
+        ``decoders``: for a backend whose format keeps its decoders in a side file: True writes it beside the
+        export, ``"shared"`` as the folder's one file that several parts of one field exported there read, False
+        not at all (another part's export wrote the shared one).
         """
         from featurefield.export import write_point_cloud
 
@@ -212,6 +215,26 @@ class FeatureField(nn.Module, ABC):
     @abstractmethod
     def sample_batch(self, data: TrainData, step: int, generator: torch.Generator) -> Any:
         """Draw one training batch (a view for splats, a ray batch for NeRF)."""
+
+    def sample_rank_batch(self, data: TrainData, step: int, generator: torch.Generator, rank: int, ranks: int) -> Any:
+        """Rank ``rank``'s batch of a step that ``ranks`` processes train together (:mod:`featurefield.distributed`),
+        ``generator`` being in the same state on every rank.
+
+        The draws of all ranks are made in turn and the ``rank``-th kept, so the ranks get different batches
+        (the Gaussian field: consecutive views of one shuffled order) and the generator ends in the same state
+        everywhere. A field whose batches cost more to make than to draw overrides it to build only its own.
+        """
+        batch = None
+        for r in range(ranks):
+            drawn = self.sample_batch(data, step, generator)
+            if r == rank:
+                batch = drawn
+        return batch
+
+    def share_statistics(self, all_reduce) -> None:
+        """Called before training on several ranks: ``all_reduce(tensor, op)`` sums (``op="sum"``) or maxes
+        (``"max"``) a tensor over the ranks in place. A field that keeps statistics of its batches between steps
+        (the Gaussian field's densification) gathers them through it, so that every rank decides alike."""
 
     @abstractmethod
     def training_loss(self, batch: Any, data: TrainData, step: int) -> dict[str, Tensor]:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
-import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from featurefield.errors import warn
 
 
 def l1(pred: Tensor, target: Tensor) -> Tensor:
@@ -56,7 +57,7 @@ def ssim(pred: Tensor, target: Tensor, window: int = 11, sigma: float = 1.5) -> 
             raise
         except Exception as err:  # a Triton that cannot build the kernels here: the twin computes the same
             _fused_ssim_failed.append(repr(err))
-            warnings.warn(f"fused SSIM unavailable ({err!r:.200}); using the PyTorch SSIM", stacklevel=2)
+            warn(f"fused SSIM unavailable ({err!r:.200}); using the PyTorch SSIM")
     return ssim_torch(pred, target, window, sigma)
 
 

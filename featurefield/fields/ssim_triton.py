@@ -15,12 +15,12 @@ only (the target is an image). Runs on CUDA; under ``TRITON_INTERPRET=1`` on CPU
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from featurefield.errors import warn
 
 BLOCK = 256
 
@@ -134,7 +134,7 @@ class _FusedSSIM(torch.autograd.Function):
             from featurefield.fields import losses
 
             losses._fused_ssim_failed.append(repr(err))
-            warnings.warn(f"fused SSIM backward unavailable ({err!r:.200}); using the PyTorch SSIM", stacklevel=2)
+            warn(f"fused SSIM backward unavailable ({err!r:.200}); using the PyTorch SSIM")
             with torch.enable_grad():
                 p = pred.detach().requires_grad_(True)
                 (grad,) = torch.autograd.grad(losses.ssim_torch(p, target, win), p, grad_out)

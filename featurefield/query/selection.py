@@ -211,18 +211,20 @@ def subset_field(field: FeatureField, points: dict[str, Tensor], keep: Tensor, i
 
 
 def export_cutout(field: FeatureField, path: Path, points: dict[str, Tensor], keep: Tensor, normalization,
-                  extra: dict[str, Tensor] | None = None) -> list[Path]:
+                  extra: dict[str, Tensor] | None = None, decoders: bool | str = True) -> list[Path]:
     """Write a 3D selection: a point-cloud PLY at ``path`` (scene's world frame, with colour and opacity),
     and for a field that can subset itself also the selected primitives exported in its own format,
     ``<stem>_gaussians.*`` for Gaussians (a standard 3DGS PLY with its decoders, what splat viewers open;
-    :func:`~featurefield.fields.splat.ply.field_from_ply` reads it back). Returns the written paths, the point
-    cloud first."""
+    :func:`~featurefield.fields.splat.ply.field_from_ply` reads it back). ``decoders``: where that format's
+    decoders go (:meth:`~featurefield.fields.base.FeatureField.export`: beside it, ``"shared"`` by the folder's
+    cut-outs, or not written). Returns the written paths, the point cloud first."""
     from featurefield.query.text import export_selection_ply
 
     path = Path(path)
     written = [export_selection_ply(path, points, keep, normalization, extra=extra)]
     if "subset" in field.capabilities():
-        written += subset_field(field, points, keep).export(normalization, path.parent, name=f"{path.stem}_gaussians")
+        written += subset_field(field, points, keep).export(normalization, path.parent, name=f"{path.stem}_gaussians",
+                                                            decoders=decoders)
     return written
 
 

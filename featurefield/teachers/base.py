@@ -8,8 +8,8 @@ entry-point group (``name = "package.module:TeacherClass"``); the core never cha
 Code outside ``teachers/`` knows a teacher by its capabilities, never by its name: :attr:`Teacher.has_text`
 (a text encoder, for language queries), :attr:`Teacher.has_prompts` (a prompt decoder, for point / box
 prompts: :meth:`Teacher.prompt_decoder`), :attr:`Teacher.weights_folder` (takes the command line's
-``--weights``), :meth:`Teacher.describe` and :meth:`Teacher.fetch_weights` (``featurefield teachers`` /
-``featurefield weights``).
+``--weights``; :attr:`Teacher.weights_location` says where they were found, for the run to record),
+:meth:`Teacher.describe` and :meth:`Teacher.fetch_weights` (``featurefield teachers`` / ``featurefield weights``).
 """
 
 from __future__ import annotations
@@ -54,6 +54,12 @@ class Teacher(ABC):
         """Put the teacher's weights into ``target`` (default: the per-user cache); returns the folder."""
         raise FeatureFieldError(f"featurefield does not download {cls.name} weights; put them where the teacher "
                                 "looks (see `featurefield teachers`) or pass weights=PATH")
+
+    @property
+    def weights_location(self) -> Path | None:
+        """Where this teacher's weights file or folder was found (absolute), for a run to record so that later
+        commands find them without ``--weights``; None where its weights are not files found on disk."""
+        return None
 
     def prompt_decoder(self, device: torch.device | str | None = None):
         """The teacher's decoder of point / box prompts on its features (where :attr:`has_prompts`), e.g.

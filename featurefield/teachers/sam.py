@@ -84,6 +84,19 @@ def sam_preprocess(images: Tensor) -> Tensor:
     return F.pad(x, (0, SAM_SIZE - rw, 0, SAM_SIZE - rh))
 
 
+def check_onnx_file(path: Path) -> None:
+    """Refuse ``path`` in one line unless it parses as an ONNX model with a graph (~30 ms for the encoder)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - protobuf's DecodeError and friends
+        raise FeatureFieldError(f"{path}: not a readable ONNX model ({' '.join(str(err).split())[:120]}); replace "
+                                "the file (e.g. `featurefield weights sam`)") from err
+    if not len(model.graph.node):
+        raise FeatureFieldError(f"{path}: an ONNX file without a graph; replace the file (e.g. `featurefield weights sam`)")
+
+
 def _patch_batch_reshapes(model) -> int:
     """Rewrite constant ``Reshape`` shapes that start with a baked batch of 1 to start with 0."""
     from onnx import numpy_helper
@@ -258,7 +271,7 @@ class SamTeacher(Teacher):
         self.backend = backend
         self._session = None
         self.weights = weights
-        self.weights_path = find_weight_file("sam", ENCODER_FILE, weights)
+        self.weights_path = find_weight_file("sam", ENCODER_FILE, weights, check=check_onnx_file)
         self.precision = precision
         self.max_batch = max(1, int(max_batch))
         self.device = torch.device("cpu")
@@ -275,6 +288,13 @@ class SamTeacher(Teacher):
         if self._encoder is None:
             self._encoder = BatchedEncoder(convert_encoder(self.weights_path), fold=self.fold).to(self.device)
         return self._encoder
+
+    @property
+    def weights_location(self) -> Path:
+        """The ``weights`` given (a folder, or the encoder file), else the folder the encoder was found in;
+        absolute. The prompt decoder is looked for there too."""
+        given = Path(self.weights).expanduser() if self.weights is not None else self.weights_path.parent
+        return given.resolve()
 
     def to(self, device) -> SamTeacher:
         self.device = torch.device(device)

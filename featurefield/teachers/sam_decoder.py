@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from featurefield.errors import FeatureFieldError
-from featurefield.teachers.sam import DECODER_FILE, SAM_GRID, SAM_SIZE, fold_shape_arithmetic
+from featurefield.teachers.sam import DECODER_FILE, SAM_GRID, SAM_SIZE, check_onnx_file, fold_shape_arithmetic
 from featurefield.teachers.weights import find_weight_file
 
 _INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size")
@@ -134,7 +134,7 @@ class SamPromptDecoder:
             w = Path(weights).expanduser()
             if w.is_file() and w.name != DECODER_FILE:
                 weights = w.parent
-        path = find_weight_file("sam", DECODER_FILE, weights)
+        path = find_weight_file("sam", DECODER_FILE, weights, check=check_onnx_file)
         key = (str(path.resolve()), f"{torch.device(device)}|{backend}")
         with _LOCK:
             if key not in _CACHE:

@@ -32,11 +32,15 @@ class TeacherSpec:
         name: the registered teacher (:func:`featurefield.teachers.registered`).
         options: keyword arguments of its factory (e.g. ``model``, ``weights``).
         weight: its loss weight.
+        weights: where its weights file or folder was found when the run was made (absolute; the teacher's
+            :attr:`~featurefield.teachers.base.Teacher.weights_location`), which later commands use by default;
+            None for a teacher with no weights on disk, or a run written before it was recorded.
     """
 
     name: str
     options: dict = field(default_factory=dict)
     weight: float = 1.0
+    weights: str | None = None
 
     @classmethod
     def parse(cls, spec: str | dict | TeacherSpec, weights: str | Path | None = None) -> TeacherSpec:
@@ -49,9 +53,9 @@ class TeacherSpec:
         from featurefield.teachers.base import takes_weights_folder
 
         if isinstance(spec, TeacherSpec):
-            out = cls(spec.name, dict(spec.options), float(spec.weight))
+            out = cls(spec.name, dict(spec.options), float(spec.weight), spec.weights)
         elif isinstance(spec, dict):
-            out = cls(spec["name"], dict(spec.get("options", {})), float(spec.get("weight", 1.0)))
+            out = cls(spec["name"], dict(spec.get("options", {})), float(spec.get("weight", 1.0)), spec.get("weights"))
         else:
             weight, text = 1.0, spec
             if "@" in text:
@@ -65,14 +69,36 @@ class TeacherSpec:
         if not math.isfinite(out.weight) or out.weight < 0:
             raise FeatureFieldError(f"teacher {out.name!r}: the loss weight must be a number >= 0, got {out.weight:g}")
         if weights is not None and "weights" not in out.options and takes_weights_folder(out.name):
-            out.options["weights"] = str(weights)
+            out.options["weights"] = str(Path(weights).expanduser().resolve())
         return out
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "options": dict(self.options), "weight": self.weight}
+        out = {"name": self.name, "options": dict(self.options), "weight": self.weight}
+        if self.weights is not None:
+            out["weights"] = self.weights
+        return out
 
-    def create(self):
-        """The :class:`~featurefield.teachers.base.Teacher` this spec describes (its weights are not moved to a device)."""
-        from featurefield.teachers.base import create_teacher
+    def create(self, weights: str | Path | None = None):
+        """The :class:`~featurefield.teachers.base.Teacher` this spec describes (its weights are not moved to a device).
 
-        return create_teacher(self.name, **self.options)
+        Its weights come from ``weights`` (the command line's ``--weights``, for a teacher that takes a weights
+        folder), else from the recorded :attr:`weights` while that place exists, else from the ``weights`` option
+        or the usual places (``$FEATUREFIELD_WEIGHTS``, the user cache: :mod:`featurefield.teachers.weights`).
+        """
+        from featurefield.teachers.base import create_teacher, takes_weights_folder
+
+        options = dict(self.options)
+        if takes_weights_folder(self.name):
+            if weights is not None:
+                options["weights"] = str(weights)
+            elif self.weights is not None:
+                if Path(self.weights).exists():
+                    options["weights"] = self.weights
+                else:  # moved or deleted since the run was made: look where the teacher looks by default
+                    options.pop("weights", None)
+        return create_teacher(self.name, **options)
+
+    def recorded(self, teacher) -> TeacherSpec:
+        """This spec with the weights location of ``teacher`` (built from it) recorded in :attr:`weights`."""
+        where = teacher.weights_location
+        return TeacherSpec(self.name, dict(self.options), self.weight, None if where is None else str(where))

@@ -37,7 +37,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -47,8 +46,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from featurefield.errors import FeatureFieldError
-from featurefield.io import atomic_path, atomic_write_json
+from featurefield.errors import FeatureFieldError, warn
+from featurefield.io import atomic_path, atomic_write_json, megabytes
 from featurefield.npyrows import NpyRows
 from featurefield.teachers.base import Teacher
 
@@ -76,11 +75,6 @@ def image_fingerprint(scene, i: int) -> str:
         source = hashlib.sha1(scene.rgba(i).numpy().tobytes()).hexdigest()
     bg = scene.background
     return source if bg is None else f"{source}|bg={','.join(f'{float(c):.6g}' for c in bg)}"
-
-
-def warn(message: str) -> None:
-    """One line on stderr (``warnings.warn`` would add a second line of source)."""
-    print(f"featurefield: warning: {' '.join(message.split())}", file=sys.stderr)
 
 
 def _crc(rows: np.ndarray) -> int:
@@ -219,6 +213,17 @@ class FeatureStore:
         with _folder_lock(folder, f".lock-{key}"):
             return self._load_or_extract_locked(scene, teacher, views, fps, key, folder, settings, batch_size, progress)
 
+    def is_cached(self, scene, teacher: Teacher, views: list[int]) -> bool:
+        """Whether the set of exactly ``views`` is cached whole (every shard finished, the file complete), from
+        the index and the file's header alone; :meth:`load_or_extract` still checks the rows when it reads them."""
+        folder = self.teacher_dir(teacher)
+        key = _digest([image_fingerprint(scene, int(v)) for v in views])[:24]
+        entry = self._read_index(folder, teacher.settings())["sets"].get(key)
+        if entry is None or entry.get("shard_images") != self.shard_images:
+            return False
+        n_shards = (len(views) + self.shard_images - 1) // self.shard_images
+        return len(entry.get("shards", {})) == n_shards and _npy_ok(folder / f"{key}.npy", entry.get("shape"))
+
     def discard(self, scene, teacher: Teacher, views: list[int]) -> None:
         """Drop the cached set of exactly ``views`` (its file and index entry), e.g. a shard's after merging."""
         folder = self.teacher_dir(teacher)
@@ -284,14 +289,14 @@ class FeatureStore:
     # ------------------------------------------------------------------ file handling
     def _open(self, path: Path, shape: list[int], entry: dict) -> NpyRows:
         """Open the set's array for writing; (re)create it when missing, truncated or of another shape."""
-        what = f"{np.prod(shape) * 2 / 2**20:.0f} MiB of features {shape}"
+        what = f"{megabytes(np.prod(shape) * 2)} of features {shape}"
         if not _npy_ok(path, shape):  # missing, truncated, broken header or another shape: recreate
             entry["shards"] = {}
             need = int(np.prod(shape)) * 2 + 4096
             free = shutil.disk_usage(path.parent).free
             if free < need:
-                raise FeatureFieldError(f"{path.parent}: the feature cache needs {need / 2**20:.0f} MiB for "
-                                        f"{shape} features but {free / 2**20:.0f} MiB are free; free space there "
+                raise FeatureFieldError(f"{path.parent}: the feature cache needs {megabytes(need)} for "
+                                        f"{shape} features but {megabytes(free)} are free; free space there "
                                         "or use --cache-dir on a larger disk")
             try:
                 with atomic_path(path) as tmp:

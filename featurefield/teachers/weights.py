@@ -20,11 +20,11 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-from featurefield.errors import FeatureFieldError
+from featurefield.errors import FeatureFieldError, warn
 from featurefield.io import atomic_path
 
 #: teacher -> file name -> sha256 of the published file.
@@ -94,7 +94,8 @@ def candidate_paths(teacher: str, filename: str, weights: str | Path | None = No
     return out
 
 
-def find_weight_file(teacher: str, filename: str, weights: str | Path | None = None, verify: bool = True) -> Path:
+def find_weight_file(teacher: str, filename: str, weights: str | Path | None = None, verify: bool = True,
+                     check: Callable[[Path], None] | None = None) -> Path:
     """Locate weight file ``filename`` of ``teacher`` (see the module docstring for the order).
 
     Args:
@@ -102,6 +103,9 @@ def find_weight_file(teacher: str, filename: str, weights: str | Path | None = N
         filename: the file to find.
         weights: explicit file or folder given by the user; when given, only it is searched.
         verify: check the sha256 of files whose checksum is known.
+        check: reads a file the user named that is not the published one (raising a one-line
+            :class:`FeatureFieldError` when it cannot be used), before it is trusted with a warning: a
+            broken file is refused at once, not after a warning and work started.
 
     Raises:
         FeatureFieldError: the file is nowhere, or its checksum is wrong; the message says how to fix it.
@@ -114,7 +118,9 @@ def find_weight_file(teacher: str, filename: str, weights: str | Path | None = N
             expected = KNOWN_WEIGHTS.get(teacher, {}).get(filename)
             if verify and expected and sha256_file(path) != expected:
                 if weights is not None:  # the user chose this file (a re-export, a fine-tune): trust it, but say so
-                    warnings.warn(f"{path}: sha256 differs from the published {filename}; using it as given", stacklevel=2)
+                    if check is not None:
+                        check(path)
+                    warn(f"{path}: sha256 differs from the published {filename}; using it as given")
                     return path
                 raise FeatureFieldError(
                     f"{path}: sha256 mismatch for {filename} (expected {expected[:12]}...); the file is "

@@ -91,8 +91,8 @@ class ViewRenderer:
                 *([f"prompt: {self.prompt_teacher}"] if self.prompt_teacher else [])]
 
     def preload(self) -> None:
-        """Load SAM's prompt decoder now, in a thread of its own (the first click then waits for no load);
-        a failure (e.g. missing weights) is left for the first click to say."""
+        """Load the prompt decoder now, in a thread of its own (the viewer calls it when a prompt output is
+        chosen, so the first click waits less); a failure (e.g. missing weights) is left for the click to say."""
         if self.prompt_teacher is None or self._decoder is not None:
             return
 

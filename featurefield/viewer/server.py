@@ -81,9 +81,13 @@ def hidden_frustums(centres, position, scale: float):
 
 
 def serve(run: Run | str | Path, host: str = "127.0.0.1", port: int = 8080, max_side: int | None = None,
-          preview_side: int | None = None, device: str = "auto", verbose: bool = True):
+          preview_side: int | None = None, device: str = "auto", verbose: bool = True, weights: str | Path | None = None):
     """Start a viser server for ``run`` and return it (``server.stop()`` ends it; it runs in threads).
-    ``max_side`` / ``preview_side``: see :func:`default_sides` for the defaults.
+    ``max_side`` / ``preview_side``: see :func:`default_sides` for the defaults; ``weights``: the teachers'
+    weights in place of the run's record (:func:`~featurefield.run.load_run`).
+
+    No teacher model is loaded to show colour, depth or a feature PCA; the prompt decoder loads when a prompt
+    output is first chosen (the first click then seldom waits for it).
 
     The panel: the output to show, the phrase of a text query, the full-size resolution, a button back
     to the first training view, a button to clear the SAM prompt, one to cut the selection (SAM's mask, or
@@ -94,9 +98,8 @@ def serve(run: Run | str | Path, host: str = "127.0.0.1", port: int = 8080, max_
     from featurefield.camera_paths import world_up
 
     if not isinstance(run, Run):
-        run = load_run(run, device=device)
+        run = load_run(run, device=device, weights=weights)
     renderer = ViewRenderer(run)
-    renderer.preload()
     top, preview = default_sides(run)
     max_side, preview_side = max_side or top, preview_side or preview
     train = run.cameras("train").to("cpu")
@@ -218,6 +221,11 @@ def _build(server, renderer: ViewRenderer, train: Cameras, max_side: int, previe
 
     for handle in (output, phrase):
         handle.on_update(rerender)
+
+    @output.on_update
+    def _prompting(_event) -> None:
+        if output.value.startswith("prompt: "):
+            renderer.preload()
 
     @resolution.on_update
     def _resolution(_event) -> None:

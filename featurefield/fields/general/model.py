@@ -16,11 +16,12 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from featurefield.cameras import Cameras
 from featurefield.errors import FeatureFieldError
 from featurefield.fields.general.encoders import ConvEncoder, TeacherEncoder
-from featurefield.fields.general.sampling import pixel_aligned
+from featurefield.fields.general.sampling import bilinear_bags, map_table, pixel_aligned
 
 ENCODERS = ("cnn", "teacher")
 
@@ -92,6 +93,27 @@ class Conditioning:
         return Conditioning(self.maps[sl], self.w2c[sl], self.K[sl], self.image_size)
 
 
+@dataclass
+class FoldedConditioning:
+    """Source views prepared once for fast rendering: the conditioning layers applied to the maps themselves.
+
+    ``cond[k](z)`` is affine in ``z``, and ``z`` is a bilinear mix of map cells averaged over views, so
+    sampling the maps *after* the layers gives the same terms without a per-point matrix product.
+
+    Attributes:
+        table: ``[B * S * h * w + 1, condition_blocks * width]`` the layers' weights times each map cell
+            (channels last, the last row zeros; see :func:`~.sampling.map_table`). bias: ``[condition_blocks * width]``.
+        w2c, K, image_size: as in :class:`Conditioning`; map_size: ``(h, w)``.
+    """
+
+    table: Tensor
+    bias: Tensor
+    w2c: Tensor
+    K: Tensor
+    image_size: tuple[int, int]
+    map_size: tuple[int, int]
+
+
 class _ResBlock(nn.Module):
     def __init__(self, width: int) -> None:
         super().__init__()
@@ -101,7 +123,7 @@ class _ResBlock(nn.Module):
         nn.init.zeros_(self.fc1.bias)
 
     def forward(self, h: Tensor) -> Tensor:
-        return h + self.fc1(F.relu(self.fc0(F.relu(h))))
+        return h + self.fc1(F.relu(self.fc0(F.relu(h)), inplace=True))  # the layer's fresh output may be overwritten
 
 
 class GeneralField(nn.Module):
@@ -181,6 +203,32 @@ class GeneralField(nn.Module):
             maps = maps.reshape(B, S, *maps.shape[1:])
         return Conditioning(maps, w2c, K, (H, W))
 
+    def fold(self, cond: Conditioning, dtype: torch.dtype | None = None) -> FoldedConditioning:
+        """Fold the conditioning layers into ``cond``'s maps (once per encoded image; see :class:`FoldedConditioning`).
+
+        Args:
+            cond: encoded source views. dtype: of the table (e.g. ``torch.float16`` on a GPU; default the maps').
+        """
+        weight = torch.cat([layer.weight for layer in self.cond])  # [n * width, C]
+        bias = torch.cat([layer.bias for layer in self.cond])
+        table = map_table(cond.maps.to(weight.dtype)) @ weight.T
+        dtype = dtype or cond.maps.dtype
+        return FoldedConditioning(table.to(dtype), bias.to(dtype), cond.w2c, cond.K, cond.image_size,
+                                  tuple(cond.maps.shape[-2:]))
+
+    def folded_terms(self, points: Tensor, folded: FoldedConditioning, bias: bool = True) -> list[Tensor]:
+        """The trunk's conditioning terms of ``points [B, P, 3]`` from a :class:`FoldedConditioning`:
+        ``condition_blocks`` tensors ``[B, P, width]`` equal to ``cond[k](pixel_aligned(points))``
+        (without the layers' biases if ``bias`` is false; then one tensor ``[B * P, condition_blocks * width]``)."""
+        B, P, _ = points.shape
+        if not self.cond:
+            return []
+        index, weight = bilinear_bags(points, folded.w2c, folded.K, folded.image_size, folded.map_size)
+        terms = F.embedding_bag(index, folded.table, per_sample_weights=weight.to(folded.table.dtype), mode="sum")
+        if not bias:
+            return [terms]
+        return list((terms + folded.bias).reshape(B, P, -1).split(self.config.width, -1))
+
     # ------------------------------------------------------------------ the field
     def forward(self, points: Tensor, dirs: Tensor, cond: Conditioning, need: tuple[str, ...] = ("rgb", "feature")) -> dict[str, Tensor]:
         """Query the field.
@@ -192,20 +240,54 @@ class GeneralField(nn.Module):
         Returns:
             ``sigma [B, P]`` and, as asked, ``rgb [B, P, 3]``, ``feature [B, P, D]``, ``descriptor [B, P, width]``.
         """
-        cfg = self.config
-        z = pixel_aligned(points, cond.maps, cond.w2c, cond.K, cond.image_size).to(points.dtype)  # [B, P, C]
-        h = self.inp(positional_encoding(points / cfg.bound, cfg.frequencies))
-        out: dict[str, Tensor] = {}
-        for k, block in enumerate(self.trunk):
-            if k < len(self.cond):
-                h = h + self.cond[k](z)
-            h = block(h)
-            if k + 1 == cfg.descriptor_block and "descriptor" in need:
-                out["descriptor"] = h
-        out["sigma"] = F.softplus(self.density(h).squeeze(-1) - 1.0)
-        if "rgb" in need:
-            d = positional_encoding(dirs, cfg.dir_frequencies)
-            out["rgb"] = torch.sigmoid(self.color(torch.cat([h, d.to(h.dtype)], -1)))
-        if "feature" in need:
-            out["feature"] = self.feature(h)
+        with record_function("general/pixel_aligned"):
+            z = pixel_aligned(points, cond.maps, cond.w2c, cond.K, cond.image_size).to(points.dtype)  # [B, P, C]
+            terms = [layer(z) for layer in self.cond]
+        with record_function("general/trunk"):
+            h, descriptor = self.run_trunk(points, terms, "descriptor" in need)
+            out = {"sigma": self.sigma(h)}
+        with record_function("general/heads"):
+            if descriptor is not None:
+                out["descriptor"] = descriptor
+            if "rgb" in need:
+                out["rgb"] = self.rgb(h, dirs)
+            if "feature" in need:
+                out["feature"] = self.feature(h)
         return out
+
+    def run_trunk(self, points: Tensor, terms: list[Tensor], descriptor: bool = False) -> tuple[Tensor, Tensor | None]:
+        """The residual trunk: ``points [..., 3]`` and the conditioning terms ``cond[k](z)`` (one ``[..., width]`` per
+        conditioned block) -> ``h [..., width]`` and, if asked, the descriptor (the activations after
+        ``descriptor_block``; else ``None``)."""
+        cfg = self.config
+        h = self.inp(positional_encoding(points / cfg.bound, cfg.frequencies))
+        desc = None
+        for k, block in enumerate(self.trunk):
+            if k < len(terms):
+                h = h + terms[k]
+            h = block(h)
+            if k + 1 == cfg.descriptor_block and descriptor:
+                desc = h
+        return h, desc
+
+    def sigma(self, h: Tensor) -> Tensor:
+        """Density ``[...]`` from trunk activations ``h [..., width]``."""
+        return F.softplus(self.density(h).squeeze(-1) - 1.0)
+
+    def rgb(self, h: Tensor, dirs: Tensor) -> Tensor:
+        """Colour ``[..., 3]`` from ``h [..., width]`` and unit view directions ``[..., 3]``."""
+        d = positional_encoding(dirs, self.config.dir_frequencies)
+        return torch.sigmoid(self.color(torch.cat([h, d.to(h.dtype)], -1)))
+
+    def feature_hidden(self, h: Tensor) -> Tensor:
+        """The feature head's hidden layer ``[..., width]``; the head's output is :meth:`feature_decode` of it.
+
+        The last layer is affine, so ``sum_i w_i feature(h_i) = feature_decode(sum_i w_i hidden_i, sum_i w_i)``:
+        a renderer may composite the hidden layer and decode once per ray instead of once per sample.
+        """
+        return self.feature[1](self.feature[0](h))
+
+    def feature_decode(self, hidden: Tensor, weight: Tensor) -> Tensor:
+        """``[..., width]`` weighted sums of :meth:`feature_hidden` and their weights ``[...]`` -> features ``[..., D]``."""
+        last = self.feature[2]
+        return F.linear(hidden, last.weight) + weight[..., None].to(hidden.dtype) * last.bias.to(hidden.dtype)

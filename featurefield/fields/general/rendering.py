@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.profiler import record_function
 
 from featurefield.cameras import Cameras
 from featurefield.fields.general.model import Conditioning, GeneralField
@@ -34,22 +35,34 @@ def composite(sigma: Tensor, deltas: Tensor) -> Tensor:
 
 
 def occupancy_grid(field: GeneralField, cond: Conditioning, resolution: int = 32, threshold: float = 1e-3) -> Tensor:
-    """Which cells of a ``resolution^3`` grid over ``[-bound, bound]^3`` may hold matter, for empty-space skipping.
-
-    A cell is occupied when the opacity of a cell-sized step at its centre, ``1 - exp(-sigma * cell)``,
-    exceeds ``threshold``, or a neighbour's does (one cell of dilation, so thin surfaces between centres
-    are kept). Density only: the heads are not evaluated.
+    """Which cells of a ``resolution^3`` grid over ``[-bound, bound]^3`` may hold matter, for empty-space skipping:
+    :func:`occupancy_from_density` of the field's density at the cell centres (the heads are not evaluated).
 
     Returns:
         ``[R, R, R]`` bool, indexed ``[x, y, z]``.
     """
-    sigma = feature_volume(field, cond, resolution, need=())["sigma"].float()
-    cell = 2 * field.config.bound / resolution
-    occ = (1 - torch.exp(-sigma * cell)) > threshold
+    sigma = feature_volume(field, cond, resolution, need=())["sigma"]
+    return occupancy_from_density(sigma, field.config.bound, threshold)
+
+
+def occupancy_from_density(sigma: Tensor, bound: float, threshold: float = 1e-3) -> Tensor:
+    """An occupancy grid from densities at the cells' centres, e.g. a cached :func:`feature_volume`'s ``sigma``.
+
+    A cell is occupied when the opacity of a cell-sized step at its centre, ``1 - exp(-sigma * cell)``,
+    exceeds ``threshold``, or a neighbour's does (one cell of dilation, so thin surfaces between centres
+    are kept).
+
+    Args:
+        sigma: ``[R, R, R]`` densities at the centres of a grid over ``[-bound, bound]^3``, indexed ``[x, y, z]``.
+    Returns:
+        ``[R, R, R]`` bool.
+    """
+    cell = 2 * bound / sigma.shape[0]
+    occ = (1 - torch.exp(-sigma.float() * cell)) > threshold
     return torch.nn.functional.max_pool3d(occ[None, None].float(), 3, 1, 1)[0, 0] > 0
 
 
-def _occupied(points: Tensor, grid: Tensor, bound: float) -> Tensor:
+def occupied(points: Tensor, grid: Tensor, bound: float) -> Tensor:
     """Look up ``points [..., 3]`` in an occupancy ``grid [R, R, R]``; outside the cube counts as empty."""
     R = grid.shape[0]
     idx = torch.floor((points + bound) / (2 * bound) * R).long()
@@ -78,43 +91,47 @@ def render_rays(field: GeneralField, cond: Conditioning, origins: Tensor, dirs: 
     cfg = field.config
     B, R, _ = origins.shape
     N = cfg.samples
-    near, far, hit = sphere_bounds(origins, dirs, cfg.bound)
-    far = torch.where(hit, far, near + 1e-3)
-    u = torch.arange(N, device=origins.device, dtype=origins.dtype)
-    if stratified:
-        u = u + torch.rand(B, R, N, device=origins.device, generator=generator)
-    else:
-        u = (u + 0.5).expand(B, R, N)
-    t = near[..., None] + (far - near)[..., None] * u / N  # [B, R, N]
-    points = origins[..., None, :] + t[..., None] * dirs[..., None, :]
-    flat_dirs = dirs[..., None, :].expand(B, R, N, 3)
-    deltas = ((far - near) / N)[..., None].expand(B, R, N)
+    with record_function("general/rays"):
+        near, far, hit = sphere_bounds(origins, dirs, cfg.bound)
+        far = torch.where(hit, far, near + 1e-3)
+        u = torch.arange(N, device=origins.device, dtype=origins.dtype)
+        if stratified:
+            u = u + torch.rand(B, R, N, device=origins.device, generator=generator)
+        else:
+            u = (u + 0.5).expand(B, R, N)
+        t = near[..., None] + (far - near)[..., None] * u / N  # [B, R, N]
+        points = origins[..., None, :] + t[..., None] * dirs[..., None, :]
+        flat_dirs = dirs[..., None, :].expand(B, R, N, 3)
+        deltas = ((far - near) / N)[..., None].expand(B, R, N)
     if occupancy is None:
         out = field(points.reshape(B, R * N, 3), flat_dirs.reshape(B, R * N, 3), cond, need)
-        sigma = out["sigma"].reshape(B, R, N).float() * hit[..., None]
-        w = composite(sigma, deltas)  # [B, R, N]
-        result = {"alpha": w.sum(-1), "depth": (w * t).sum(-1), "weights": w}
-        for key in ("rgb", "feature", "descriptor"):
-            if key in out:
-                result[key] = torch.einsum("brn,brnc->brc", w.to(out[key].dtype), out[key].reshape(B, R, N, -1)).float()
+        with record_function("general/composite"):
+            sigma = out["sigma"].reshape(B, R, N).float() * hit[..., None]
+            w = composite(sigma, deltas)  # [B, R, N]
+            result = {"alpha": w.sum(-1), "depth": (w * t).sum(-1), "weights": w}
+            for key in ("rgb", "feature", "descriptor"):
+                if key in out:
+                    result[key] = torch.einsum("brn,brnc->brc", w.to(out[key].dtype), out[key].reshape(B, R, N, -1)).float()
     else:
         # only occupied samples are evaluated; their values are summed into their rays directly, so no
         # [B, R, N, C] tensor is ever made (at 256 x 256 x 64 samples x 256 channels that would be 2 GB)
-        keep = _occupied(points, occupancy, cfg.bound) & hit[..., None]  # [B, R, N]
-        flat = keep.reshape(-1).nonzero().squeeze(1)
+        with record_function("general/rays"):
+            keep = occupied(points, occupancy, cfg.bound) & hit[..., None]  # [B, R, N]
+            flat = keep.reshape(-1).nonzero().squeeze(1)
         sub = field(points.reshape(-1, 3)[flat][None], flat_dirs.reshape(-1, 3)[flat][None], cond, need)
-        sigma = torch.zeros(B * R * N, device=origins.device)
-        sigma[flat] = sub["sigma"][0].float()
-        w = composite(sigma.reshape(B, R, N), deltas)
-        result = {"alpha": w.sum(-1), "depth": (w * t).sum(-1), "weights": w}
-        ray = torch.div(flat, N, rounding_mode="floor")
-        wk = w.reshape(-1)[flat]
-        for key in ("rgb", "feature", "descriptor"):
-            if key in sub:
-                v = sub[key][0]
-                acc = torch.zeros(B * R, v.shape[-1], device=v.device, dtype=torch.float32)
-                acc.index_add_(0, ray, (wk[:, None] * v.float()))
-                result[key] = acc.reshape(B, R, -1)
+        with record_function("general/composite"):
+            sigma = torch.zeros(B * R * N, device=origins.device)
+            sigma[flat] = sub["sigma"][0].float()
+            w = composite(sigma.reshape(B, R, N), deltas)
+            result = {"alpha": w.sum(-1), "depth": (w * t).sum(-1), "weights": w}
+            ray = torch.div(flat, N, rounding_mode="floor")
+            wk = w.reshape(-1)[flat]
+            for key in ("rgb", "feature", "descriptor"):
+                if key in sub:
+                    v = sub[key][0]
+                    acc = torch.zeros(B * R, v.shape[-1], device=v.device, dtype=torch.float32)
+                    acc.index_add_(0, ray, (wk[:, None] * v.float()))
+                    result[key] = acc.reshape(B, R, -1)
     if "rgb" in result:
         bg = torch.tensor(cfg.background, device=origins.device)
         result["rgb"] = result["rgb"] + (1 - result["alpha"][..., None]) * bg

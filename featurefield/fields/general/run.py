@@ -29,11 +29,12 @@ class GeneralRun:
     step: int
     device: torch.device
     _teacher: object = field(default=None, repr=False)
+    weights: Path | None = None  # the teacher's weights in place of the run's record (``--weights``)
 
     def teacher(self):
         """The distillation teacher (created from the run's record the first time it is needed)."""
         if self._teacher is None:
-            self._teacher = make_teacher(self.config["teacher"], self.device)
+            self._teacher = make_teacher(self.config["teacher"], self.device, self.weights)
         return self._teacher
 
     def data(self, path: str | Path | None = None):
@@ -52,12 +53,14 @@ def is_general_run(path: str | Path) -> bool:
         return False
 
 
-def load_general_run(path: str | Path, device: str | torch.device | None = None, teacher=None) -> GeneralRun:
+def load_general_run(path: str | Path, device: str | torch.device | None = None, teacher=None,
+                     weights: str | Path | None = None) -> GeneralRun:
     """Load a run folder written by :func:`~featurefield.fields.general.train.train_general`.
 
     Args:
         path: the run folder. device: ``auto`` by default. teacher: a teacher object to use instead of
             creating the recorded one (needed for teachers that are not registered, e.g. in tests).
+        weights: the teacher's weights file or folder in place of where the run recorded them.
     Raises:
         FeatureFieldError: not a run, a run of another field kind, or a missing/broken checkpoint.
     """
@@ -76,11 +79,12 @@ def load_general_run(path: str | Path, device: str | torch.device | None = None,
     ckpt = load_checkpoint(path / CHECKPOINT, device="cpu")
     fcfg = GeneralConfig(**ckpt["field_config"])
     if fcfg.encoder == "teacher" and teacher is None:
-        teacher = make_teacher(config["teacher"], device)
+        teacher = make_teacher(config["teacher"], device, weights)
     fld = GeneralField(fcfg, teacher)
     fld.load_state_dict(ckpt["field_state"])
     fld = fld.to(device).eval()
-    return GeneralRun(path, config, fld, int(ckpt["step"]), device, teacher)
+    return GeneralRun(path, config, fld, int(ckpt["step"]), device, teacher,
+                      None if weights is None else Path(weights).expanduser())
 
 
 def read_camera(path: str | Path, size: tuple[int, int]) -> Cameras:

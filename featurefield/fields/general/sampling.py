@@ -57,3 +57,47 @@ def pixel_aligned(points: Tensor, maps: Tensor, w2c: Tensor, K: Tensor, image_si
     feats = sample_features(maps, uv, image_size)  # [B, S, P, C]
     front = (z > 0).to(feats.dtype)[..., None]
     return (feats * front).sum(1) / front.sum(1).clamp_min(1)
+
+
+def bilinear_bags(points: Tensor, w2c: Tensor, K: Tensor, image_size: tuple[int, int], map_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """:func:`pixel_aligned` as embedding bags: for each point, the map cells of its bilinear corners in every
+    view and their weights (bilinear weight / number of views in front), so that
+    ``F.embedding_bag(index, table, per_sample_weights=weight, mode="sum")`` over a :func:`map_table` is
+    :func:`pixel_aligned` (one kernel gathering channels-last rows, with the view mean folded in).
+
+    Args:
+        points: ``[B, P, 3]``; w2c: ``[B, S, 4, 4]``; K: ``[B, S, 3, 3]``; image_size ``(H, W)``; map_size ``(h, w)``.
+    Returns:
+        ``index [B * P, 4 * S]`` rows of the table (corners outside the map point at its last row, zeros, with
+        weight 0) and ``weight [B * P, 4 * S]`` (float32).
+    """
+    B, P, _ = points.shape
+    S = w2c.shape[1]
+    H, W = image_size
+    h, w = map_size
+    uv, z = project(points, w2c, K)  # [B, S, P, 2], [B, S, P]
+    # map coordinates of align_corners=False sampling; clamped first so far-off points cannot overflow the index
+    x = (uv[..., 0].float() * (w / W) - 0.5).clamp(-2, w + 1)
+    y = (uv[..., 1].float() * (h / H) - 0.5).clamp(-2, h + 1)
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x - x0, y - y0
+    front = (z > 0).float()
+    share = front / front.sum(1, keepdim=True).clamp_min(1)  # [B, S, P]
+    base = (torch.arange(B, device=points.device)[:, None] * S + torch.arange(S, device=points.device)) * (h * w)  # [B, S]
+    zero_row = B * S * h * w
+    index, weight = [], []
+    for dx, dy, wc in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+        cx, cy = (x0 + dx).long(), (y0 + dy).long()
+        valid = (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
+        index.append(torch.where(valid, base[..., None] + cy * w + cx, zero_row))
+        weight.append(wc * share * valid)
+    index = torch.stack(index, -1).permute(0, 2, 1, 3).reshape(B * P, S * 4)  # [B, S, P, 4] -> [B * P, S * 4]
+    weight = torch.stack(weight, -1).permute(0, 2, 1, 3).reshape(B * P, S * 4)
+    return index, weight
+
+
+def map_table(maps: Tensor) -> Tensor:
+    """Feature maps ``[B, S, C, h, w]`` as embedding rows ``[B * S * h * w + 1, C]`` (channels last; the last row zeros)."""
+    C = maps.shape[2]
+    rows = maps.permute(0, 1, 3, 4, 2).reshape(-1, C)
+    return torch.cat([rows, rows.new_zeros(1, C)])

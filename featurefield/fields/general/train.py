@@ -75,20 +75,27 @@ class GeneralTrainConfig:
     deadline: float | None = None
 
 
-def teacher_spec(teacher) -> dict:
-    """What the run records of its teacher: the registry name and options, or a custom one's settings."""
+def teacher_spec(teacher, built=None) -> dict:
+    """What the run records of its teacher: the registry name and options, or a custom one's settings; with the
+    teacher ``built`` from them, where its weights were found (``weights``, read by :func:`make_teacher`)."""
     if isinstance(teacher, str):
-        return {"name": teacher, "options": {}}
-    if isinstance(teacher, dict):
-        return {"name": teacher["name"], "options": dict(teacher.get("options", {}))}
-    return {"name": teacher.name, "options": getattr(teacher, "spec_options", {}), "settings": teacher.settings()}
+        out = {"name": teacher, "options": {}}
+    elif isinstance(teacher, dict):
+        out = {"name": teacher["name"], "options": dict(teacher.get("options", {}))}
+    else:
+        return {"name": teacher.name, "options": getattr(teacher, "spec_options", {}), "settings": teacher.settings()}
+    where = getattr(built, "weights_location", None)
+    if where is not None:
+        out["weights"] = str(where)
+    return out
 
 
-def make_teacher(spec: str | dict, device: torch.device):
-    from featurefield.teachers import create_teacher
+def make_teacher(spec: str | dict, device: torch.device, weights: str | Path | None = None):
+    """The teacher a run recorded (:func:`teacher_spec`); ``weights`` (the command line's ``--weights``) in place of
+    where its weights were recorded (:meth:`~featurefield.teachers.spec.TeacherSpec.create`)."""
+    from featurefield.teachers import TeacherSpec
 
-    spec = {"name": spec, "options": {}} if isinstance(spec, str) else spec
-    return create_teacher(spec["name"], **spec.get("options", {})).to(device)
+    return TeacherSpec.parse({"name": spec, "options": {}} if isinstance(spec, str) else spec).create(weights).to(device)
 
 
 def _cameras_tensors(c2w: Tensor, intr: Tensor) -> tuple[Tensor, Tensor]:
@@ -266,7 +273,7 @@ def train_general(data: str | Path, output: str | Path, *, teacher="sam", config
         output.mkdir(parents=True, exist_ok=True)
         atomic_write_json(output / CONFIG, {
             "field": KIND, "data": str(Path(data).resolve()), "category": dataset.category,
-            "teacher": teacher_spec(teacher), "field_config": config.to_dict(), "train": dataclasses.asdict(train)})
+            "teacher": teacher_spec(teacher, teacher_obj), "field_config": config.to_dict(), "train": dataclasses.asdict(train)})
     elapsed_before = float(ckpt.get("elapsed", 0.0)) if ckpt else 0.0
 
     def save(step: int) -> None:

@@ -16,46 +16,80 @@ import torch
 
 @dataclass
 class NerfConfig:
-    """Nerfacto + F3RM feature field.
+    """Nerfacto + F3RM feature field. Defaults are the published model's; where a setting lists a small value,
+    the small preset (the CPU's) uses that one unless the setting is given.
 
     Attributes:
-        preset: ``"auto"`` (full on CUDA, small on CPU), ``"full"`` or ``"small"``.
-        contraction: ``"auto"`` (``"aabb"`` when the scene has bounds, else ``"linf"``), ``"linf"``
-            (unbounded: L-infinity contraction into a radius-2 box) or ``"aabb"`` (bounded scenes).
-        hashgrid_backend: ``"auto"`` (Triton on CUDA), ``"torch"`` or ``"triton"``.
-        table_dtype: dtype the hash tables are read in by the kernels (parameters stay fp32).
-        num_levels .. max_res: radiance hash grid.
-        hidden_dim, num_layers, geo_feat_dim: geometry MLP (density + geometry feature).
-        hidden_dim_color, num_layers_color, appearance_dim, sh_degree: colour MLP.
-        proposal_*: the proposal density fields and sampler; num_nerf_samples: final samples per ray.
-        feature_*: the feature field (positions detached) and its MSE loss weight.
-        feature_spill: size (odd, in teacher-grid cells) of a learnt blur through which the field is
-            compared with the teacher (``fields/spill.py``): the teacher's features spill past object
-            outlines, where a radiance field has no density to carry them. Training then draws its rays
-            in square patches one teacher cell apart (as many rays per step) and compares the blurred
-            features of each patch with the teacher at its centre. 0 = off (F3RM's model). All teachers
-            must share one grid.
+        preset: auto (full on CUDA, small on the CPU), full or small.
+        contraction: auto (aabb when the scene has bounds, else linf), linf (unbounded scenes: an L-infinity
+            contraction into a radius-2 box) or aabb (bounded scenes).
+        hashgrid_backend: auto (Triton on CUDA, else torch), torch or triton.
+        table_dtype: the type the kernels read the hash tables in (the parameters stay float32).
+        num_levels: levels of the radiance field's hash grid (small: 8).
+        features_per_level: features per level of the radiance hash grid.
+        log2_hashmap_size: log2 of the radiance hash grid's table size per level (small: 15).
+        base_res: resolution of the radiance hash grid's coarsest level.
+        max_res: resolution of the radiance hash grid's finest level (small: 256).
+        hidden_dim: width of the density MLP (small: 32).
+        num_layers: hidden layers of the density MLP.
+        geo_feat_dim: size of the geometry feature the density MLP hands to the colour MLP.
+        hidden_dim_color: width of the colour MLP (small: 32).
+        num_layers_color: hidden layers of the colour MLP.
+        appearance_dim: size of the per-image appearance embedding (small: 8).
+        sh_degree: bands of the spherical-harmonic encoding of the view direction (its size is the square).
+        num_proposal_samples: samples per ray of each proposal round (small: 32).
+        num_nerf_samples: samples per ray of the radiance field, placed by the proposals (small: 16).
+        proposal_levels: hash-grid levels of each proposal density field (small: 4).
+        proposal_log2_hashmap_size: log2 of each proposal grid's table size per level (small: 13).
+        proposal_max_res: finest resolution of each proposal grid, one per round (small: 64).
+        proposal_hidden_dim: width of the proposal density MLPs.
+        proposal_update_every: steps between proposal updates once warmed up (small: 2).
+        proposal_warmup: steps over which the proposal update interval grows from 1 to its value (small: 500).
+        proposal_anneal_slope: slope of the annealing that sharpens the proposal weights early in training.
+        proposal_anneal_steps: steps of that annealing (small: 300).
+        single_jitter: jitter all of a ray's samples by one shared offset, as Nerfacto does.
+        interlevel_loss_weight: weight of the loss that makes the proposals bound the radiance field's weights.
+        distortion_loss_weight: weight of Mip-NeRF 360's distortion loss (compact weights along each ray).
+        feature_levels: levels of the feature field's hash grid (small: 6).
+        feature_features_per_level: features per level of the feature hash grid (small: 4).
+        feature_log2_hashmap_size: log2 of the feature hash grid's table size per level (small: 14).
+        feature_base_res: resolution of the feature hash grid's coarsest level.
+        feature_max_res: resolution of the feature hash grid's finest level (small: 64).
+        feature_pe_frequencies: frequencies of the positional encoding beside the feature grid (small: 4).
+        feature_hidden_dim: width of each teacher's feature MLP (small: 32).
+        feature_num_layers: hidden layers of each teacher's feature MLP.
+        feature_loss_weight: weight of the feature MSE loss (F3RM's 1e-3).
+        feature_spill: size (odd, in teacher-grid cells) of a learnt blur through which the field is compared with the
+            teacher: the teacher's features spill past object outlines, where a radiance field has no density to carry
+            them. Training then draws its rays in square patches one teacher cell apart and compares the blurred
+            features of each patch with the teacher at its centre. 0 is off (F3RM's model); all teachers must share
+            one grid.
         lr_spill: Adam learning rate of the spill kernels' logits (constant).
-        feature_background: the teacher's features seen through empty space, composited behind the
-            field's like a background colour: ``"image"`` (a learnt map on each teacher's grid, read at the
-            ray's position in the image: a ViT's features of an empty background vary across the frame
-            with its position embeddings) or ``"constant"`` (one learnt vector per teacher). Opaque scenes
-            (accumulation ~1 everywhere) do not see it.
-        predict_normals: add the predicted-normal head and the orientation / normal-consistency losses.
-        rays_per_batch: rays per training step.
-        lr, lr_final, lr_decay_steps, adam_eps: Adam with Nerfacto's exponential decay
-            (``lr_decay_steps`` 0: decay over the run's steps).
+        feature_background: the teacher's features seen through empty space, composited behind the field's like a
+            background colour: image (a learnt map on each teacher's grid, read at the ray's position in the image: a
+            ViT's features of an empty background vary across the frame with its position embeddings) or constant (one
+            learnt vector per teacher). Opaque scenes do not see it.
+        predict_normals: add the predicted-normal head and the orientation and normal-consistency losses.
+        orientation_loss_weight: weight of the loss against normals facing away from the camera (with
+            predict_normals).
+        pred_normal_loss_weight: weight of the loss tying predicted normals to the density's gradient (with
+            predict_normals).
+        rays_per_batch: rays per training step (small: 512).
+        lr: Adam's learning rate at the start.
+        lr_final: the learning rate at the end of its exponential decay (small: 0.01, no decay).
+        lr_decay_steps: steps of that decay; 0 decays over the run's steps (small: 0).
+        adam_eps: Adam's epsilon.
         mixed_precision: bf16 autocast for the MLPs on CUDA.
-        render_chunk: rays per chunk when rendering a full view.
-        near_plane, far_plane: ray bounds for unbounded scenes.
-        point_threshold: opacity above which grid points count as content in ``points_with_features``.
+        render_chunk: rays per chunk when rendering a full view (small: 8192).
+        near_plane: where rays start, in canonical units.
+        far_plane: where rays end in unbounded scenes, in canonical units.
+        point_threshold: opacity above which grid points count as content (exports, cut-outs, 3D queries).
     """
 
     preset: Literal["auto", "full", "small"] = "auto"
     contraction: Literal["auto", "linf", "aabb"] = "auto"
     hashgrid_backend: Literal["auto", "torch", "triton"] = "auto"
     table_dtype: Literal["float32", "float16"] = "float32"
-    # radiance field
     num_levels: int = 16
     features_per_level: int = 2
     log2_hashmap_size: int = 19
@@ -68,7 +102,6 @@ class NerfConfig:
     num_layers_color: int = 3
     appearance_dim: int = 32
     sh_degree: int = 4
-    # proposal sampler
     num_proposal_samples: tuple[int, ...] = (256, 96)
     num_nerf_samples: int = 48
     proposal_levels: int = 5
@@ -82,7 +115,6 @@ class NerfConfig:
     single_jitter: bool = True
     interlevel_loss_weight: float = 1.0
     distortion_loss_weight: float = 0.002
-    # feature field (F3RM)
     feature_levels: int = 12
     feature_features_per_level: int = 8
     feature_log2_hashmap_size: int = 19
@@ -95,18 +127,15 @@ class NerfConfig:
     feature_spill: int = 0
     lr_spill: float = 2e-2
     feature_background: Literal["image", "constant"] = "image"
-    # normals
     predict_normals: bool = False
     orientation_loss_weight: float = 1e-4
     pred_normal_loss_weight: float = 1e-3
-    # optimisation
     rays_per_batch: int = 8192
     lr: float = 1e-2
     lr_final: float = 1e-4
     lr_decay_steps: int = 200_000
     adam_eps: float = 1e-15
     mixed_precision: bool = True
-    # rendering
     render_chunk: int = 16384
     near_plane: float = 0.05
     far_plane: float = 1000.0

@@ -14,12 +14,12 @@ Runs on CUDA; under ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors (
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from featurefield.errors import warn
 
 BLOCK = 128
 _aggregate_failed: list[str] = []  # the reason, once the run-summing backward failed to build on this device
@@ -159,7 +159,7 @@ class _HashEncode(torch.autograd.Function):
                 if not aggregate:
                     raise
                 _aggregate_failed.append(repr(err))
-                warnings.warn(f"hash-grid backward without run sums ({err!r:.200})", stacklevel=2)
+                warn(f"hash-grid backward without run sums ({err!r:.200})")
                 grad_table.zero_()
                 _hash_bwd[(L, triton.cdiv(N, BLOCK))](x, grad_out, res, dns, grad_table, N, T, L, F=F, BLOCK=BLOCK,
                                                       AGGREGATE=False)

@@ -550,15 +550,23 @@ class NerfField(FeatureField):
             ``{"image": [R] int64 training view, "pixels": [R, 2] (u, v) pixel positions, "origins", "directions"
             [R, 3], "rgb": [R, 3] target colour, "features": {teacher: [R, D] bilinear teacher features}}``.
         """
+        return self.sample_rank_batch(data, step, generator, 0, 1)
+
+    def sample_rank_batch(self, data: TrainData, step: int, generator: torch.Generator, rank: int, ranks: int
+                          ) -> dict[str, Any]:
+        """Rank ``rank``'s rays of a step on ``ranks`` ranks: the pixels of all ranks are drawn at once (as one
+        batch ``ranks`` times larger would be) and only this rank's slice is made into rays. Every rank holds
+        the same pool (a function of the step), so the ranks draw different rays of the same views."""
         pool = data.views.pool(step)
         dev, held = pool.ids.device, pool.images.device
         P, H, W = len(pool.ids), data.views.height, data.views.width
         R = self.config.rays_per_batch
         K = self.config.feature_spill if self.spills else 1
         M = max(1, R // (K * K))  # patches of K x K rays (single rays without a spill model)
-        slot = torch.randint(P, (M,), generator=generator)
-        u = torch.randint(W, (M,), generator=generator)
-        v = torch.randint(H, (M,), generator=generator)
+        mine = slice(rank * M, (rank + 1) * M)
+        slot = torch.randint(P, (M * ranks,), generator=generator)[mine]
+        u = torch.randint(W, (M * ranks,), generator=generator)[mine]
+        v = torch.randint(H, (M * ranks,), generator=generator)[mine]
         slot, u, v = _to_device(torch.stack([slot, u, v]), dev)  # one copy, and no wait for the GPU
         centres = torch.stack([u, v], -1).float() + 0.5
         if K > 1:

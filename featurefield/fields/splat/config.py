@@ -18,87 +18,129 @@ INIT_PIXELS_PER_GAUSSIAN = 4
 
 
 @dataclass
-class SplatConfig:
-    """Gaussian feature field settings. Step counts are for ``schedule_steps`` and scale with the run length.
+class DefaultSettings(DefaultStrategy):
+    """gsplat's DefaultStrategy (3DGS's clone, split and prune). Its step numbers are written for schedule_steps
+    and scale with the run length.
 
     Attributes:
-        sh_degree: max spherical-harmonic degree of colours (0..3).
-        sh_degree_interval: raise the active SH degree by one every this many (scaled) steps.
-        embed_dim: per-Gaussian embedding size ``E`` (any value; decoders map it to each teacher). The default
-            14 makes training's colour + embedding pass 17 channels, a size gsplat compiles a kernel for, so
-            it rasterizes in one piece (16 would be 19 channels, drawn as 16 + 3: lego trained 17% longer).
-        init: ``"auto"`` (the scene's points; else, in a bounded synthetic scene, random in its box; else points
-            triangulated from the known poses with pycolmap, falling back to ``"frustum"``), ``"points"``,
-            ``"triangulate"``, ``"frustum"`` (samples through the training frustums between the near and far
-            bounds, LLFF's or estimated, uniform in inverse depth, coloured by their pixel) or ``"random"``
-            (the box, or a ball around the centre: for experts).
-        init_points_random: Gaussians for random and frustum init, at most one per 4 pixels of a training view (and capped
-            on CPU, see ``cpu_max_init``).
-        cpu_max_init: cap on random init when training on CPU (small scenes).
-        max_gaussians: stop growing (clone/split) above this count, and bound the automatic MCMC budget; 0 = no cap.
-        cpu_max_gaussians: the same cap when training on CPU (the torch rasterizer is slow).
-        init_opacity, init_scale: initial opacity, and a factor on the nearest-neighbour scale.
-        strategy: densification: ``"default"`` (3DGS clone/split/prune, settings in ``default``), ``"mcmc"``
-            (3DGS-MCMC: relocation and noise, a fixed budget, settings in ``mcmc``; needs gsplat on CUDA) or
-            ``"auto"`` (mcmc where gsplat rasterizes on CUDA, else default; resolved when the field is created,
-            and the run's config records the choice).
-        default: gsplat's ``DefaultStrategy`` settings. Its step numbers (``refine_start_iter``, ``refine_stop_iter``,
-            ``reset_every``, ``refine_every``, ...) are written for ``schedule_steps`` and scale with the run length;
-            ``absgrad`` also makes the rasterizer keep absolute gradients.
-        mcmc: gsplat's ``MCMCStrategy`` settings (step numbers scaled alike). ``cap_max`` is the Gaussian budget;
-            0 = ``max(min(300k, pixels of a training view / 2), 3 x the initial Gaussians)``, at most
-            ``max_gaussians`` when that is set.
-        schedule_steps: the run length the strategies' step numbers are written for (30k as in 3DGS).
-        reset_min_interval: skip opacity resets when the scaled ``reset_every`` is shorter than this
-            (a short run has no time to recover from them).
-        mcmc_opacity_reg, mcmc_scale_reg: the opacity and scale regularizers of 3DGS-MCMC (with ``mcmc`` only).
-        lr_means, lr_means_final: means LR (times scene scale), exponentially decayed over the run.
-        lr_spill: Adam LR of the spill kernels' logits (``feature_spill``).
-        lr_scales, lr_quats, lr_opacities, lr_sh0, lr_shN, lr_embedding, lr_decoder: Adam LRs.
-        decoder: ``"linear"`` (1x1 conv; folds queries) or ``"mlp"`` (small non-linear head).
-        decoder_hidden: hidden width of the MLP decoder.
-        feature_loss: ``"l1"`` or ``"l1+cos"``.
+        prune_opa: Gaussians below this opacity are pruned.
+        grow_grad2d: Gaussians whose mean screen-space gradient exceeds this are cloned or split.
+        grow_scale3d: of those, the ones smaller than this (relative to the scene) are cloned, larger ones split.
+        grow_scale2d: Gaussians larger than this on screen (relative to the image) are split.
+        prune_scale3d: Gaussians larger than this (relative to the scene) are pruned.
+        prune_scale2d: Gaussians larger than this on screen are pruned (until refine_scale2d_stop_iter).
+        refine_scale2d_stop_iter: the step to stop using screen-space sizes at; 0 never uses them.
+        refine_start_iter: the step densification starts at.
+        refine_stop_iter: the step densification stops at.
+        reset_every: steps between opacity resets.
+        refine_every: steps between densifications.
+        pause_refine_after_reset: steps after an opacity reset without densification.
+        absgrad: densify by absolute screen-space gradients (AbsGS; the rasterizer then keeps them).
+        revised_opacity: the revised opacity of clones from arXiv:2404.06109.
+        verbose: print each densification's counts.
+        key_for_gradient: whose gradient drives densification: means2d (3DGS) or gradient_2dgs (2DGS).
+    """
+
+
+@dataclass
+class MCMCSettings(MCMCStrategy):
+    """gsplat's MCMCStrategy (3DGS-MCMC: dead Gaussians relocated, new ones added up to a budget, position noise).
+    Its step numbers are written for schedule_steps and scale with the run length.
+
+    Attributes:
+        cap_max: the Gaussian budget; 0 is max(min(300k, pixels of a training view / 2), 3 x the initial Gaussians),
+            at most max_gaussians when that is set.
+        noise_lr: scale of the position noise (times the means' learning rate).
+        refine_start_iter: the step relocation and growth start at.
+        refine_stop_iter: the step they stop at.
+        refine_every: steps between relocations.
+        min_opacity: Gaussians below this opacity count as dead and are relocated.
+        verbose: print each relocation's counts.
+    """
+
+    cap_max: int = 0
+
+
+@dataclass
+class SplatConfig:
+    """Gaussian feature field settings. Step counts are for schedule_steps and scale with the run length.
+
+    Attributes:
+        sh_degree: max spherical-harmonic degree of the colours (0 to 3).
+        sh_degree_interval: raise the active degree by one every this many (scaled) steps.
+        embed_dim: per-Gaussian embedding size E; the decoders map it to each teacher's dimension. The default 14
+            makes training's colour and embedding pass 17 channels, a size gsplat compiles a kernel for, so it
+            rasterizes in one piece (16 would be 19 channels, drawn as 16 + 3: lego trained 17% longer).
+        init: where the Gaussians start: auto (the scene's points; else, in a bounded synthetic scene, random in its
+            box; else points triangulated from the known poses with pycolmap, falling back to frustum), points,
+            triangulate, frustum (samples through the training frustums between the near and far bounds, uniform in
+            inverse depth, coloured by their pixel) or random (the box, or a ball around the centre).
+        init_points_random: Gaussians of a random or frustum start, at most one per 4 pixels of a training view (and
+            at most cpu_max_init on the CPU).
+        cpu_max_init: that count's cap when training on the CPU.
+        max_gaussians: stop growing above this count, and bound the automatic MCMC budget; 0 is no cap.
+        cpu_max_gaussians: the same cap when training on the CPU (the torch rasterizer is slow).
+        init_opacity: opacity of the initial Gaussians.
+        init_scale: factor on the initial Gaussians' size (their nearest neighbours' distance).
+        strategy: densification: default (3DGS's clone, split and prune; --splat.default.*), mcmc (3DGS-MCMC:
+            relocation and noise within a budget; --splat.mcmc.*; needs gsplat on CUDA) or auto (mcmc where gsplat
+            rasterizes on CUDA, else default; the run's config records the choice).
+        default: gsplat's DefaultStrategy settings.
+        mcmc: gsplat's MCMCStrategy settings.
+        schedule_steps: the run length the strategies' step numbers are written for (30k, as 3DGS).
+        reset_min_interval: skip opacity resets when the scaled reset_every is shorter than this (a short run has no
+            time to recover from them).
+        mcmc_opacity_reg: weight of 3DGS-MCMC's opacity regularizer (mcmc only).
+        mcmc_scale_reg: weight of 3DGS-MCMC's scale regularizer (mcmc only).
+        lr_means: Adam learning rate of the means at the start (times the scene's scale).
+        lr_means_final: the means' learning rate at the end of its exponential decay.
+        lr_scales: Adam learning rate of the log-scales.
+        lr_quats: Adam learning rate of the rotations.
+        lr_opacities: Adam learning rate of the opacity logits.
+        lr_sh0: Adam learning rate of the base colour.
+        lr_shN: Adam learning rate of the higher spherical-harmonic coefficients.
+        lr_embedding: Adam learning rate of the embeddings.
+        lr_decoder: Adam learning rate of the decoders.
+        lr_spill: Adam learning rate of the spill kernels' logits (feature_spill).
+        decoder: linear (a 1x1 convolution; queries fold into it) or mlp (a small non-linear head).
+        decoder_hidden: hidden width of the mlp decoder.
+        feature_loss: l1, or l1+cos (L1 plus a cosine term).
         feature_weight: weight of the feature losses (times each teacher's weight).
-        feature_render: how training draws the embedding: ``"joint"`` (channels of the colour pass at
-            full resolution; feature gradients reach the geometry and its densification, as Feature
-            3DGS) or ``"separate"`` (its own pass at ``feature_supersample`` x the teacher's grid, capped
-            at the image size; densification sees colour only). On lego, separate trains 15-20% faster and fits
-            colour better, joint reproduces the teacher's features better (BENCHMARKS.md, "Feature render: joint
-            vs separate pass").
-        feature_geometry_weight: how strongly the feature losses move the Gaussians' geometry and drive
-            their densification, relative to the colour loss (the gradient reaching the rendered
-            embedding is scaled by it): 1 = Feature 3DGS's joint pass; towards 0, the features barely move
-            the geometry. The embeddings and decoders learn alike at any value above 0 (Adam does not see
-            the scale of their gradients).
+        feature_render: how training draws the embedding: joint (channels of the colour pass at full resolution;
+            feature gradients reach the geometry and its densification, as Feature 3DGS) or separate (its own pass at
+            feature_supersample times the teacher's grid; densification sees colour only). On lego, separate trains 15-20%
+            faster and fits colour better, joint reproduces the teacher's features better.
+        feature_geometry_weight: how strongly the feature losses move the Gaussians' geometry and drive their
+            densification, relative to the colour loss: 1 is Feature 3DGS's joint pass; towards 0, the features barely
+            move the geometry. The embeddings and decoders learn alike at any value above 0.
         feature_supersample: the separate pass's resolution in multiples of the largest teacher grid.
-        feature_detach: in the separate pass, features do not move the Gaussians (False: they move
-            them as in the joint pass, but still do not drive densification).
-        feature_spill: size (odd, in teacher-grid cells) of a learnt blur applied to the embedding at each
-            teacher's grid where the field is compared with the teacher (training and fidelity metrics):
-            it explains the teacher's features spilling past object outlines in 2D, instead of with halo
-            Gaussians (``fields/spill.py``). 0 = off (Feature 3DGS's model).
-        feature_background: what the teacher sees through empty space where the field is compared with it:
-            ``"image"`` (a learnt map on each teacher's grid, in the teacher's feature space, added where the
-            render is transparent: a ViT's features of an empty background vary across the frame with its
-            position embeddings) or ``"constant"`` (the decoder's value of an empty embedding, as Feature
-            3DGS). Full-resolution reads of the field (renders, queries) do not use it.
-        lr_background: Adam LR of the background maps.
-        ssim_lambda: D-SSIM weight in the colour loss.
-        random_background: composite targets on a random colour each step (scenes with alpha).
-        alpha_weight: weight of an L1 loss between the rendered opacity and the images' alpha (scenes
-            with alpha; 0 = off): empty space seen against the background in the training views is kept
-            empty, instead of holding background-coloured Gaussians that show from other directions
-            (lego's PSNR did not change with it).
-        appearance: per-training-image affine colour transforms applied to the render before the colour loss
-            (exposure, white balance of phone captures; ``fields/splat/capture.py``). Kept centred over the
-            images, so renders of new views, test views included, are the plain render.
-        lr_appearance: Adam LR of the appearance transforms.
-        pose_refine: a small SE(3) correction per training camera, learnt with the scene (SfM poses are off by
-            a little); test cameras are used as given.
-        lr_pose: Adam LR of the pose corrections (translation in canonical units, rotation in radians).
-        rasterizer: ``"auto"`` (gsplat on CUDA, else torch), ``"torch"`` or ``"gsplat"``.
-        packed, antialiased: gsplat options.
-        near_plane, far_plane: depth culling in canonical units.
+        feature_detach: in the separate pass, the features do not move the Gaussians (off: they move them as in the
+            joint pass, but still do not drive densification).
+        feature_spill: size (odd, in teacher-grid cells) of a learnt blur applied to the embedding where the field is
+            compared with the teacher (training and fidelity metrics): it explains the teacher's features spilling
+            past object outlines in 2D, instead of with halo Gaussians. 0 is off (Feature 3DGS's model).
+        feature_background: what the teacher sees through empty space where the field is compared with it: image (a
+            learnt map on each teacher's grid, added where the render is transparent: a ViT's features of an empty
+            background vary across the frame with its position embeddings) or constant (the decoder's value of an
+            empty embedding, as Feature 3DGS). Full-resolution reads (renders, queries) do not use it.
+        lr_background: Adam learning rate of the background maps.
+        ssim_lambda: weight of D-SSIM in the colour loss.
+        random_background: composite the targets on a random colour each step (scenes with alpha).
+        alpha_weight: weight of an L1 loss between the rendered opacity and the images' alpha (scenes with alpha; 0 is
+            off): empty space seen against the background is kept empty, instead of holding background-coloured
+            Gaussians that show from other directions.
+        appearance: per-training-image affine colour transforms applied to the render before the colour loss (exposure,
+            white balance of phone captures), kept centred over the images, so renders of new views are the
+            plain render.
+        lr_appearance: Adam learning rate of the appearance transforms.
+        pose_refine: learn a small SE(3) correction per training camera with the scene (SfM poses are off by a
+            little); test cameras are used as given.
+        lr_pose: Adam learning rate of the pose corrections (translation in canonical units, rotation in radians).
+        rasterizer: auto (gsplat on CUDA, else torch), torch or gsplat.
+        packed: gsplat's packed mode (less memory for large scenes, a little slower).
+        antialiased: gsplat's antialiased rasterization (Mip-Splatting's 2D filter).
+        near_plane: Gaussians nearer than this to the camera are culled (canonical units).
+        far_plane: Gaussians farther than this are culled (canonical units).
     """
 
     sh_degree: int = 3
@@ -112,8 +154,8 @@ class SplatConfig:
     init_opacity: float = 0.1
     init_scale: float = 1.0
     strategy: Literal["auto", "default", "mcmc"] = "auto"
-    default: DefaultStrategy = field(default_factory=DefaultStrategy)
-    mcmc: MCMCStrategy = field(default_factory=lambda: MCMCStrategy(cap_max=0))
+    default: DefaultSettings = field(default_factory=DefaultSettings)
+    mcmc: MCMCSettings = field(default_factory=MCMCSettings)
     schedule_steps: int = 30_000
     reset_min_interval: int = 500
     mcmc_opacity_reg: float = 0.01
@@ -201,7 +243,7 @@ class SplatConfig:
         d = _nest_flat_strategy(dict(d))
         known = {f.name for f in fields(SplatConfig)}
         out = {k: v for k, v in d.items() if k in known}
-        for name, cls in (("default", DefaultStrategy), ("mcmc", MCMCStrategy)):
+        for name, cls in (("default", DefaultSettings), ("mcmc", MCMCSettings)):
             if isinstance(out.get(name), dict):
                 names = {f.name for f in fields(cls)}
                 out[name] = cls(**{k: v for k, v in out[name].items() if k in names})
@@ -231,8 +273,8 @@ def _nest_flat_strategy(d: dict) -> dict:
     flat = {k: d.pop(k) for k in list(d) if k in _FLAT_STRATEGY}
     if not flat:
         return d
-    nested = {"default": {**asdict(DefaultStrategy()), **d.get("default", {})},
-              "mcmc": {**asdict(MCMCStrategy(cap_max=0)), **d.get("mcmc", {})}}
+    nested = {"default": {**asdict(DefaultSettings()), **d.get("default", {})},
+              "mcmc": {**asdict(MCMCSettings()), **d.get("mcmc", {})}}
     for k, v in flat.items():
         for strategy, name in _FLAT_STRATEGY[k]:
             nested[strategy][name] = v

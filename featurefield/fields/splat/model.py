@@ -399,14 +399,25 @@ class GaussianField(FeatureField):
     # ------------------------------------------------------------------ protocol: training
     def sample_batch(self, data: TrainData, step: int, generator: torch.Generator) -> dict[str, Any]:
         """One training view, cycling through shuffled permutations of the views."""
+        return self.sample_rank_batch(data, step, generator, 0, 1)
+
+    def sample_rank_batch(self, data: TrainData, step: int, generator: torch.Generator, rank: int, ranks: int
+                          ) -> dict[str, Any]:
+        """Rank ``rank``'s view of a step on ``ranks`` ranks: the views of all ranks drawn in turn (consecutive
+        entries of the shuffled order), this rank's kept; streamed views read ahead are this rank's next ones."""
+        batches = [self._draw(data, generator) for _ in range(ranks)]
+        if data.views.lookahead:  # streamed views: this one and this rank's next are read while steps run
+            upcoming = self._perm[self._cursor + rank::ranks].tolist()  # as far as the current order goes
+            data.views.prefetch([batches[rank]["view"], *upcoming][:data.views.lookahead])
+        return batches[rank]
+
+    def _draw(self, data: TrainData, generator: torch.Generator) -> dict[str, Any]:
         n = len(data.cameras)
         if self._perm is None or len(self._perm) != n or self._cursor >= n:
             self._perm = torch.randperm(n, generator=generator)
             self._cursor = 0
         view = int(self._perm[self._cursor])
         self._cursor += 1
-        if data.views.lookahead:  # streamed views: this one and the next are read while steps run
-            data.views.prefetch(self._perm[self._cursor - 1:self._cursor - 1 + data.views.lookahead].tolist())
         batch: dict[str, Any] = {"view": view}
         if self.config.random_background and data.views.has_alpha:
             batch["background"] = torch.rand(3, generator=generator)
@@ -542,6 +553,11 @@ class GaussianField(FeatureField):
 
         return group_optimizers(self.optimizers()["adam"], GAUSSIAN_PARAMS)
 
+    def share_statistics(self, all_reduce) -> None:
+        """Densification statistics summed (maxed) over the ranks as they accumulate (MCMC keeps none: its
+        decisions follow the opacities, the same on every rank)."""
+        self._strategy.reduce = all_reduce
+
     def after_step(self, step: int, batch: Any, losses: dict[str, Tensor]) -> None:
         """Post-backward: nothing to do yet; the gradients of ``means2d`` are read after the optimizer step."""
 
@@ -630,13 +646,13 @@ class GaussianField(FeatureField):
         return type(self).from_config(self.config_dict(), state).to(self.device).eval()
 
     def export(self, normalization, folder, *, name: str | None = None, teacher: str | None = None,
-               max_points: int = 1_000_000) -> list:
+               max_points: int = 1_000_000, decoders: bool | str = True) -> list:
         """A standard 3DGS PLY ``<name or "splat">.ply`` with the embeddings as extra properties, and the decoders
-        beside it (:func:`~featurefield.fields.splat.ply.export_splat`); every teacher's, so ``teacher`` and
-        ``max_points`` do not apply."""
+        beside it or shared (``decoders``, see :meth:`FeatureField.export`; :func:`~featurefield.fields.splat.ply.export_splat`);
+        every teacher's, so ``teacher`` and ``max_points`` do not apply."""
         from featurefield.fields.splat.ply import export_splat
 
-        return list(export_splat(self, normalization, folder, name or "splat"))
+        return list(export_splat(self, normalization, folder, name or "splat", decoders=decoders))
 
     # ------------------------------------------------------------------ persistence
     def config_dict(self) -> dict:

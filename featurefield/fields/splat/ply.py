@@ -5,7 +5,9 @@ The PLY holds one vertex per Gaussian with the properties common splat viewers r
 channel-major as the original 3DGS code writes it; opacity as a logit, scales as logs, rotations as
 ``w, x, y, z``) plus ``emb_0..emb_(E-1)``. Everything is in the scene's **original world frame**:
 means are un-normalized and scales get ``-log(normalization.scale)``; rotations are unchanged (the
-normalization has no rotation). The per-teacher decoders go to ``<name>.decoders.pt`` beside it.
+normalization has no rotation). The per-teacher decoders go to ``<name>.decoders.pt`` beside it, or, for several
+parts of one field exported into one folder (``query --everything``), to one ``decoders.pt`` (:data:`SHARED_DECODERS`)
+that each part's PLY is read with.
 """
 
 from __future__ import annotations
@@ -20,10 +22,27 @@ from featurefield.data.scene import Normalization
 from featurefield.errors import FeatureFieldError
 from featurefield.io import atomic_path, atomic_torch_save
 
+#: the decoders file that the PLYs of a folder without ``<name>.decoders.pt`` of their own share
+SHARED_DECODERS = "decoders.pt"
+
+
+def decoders_path(ply: Path) -> Path | None:
+    """The decoders side file of ``ply``: ``<name>.decoders.pt`` beside it, else the folder's shared
+    :data:`SHARED_DECODERS`; None where neither exists."""
+    if not ply.name.endswith(".ply"):
+        return None
+    for side in (ply.with_name(ply.name[: -len(".ply")] + ".decoders.pt"), ply.with_name(SHARED_DECODERS)):
+        if side.is_file():
+            return side
+    return None
+
 
 @torch.no_grad()
-def export_splat(field, normalization: Normalization, out_dir: str | Path, name: str = "splat") -> list[Path]:
-    """Write ``out_dir/<name>.ply`` and ``out_dir/<name>.decoders.pt``; returns the written paths."""
+def export_splat(field, normalization: Normalization, out_dir: str | Path, name: str = "splat",
+                 decoders: bool | str = True) -> list[Path]:
+    """Write ``out_dir/<name>.ply`` and the decoders: ``out_dir/<name>.decoders.pt`` (``decoders=True``), the
+    folder's :data:`SHARED_DECODERS` that several parts of one field share (``"shared"``), or none (False).
+    Returns the written paths."""
     from plyfile import PlyData, PlyElement
 
     out_dir = Path(out_dir)
@@ -59,7 +78,11 @@ def export_splat(field, normalization: Normalization, out_dir: str | Path, name:
         "teacher_model": {k: t.detach().cpu() for k, t in field.state_dict().items()
                           if k.startswith(("spills.", "backgrounds."))},
     }
-    dec_path = out_dir / f"{name}.decoders.pt"
+    if decoders is False:
+        return [ply_path]
+    if decoders not in (True, "shared"):
+        raise ValueError(f"decoders must be True, 'shared' or False, got {decoders!r}")
+    dec_path = out_dir / (f"{name}.decoders.pt" if decoders is True else SHARED_DECODERS)
     atomic_torch_save(dec_path, side)
     return [ply_path, dec_path]
 
@@ -68,7 +91,7 @@ def read_splat_ply(path: str | Path, frame: str = "world") -> dict:
     """Read a PLY written by :func:`export_splat` (or any standard 3DGS PLY).
 
     Args:
-        path: the ``.ply``; a ``.decoders.pt`` beside it is read when present.
+        path: the ``.ply``; its decoders side file (:func:`decoders_path`) is read when present.
         frame: ``"world"`` (as stored) or ``"canonical"`` (needs the side file's normalization).
     Returns:
         ``{"means" [P, 3], "scales" [P, 3] (log), "quats" [P, 4], "opacities" [P] (logit),
@@ -105,8 +128,8 @@ def read_splat_ply(path: str | Path, frame: str = "world") -> dict:
         "embedding": torch.from_numpy(cols("emb_")),
         "decoders": {}, "teacher_model": {}, "normalization": None, "field_config": None,
     }
-    side = path.with_name(path.name[: -len(".ply")] + ".decoders.pt") if path.name.endswith(".ply") else None
-    if side is not None and side.exists():
+    side = decoders_path(path)
+    if side is not None:
         meta = torch.load(side, map_location="cpu", weights_only=False)
         out["decoders"] = meta.get("decoders", {})
         out["teacher_model"] = meta.get("teacher_model", {})
@@ -115,7 +138,8 @@ def read_splat_ply(path: str | Path, frame: str = "world") -> dict:
     if frame == "canonical":
         norm: Normalization | None = out["normalization"]
         if norm is None:
-            raise FeatureFieldError(f"{path}: no {side} with the normalization; cannot return the canonical frame")
+            raise FeatureFieldError(f"{path}: no decoders side file ({path.stem}.decoders.pt or {SHARED_DECODERS}) with "
+                                    "the normalization beside it; cannot return the canonical frame")
         out["means"] = norm.to_canonical(out["means"])
         out["scales"] = out["scales"] + math.log(norm.scale)
     elif frame != "world":

@@ -55,9 +55,15 @@ class SyncFreeDefaultStrategy(DefaultStrategy):
     norm of its screen-space mean gradient (scaled to NDC) and the number of steps it was visible.
     """
 
+    #: under data-parallel training, ``reduce(tensor, op)`` sums (``"sum"``) or maxes (``"max"``) a tensor over the
+    #: ranks in place (:mod:`featurefield.distributed`): each step's statistics then cover every rank's view
+    reduce = None
+
     # overrides a private method of gsplat 1.5 (its signature and the state keys it fills, grad2d / count /
     # radii): pyproject.toml pins gsplat to the 1.5 series; tests/test_splat_training_parts.py compares the two
     def _update_state(self, params, state: dict[str, Any], info: dict[str, Any], packed: bool = False) -> None:
+        if self.reduce is not None:
+            return self._update_state_of_ranks(params, state, info, packed)
         if packed:
             return super()._update_state(params, state, info, packed=packed)
         means2d = info[self.key_for_gradient]
@@ -78,6 +84,24 @@ class SyncFreeDefaultStrategy(DefaultStrategy):
                 state["radii"] = torch.zeros(n, device=grads.device)
             radii: Tensor = info["radii"].amax(dim=-1) / float(max(info["width"], info["height"]))  # [C, N]
             state["radii"] = torch.maximum(state["radii"], torch.where(visible, radii, 0.0).amax(0))
+
+    def _update_state_of_ranks(self, params, state: dict[str, Any], info: dict[str, Any], packed: bool) -> None:
+        """This rank's update of the statistics, then the step's increments of ``grad2d`` and ``count`` summed
+        over the ranks and ``radii`` maxed: every rank holds the statistics of all ranks' views (the same as
+        one rank that saw them all in turn), so every rank grows and prunes the same Gaussians."""
+        before = {k: None if state[k] is None else state[k].clone() for k in ("grad2d", "count")}
+        reduce, self.reduce = self.reduce, None
+        try:
+            self._update_state(params, state, info, packed=packed)
+        finally:
+            self.reduce = reduce
+        for k, old in before.items():
+            if state[k] is not None:
+                step = state[k] if old is None else state[k] - old
+                reduce(step, "sum")
+                state[k] = step if old is None else old + step
+        if state.get("radii") is not None:
+            reduce(state["radii"], "max")
 
 
 class GroupLambdaLR(torch.optim.lr_scheduler.LambdaLR):
