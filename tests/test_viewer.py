@@ -123,6 +123,30 @@ def test_a_moving_camera_gets_previews_then_the_full_size_once_it_rests(run):
     assert len(lines) == 4 and lines[-1].startswith("colour · 96 x 72 · ")
 
 
+def test_the_full_size_follows_the_rest_since_the_last_move_not_the_last_preview(run):
+    """A preview still rendering when the camera stops does not push the full size back by its own duration."""
+    from featurefield.viewer import REST_SECONDS
+
+    class SlowPreviews:
+        def render(self, camera, *args):
+            H, W = int(camera.height[0]), int(camera.width[0])
+            if W == 32:
+                time.sleep(REST_SECONDS + 0.05)
+            return np.zeros((H, W, 3), np.uint8), np.zeros((H, W), np.float32)
+
+    client = FakeClient(run)
+    view = ClientView(client, SlowPreviews(), lambda: ("colour", "", 96), preview_side=32)
+    try:
+        start = time.perf_counter()
+        view.request()
+        client.wait_for(2)
+        elapsed = time.perf_counter() - start
+    finally:
+        view.stop()
+    assert client.shown[:2] == [(24, 32), (72, 96)]
+    assert elapsed < 2 * REST_SECONDS + 0.05 - 0.1  # waiting the rest after the preview would take longer
+
+
 def test_the_server_serves_the_browser_client(run):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -14,7 +14,7 @@ from featurefield.errors import FeatureFieldError
 from featurefield.viewer.renderer import CutOut, ViewRenderer
 from featurefield.viewer.viser_cameras import sized, viewer_camera
 
-#: seconds the camera must rest before the full-size render
+#: seconds the camera must rest (since its last move) before the full-size render
 REST_SECONDS = 0.25
 #: what a tab shows of its cut-out
 SHOW = ("everything", "the cut-out alone", "without the cut-out")
@@ -39,11 +39,13 @@ class ClientView:
         self._last: tuple[Cameras, np.ndarray] | None = None  # the latest render's camera and depth
         self.seconds_per_pixel: float | None = None  # the latest render's time over its pixels
         self._moved, self._stopped = threading.Event(), threading.Event()
+        self._requested = time.perf_counter()  # when the camera last moved (or a setting changed)
         self._thread = threading.Thread(target=self._loop, name=f"featurefield-view-{id(client)}", daemon=True)
         self._thread.start()
 
     def request(self) -> None:
         """The camera or a setting changed: render again (a preview first)."""
+        self._requested = time.perf_counter()
         self._moved.set()
 
     def click(self, x: float, y: float) -> bool:
@@ -131,7 +133,10 @@ class ClientView:
     def _loop(self) -> None:
         full_pending = False
         while not self._stopped.is_set():
-            if self._moved.wait(timeout=REST_SECONDS):
+            # the rest counts from the last move, not from the end of the latest preview: a preview still
+            # rendering when the camera stops does not delay the full size by its own duration
+            rest = max(REST_SECONDS - (time.perf_counter() - self._requested), 0.0)
+            if self._moved.wait(timeout=rest if full_pending else None):
                 self._moved.clear()
                 if self._stopped.is_set():
                     break

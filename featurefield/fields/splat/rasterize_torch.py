@@ -15,7 +15,9 @@ What it reproduces (gsplat 1.5.3, pinhole, ``packed=False``, ``antialiased=False
 Memory: each Gaussian is paired with the pixels inside its box only; pairs are sorted by pixel and
 depth and composited (a segmented scan of ``log(1 - alpha)`` over the sorted list) in chunks of image
 rows whose work arrays stay below a fixed element budget, so CPU renders of ~160x120 images with ~50k
-Gaussians fit in a few hundred MB.
+Gaussians fit in a few hundred MB. This is the reference; renders that need no gradient (the viewer,
+evaluation) composite in tiles instead (:mod:`~featurefield.fields.splat.composite_tiles`, several
+times faster on the CPU), and the tests compare the two.
 """
 
 from __future__ import annotations
@@ -92,16 +94,17 @@ def project(means: Tensor, covars: Tensor, opacities: Tensor, viewmat: Tensor, K
     return means2d, conics, tz, radii.to(torch.int32)
 
 
-def _pixel_pairs(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height: int) -> tuple[Tensor, Tensor]:
-    """Every (pixel, Gaussian) pair whose pixel centre lies in the Gaussian's box, sorted by pixel then depth.
+def pixel_boxes(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height: int
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The pixels each visible Gaussian may touch, front to back.
 
     The box is gsplat's opacity-aware one, outside which ``alpha < 1/255`` always holds, so listing
     pixels per box (rather than per 16x16 tile, as gsplat does) selects the same contributions.
 
     Returns:
-        ``pixel_ids [M]`` (row-major) and ``gauss_ids [M]``.
+        ``vis [V]`` the Gaussians with a non-empty box, sorted by depth (stable), and their pixel
+        ranges ``x0, x1, y0, y1 [V]`` (pixel ``(x, y)`` is in when ``x0 <= x < x1`` and ``y0 <= y < y1``).
     """
-    dev = means2d.device
     vis = torch.nonzero((radii > 0).all(-1)).squeeze(1)
     vis = vis[torch.argsort(depths.detach()[vis], stable=True)]
     m = means2d.detach()[vis].double()
@@ -110,12 +113,25 @@ def _pixel_pairs(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, hei
     x1 = (torch.floor(m[:, 0] + r[:, 0] - 0.5) + 1).clamp(0, width).long()
     y0 = torch.ceil(m[:, 1] - r[:, 1] - 0.5).clamp(0, height).long()
     y1 = (torch.floor(m[:, 1] + r[:, 1] - 0.5) + 1).clamp(0, height).long()
-    wx = (x1 - x0).clamp_min(0)
-    n = wx * (y1 - y0).clamp_min(0)
+    some = (x1 > x0) & (y1 > y0)
+    return vis[some], x0[some], x1[some], y0[some], y1[some]
+
+
+def _pixel_pairs(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height: int) -> tuple[Tensor, Tensor]:
+    """Every (pixel, Gaussian) pair whose pixel centre lies in the Gaussian's box (:func:`pixel_boxes`),
+    sorted by pixel then depth.
+
+    Returns:
+        ``pixel_ids [M]`` (row-major) and ``gauss_ids [M]``.
+    """
+    dev = means2d.device
+    vis, x0, x1, y0, y1 = pixel_boxes(means2d, radii, depths, width, height)
+    wx = x1 - x0
+    n = wx * (y1 - y0)
     total = int(n.sum())
     rank = torch.repeat_interleave(torch.arange(len(vis), device=dev), n)
     local = torch.arange(total, device=dev) - torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
-    wxr = torch.repeat_interleave(wx, n).clamp_min(1)
+    wxr = torch.repeat_interleave(wx, n)
     px = torch.repeat_interleave(x0, n) + local % wxr
     py = torch.repeat_interleave(y0, n) + local // wxr
     pix = py * width + px
@@ -196,8 +212,8 @@ def composite(means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor
 
 def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor, viewmat: Tensor,
               K: Tensor, width: int, height: int, background: Tensor | None = None, *, near_plane: float = 0.01,
-              far_plane: float = 1e10, eps2d: float = 0.3, expected_depth: bool = True, budget: int = 1 << 22
-              ) -> tuple[Tensor, Tensor, dict[str, Any]]:
+              far_plane: float = 1e10, eps2d: float = 0.3, expected_depth: bool = True, budget: int = 1 << 22,
+              tiled: bool | None = None) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """Render one camera; the twin of ``gsplat.rasterization(..., render_mode="RGB+ED")`` for ``C == 1``.
 
     Args:
@@ -205,6 +221,8 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
         opacities: ``[N]`` in [0, 1]; colors: ``[N, C]`` post-activation values (any ``C``).
         viewmat: ``[4, 4]`` world-to-camera; K: ``[3, 3]``; background: ``[C]`` or None.
         expected_depth: append a channel ``sum(w z) / alpha``.
+        tiled: composite with :func:`~featurefield.fields.splat.composite_tiles.composite_tiles` (forward
+            only, several times faster on the CPU); default: where no gradient is needed.
     Returns:
         render ``[H, W, C (+1)]``, alpha ``[H, W, 1]``, and ``info`` with gsplat's keys used by its
         strategies: ``means2d [1, N, 2]`` (retain its grad for densification), ``radii [1, N, 2]``,
@@ -218,7 +236,14 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
     bg = background
     if bg is not None and expected_depth:
         bg = torch.cat([bg.to(colors), bg.new_zeros(1).to(colors)])
-    render, alpha = composite(means2d_b[0], conics, opacities, feats, radii, depths, width, height, bg, budget)
+    if tiled is None:
+        tiled = not (torch.is_grad_enabled() and any(t.requires_grad for t in (means, quats, scales, opacities, colors)))
+    if tiled:
+        from featurefield.fields.splat.composite_tiles import composite_tiles
+
+        render, alpha = composite_tiles(means2d, conics, opacities, feats, radii, depths, width, height, bg, budget)
+    else:
+        render, alpha = composite(means2d_b[0], conics, opacities, feats, radii, depths, width, height, bg, budget)
     if expected_depth:
         render = torch.cat([render[..., :-1], render[..., -1:] / alpha.clamp_min(1e-10)], -1)
     info = {"means2d": means2d_b, "radii": radii[None], "depths": depths[None], "conics": conics[None],
