@@ -12,7 +12,7 @@ from gsplat.strategy import DefaultStrategy, MCMCStrategy
 MCMC_MIN_AUTO_CAP = 300_000
 # Small views get fewer: at most one Gaussian per 2 pixels of a training view in the automatic budget, one per 4
 # in a random init. On the 128 x 128 demo scene 12k Gaussians fit 7000 steps in 53 s for 28.9 dB, where 300k
-# took 136 s for 28.6 dB (BENCHMARKS.md, "Gaussian budget on small views"); lego (640k pixels a view) keeps 300k.
+# took 136 s for 28.6 dB (BENCHMARKS.md, "CPU demo"); lego (640k pixels a view) keeps 300k.
 MCMC_PIXELS_PER_GAUSSIAN = 2
 INIT_PIXELS_PER_GAUSSIAN = 4
 
