@@ -38,7 +38,7 @@ setup)
 photos)
     mkdir -p runs/bench-real
     ( t0=$(date +%s); taskset -c 8-15 python3 -m featurefield.cli process-images runs/beer/images runs/bench-real/beer-photos.sfm \
-        && mv runs/bench-real/beer-photos.sfm runs/bench-real/beer-photos; echo "process-images: $(( $(date +%s) - t0 )) s, exit $?" ) \
+        && mv runs/bench-real/beer-photos.sfm runs/bench-real/beer-photos; rc=$?; echo "process-images: $(( $(date +%s) - t0 )) s, exit $rc" ) \
         > "$OUT/photos.log" 2>&1 &
     ;;
 bench)
