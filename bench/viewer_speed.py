@@ -1,6 +1,6 @@
 """How long the viewer takes to draw a frame of each output of a run, at a few sizes (medians).
 
-    python bench/viewer_speed.py RUN [--sides 128 256 512 1024] [--repeats 5]
+    python bench/viewer_speed.py RUN [--sides 128 256 512 1024] [--repeats 5] [--composite reference]
     python bench/viewer_speed.py RUN --serve [--moving-side 1024] [--seconds 5]
 
 ``--serve`` times the whole server (viser, our render loop, JPEG encoding) as a browser tab sees it,
@@ -13,7 +13,9 @@ H200 (``python bench/viewer_speed.py RUN --serve --device cuda --moving-side 102
 
 This is what `featurefield view` waits for after the camera moves (a preview) and once it rests (full
 size); `featurefield.viewer.server.default_sides` picks the sizes from such figures. The prompt output
-is timed without a prompt (its colour path), as a click's cost is SAM's decoder on top.
+is timed without a prompt (its colour path), as a click's cost is SAM's decoder on top. Without gsplat (the
+CPU), ``--composite reference`` draws with the differentiable reference composite instead of the tiled one
+(:mod:`featurefield.fields.splat.composite_tiles`), the naive way beside ours.
 """
 
 from __future__ import annotations
@@ -38,8 +40,16 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--serve", action="store_true", help="time the server end to end (see above)")
     ap.add_argument("--moving-side", type=int, default=1024, help="--serve: preview size while moving")
+    ap.add_argument("--composite", choices=["auto", "reference"], default="auto",
+                    help="the torch rasterizer's compositing (no gsplat): tiled where no gradient is needed, or the reference")
     ap.add_argument("--seconds", type=float, default=5.0, help="--serve: how long the camera keeps moving")
     args = ap.parse_args()
+    if args.composite == "reference":
+        import functools
+
+        from featurefield.fields.splat import rasterize_torch
+
+        rasterize_torch.rasterize = functools.partial(rasterize_torch.rasterize, tiled=False)
     if args.serve:
         try:
             serve_timings(args.run, args.device, args.moving_side, args.seconds)
